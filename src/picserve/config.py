@@ -1,0 +1,90 @@
+"""Settings: the only place picserve reads its environment (`PICSERVE_*`) and merges CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["Settings"]
+
+_PREFIX = "PICSERVE_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service. Each field `x` is read from `PICSERVE_X` unless a flag sets it."""
+
+    #: where the embedded PostgreSQL, results and caches live
+    data_dir: Path = Path("data")
+    #: main/, lora/, embedding/, hypernetwork/ beneath it
+    models_dir: Path = Path("models")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: an external PostgreSQL (postgresql://…); unset = embedded server in data_dir
+    database_url: str | None = None
+    #: workers that `serve` runs beside the API (0 = API only)
+    workers: int = 1
+    #: torch device for a worker: "auto" picks cuda when present
+    device: str = "auto"
+    #: base of the result URLs in ImgList; unset = http://host:port
+    public_url: str | None = None
+    #: how long result images stay downloadable (PICPIK keeps them 24 h)
+    result_ttl_seconds: int = 24 * 3600
+    #: credits a task costs = ceil(width × height × steps × batch / credit_divisor)
+    credit_divisor: int = 1024 * 1024
+    #: credits a key gets when created without --credits
+    default_credits: int = 1000
+    #: loaded main models kept in memory by a worker
+    max_loaded_models: int = 1
+    #: minimum seconds between two progress writes of one task
+    progress_interval: float = 0.5
+    #: queued tasks above which new requests get ServerBusy
+    max_queued_tasks: int = 1000
+    #: worker heartbeat seconds; a worker silent for stalled_after seconds has its task re-run
+    heartbeat_interval: float = 5.0
+    stalled_after: float = 30.0
+    log_level: str = "info"
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Defaults < `PICSERVE_*` environment < explicit overrides (None means "not given")."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(_PREFIX + f.name.upper())
+            if raw not in (None, ""):
+                values[f.name] = _coerce(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        for name in ("data_dir", "models_dir"):
+            if name in values:
+                values[name] = Path(values[name])
+        return cls(**values)
+
+    def evolve(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.data_dir / "pg"
+
+
+def _coerce(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if kind.startswith("int"):
+        return int(raw)
+    if kind.startswith("float"):
+        return float(raw)
+    if kind.startswith("bool"):
+        return raw.lower() in ("1", "true", "yes", "on")
+    return raw

@@ -1,0 +1,127 @@
+"""Values that cross picserve's layers: frozen, snake_case, no I/O, no wire names."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = ["Account", "GenerationSpec", "SubModel", "TaskRecord", "TaskStatus"]
+
+
+class TaskStatus(str, enum.Enum):
+    QUEUING = "Queuing"
+    RUNNING = "Running"
+    FINISHED = "Finished"
+    ERROR = "Error"
+    CANCELED = "Canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (TaskStatus.FINISHED, TaskStatus.ERROR, TaskStatus.CANCELED)
+
+
+@dataclass(frozen=True)
+class SubModel:
+    """A LoRA, embedding or hypernetwork applied on top of the main model."""
+
+    kind: str  #: "lora" | "embedding" | "hypernetwork"
+    code: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """A fully validated generation request: everything the engine needs, nothing else."""
+
+    model_code: str
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 1024
+    height: int = 1024
+    batch_size: int = 1
+    steps: int = 10
+    cfg_scale: float = 7.5
+    sampler: str = "Euler"
+    #: A1111 semantics: 1 = SDXL's default (penultimate layer), n = n-1 more layers skipped
+    clip_skip: int = 1
+    #: already resolved: never -1 here; image i of the batch uses seed + i
+    seed: int = 0
+    tiling: bool = False
+    sub_models: tuple[SubModel, ...] = ()
+    #: the prompts as the client sent them, before any translation
+    original_prompt: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.batch_size)]
+
+    def evolve(self, **changes: Any) -> "GenerationSpec":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | dict) -> "GenerationSpec":
+        data = json.loads(text) if isinstance(text, str) else dict(text)
+        data["sub_models"] = tuple(SubModel(**s) for s in data.get("sub_models", ()))
+        data["warnings"] = tuple(data.get("warnings", ()))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Account:
+    """An API key pair and its credit balance."""
+
+    public_key: str
+    private_key: str
+    name: str = ""
+    total_credits: int = 0
+    used_credits: int = 0
+    expire_at: datetime | None = None
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One task as stored: its request, its state and its results."""
+
+    task_uid: str
+    public_key: str
+    action: str
+    status: TaskStatus
+    spec: GenerationSpec
+    cost: int = 0
+    progress: float = 0.0
+    image_urls: tuple[str, ...] = ()
+    error_code: int = 0
+    error_message: str = ""
+    worker: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: dict) -> "TaskRecord":
+        return cls(
+            task_uid=row["task_uid"],
+            public_key=row["public_key"],
+            action=row["action"],
+            status=TaskStatus(row["status"]),
+            spec=GenerationSpec.from_json(row["spec"]),
+            cost=row["cost"],
+            progress=row["progress"],
+            image_urls=tuple(row["image_urls"] or ()),
+            error_code=row["error_code"],
+            error_message=row["error_message"],
+            worker=row["worker"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+        )

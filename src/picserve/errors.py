@@ -1,0 +1,118 @@
+"""One error tree for picserve; `api.endpoint` is the only place these become a RetCode.
+
+    PicserveError                      ret_code 500  (anything unexpected)
+    ├── ClientError                    the caller can fix it
+    │   ├── ParamError                 160  missing or invalid parameter (names the field and range)
+    │   ├── AuthError                  170  signature does not verify / signature missing
+    │   │   └── UnknownKey             171  PublicKey unknown or revoked
+    │   ├── UnknownAction              161  Action not served here
+    │   ├── TaskNotFound               230  TaskUID unknown to this key
+    │   ├── ModelNotFound              231  ModelCode not in the models folder
+    │   └── InsufficientCredits        280  balance too low for the request
+    ├── ServerBusy                     290  queue full / database unreachable; retry later
+    └── GenerationError                500  a task failed at run time (reported in TaskDetail)
+        ├── TaskCanceled               510  the task was cancelled
+        └── StorageError               520  a result could not be stored
+
+Each class's docstring is its default message. RetCodes are listed in the README.
+"""
+
+from __future__ import annotations
+
+
+class PicserveError(Exception):
+    """Internal server error."""
+
+    ret_code = 500
+
+    def __init__(self, message: str | None = None):
+        self.message = message or (self.__doc__ or "").strip()
+        super().__init__(self.message)
+
+
+class ClientError(PicserveError):
+    """The request cannot be served."""
+
+    ret_code = 160
+
+
+class ParamError(ClientError):
+    """Missing or invalid parameter."""
+
+    ret_code = 160
+
+
+class UnknownAction(ClientError):
+    """Unknown Action."""
+
+    ret_code = 161
+
+
+class AuthError(ClientError):
+    """Signature verification failed."""
+
+    ret_code = 170
+
+
+class UnknownKey(AuthError):
+    """Unknown or revoked PublicKey."""
+
+    ret_code = 171
+
+
+class TaskNotFound(ClientError):
+    """Task not found."""
+
+    ret_code = 230
+
+
+class ModelNotFound(ClientError):
+    """Model not found."""
+
+    ret_code = 231
+
+
+class InsufficientCredits(ClientError):
+    """Not enough credits for this request."""
+
+    ret_code = 280
+
+
+class ServerBusy(PicserveError):
+    """Server busy, retry later."""
+
+    ret_code = 290
+
+
+class GenerationError(PicserveError):
+    """Generation failed."""
+
+    ret_code = 500
+
+
+class TaskCanceled(GenerationError):
+    """Task was cancelled."""
+
+    ret_code = 510
+
+
+class StorageError(GenerationError):
+    """Result storage failed."""
+
+    ret_code = 520
+
+
+ALL = (
+    PicserveError, ClientError, ParamError, UnknownAction, AuthError, UnknownKey, TaskNotFound,
+    ModelNotFound, InsufficientCredits, ServerBusy, GenerationError, TaskCanceled, StorageError,
+)
+
+
+def from_ret_code(ret_code: int, message: str) -> PicserveError:
+    """The SDK's inverse of the endpoint mapping: the most specific class with that RetCode."""
+    for cls in reversed(ALL):
+        if cls.ret_code == ret_code:
+            return cls(message)
+    err = PicserveError(message)
+    err.ret_code = ret_code
+    return err
