@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ["Account", "GenerationSpec", "SubModel", "TaskRecord", "TaskStatus"]
+__all__ = ["SAMPLER_NAMES", "Account", "GenerationSpec", "SubModel", "TaskRecord", "TaskStatus", "canonical_sampler"]
 
 
 class TaskStatus(str, enum.Enum):
@@ -125,3 +125,17 @@ class TaskRecord:
             started_at=row["started_at"],
             finished_at=row["finished_at"],
         )
+
+
+#: A1111 sampler names picserve accepts (case-insensitive); engine/samplers.py maps each to diffusers.
+SAMPLER_NAMES = (
+    "Euler", "Euler a", "LMS", "LMS Karras", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M",
+    "DPM++ 2M Karras", "DPM++ SDE", "DPM++ SDE Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras",
+    "DDIM", "UniPC", "DEIS", "LCM",
+)
+
+
+def canonical_sampler(name: str) -> str | None:
+    """The accepted spelling of an A1111 sampler name, or None when it is unknown."""
+    wanted = " ".join(name.split()).lower()
+    return next((s for s in SAMPLER_NAMES if s.lower() == wanted), None)

@@ -21,11 +21,11 @@ def bytes_to_unicode() -> dict[int, str]:
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
         range(ord("®"), ord("ÿ") + 1)
     )
-    table, extra = {}, 0
+    # Printable bytes first, in order, then the rest mapped above 255: vocabulary ids depend on it.
+    table = {b: chr(b) for b in printable}
+    extra = 0
     for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
+        if b not in table:
             table[b] = chr(256 + extra)
             extra += 1
     return table

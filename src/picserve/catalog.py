@@ -1,0 +1,103 @@
+"""The models folder: main checkpoints, LoRAs, embeddings and hypernetworks, as users download them.
+
+    models/main/NAME.safetensors      single-file SDXL checkpoint   ModelCode = NAME
+    models/main/NAME/                 diffusers folder (model_index.json inside)
+    models/lora/NAME.safetensors      models/embedding/NAME.{safetensors,pt,bin}
+    models/hypernetwork/NAME.pt       each may have a sidecar NAME.json
+
+A sidecar gives `Name`, `IsOfficial`, `TriggerWordList`, default `InferenceParams` and, for a single
+file whose widths are not SDXL base's, `Config`: the diffusers folder holding its configs. No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["KINDS", "Catalog", "Entry"]
+
+KINDS = ("main", "lora", "embedding", "hypernetwork")
+_SUFFIXES = {
+    "main": (".safetensors",),
+    "lora": (".safetensors",),
+    "embedding": (".safetensors", ".pt", ".bin"),
+    "hypernetwork": (".pt", ".safetensors"),
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    code: str
+    path: Path
+    name: str
+    is_official: bool = False
+    trigger_words: tuple[str, ...] = ()
+    inference_params: dict[str, Any] = field(default_factory=dict)
+    #: diffusers config folder for a single-file checkpoint (None = SDXL base)
+    config: Path | None = None
+
+    @property
+    def is_single_file(self) -> bool:
+        return self.path.is_file()
+
+
+class Catalog:
+    """Scans the models folder; rescans at most every `ttl` seconds so new files appear without restart."""
+
+    def __init__(self, models_dir: Path, ttl: float = 2.0):
+        self.models_dir = Path(models_dir)
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._scanned_at = float("-inf")
+        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+
+    def entries(self, kind: str) -> dict[str, Entry]:
+        with self._lock:
+            if time.monotonic() - self._scanned_at > self._ttl:
+                self._entries = {k: self._scan(k) for k in KINDS}
+                self._scanned_at = time.monotonic()
+            return self._entries[kind]
+
+    def get(self, kind: str, code: str) -> Entry | None:
+        return self.entries(kind).get(code)
+
+    def _scan(self, kind: str) -> dict[str, Entry]:
+        folder = self.models_dir / kind
+        if not folder.is_dir():
+            return {}
+        found: dict[str, Entry] = {}
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith("."):
+                continue
+            if path.is_dir():
+                if kind != "main" or not (path / "model_index.json").exists():
+                    continue
+                code = path.name
+            elif path.suffix.lower() in _SUFFIXES[kind]:
+                code = path.stem
+            else:
+                continue
+            found.setdefault(code, self._entry(kind, code, path))
+        return found
+
+    def _entry(self, kind: str, code: str, path: Path) -> Entry:
+        sidecar = path.parent / f"{code}.json"
+        meta: dict[str, Any] = {}
+        if sidecar.is_file():
+            try:
+                meta = json.loads(sidecar.read_text())
+            except (OSError, ValueError):
+                meta = {}
+        config = meta.get("Config")
+        return Entry(
+            kind=kind, code=code, path=path, name=str(meta.get("Name") or code),
+            is_official=bool(meta.get("IsOfficial", False)),
+            trigger_words=tuple(str(w) for w in meta.get("TriggerWordList") or ()),
+            inference_params=dict(meta.get("InferenceParams") or {}),
+            config=(path.parent / config) if config else None,
+        )
