@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -63,8 +63,11 @@ class GenerationSpec:
     def evolve(self, **changes: Any) -> "GenerationSpec":
         return dataclasses.replace(self, **changes)
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str | dict) -> "GenerationSpec":
@@ -98,14 +101,15 @@ class TaskRecord:
     spec: GenerationSpec
     cost: int = 0
     progress: float = 0.0
-    image_urls: tuple[str, ...] = ()
+    #: storage keys of the result images, in batch order
+    result_keys: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
     error_code: int = 0
     error_message: str = ""
     worker: str | None = None
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: dict) -> "TaskRecord":
@@ -117,7 +121,8 @@ class TaskRecord:
             spec=GenerationSpec.from_json(row["spec"]),
             cost=row["cost"],
             progress=row["progress"],
-            image_urls=tuple(row["image_urls"] or ()),
+            result_keys=tuple(row["result_keys"] or ()),
+            seeds=tuple(row["seeds"] or ()),
             error_code=row["error_code"],
             error_message=row["error_message"],
             worker=row["worker"],

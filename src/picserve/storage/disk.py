@@ -1,0 +1,62 @@
+"""Result images as files under the data folder, behind unguessable, expiring URLs.
+
+A key is `<token>.png` with a 192-bit random token: knowing a TaskUID does not reveal its images, and
+a URL stops working `ttl` seconds after the file was written (PICPIK keeps results 24 hours).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from pathlib import Path
+
+from picserve import errors
+
+__all__ = ["DiskStore"]
+
+_KEY = re.compile(r"^[A-Za-z0-9_-]{16,64}\.png$")
+
+
+class DiskStore:
+    def __init__(self, folder: Path, ttl_seconds: int):
+        self.folder = Path(folder)
+        self.ttl = ttl_seconds
+
+    def put(self, data: bytes, suffix: str = ".png") -> str:
+        """Store `data`; returns its key."""
+        key = secrets.token_urlsafe(24) + suffix
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = self.folder / f".{key}.tmp"
+            tmp.write_bytes(data)
+            tmp.rename(self.folder / key)
+        except OSError as exc:
+            raise errors.StorageError(f"could not store a result: {exc}") from exc
+        return key
+
+    def url(self, key: str, base_url: str) -> str:
+        return f"{base_url.rstrip('/')}/results/{key}"
+
+    def path(self, key: str) -> Path | None:
+        """The file behind `key`, or None when it is unknown, malformed or expired."""
+        if not _KEY.match(key):
+            return None
+        path = self.folder / key
+        try:
+            written = path.stat().st_mtime
+        except OSError:
+            return None
+        return path if time.time() - written < self.ttl else None
+
+    def expire(self) -> int:
+        """Delete expired results; returns how many."""
+        removed, cutoff = 0, time.time() - self.ttl
+        for path in self.folder.glob("*.png") if self.folder.is_dir() else ():
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        return removed

@@ -1,0 +1,1 @@
+"""Durable tasks and their queue on PostgreSQL (procrastinate), embedded or shared."""

@@ -1,0 +1,68 @@
+"""The procrastinate App and the database pool it shares with TaskRepo."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import procrastinate
+from psycopg_pool import AsyncConnectionPool
+
+from picserve import errors
+from picserve.tasks import jobs, repo as repo_module
+
+__all__ = ["Database", "open_database"]
+
+log = logging.getLogger(__name__)
+
+# Serialises schema creation when the API and several workers start at once.
+_SCHEMA_LOCK = 0x70696373  # "pics"
+
+
+class Database:
+    """An open pool, the procrastinate App on it, and the TaskRepo."""
+
+    def __init__(self, pool: AsyncConnectionPool, app: procrastinate.App):
+        self.pool = pool
+        self.app = app
+        self.repo = repo_module.TaskRepo(pool)
+
+
+def make_app(conninfo: str) -> procrastinate.App:
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
+    app.add_tasks_from(jobs.blueprint, namespace="picserve")
+    return app
+
+
+@asynccontextmanager
+async def open_database(conninfo: str, max_size: int = 10) -> AsyncIterator[Database]:
+    """Open the pool and the App, creating both schemas when missing."""
+    pool = AsyncConnectionPool(conninfo, min_size=1, max_size=max_size, open=False,
+                               kwargs={"autocommit": True})
+    try:
+        await pool.open(wait=True, timeout=30)
+    except Exception as exc:  # psycopg_pool.PoolTimeout and connection errors
+        raise errors.ServerBusy(f"database unreachable: {exc}") from exc
+    app = make_app(conninfo)
+    try:
+        await app.open_async(pool)
+        db = Database(pool, app)
+        await _ensure_schema(db)
+        yield db
+    finally:
+        await app.close_async()
+        await pool.close()
+
+
+async def _ensure_schema(db: Database) -> None:
+    async with db.pool.connection() as conn:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            cur = await conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")
+            (present,) = await cur.fetchone()
+            if not present:
+                log.info("creating the procrastinate schema")
+                schema = db.app.schema_manager.get_schema().replace("%", "%%")
+                await conn.execute(schema)
+            await db.repo.apply_schema(conn)

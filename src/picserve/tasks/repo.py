@@ -1,0 +1,162 @@
+"""Every read and write of picserve's tables. Each state change is one guarded SQL statement."""
+
+from __future__ import annotations
+
+import secrets
+from importlib import resources
+from typing import Any, Sequence
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from picserve import domain
+
+__all__ = ["TaskRepo"]
+
+_OPEN = ("Queuing", "Running")
+
+
+class TaskRepo:
+    """Keys and tasks on a psycopg pool. Methods taking `conn` run inside the caller's transaction."""
+
+    def __init__(self, pool: AsyncConnectionPool):
+        self.pool = pool
+
+    async def apply_schema(self, conn: AsyncConnection) -> None:
+        await conn.execute(resources.files("picserve.tasks").joinpath("sql/schema.sql").read_text())
+
+    async def _one(self, query: str, params: Sequence[Any] = ()) -> dict | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(query, params)
+            return await cur.fetchone()
+
+    async def _all(self, query: str, params: Sequence[Any] = ()) -> list[dict]:
+        async with self.pool.connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(query, params)
+            return await cur.fetchall()
+
+    # --- keys -------------------------------------------------------------------------------
+    async def create_key(self, name: str, credits: int) -> domain.Account:
+        row = await self._one(
+            "INSERT INTO picserve_keys (public_key, private_key, name, total_credits) "
+            "VALUES (%s, %s, %s, %s) RETURNING *",
+            (secrets.token_hex(16), secrets.token_hex(24), name, credits),
+        )
+        return _account(row)
+
+    async def list_keys(self) -> list[domain.Account]:
+        return [_account(r) for r in await self._all("SELECT * FROM picserve_keys ORDER BY created_at")]
+
+    async def revoke_key(self, public_key: str) -> bool:
+        row = await self._one("UPDATE picserve_keys SET revoked = true WHERE public_key = %s RETURNING 1",
+                              (public_key,))
+        return row is not None
+
+    async def get_account(self, public_key: str) -> domain.Account | None:
+        row = await self._one("SELECT * FROM picserve_keys WHERE public_key = %s", (public_key,))
+        return _account(row) if row else None
+
+    async def add_credits(self, public_key: str, credits: int) -> bool:
+        row = await self._one("UPDATE picserve_keys SET total_credits = total_credits + %s "
+                              "WHERE public_key = %s RETURNING 1", (credits, public_key))
+        return row is not None
+
+    # --- submission (inside TaskService.submit's transaction) --------------------------------
+    async def lock_balance(self, conn: AsyncConnection, public_key: str) -> int:
+        """Credits still available to `public_key`, counting open tasks as spent; locks the key row."""
+        cur = await conn.cursor(row_factory=dict_row).execute(
+            "SELECT k.total_credits - k.used_credits - COALESCE("
+            "  (SELECT sum(cost) FROM picserve_tasks t WHERE t.public_key = k.public_key"
+            "   AND t.status = ANY(%s)), 0) AS available "
+            "FROM picserve_keys k WHERE k.public_key = %s FOR UPDATE",
+            (list(_OPEN), public_key),
+        )
+        row = await cur.fetchone()
+        return int(row["available"]) if row else 0
+
+    async def insert_task(self, conn: AsyncConnection, task_uid: str, public_key: str, action: str,
+                          spec: domain.GenerationSpec, cost: int) -> None:
+        await conn.execute(
+            "INSERT INTO picserve_tasks (task_uid, public_key, action, status, spec, cost) "
+            "VALUES (%s, %s, %s, 'Queuing', %s, %s)",
+            (task_uid, public_key, action, Jsonb(spec.to_dict()), cost),
+        )
+
+    async def set_job(self, conn: AsyncConnection, task_uid: str, job_id: int) -> None:
+        await conn.execute("UPDATE picserve_tasks SET job_id = %s WHERE task_uid = %s", (job_id, task_uid))
+
+    async def queued_count(self) -> int:
+        row = await self._one("SELECT count(*) AS n FROM picserve_tasks WHERE status = 'Queuing'")
+        return int(row["n"])
+
+    # --- reads --------------------------------------------------------------------------------
+    async def get_many(self, task_uids: Sequence[str], public_key: str) -> list[domain.TaskRecord]:
+        rows = await self._all("SELECT * FROM picserve_tasks WHERE task_uid = ANY(%s) AND public_key = %s",
+                               (list(task_uids), public_key))
+        return [domain.TaskRecord.from_row(r) for r in rows]
+
+    async def running(self, public_key: str) -> list[str]:
+        rows = await self._all("SELECT task_uid FROM picserve_tasks WHERE public_key = %s AND status = ANY(%s) "
+                               "ORDER BY created_at", (public_key, list(_OPEN)))
+        return [r["task_uid"] for r in rows]
+
+    async def get_spec(self, task_uid: str) -> domain.GenerationSpec | None:
+        row = await self._one("SELECT spec FROM picserve_tasks WHERE task_uid = %s", (task_uid,))
+        return domain.GenerationSpec.from_json(row["spec"]) if row else None
+
+    async def job_id(self, task_uid: str) -> int | None:
+        row = await self._one("SELECT job_id FROM picserve_tasks WHERE task_uid = %s", (task_uid,))
+        return row["job_id"] if row else None
+
+    # --- transitions (worker side) --------------------------------------------------------------
+    async def mark_running(self, task_uid: str, worker: str) -> domain.GenerationSpec | None:
+        """Queuing → Running. None when the task is no longer queued (cancelled, or already done)."""
+        row = await self._one(
+            "UPDATE picserve_tasks SET status = 'Running', worker = %s, started_at = now(), progress = 0 "
+            "WHERE task_uid = %s AND status = 'Queuing' RETURNING spec", (worker, task_uid))
+        return domain.GenerationSpec.from_json(row["spec"]) if row else None
+
+    async def record_progress(self, task_uid: str, progress: float) -> None:
+        await self._one("UPDATE picserve_tasks SET progress = %s WHERE task_uid = %s AND status = 'Running' "
+                        "RETURNING 1", (progress, task_uid))
+
+    async def finish_task(self, task_uid: str, result_keys: list[str], seeds: list[int]) -> bool:
+        """Running → Finished, and the task's cost charged to its key, in one statement."""
+        row = await self._one(
+            "WITH done AS (UPDATE picserve_tasks SET status = 'Finished', progress = 1, result_keys = %s, "
+            "  seeds = %s, finished_at = now() WHERE task_uid = %s AND status = 'Running' "
+            "  RETURNING public_key, cost) "
+            "UPDATE picserve_keys k SET used_credits = k.used_credits + done.cost FROM done "
+            "WHERE k.public_key = done.public_key RETURNING 1",
+            (result_keys, seeds, task_uid))
+        return row is not None
+
+    async def fail_task(self, task_uid: str, code: int, message: str) -> bool:
+        row = await self._one(
+            "UPDATE picserve_tasks SET status = 'Error', error_code = %s, error_message = %s, finished_at = now() "
+            "WHERE task_uid = %s AND status = ANY(%s) RETURNING 1", (code, message, task_uid, list(_OPEN)))
+        return row is not None
+
+    async def cancel_task(self, task_uid: str) -> bool:
+        row = await self._one(
+            "UPDATE picserve_tasks SET status = 'Canceled', error_code = 510, error_message = 'Task was cancelled', "
+            "finished_at = now() WHERE task_uid = %s AND status = ANY(%s) RETURNING 1",
+            (task_uid, list(_OPEN)))
+        return row is not None
+
+    async def requeue_job(self, job_id: int) -> str | None:
+        """Running → Queuing for the task of a job whose worker died, so the retried job can take it."""
+        row = await self._one(
+            "UPDATE picserve_tasks SET status = 'Queuing', worker = NULL, progress = 0 "
+            "WHERE job_id = %s AND status = 'Running' RETURNING task_uid", (job_id,))
+        return row["task_uid"] if row else None
+
+
+def _account(row: dict) -> domain.Account:
+    return domain.Account(
+        public_key=row["public_key"], private_key=row["private_key"], name=row["name"],
+        total_credits=row["total_credits"], used_credits=row["used_credits"], expire_at=row["expire_at"],
+        revoked=row["revoked"],
+    )
