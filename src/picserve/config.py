@@ -46,6 +46,8 @@ class Settings:
     #: worker heartbeat seconds; a worker silent for stalled_after seconds has its task re-run
     heartbeat_interval: float = 5.0
     stalled_after: float = 30.0
+    #: largest request body accepted (images travel inline as base64)
+    max_body_bytes: int = 64 * 1024 * 1024
     log_level: str = "info"
 
     @classmethod
@@ -65,6 +67,11 @@ class Settings:
 
     def evolve(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as `PICSERVE_*` variables, for child processes."""
+        return {_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None}
 
     @property
     def base_url(self) -> str:

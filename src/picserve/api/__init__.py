@@ -1,0 +1,1 @@
+"""HTTP: the one PICPIK endpoint (POST /), result downloads, health. Imports no torch."""

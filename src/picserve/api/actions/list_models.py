@@ -1,0 +1,27 @@
+"""ListModels: the models folder as PICPIK `Model` maps keyed by ModelCode."""
+
+from __future__ import annotations
+
+from picserve import catalog as catalog_module, domain
+from picserve.protocol.envelope import Envelope
+
+__all__ = ["handle"]
+
+_REPLY_FIELDS = {"main": "MainModels", "lora": "LoraModels", "embedding": "EmbeddingModels",
+                 "hypernetwork": "HypernetworkModels"}
+
+
+async def handle(ctx, account: domain.Account, envelope: Envelope, base_url: str) -> dict:
+    return {field: {code: _model(entry) for code, entry in ctx.catalog.entries(kind).items()}
+            for kind, field in _REPLY_FIELDS.items()}
+
+
+def _model(entry: catalog_module.Entry) -> dict:
+    model = {"Name": entry.name, "ModelCode": entry.code, "IsOfficial": entry.is_official,
+             "TriggerWordList": list(entry.trigger_words)}
+    if entry.kind == "main":
+        model["InferenceParams"] = {"Steps": 10, "Sampler": "Euler", "ClipSkip": 1, "CFGScale": 7.5,
+                                    **entry.inference_params}
+    elif entry.kind == "lora":
+        model["InferenceParams"] = {"LoraWeight": 1, **entry.inference_params}
+    return model

@@ -1,0 +1,158 @@
+"""The `picserve` command: parses flags, builds Settings, calls the runtime or the SDK. No logic here.
+
+Every option can also be set with its `PICSERVE_*` variable (e.g. `--data-dir` ↔ PICSERVE_DATA_DIR).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from picserve.config import Settings
+
+app = typer.Typer(help="Self-hosted SDXL behind the PICPIK API.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_show_locals=False)
+keys_app = typer.Typer(help="API keys (stored in the database).", no_args_is_help=True)
+models_app = typer.Typer(help="The models folder.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
+
+DataDir = typer.Option(None, "--data-dir", help="database, results, caches [./data]")
+ModelsDir = typer.Option(None, "--models-dir", help="main/, lora/, embedding/, hypernetwork/ [./models]")
+DatabaseUrl = typer.Option(None, "--database-url", help="external PostgreSQL; unset = embedded")
+
+
+def _settings(**flags) -> Settings:
+    settings = Settings.load(**flags)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx", "procrastinate.blueprints"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+    return settings
+
+
+@app.command()
+def serve(host: Optional[str] = typer.Option(None, help="[127.0.0.1]"),
+          port: Optional[int] = typer.Option(None, help="[8080]"),
+          data_dir: Optional[Path] = DataDir, models_dir: Optional[Path] = ModelsDir,
+          workers: Optional[int] = typer.Option(None, help="workers run beside the API [1]"),
+          database_url: Optional[str] = DatabaseUrl,
+          device: Optional[str] = typer.Option(None, help="worker device: auto, cpu, cuda:N [auto]"),
+          public_url: Optional[str] = typer.Option(None, help="base of result URLs [http://host:port]")):
+    """Run the API and its workers in the foreground."""
+    from picserve import server
+
+    server.serve(_settings(host=host, port=port, data_dir=data_dir, models_dir=models_dir, workers=workers,
+                           database_url=database_url, device=device, public_url=public_url))
+
+
+@app.command()
+def worker(data_dir: Optional[Path] = DataDir, models_dir: Optional[Path] = ModelsDir,
+           database_url: Optional[str] = DatabaseUrl,
+           device: Optional[str] = typer.Option(None, help="auto, cpu, cuda:N (one worker per GPU) [auto]"),
+           name: Optional[str] = typer.Option(None, help="worker name in logs and task records")):
+    """Run one worker (one per GPU at scale) against the shared database."""
+    from picserve import server
+    from picserve.tasks.worker import run_worker
+
+    settings = _settings(data_dir=data_dir, models_dir=models_dir, database_url=database_url, device=device)
+    with server.database(settings) as url:
+        asyncio.run(run_worker(settings, url, name))
+
+
+def _with_repo(settings: Settings, action):
+    from picserve import server
+    from picserve.tasks import queue
+
+    async def run(url):
+        async with queue.open_database(url, max_size=2) as db:
+            return await action(db.repo)
+
+    with server.database(settings) as url:
+        return asyncio.run(run(url))
+
+
+@keys_app.command("create")
+def keys_create(name: str = typer.Option("", help="a label for the key"),
+                credits: Optional[int] = typer.Option(None, help="credits granted [1000]"),
+                data_dir: Optional[Path] = DataDir, database_url: Optional[str] = DatabaseUrl):
+    """Create a key pair; prints {"PublicKey": …, "PrivateKey": …}."""
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    amount = settings.default_credits if credits is None else credits
+    account = _with_repo(settings, lambda repo: repo.create_key(name, amount))
+    typer.echo(json.dumps({"PublicKey": account.public_key, "PrivateKey": account.private_key}))
+
+
+@keys_app.command("list")
+def keys_list(data_dir: Optional[Path] = DataDir, database_url: Optional[str] = DatabaseUrl):
+    """List keys with their credits (private keys are not shown)."""
+    accounts = _with_repo(_settings(data_dir=data_dir, database_url=database_url), lambda repo: repo.list_keys())
+    for a in accounts:
+        typer.echo(json.dumps({"PublicKey": a.public_key, "Name": a.name, "TotalCredits": a.total_credits,
+                               "UsedCredits": a.used_credits, "Revoked": a.revoked}))
+
+
+@keys_app.command("revoke")
+def keys_revoke(public_key: str, data_dir: Optional[Path] = DataDir, database_url: Optional[str] = DatabaseUrl):
+    """Revoke a key: its requests are refused from now on."""
+    if not _with_repo(_settings(data_dir=data_dir, database_url=database_url),
+                      lambda repo: repo.revoke_key(public_key)):
+        typer.echo(f"no key {public_key}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {public_key}")
+
+
+@keys_app.command("add-credits")
+def keys_add_credits(public_key: str, credits: int, data_dir: Optional[Path] = DataDir,
+                     database_url: Optional[str] = DatabaseUrl):
+    """Grant more credits to a key."""
+    if not _with_repo(_settings(data_dir=data_dir, database_url=database_url),
+                      lambda repo: repo.add_credits(public_key, credits)):
+        typer.echo(f"no key {public_key}", err=True)
+        raise typer.Exit(1)
+
+
+@models_app.command("make-tiny")
+def models_make_tiny(models_dir: Optional[Path] = ModelsDir,
+                     overwrite: bool = typer.Option(False, help="rebuild even if present")):
+    """Write the tiny random SDXL (single file + diffusers folder) into models/main/."""
+    from picserve.engine import tiny
+
+    settings = _settings(models_dir=models_dir)
+    for path in tiny.write_model(settings.models_dir, overwrite=overwrite):
+        typer.echo(str(path))
+
+
+@models_app.command("list")
+def models_list(models_dir: Optional[Path] = ModelsDir):
+    """Show what the models folder holds, as ListModels would."""
+    from picserve import catalog
+
+    cat = catalog.Catalog(_settings(models_dir=models_dir).models_dir)
+    for kind in catalog.KINDS:
+        for code, entry in cat.entries(kind).items():
+            typer.echo(f"{kind:13} {code:32} {entry.path}")
+
+
+@app.command()
+def demo(data_dir: Optional[Path] = DataDir, models_dir: Optional[Path] = ModelsDir,
+         model: Optional[str] = typer.Option(None, help="ModelCode [the tiny model, made if missing]"),
+         prompt: str = typer.Option("a photo of a cat sitting on a red sofa, masterpiece"),
+         width: int = typer.Option(512), height: int = typer.Option(512),
+         steps: int = typer.Option(10), batch: int = typer.Option(1), seed: int = typer.Option(-1),
+         out: Path = typer.Option(Path("out"), help="where the PNGs are saved")):
+    """Start the service, generate through the SDK, save the PNGs, print paths and seed, stop."""
+    from picserve import demo as demo_module
+
+    settings = _settings(data_dir=data_dir, models_dir=models_dir)
+    for line in demo_module.run(settings, model=model, prompt=prompt, width=width, height=height, steps=steps,
+                                batch=batch, seed=seed, out=out):
+        typer.echo(line)
+
+
+def main() -> None:
+    app()
