@@ -54,14 +54,15 @@ def serve(host: Optional[str] = typer.Option(None, help="[127.0.0.1]"),
 def worker(data_dir: Optional[Path] = DataDir, models_dir: Optional[Path] = ModelsDir,
            database_url: Optional[str] = DatabaseUrl,
            device: Optional[str] = typer.Option(None, help="auto, cpu, cuda:N (one worker per GPU) [auto]"),
-           name: Optional[str] = typer.Option(None, help="worker name in logs and task records")):
+           name: Optional[str] = typer.Option(None, help="worker name in logs and task records"),
+           burst: bool = typer.Option(False, help="exit once the queue is empty")):
     """Run one worker (one per GPU at scale) against the shared database."""
     from picserve import server
     from picserve.tasks.worker import run_worker
 
     settings = _settings(data_dir=data_dir, models_dir=models_dir, database_url=database_url, device=device)
     with server.database(settings) as url:
-        asyncio.run(run_worker(settings, url, name))
+        asyncio.run(run_worker(settings, url, name, burst=burst))
 
 
 def _with_repo(settings: Settings, action):

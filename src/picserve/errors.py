@@ -10,7 +10,7 @@
     │   ├── ModelNotFound              231  ModelCode not in the models folder
     │   └── InsufficientCredits        280  balance too low for the request
     ├── ServerBusy                     290  queue full / database unreachable; retry later
-    └── GenerationError                500  a task failed at run time (reported in TaskDetail)
+    └── GenerationError                501  a task failed at run time (reported in TaskDetail)
         ├── TaskCanceled               510  the task was cancelled
         └── StorageError               520  a result could not be stored
 
@@ -87,7 +87,7 @@ class ServerBusy(PicserveError):
 class GenerationError(PicserveError):
     """Generation failed."""
 
-    ret_code = 500
+    ret_code = 501
 
 
 class TaskCanceled(GenerationError):

@@ -116,7 +116,7 @@ def _describe(model: type[BaseModel], error: dict, params: dict) -> str:
         return f"{path}: missing required field"
     low, high = _bounds(model, loc)
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than") and low is not None:
-        return f"{path}: must be between {low:g} and {high:g} (got {got!r})"
+        return f"{path}: must be between {_number(low)} and {_number(high)} (got {got!r})"
     if kind in ("too_short", "too_long"):
         ctx = error.get("ctx", {})
         return f"{path}: must hold {ctx.get('min_length', 1)} to {ctx.get('max_length', '…')} items"
@@ -124,6 +124,10 @@ def _describe(model: type[BaseModel], error: dict, params: dict) -> str:
         allowed = error.get("ctx", {}).get("pattern", "").strip("^$()").replace("|", ", ")
         return f"{path}: must be one of {allowed} (got {got!r})"
     return f"{path}: {error.get('msg', 'invalid value')} (got {got!r})"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

@@ -25,11 +25,12 @@ _TERMINAL = {"Finished", "Error", "Canceled"}
 
 class Client:
     def __init__(self, base_url: str, public_key: str, private_key: str, *, timeout: float = 60.0,
-                 transport: httpx.BaseTransport | None = None):
+                 transport: httpx.BaseTransport | None = None, http: httpx.Client | None = None):
+        """`transport` or a whole `http` client (e.g. Starlette's TestClient) replace the network."""
         self.base_url = base_url.rstrip("/")
         self.public_key = public_key
         self._private_key = private_key
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
 
     def close(self) -> None:
         self._http.close()

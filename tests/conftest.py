@@ -1,0 +1,80 @@
+"""Shared fixtures: the tiny SDXL (built once, cached), a real PostgreSQL, and a loopback-only network."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_connect = socket.socket.connect
+
+
+def _loopback_only(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+            raise RuntimeError(f"test tried to reach {address}: only loopback is allowed")
+    return _connect(self, address)
+
+
+def pytest_configure(config):
+    socket.socket.connect = _loopback_only
+
+
+@pytest.fixture(scope="session")
+def models_dir(request) -> Path:
+    """A models folder holding the tiny SDXL, as a single file and as a diffusers folder."""
+    from picserve.engine import tiny
+
+    root = Path(request.config.cache.mkdir("picserve-models"))
+    tiny.write_model(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def config_cache(request) -> Path:
+    return Path(request.config.cache.mkdir("picserve-config"))
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """PICSERVE_TEST_DATABASE_URL (a server .ci/run starts) or an embedded PostgreSQL for the session."""
+    url = os.environ.get("PICSERVE_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from picserve.tasks.embedded_pg import EmbeddedPostgres
+
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "pg")
+    yield server.uri
+    server.stop()
+
+
+@pytest.fixture
+def database_url(pg_server):
+    """A fresh, empty database for one test."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    name = f"picserve_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield make_conninfo(pg_server, dbname=name)
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def engine(models_dir, config_cache):
+    """One CPU engine for the session, so the tiny pipeline loads once."""
+    from picserve import catalog
+    from picserve.engine.engine import Engine
+
+    return Engine(catalog.Catalog(models_dir), device="cpu", max_loaded=2, cache_dir=config_cache)

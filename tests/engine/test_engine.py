@@ -1,0 +1,131 @@
+"""The real diffusers pipeline on the tiny SDXL: properties, not pixels."""
+
+import numpy as np
+import pytest
+import torch
+
+from picserve import domain, errors
+from picserve.engine import sdxl_base, tiny
+
+SMALL = dict(model_code=tiny.TINY_CODE, prompt="a photo of a cat", width=64, height=64, steps=3, seed=7)
+
+
+def pixels(generated, i=0):
+    return np.asarray(generated.images[i], dtype=np.int16)
+
+
+def test_single_file_equals_diffusers_folder(models_dir):
+    from diffusers import StableDiffusionXLPipeline
+
+    folder = StableDiffusionXLPipeline.from_pretrained(models_dir / "main" / f"{tiny.TINY_CODE}-diffusers")
+    single = StableDiffusionXLPipeline.from_single_file(
+        str(models_dir / "main" / f"{tiny.TINY_CODE}.safetensors"),
+        config=str(models_dir / "main" / f"{tiny.TINY_CODE}-diffusers"))
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        a, b = getattr(folder, name).state_dict(), getattr(single, name).state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_both_model_forms_generate_the_same_image(engine):
+    a = engine.generate(domain.GenerationSpec(**SMALL))
+    b = engine.generate(domain.GenerationSpec(**{**SMALL, "model_code": f"{tiny.TINY_CODE}-diffusers"}))
+    assert np.array_equal(pixels(a), pixels(b))
+
+
+def test_same_seed_same_bytes_other_seed_other_image(engine):
+    a = engine.generate(domain.GenerationSpec(**SMALL)).pngs()
+    b = engine.generate(domain.GenerationSpec(**SMALL)).pngs()
+    c = engine.generate(domain.GenerationSpec(**{**SMALL, "seed": 8})).pngs()
+    assert a == b
+    assert a != c
+
+
+def test_batch_image_i_is_seed_plus_i(engine):
+    batch = engine.generate(domain.GenerationSpec(**{**SMALL, "batch_size": 3}))
+    assert batch.seeds == [7, 8, 9]
+    alone = engine.generate(domain.GenerationSpec(**{**SMALL, "seed": 9}))
+    # Batched math differs from single runs by ~1e-6 before quantisation to 8 bits.
+    assert np.abs(pixels(batch, 2) - pixels(alone)).max() <= 1
+
+
+def test_large_batches_run_in_chunks(engine):
+    chunk = engine.max_chunk
+    engine.max_chunk = 2
+    try:
+        steps = []
+        out = engine.generate(domain.GenerationSpec(**{**SMALL, "batch_size": 5}), lambda d, t: steps.append((d, t)))
+    finally:
+        engine.max_chunk = chunk
+    assert len(out.images) == 5 and out.seeds == [7, 8, 9, 10, 11]
+    assert steps[-1] == (9, 9) and [d for d, _ in steps] == list(range(1, 10))
+
+
+def test_sizes_not_multiple_of_8_are_exact(engine):
+    out = engine.generate(domain.GenerationSpec(**{**SMALL, "width": 100, "height": 70}))
+    assert out.images[0].size == (100, 70)
+
+
+@pytest.mark.parametrize("sampler", domain.SAMPLER_NAMES)
+def test_every_sampler_runs_and_reproduces(engine, sampler):
+    spec = domain.GenerationSpec(**{**SMALL, "sampler": sampler, "steps": 4})
+    assert engine.generate(spec).pngs() == engine.generate(spec).pngs()
+
+
+def test_clip_skip_changes_the_output_and_is_bounded(engine):
+    base = pixels(engine.generate(domain.GenerationSpec(**SMALL)))
+    skipped = pixels(engine.generate(domain.GenerationSpec(**{**SMALL, "clip_skip": 2})))
+    assert np.abs(base - skipped).max() > 0
+    with pytest.raises(errors.GenerationError, match="ClipSkip 9 is deeper"):
+        engine.generate(domain.GenerationSpec(**{**SMALL, "clip_skip": 9}))
+
+
+def test_cfg_and_negative_prompt_matter(engine):
+    base = pixels(engine.generate(domain.GenerationSpec(**SMALL)))
+    assert np.abs(base - pixels(engine.generate(domain.GenerationSpec(**{**SMALL, "cfg_scale": 2.0})))).max() > 0
+    assert np.abs(base - pixels(engine.generate(domain.GenerationSpec(**{**SMALL, "negative_prompt": "dog"})))).max() > 0
+
+
+def test_step_callback_reports_and_cancels(engine):
+    seen = []
+    engine.generate(domain.GenerationSpec(**SMALL), lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+    def cancel(done, total):
+        if done == 2:
+            raise errors.TaskCanceled()
+    with pytest.raises(errors.TaskCanceled):
+        engine.generate(domain.GenerationSpec(**SMALL), cancel)
+    # the cached pipeline still works afterwards
+    assert engine.generate(domain.GenerationSpec(**SMALL)).images
+
+
+def test_png_carries_a1111_parameters(engine):
+    from io import BytesIO
+
+    from PIL import Image
+
+    png = engine.generate(domain.GenerationSpec(**{**SMALL, "negative_prompt": "blurry"})).pngs()[0]
+    text = Image.open(BytesIO(png)).text["parameters"]
+    assert text.splitlines()[0] == "a photo of a cat"
+    assert text.splitlines()[1] == "Negative prompt: blurry"
+    assert "Steps: 3, Sampler: Euler, CFG scale: 7.5, Seed: 7, Size: 64x64, Model: picserve-tiny" in text
+
+
+def test_unknown_model_is_reported(engine):
+    with pytest.raises(errors.ModelNotFound):
+        engine.generate(domain.GenerationSpec(**{**SMALL, "model_code": "nope"}))
+
+
+def test_shipped_sdxl_config_is_sdxl_base(tmp_path):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    folder = sdxl_base.config_dir(tmp_path)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+    assert sum(p.numel() for p in unet.parameters()) == 2_567_463_684
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert CLIPTokenizer.from_pretrained(folder / "tokenizer_2").pad_token_id == 0
+    assert UNet2DConditionModel.load_config(sdxl_base.config_dir(tmp_path, inpaint=True) / "unet")["in_channels"] == 9
