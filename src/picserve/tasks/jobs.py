@@ -12,12 +12,12 @@ import procrastinate
 
 from picserve import errors
 
-__all__ = ["QUEUE", "WorkerRuntime", "blueprint", "run_generation"]
+__all__ = ["QUEUE", "TASK_NAME", "WorkerRuntime", "run_generation"]
 
 log = logging.getLogger(__name__)
 
 QUEUE = "generation"
-blueprint = procrastinate.Blueprint()
+TASK_NAME = "picserve.run_generation"
 
 
 @dataclass
@@ -31,7 +31,6 @@ class WorkerRuntime:
     progress_interval: float = 0.5
 
 
-@blueprint.task(name="run_generation", queue=QUEUE, pass_context=True)
 async def run_generation(context: procrastinate.JobContext, task_uid: str) -> None:
     runtime: WorkerRuntime = context.additional_context["picserve"]
     spec = await runtime.repo.mark_running(task_uid, runtime.name)

@@ -27,11 +27,13 @@ class Database:
         self.pool = pool
         self.app = app
         self.repo = repo_module.TaskRepo(pool)
+        #: the generation job, bound to this App (each process may hold several Apps, e.g. in tests)
+        self.run_generation = app.tasks[jobs.TASK_NAME]
 
 
 def make_app(conninfo: str) -> procrastinate.App:
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
-    app.add_tasks_from(jobs.blueprint, namespace="picserve")
+    app.task(name=jobs.TASK_NAME, queue=jobs.QUEUE, pass_context=True)(jobs.run_generation)
     return app
 
 

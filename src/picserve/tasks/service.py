@@ -6,7 +6,7 @@ import math
 from typing import Sequence
 
 from picserve import domain, errors
-from picserve.tasks import jobs, queue, xid
+from picserve.tasks import queue, xid
 
 __all__ = ["TaskService", "cost_of"]
 
@@ -36,7 +36,7 @@ class TaskService:
                     raise errors.InsufficientCredits(
                         f"this request costs {cost} credits and {max(available, 0)} are available")
                 await self.repo.insert_task(conn, task_uid, account.public_key, action, spec, cost)
-                job_id = await jobs.run_generation.configure(connection=conn).defer_async(task_uid=task_uid)
+                job_id = await self.db.run_generation.configure(connection=conn).defer_async(task_uid=task_uid)
                 await self.repo.set_job(conn, task_uid, job_id)
         return task_uid
 

@@ -1,0 +1,45 @@
+import asyncio
+
+import pytest
+from fastapi.testclient import TestClient
+
+from picserve.api.app import create_app
+from picserve.config import Settings
+from picserve.sdk import Client
+from picserve.tasks import worker
+
+
+@pytest.fixture
+def settings(tmp_path, models_dir, database_url):
+    return Settings(data_dir=tmp_path / "data", models_dir=models_dir, database_url=database_url,
+                    heartbeat_interval=0.5, stalled_after=3.0, progress_interval=0.0, device="cpu")
+
+
+@pytest.fixture
+def api(settings):
+    with TestClient(create_app(settings, settings.database_url)) as client:
+        yield client
+
+
+@pytest.fixture
+def make_client(api):
+    """make_client(credits) → an SDK client on a new key, talking to the in-process app."""
+    def make(credits: int = 100_000, name: str = "test") -> Client:
+        account = api.portal.call(api.app.state.ctx.repo.create_key, name, credits)
+        return Client("http://testserver", account.public_key, account.private_key, http=api)
+    return make
+
+
+@pytest.fixture
+def run_worker(settings, engine):
+    """Drain the queue with the real worker code and the session's engine."""
+    def run(name: str = "test-worker") -> None:
+        asyncio.run(worker.run_worker(settings, settings.database_url, name=name, burst=True, engine=engine))
+    return run
+
+
+def tiny_request(**overrides):
+    request = {"MainModel": {"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 6}},
+               "PositivePrompts": ["a photo of a cat"], "Width": 64, "Height": 64, "Seed": 1}
+    request.update(overrides)
+    return request
