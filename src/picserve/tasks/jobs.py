@@ -56,6 +56,12 @@ async def run_generation(context: procrastinate.JobContext, task_uid: str) -> No
         outcome = ("finished", (keys, generated.seeds))
     except errors.TaskCanceled:
         outcome = ("canceled", None)
+    except asyncio.CancelledError:
+        # procrastinate aborts an async job by cancelling it; the engine thread stops at its next step
+        # through should_abort(). Any other cancellation is a worker shutdown: reported as an error.
+        if context.should_abort():
+            outcome = ("canceled", None)
+        raise
     except errors.PicserveError as exc:
         outcome = ("error", (exc.ret_code, exc.message))
     except Exception as exc:  # a bug or a runtime failure (e.g. out of memory): reported, never lost

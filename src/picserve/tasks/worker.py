@@ -36,6 +36,7 @@ async def run_worker(settings: Settings, database_url: str, name: str | None = N
                 queues=[jobs.QUEUE], name=name, concurrency=1, additional_context={"picserve": runtime},
                 update_heartbeat_interval=settings.heartbeat_interval, stalled_worker_timeout=settings.stalled_after,
                 delete_jobs="successful", install_signal_handlers=not burst, wait=not burst,
+                abort_job_polling_interval=1.0,
             )
         finally:
             sweeper.cancel()

@@ -1,0 +1,107 @@
+"""Durability and concurrency: cancel while running, several worker processes, restarts, killed workers."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from fastapi.testclient import TestClient
+
+from picserve.api.app import create_app
+from picserve.sdk import Client
+from picserve.tasks.embedded_pg import EmbeddedPostgres
+
+from .conftest import tiny_request
+
+SLOW = dict(Width=512, Height=512, MainModel={"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 60}})
+
+
+def wait_for(predicate, timeout=60.0, every=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not met in time")
+
+
+def status(client, uid):
+    return client.list_tasks_details([uid])[0]
+
+
+def worker_process(settings, *extra):
+    env = {**os.environ, **settings.to_env(), "PICSERVE_LOG_LEVEL": "warning"}
+    return subprocess.Popen([sys.executable, "-m", "picserve", "worker", *extra], env=env)
+
+
+def test_cancel_a_running_task_at_its_next_step(make_client, run_worker):
+    client = make_client()
+    uid = client.generate_images_sdxl(**tiny_request(**SLOW))
+    thread = threading.Thread(target=run_worker)
+    thread.start()
+    running = wait_for(lambda: status(client, uid)["Status"] == "Running" and status(client, uid)["Progress"] > 0)
+    assert running
+    client.cancel_task([uid])
+    thread.join(60)
+    detail = status(client, uid)
+    assert detail["Status"] == "Canceled" and detail["ImgList"] == [], detail["ErrorMassage"]
+    assert 0 < detail["Progress"] < 1
+
+
+def test_two_worker_processes_share_the_queue(settings, make_client):
+    client = make_client()
+    uids = [client.generate_images_sdxl(**tiny_request(Seed=i, Width=256, Height=256)) for i in range(6)]
+    workers = [worker_process(settings, "--burst", "--name", f"w{i}") for i in range(2)]
+    for w in workers:
+        assert w.wait(180) == 0
+    details = client.list_tasks_details(uids)
+    assert [d["Status"] for d in details] == ["Finished"] * 6
+    assert [d["Seed"] for d in details] == list(range(6))
+
+
+def test_queued_tasks_survive_a_restart(tmp_path, settings, engine, run_worker):
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    own = settings.evolve(database_url=pg.uri)
+    with TestClient(create_app(own, pg.uri)) as api:
+        account = api.portal.call(api.app.state.ctx.repo.create_key, "restart", 1000)
+        client = Client("http://testserver", account.public_key, account.private_key, http=api)
+        uids = [client.generate_images_sdxl(**tiny_request(Seed=i)) for i in range(2)]
+    pg.stop()
+    assert not (tmp_path / "pg" / "postmaster.pid").exists()
+
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    try:
+        own = settings.evolve(database_url=pg.uri)
+        with TestClient(create_app(own, pg.uri)) as api:
+            client = Client("http://testserver", account.public_key, account.private_key, http=api)
+            assert [d["Status"] for d in client.list_tasks_details(uids)] == ["Queuing"] * 2
+            import asyncio
+
+            from picserve.tasks import worker
+
+            asyncio.run(worker.run_worker(own, pg.uri, burst=True, engine=engine))
+            assert [d["Status"] for d in client.list_tasks_details(uids)] == ["Finished"] * 2
+    finally:
+        pg.stop()
+
+
+def test_a_killed_workers_task_runs_again(settings, api, make_client, run_worker):
+    client = make_client()
+    uid = client.generate_images_sdxl(**tiny_request(**SLOW))
+    victim = worker_process(settings, "--name", "victim")
+    try:
+        wait_for(lambda: status(client, uid)["Status"] == "Running", timeout=120)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        # The API's sweeper sees the silent worker after `stalled_after` seconds and queues the task again.
+        wait_for(lambda: status(client, uid)["Status"] == "Queuing", timeout=30)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    run_worker(name="rescuer")
+    detail = status(client, uid)
+    assert detail["Status"] == "Finished" and len(detail["ImgList"]) == 1
+    assert client.get_credit_balance()["UsedCredits"] == detail["ConsumeApiPoint"]
