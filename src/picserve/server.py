@@ -86,6 +86,9 @@ def serve(settings: Settings) -> None:
 
     from picserve.api.app import create_app
 
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found: make that a
+    # clean exit, so the workers and the embedded database below are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with database(settings) as url:
         supervisor = _Supervisor(settings, url, settings.workers)
         try:

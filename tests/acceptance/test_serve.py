@@ -1,0 +1,109 @@
+"""`picserve serve`, `picserve keys` and `picserve demo` as a user runs them: subprocesses and HTTP."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from io import BytesIO
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from picserve import errors
+from picserve.sdk import Client
+
+ENV = {**os.environ, "PICSERVE_LOG_LEVEL": "warning"}
+
+
+def picserve(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "picserve", *map(str, args)], env=ENV, capture_output=True,
+                          text=True, timeout=180, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(base: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"serve exited with {process.returncode}"
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError("serve never became healthy")
+
+
+@pytest.fixture
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("srv")
+
+
+def test_serve_keys_and_sdk_end_to_end(data_dir, models_dir):
+    # A key made while nothing runs (the CLI starts and stops the embedded server itself).
+    before = picserve("keys", "create", "--name", "early", "--credits", 500, "--data-dir", data_dir)
+    assert before.returncode == 0, before.stderr
+    early = json.loads(before.stdout)
+    assert not (data_dir / "pg" / "postmaster.pid").exists()
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    serve = subprocess.Popen([sys.executable, "-m", "picserve", "serve", "--port", str(port), "--data-dir",
+                              str(data_dir), "--models-dir", str(models_dir), "--device", "cpu"], env=ENV)
+    try:
+        wait_healthy(base, serve)
+        # A key made while serve runs on the same data folder.
+        during = picserve("keys", "create", "--name", "late", "--data-dir", data_dir)
+        assert during.returncode == 0, during.stderr
+        late = json.loads(during.stdout)
+
+        with Client(base, early["PublicKey"], early["PrivateKey"]) as client:
+            uid = client.generate_images_sdxl(
+                MainModel={"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 6}},
+                PositivePrompts=["a red fox"], NegativePrompts=["blurry"], Width=128, Height=96, Seed=99)
+            detail = client.wait(uid, timeout=180)
+            assert detail["Status"] == "Finished", detail
+            image = Image.open(BytesIO(httpx.get(detail["ImgList"][0]).content))
+            assert image.size == (128, 96) and "Seed: 99" in image.text["parameters"]
+            assert detail["ImgList"][0].startswith(base + "/results/")
+
+        with Client(base, late["PublicKey"], late["PrivateKey"]) as other:
+            with pytest.raises(errors.TaskNotFound):
+                other.list_tasks_details([uid])
+            assert other.get_credit_balance()["TotalCredits"] == 1000
+
+        listed = picserve("keys", "list", "--data-dir", data_dir)
+        assert {json.loads(line)["Name"] for line in listed.stdout.splitlines()} == {"early", "late"}
+        assert picserve("keys", "revoke", late["PublicKey"], "--data-dir", data_dir).returncode == 0
+        with Client(base, late["PublicKey"], late["PrivateKey"]) as other:
+            with pytest.raises(errors.UnknownKey):
+                other.list_models()
+    finally:
+        serve.terminate()
+        code = serve.wait(60)
+    assert code == 0
+    assert not (data_dir / "pg" / "postmaster.pid").exists(), "serve left PostgreSQL running"
+    leftover = subprocess.run(["pgrep", "-f", f"picserve worker.*{data_dir}"], capture_output=True)
+    assert leftover.stdout == b""
+
+
+def test_demo_prints_png_and_seed(data_dir, models_dir, tmp_path):
+    out = tmp_path / "out"
+    result = picserve("demo", "--data-dir", data_dir, "--models-dir", models_dir, "--width", 96, "--height", 64,
+                      "--steps", 6, "--seed", 5, "--batch", 2, "--out", out)
+    assert result.returncode == 0, result.stderr
+    paths = re.findall(r"^(\S+\.png)\s+seed=(\d+)\s+96x64$", result.stdout, re.M)
+    assert [seed for _, seed in paths] == ["5", "6"]
+    for path, _ in paths:
+        assert Image.open(path).size == (96, 64)
+    assert "seed 5" in result.stdout
+    assert not (data_dir / "pg" / "postmaster.pid").exists()
