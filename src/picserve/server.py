@@ -85,7 +85,11 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from picserve.api.app import create_app
+    from picserve.catalog import Catalog
 
+    if not Catalog(settings.models_dir).entries("main"):
+        log.warning("no main model in %s: add SDXL checkpoints there, or run `picserve models make-tiny` "
+                    "for the tiny test model", settings.models_dir / "main")
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found: make that a
     # clean exit, so the workers and the embedded database below are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
