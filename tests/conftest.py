@@ -35,6 +35,7 @@ def models_dir(request) -> Path:
 
     root = Path(request.config.cache.mkdir("picserve-models"))
     tiny.write_model(root)
+    tiny.write_model(root, code=tiny.TINY_INPAINT_CODE, inpaint=True)
     return root
 
 

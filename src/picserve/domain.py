@@ -52,9 +52,21 @@ class GenerationSpec:
     seed: int = 0
     tiling: bool = False
     sub_models: tuple[SubModel, ...] = ()
+    #: img2img / inpainting: the reference image and its mask (white = repaint), base64 as received
+    init_image: str | None = None
+    mask_image: str | None = None
+    #: denoising strength for img2img and inpainting (PICPIK's ReferStrength)
+    strength: float = 0.5
+    #: how the reference image is brought to width×height: JustResize, CropAndResize or ResizeAndFill
+    resize_mode: str = "ResizeAndFill"
     #: the prompts as the client sent them, before any translation
     original_prompt: str | None = None
     warnings: tuple[str, ...] = ()
+
+    @property
+    def mode(self) -> str:
+        """txt2img, img2img or inpaint: the pipeline this request needs."""
+        return "inpaint" if self.mask_image else "img2img" if self.init_image else "txt2img"
 
     @property
     def seeds(self) -> list[int]:

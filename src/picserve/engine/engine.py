@@ -10,13 +10,16 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from picserve import __version__, catalog as catalog_module, domain, errors
-from picserve.engine import images, loader, samplers
+from picserve import __version__, catalog as catalog_module, domain, errors, imaging
+from picserve.engine import images, loader, prompts, samplers, tiling
 
 __all__ = ["Engine", "Generated", "StepCallback"]
 
-#: called after every denoising step with (steps done, steps in total); may raise TaskCanceled
-StepCallback = Callable[[int, int], None]
+#: called after every denoising step with the fraction done (0..1]; may raise TaskCanceled
+StepCallback = Callable[[float], None]
+
+#: above this many output pixels the VAE decodes in tiles, keeping its memory bounded
+_TILED_VAE_PIXELS = 1280 * 1280
 
 
 @dataclass(frozen=True)
@@ -44,48 +47,61 @@ class Engine:
         return self.pipelines.loaded
 
     def generate(self, spec: domain.GenerationSpec, on_step: StepCallback | None = None) -> Generated:
-        # 1. The cached pipeline and a fresh scheduler for this request's sampler.
-        pipe = self.pipelines.get(spec.model_code)
-        pipe.scheduler = samplers.make_scheduler(spec.sampler, pipe.picserve_scheduler_config, spec.seed)
+        # 1. The pipeline for the mode (txt2img, img2img, inpaint share one loaded model) and a fresh scheduler.
+        model = self.pipelines.get(spec.model_code)
+        if model.is_inpaint and spec.mode != "inpaint":
+            raise errors.GenerationError(f"{spec.model_code!r} is an inpainting model: send an image and a mask")
+        pipe = model.pipeline(spec.mode)
+        pipe.scheduler = samplers.make_scheduler(spec.sampler, model.scheduler_config, spec.seed)
         _check_clip_skip(pipe, spec.clip_skip)
 
-        # 2. SDXL works on multiples of 8 px: generate at the next one, resize to the exact request.
+        # 2. SDXL works on multiples of 8 px: generate at the next one, resize to the exact request at the end.
         width, height = _ceil8(spec.width), _ceil8(spec.height)
+        size = {"width": width, "height": height}
 
-        # 3. Denoise in chunks; image i always uses seed + i, on a CPU generator so seeds match across devices.
-        total_steps = spec.steps * math.ceil(spec.batch_size / self.max_chunk)
-        done = 0
+        # 3. Reference image and mask, brought to the requested size by the request's resize mode.
+        init = mask = None
+        if spec.init_image:
+            init = imaging.fit(imaging.decode(spec.init_image, "image"), spec.width, spec.height, spec.resize_mode)
+            size = {"image": init.resize((width, height), Image.Resampling.LANCZOS), "strength": spec.strength}
+        if spec.mask_image:
+            mask = imaging.mask_for(imaging.decode(spec.mask_image, "mask"), spec.width, spec.height,
+                                    spec.resize_mode)
+            size.update(mask_image=mask.resize((width, height), Image.Resampling.LANCZOS), width=width,
+                        height=height)
 
-        def step_end(_pipe, step_index, _timestep, kwargs):
-            if on_step is not None:
-                on_step(done + step_index + 1, total_steps)
-            return kwargs
-
-        results: list[Image.Image] = []
-        seeds = spec.seeds
+        # 4. Prompt embeddings with A1111 weighting, long prompts in 75-token chunks, clip skip.
         with torch.inference_mode():
-            for start in range(0, len(seeds), self.max_chunk):
-                chunk = seeds[start:start + self.max_chunk]
+            cond = prompts.encode(pipe, spec.prompt, spec.negative_prompt, spec.clip_skip, spec.cfg_scale > 1)
+
+        # 5. Denoise in chunks of the batch; image i uses seed + i, from a CPU generator so seeds match on any device.
+        seeds = spec.seeds
+        chunks = [seeds[i:i + self.max_chunk] for i in range(0, len(seeds), self.max_chunk)]
+        results: list[Image.Image] = []
+        large = width * height > _TILED_VAE_PIXELS and not spec.tiling  # tiled decoding would break the seams
+        with tiling.seamless(pipe, spec.tiling), tiling.tiled_vae(pipe, large), torch.inference_mode():
+            for index, chunk in enumerate(chunks):
+                def step_end(_pipe, step, _timestep, kwargs, index=index):
+                    if on_step is not None:
+                        on_step((index + (step + 1) / max(1, _pipe.num_timesteps)) / len(chunks))
+                    return kwargs
+
                 output = pipe(
-                    prompt=spec.prompt,
-                    negative_prompt=spec.negative_prompt or None,
+                    prompt_embeds=cond.embeds, pooled_prompt_embeds=cond.pooled,
+                    negative_prompt_embeds=cond.negative_embeds, negative_pooled_prompt_embeds=cond.negative_pooled,
                     num_images_per_prompt=len(chunk),
                     generator=[torch.Generator("cpu").manual_seed(s) for s in chunk],
-                    width=width,
-                    height=height,
-                    num_inference_steps=spec.steps,
-                    guidance_scale=spec.cfg_scale,
-                    clip_skip=spec.clip_skip - 1 or None,  # A1111 ClipSkip 1 = diffusers' default (penultimate)
-                    callback_on_step_end=step_end,
+                    num_inference_steps=spec.steps, guidance_scale=spec.cfg_scale,
+                    callback_on_step_end=step_end, **size,
                 )
                 results.extend(output.images)
-                done += spec.steps
 
-        # 4. Exact size and A1111 metadata.
-        if (width, height) != (spec.width, spec.height):
+        # 6. Exact size; inpainting keeps every pixel outside the mask exactly; A1111 metadata.
+        if results[0].size != (spec.width, spec.height):
             results = [img.resize((spec.width, spec.height), Image.Resampling.LANCZOS) for img in results]
-        texts = [_infotext(spec, seed) for seed in seeds]
-        return Generated(images=results, seeds=seeds, infotexts=texts)
+        if mask is not None:
+            results = [Image.composite(img, init, mask) for img in results]
+        return Generated(images=results, seeds=seeds, infotexts=[_infotext(spec, s) for s in seeds])
 
 
 def _ceil8(n: int) -> int:
@@ -93,7 +109,7 @@ def _ceil8(n: int) -> int:
 
 
 def _check_clip_skip(pipe, clip_skip: int) -> None:
-    # diffusers reads hidden_states[-(clip_skip + 2)]; beyond the encoder's depth it raises IndexError.
+    # ClipSkip n reads hidden_states[-(n + 1)]: at most as deep as the encoder's layer count.
     layers = pipe.text_encoder.config.num_hidden_layers
     if clip_skip > layers:
         raise errors.GenerationError(
@@ -105,6 +121,8 @@ def _infotext(spec: domain.GenerationSpec, seed: int) -> str:
     fields = {
         "Steps": spec.steps, "Sampler": spec.sampler, "CFG scale": f"{spec.cfg_scale:g}", "Seed": seed,
         "Size": f"{spec.width}x{spec.height}", "Model": spec.model_code,
+        "Denoising strength": f"{spec.strength:g}" if spec.init_image else None,
+        "Mask": "True" if spec.mask_image else None,
         "Clip skip": spec.clip_skip if spec.clip_skip > 1 else None, "Tiling": "True" if spec.tiling else None,
         "Version": f"picserve {__version__}",
     }

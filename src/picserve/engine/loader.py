@@ -15,7 +15,7 @@ from picserve import catalog as catalog_module
 from picserve import errors
 from picserve.engine import sdxl_base
 
-__all__ = ["PipelineCache", "resolve_device"]
+__all__ = ["LoadedModel", "PipelineCache", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,34 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class LoadedModel:
+    """One main model in memory: its txt2img pipeline and the img2img/inpaint ones sharing its modules."""
+
+    def __init__(self, code: str, pipe):
+        self.code = code
+        self.base = pipe
+        #: the model's own scheduler config, from which each request's sampler is built
+        self.scheduler_config = dict(pipe.scheduler.config)
+        self._derived: dict[str, object] = {}
+
+    @property
+    def is_inpaint(self) -> bool:
+        return self.base.unet.config.in_channels == 9
+
+    def pipeline(self, mode: str):
+        """txt2img, img2img or inpaint: derived pipelines come from `from_pipe` (no extra memory)."""
+        from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
+
+        if mode == "txt2img":
+            return self.base
+        if mode not in self._derived:
+            cls = StableDiffusionXLImg2ImgPipeline if mode == "img2img" else StableDiffusionXLInpaintPipeline
+            derived = cls.from_pipe(self.base)
+            derived.set_progress_bar_config(disable=True)
+            self._derived[mode] = derived
+        return self._derived[mode]
+
+
 class PipelineCache:
     """An LRU of loaded SDXL text-to-image pipelines, keyed by ModelCode.
 
@@ -54,7 +82,7 @@ class PipelineCache:
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.max_loaded = max(1, max_loaded)
         self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "picserve")
-        self._pipes: OrderedDict[str, object] = OrderedDict()
+        self._pipes: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         _quiet_libraries()
 
@@ -62,7 +90,7 @@ class PipelineCache:
     def loaded(self) -> list[str]:
         return list(self._pipes)
 
-    def get(self, code: str):
+    def get(self, code: str) -> LoadedModel:
         with self._lock:
             if code in self._pipes:
                 self._pipes.move_to_end(code)
@@ -76,9 +104,9 @@ class PipelineCache:
                 gc.collect()
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-            pipe = self._load(entry)
-            self._pipes[code] = pipe
-            return pipe
+            model = LoadedModel(code, self._load(entry))
+            self._pipes[code] = model
+            return model
 
     def _load(self, entry: catalog_module.Entry):
         from diffusers import StableDiffusionXLPipeline
@@ -94,10 +122,7 @@ class PipelineCache:
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise errors.GenerationError(f"model {entry.code!r} could not be loaded: {exc}") from exc
         pipe.set_progress_bar_config(disable=True)
-        pipe = pipe.to(self.device)
-        pipe.picserve_code = entry.code
-        pipe.picserve_scheduler_config = dict(pipe.scheduler.config)
-        return pipe
+        return pipe.to(self.device)
 
 
 def _is_inpaint(path: Path) -> bool:

@@ -17,9 +17,11 @@ import torch
 
 from picserve.engine import bpe, checkpoint
 
-__all__ = ["TINY_CODE", "build_pipeline", "write_model"]
+__all__ = ["TINY_CODE", "TINY_INPAINT_CODE", "build_pipeline", "write_model"]
 
 TINY_CODE = "picserve-tiny"
+#: the same model with a 9-channel UNet, as SDXL inpainting checkpoints have
+TINY_INPAINT_CODE = "picserve-tiny-inpaint"
 
 # A small prompt corpus: the BPE vocabulary is learnt from it, so common prompt words get tokens.
 _CORPUS = """
@@ -51,7 +53,7 @@ def _text_configs(vocab_size: int) -> tuple[dict, dict]:
     return clip_l, open_clip
 
 
-def build_pipeline(tokenizer_dir: Path | None = None, seed: int = 0):
+def build_pipeline(tokenizer_dir: Path | None = None, seed: int = 0, inpaint: bool = False):
     """Build the tiny SDXL pipeline in memory (deterministic for a given torch version and seed)."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -71,7 +73,8 @@ def build_pipeline(tokenizer_dir: Path | None = None, seed: int = 0):
     clip_l, open_clip = _text_configs(vocab_size)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(16, 32, 64), layers_per_block=2, sample_size=128, in_channels=4, out_channels=4,
+        block_out_channels=(16, 32, 64), layers_per_block=2, sample_size=128, in_channels=9 if inpaint else 4,
+        out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         transformer_layers_per_block=(1, 1, 2), attention_head_dim=(1, 2, 4), norm_num_groups=8,
@@ -97,7 +100,8 @@ def build_pipeline(tokenizer_dir: Path | None = None, seed: int = 0):
     return pipe
 
 
-def write_model(models_dir: Path, code: str = TINY_CODE, overwrite: bool = False) -> tuple[Path, Path]:
+def write_model(models_dir: Path, code: str = TINY_CODE, overwrite: bool = False,
+                inpaint: bool = False) -> tuple[Path, Path]:
     """Write the tiny model twice into `models_dir/main/`: a diffusers folder and a single file.
 
     The single file gets a sidecar `<code>.json` that points at the diffusers folder for its configs,
@@ -108,7 +112,7 @@ def write_model(models_dir: Path, code: str = TINY_CODE, overwrite: bool = False
     if folder.exists() and single.exists() and not overwrite:
         return folder, single
     main.mkdir(parents=True, exist_ok=True)
-    pipe = build_pipeline()
+    pipe = build_pipeline(inpaint=inpaint)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=main))
     try:
         pipe.save_pretrained(staging)

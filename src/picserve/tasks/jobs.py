@@ -41,13 +41,13 @@ async def run_generation(context: procrastinate.JobContext, task_uid: str) -> No
     loop = asyncio.get_running_loop()
     last_write = [0.0]
 
-    def on_step(done: int, total: int) -> None:  # runs in the engine's thread
+    def on_step(progress: float) -> None:  # runs in the engine's thread
         if context.should_abort():
             raise errors.TaskCanceled()
         now = time.monotonic()
-        if now - last_write[0] >= runtime.progress_interval or done == total:
+        if now - last_write[0] >= runtime.progress_interval:
             last_write[0] = now
-            asyncio.run_coroutine_threadsafe(runtime.repo.record_progress(task_uid, done / total), loop)
+            asyncio.run_coroutine_threadsafe(runtime.repo.record_progress(task_uid, progress), loop)
 
     outcome: tuple[str, Any] = ("error", (500, "worker stopped before the task ended"))
     try:
