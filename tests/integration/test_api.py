@@ -122,7 +122,9 @@ def test_request_uuid_and_action_are_echoed(api, make_client):
     ({"MainModel": {"ModelCode": "missing-model"}}, 231, "MainModel.ModelCode 'missing-model' is not on this server"),
     ({"MainModel": {"ModelCode": "picserve-tiny", "InferenceParams": {"Sampler": "Euler z"}}}, 160,
      "MainModel.InferenceParams.Sampler: unknown sampler 'Euler z'; valid: Euler, Euler a"),
-    ({"Image2Image": {"ImageIndex": 0}}, 160, "Image2Image: not supported by this server version yet"),
+    ({"Image2Image": {"ImageIndex": 0}}, 160,
+     "Image2Image.ImageIndex 0 is out of range: ImageAndMaskList has 0 entries"),
+    ({"SubModelList": [{"ModelCode": "x"}]}, 160, "SubModelList: LoRA, embedding and hypernetwork models"),
     ({"Bogus": True}, 160, "Bogus: unknown field for GenerateImagesSDXL"),
 ])
 def test_invalid_generation_requests_name_the_field(make_client, overrides, code, message):

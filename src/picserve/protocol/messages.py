@@ -51,6 +51,8 @@ class Image2ImageModel(BaseModel):
     ImageIndex: Annotated[int, Field(ge=0)]
     ReferStrength: Annotated[float, Field(ge=0, le=1)] = 0.5
     ResizeMode: Annotated[str, Field(pattern="^(JustResize|CropAndResize|ResizeAndFill)$")] = "ResizeAndFill"
+    # picserve extension: where the inpainting mask is; without it, the entry after the image (if any)
+    MaskIndex: Annotated[int | None, Field(ge=0)] = None
 
 
 class GenerateImagesSDXL(_Request):

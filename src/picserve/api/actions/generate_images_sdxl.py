@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import unicodedata
 
-from picserve import catalog as catalog_module, domain, errors
+from picserve import catalog as catalog_module, domain, errors, imaging
 from picserve.protocol import messages
 from picserve.protocol.envelope import Envelope
 
@@ -55,25 +55,52 @@ def to_spec(request: messages.GenerateImagesSDXL, catalog: catalog_module.Catalo
         warnings.append("TranslatePrompts: no translation model is installed for this prompt's language; "
                         "the prompt was used as given")
     seed = secrets.randbelow(2**31) if request.Seed == -1 else request.Seed
+    steps = int(params["Steps"])
+    images = _reference_images(request, steps)
     return domain.GenerationSpec(
         model_code=code, prompt=prompt, negative_prompt=negative, width=request.Width, height=request.Height,
-        batch_size=request.BatchSize, steps=int(params["Steps"]), cfg_scale=float(params["CFGScale"]),
+        batch_size=request.BatchSize, steps=steps, cfg_scale=float(params["CFGScale"]),
         sampler=sampler, clip_skip=int(params["ClipSkip"]), seed=seed, tiling=request.Tiling,
-        original_prompt=prompt, warnings=tuple(warnings),
+        original_prompt=prompt, warnings=tuple(warnings), **images,
     )
+
+
+def _reference_images(request: messages.GenerateImagesSDXL, steps: int) -> dict:
+    """Image2Image → the image (and mask) it points at, each decoded once here so bad input never queues.
+
+    The mask (white = repaint) is `Image2Image.MaskIndex` when given, else the entry right after the image.
+    """
+    images = request.ImageAndMaskList or []
+    for index, text in enumerate(images):
+        imaging.decode(text, f"ImageAndMaskList[{index}]")
+    i2i = request.Image2Image
+    if i2i is None:
+        if images:
+            raise errors.ParamError("ImageAndMaskList: images were sent but no Image2Image refers to them")
+        return {}
+    for name, index in (("ImageIndex", i2i.ImageIndex), ("MaskIndex", i2i.MaskIndex)):
+        if index is not None and index >= len(images):
+            raise errors.ParamError(f"Image2Image.{name} {index} is out of range: ImageAndMaskList has "
+                                    f"{len(images)} entries (indexes 0..{len(images) - 1})")
+    if int(steps * i2i.ReferStrength) < 1:
+        raise errors.ParamError(
+            f"Image2Image.ReferStrength {i2i.ReferStrength:g} × Steps {steps} leaves no denoising step: "
+            "their product must be at least 1")
+    mask_index = i2i.MaskIndex if i2i.MaskIndex is not None else i2i.ImageIndex + 1
+    has_mask = mask_index < len(images) and mask_index != i2i.ImageIndex
+    return {
+        "init_image": imaging.strip_data_uri(images[i2i.ImageIndex]),
+        "mask_image": imaging.strip_data_uri(images[mask_index]) if has_mask else None,
+        "strength": i2i.ReferStrength,
+        "resize_mode": i2i.ResizeMode,
+    }
 
 
 def _refuse_unsupported(request: messages.GenerateImagesSDXL) -> None:
     """Fields of the spec this server does not run yet: refused by name, never silently ignored."""
-    unsupported = {
-        "SubModelList": bool(request.SubModelList),
-        "Image2Image": request.Image2Image is not None,
-        "ImageAndMaskList": bool(request.ImageAndMaskList),
-        "Tiling": request.Tiling,
-    }
-    for name, present in unsupported.items():
-        if present:
-            raise errors.ParamError(f"{name}: not supported by this server version yet")
+    if request.SubModelList:
+        raise errors.ParamError("SubModelList: LoRA, embedding and hypernetwork models are not supported "
+                                "by this server version yet")
 
 
 def _first(*values):
