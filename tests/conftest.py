@@ -33,9 +33,22 @@ def models_dir(request) -> Path:
     """A models folder holding the tiny SDXL, as a single file and as a diffusers folder."""
     from picserve.engine import tiny
 
+    from picserve.engine import tiny_submodels as subs
+
     root = Path(request.config.cache.mkdir("picserve-models"))
     tiny.write_model(root)
     tiny.write_model(root, code=tiny.TINY_INPAINT_CODE, inpaint=True)
+    builders = {
+        **{f"lora/kohya-{i}.safetensors": (subs.write_lora_kohya, root / "lora", f"kohya-{i}", i) for i in range(4)},
+        "lora/peft-0.safetensors": (subs.write_lora_peft, root / "lora", "peft-0", 10),
+        "lora/sd15-style.safetensors": (subs.write_lora_sd1, root / "lora", "sd15-style"),
+        "embedding/emb-a.safetensors": (subs.write_embedding, root / "embedding", "emb-a", 2, 1),
+        "embedding/emb-b.safetensors": (subs.write_embedding, root / "embedding", "emb-b", 1, 2),
+        "hypernetwork/hyper-a.pt": (subs.write_hypernetwork, root / "hypernetwork", "hyper-a", 3),
+    }
+    for name, (build, *args) in builders.items():
+        if not (root / name).exists():
+            build(*args)
     return root
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from picserve import __version__, catalog as catalog_module, domain, errors, imaging
-from picserve.engine import images, loader, prompts, samplers, tiling
+from picserve.engine import adapters, images, loader, prompts, samplers, tiling
 
 __all__ = ["Engine", "Generated", "StepCallback"]
 
@@ -39,12 +39,14 @@ class Engine:
     def __init__(self, catalog: catalog_module.Catalog, device: str = "auto", max_loaded: int = 1,
                  cache_dir: Path | None = None, max_chunk: int = 4):
         self.pipelines = loader.PipelineCache(catalog, device, max_loaded, cache_dir)
+        self.adapters = adapters.Adapters(catalog)
         #: images denoised together; larger batches run in chunks of this size to bound memory
         self.max_chunk = max_chunk
 
-    @property
-    def loaded_models(self) -> list[str]:
-        return self.pipelines.loaded
+    def holdings(self) -> dict[str, list[str]]:
+        """Main models and LoRAs in memory: a hint for sending jobs to the worker that already has them."""
+        loras = [name for code in self.pipelines.loaded for name in self.pipelines.get(code).loras]
+        return {"main": self.pipelines.loaded, "lora": loras}
 
     def generate(self, spec: domain.GenerationSpec, on_step: StepCallback | None = None) -> Generated:
         # 1. The pipeline for the mode (txt2img, img2img, inpaint share one loaded model) and a fresh scheduler.
@@ -70,33 +72,35 @@ class Engine:
             size.update(mask_image=mask.resize((width, height), Image.Resampling.LANCZOS), width=width,
                         height=height)
 
-        # 4. Prompt embeddings with A1111 weighting, long prompts in 75-token chunks, clip skip.
-        with torch.inference_mode():
-            cond = prompts.encode(pipe, spec.prompt, spec.negative_prompt, spec.clip_skip, spec.cfg_scale > 1)
-
-        # 5. Denoise in chunks of the batch; image i uses seed + i, from a CPU generator so seeds match on any device.
         seeds = spec.seeds
         chunks = [seeds[i:i + self.max_chunk] for i in range(0, len(seeds), self.max_chunk)]
         results: list[Image.Image] = []
         large = width * height > _TILED_VAE_PIXELS and not spec.tiling  # tiled decoding would break the seams
-        with tiling.seamless(pipe, spec.tiling), tiling.tiled_vae(pipe, large), torch.inference_mode():
-            for index, chunk in enumerate(chunks):
-                def step_end(_pipe, step, _timestep, kwargs, index=index):
-                    if on_step is not None:
-                        on_step((index + (step + 1) / max(1, _pipe.num_timesteps)) / len(chunks))
-                    return kwargs
+        # 4. LoRAs, embeddings and hypernetworks for this request only; the model is restored afterwards.
+        with self.adapters.applied(model, spec.sub_models), torch.inference_mode():
+            # 5. Prompt embeddings with A1111 weighting, long prompts in 75-token chunks, clip skip.
+            cond = prompts.encode(pipe, spec.prompt, spec.negative_prompt, spec.clip_skip, spec.cfg_scale > 1)
 
-                output = pipe(
-                    prompt_embeds=cond.embeds, pooled_prompt_embeds=cond.pooled,
-                    negative_prompt_embeds=cond.negative_embeds, negative_pooled_prompt_embeds=cond.negative_pooled,
-                    num_images_per_prompt=len(chunk),
-                    generator=[torch.Generator("cpu").manual_seed(s) for s in chunk],
-                    num_inference_steps=spec.steps, guidance_scale=spec.cfg_scale,
-                    callback_on_step_end=step_end, **size,
-                )
-                results.extend(output.images)
+            # 6. Denoise in chunks of the batch; image i uses seed + i, from a CPU generator (same on any device).
+            with tiling.seamless(pipe, spec.tiling), tiling.tiled_vae(pipe, large):
+                for index, chunk in enumerate(chunks):
+                    def step_end(_pipe, step, _timestep, kwargs, index=index):
+                        if on_step is not None:
+                            on_step((index + (step + 1) / max(1, _pipe.num_timesteps)) / len(chunks))
+                        return kwargs
 
-        # 6. Exact size; inpainting keeps every pixel outside the mask exactly; A1111 metadata.
+                    output = pipe(
+                        prompt_embeds=cond.embeds, pooled_prompt_embeds=cond.pooled,
+                        negative_prompt_embeds=cond.negative_embeds,
+                        negative_pooled_prompt_embeds=cond.negative_pooled,
+                        num_images_per_prompt=len(chunk),
+                        generator=[torch.Generator("cpu").manual_seed(s) for s in chunk],
+                        num_inference_steps=spec.steps, guidance_scale=spec.cfg_scale,
+                        callback_on_step_end=step_end, **size,
+                    )
+                    results.extend(output.images)
+
+        # 7. Exact size; inpainting keeps every pixel outside the mask exactly; A1111 metadata.
         if results[0].size != (spec.width, spec.height):
             results = [img.resize((spec.width, spec.height), Image.Resampling.LANCZOS) for img in results]
         if mask is not None:

@@ -48,6 +48,8 @@ class LoadedModel:
         self.base = pipe
         #: the model's own scheduler config, from which each request's sampler is built
         self.scheduler_config = dict(pipe.scheduler.config)
+        #: PEFT adapter name → file version of the LoRAs loaded into this model (see adapters.py)
+        self.loras: OrderedDict[str, tuple] = OrderedDict()
         self._derived: dict[str, object] = {}
 
     @property
