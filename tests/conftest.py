@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 import uuid
@@ -42,6 +43,8 @@ def models_dir(request) -> Path:
         **{f"lora/kohya-{i}.safetensors": (subs.write_lora_kohya, root / "lora", f"kohya-{i}", i) for i in range(4)},
         "lora/peft-0.safetensors": (subs.write_lora_peft, root / "lora", "peft-0", 10),
         "lora/sd15-style.safetensors": (subs.write_lora_sd1, root / "lora", "sd15-style"),
+        "lora/kohya-trigger.safetensors": (subs.write_lora_kohya, root / "lora", "kohya-trigger", 5, 4,
+                                           {"ss_tag_frequency": '{"10_inkstyle": {"inkstyle": 9, "cat": 3}}'}),
         "embedding/emb-a.safetensors": (subs.write_embedding, root / "embedding", "emb-a", 2, 1),
         "embedding/emb-b.safetensors": (subs.write_embedding, root / "embedding", "emb-b", 1, 2),
         "hypernetwork/hyper-a.pt": (subs.write_hypernetwork, root / "hypernetwork", "hyper-a", 3),
@@ -49,6 +52,8 @@ def models_dir(request) -> Path:
     for name, (build, *args) in builders.items():
         if not (root / name).exists():
             build(*args)
+    sidecar = {"Name": "Kohya one", "TriggerWordList": ["sidecarword"], "InferenceParams": {"LoraWeight": 0.5}}
+    (root / "lora" / "kohya-1.json").write_text(json.dumps(sidecar))
     return root
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from picserve import modelinfo
+
 __all__ = ["KINDS", "Catalog", "Entry"]
 
 KINDS = ("main", "lora", "embedding", "hypernetwork")
@@ -40,6 +42,8 @@ class Entry:
     inference_params: dict[str, Any] = field(default_factory=dict)
     #: diffusers config folder for a single-file checkpoint (None = SDXL base)
     config: Path | None = None
+    #: what the file's tensor shapes say: base model family and widths (see modelinfo)
+    info: modelinfo.Info = field(default_factory=modelinfo.Info)
 
     @property
     def is_single_file(self) -> bool:
@@ -55,6 +59,7 @@ class Catalog:
         self._lock = threading.Lock()
         self._scanned_at = float("-inf")
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        self._infos: dict[tuple, modelinfo.Info] = {}  # (kind, path, mtime, size) → Info: files are read once
 
     def entries(self, kind: str) -> dict[str, Entry]:
         with self._lock:
@@ -65,6 +70,14 @@ class Catalog:
 
     def get(self, kind: str, code: str) -> Entry | None:
         return self.entries(kind).get(code)
+
+    def find_sub_model(self, code: str) -> list[Entry]:
+        """Every LoRA, embedding or hypernetwork named `code` (more than one means the name is ambiguous)."""
+        return [e for kind in KINDS[1:] if (e := self.get(kind, code)) is not None]
+
+    def compatible_mains(self, entry: Entry) -> list[str]:
+        return [code for code, main in self.entries("main").items()
+                if modelinfo.compatible(main.info, entry.info, entry.kind)]
 
     def _scan(self, kind: str) -> dict[str, Entry]:
         folder = self.models_dir / kind
@@ -94,10 +107,23 @@ class Catalog:
             except (OSError, ValueError):
                 meta = {}
         config = meta.get("Config")
+        info = self._inspect(kind, path if not config else path.parent / config)
+        words = meta.get("TriggerWordList")
         return Entry(
             kind=kind, code=code, path=path, name=str(meta.get("Name") or code),
             is_official=bool(meta.get("IsOfficial", False)),
-            trigger_words=tuple(str(w) for w in meta.get("TriggerWordList") or ()),
+            trigger_words=tuple(str(w) for w in words) if words is not None else info.trigger_words,
             inference_params=dict(meta.get("InferenceParams") or {}),
             config=(path.parent / config) if config else None,
+            info=info,
         )
+
+    def _inspect(self, kind: str, path: Path) -> modelinfo.Info:
+        try:
+            stat = path.stat()
+        except OSError:
+            return modelinfo.Info(problem=f"{path} is missing")
+        key = (kind, str(path), stat.st_mtime_ns, stat.st_size)
+        if key not in self._infos:
+            self._infos[key] = modelinfo.inspect(kind, path)
+        return self._infos[key]

@@ -37,6 +37,8 @@ class Settings:
     credit_divisor: int = 1024 * 1024
     #: credits a key gets when created without --credits
     default_credits: int = 1000
+    #: append a LoRA's TriggerWordList to the prompt when its words are not there yet
+    append_trigger_words: bool = True
     #: loaded main models kept in memory by a worker
     max_loaded_models: int = 1
     #: minimum seconds between two progress writes of one task

@@ -8,6 +8,7 @@
     │   ├── UnknownAction              161  Action not served here
     │   ├── TaskNotFound               230  TaskUID unknown to this key
     │   ├── ModelNotFound              231  ModelCode not in the models folder
+    │   ├── IncompatibleModel          232  a sub-model that does not fit the main model (by tensor shapes)
     │   └── InsufficientCredits        280  balance too low for the request
     ├── ServerBusy                     290  queue full / database unreachable; retry later
     └── GenerationError                501  a task failed at run time (reported in TaskDetail)
@@ -72,6 +73,12 @@ class ModelNotFound(ClientError):
     ret_code = 231
 
 
+class IncompatibleModel(ClientError):
+    """The sub-model does not fit the main model."""
+
+    ret_code = 232
+
+
 class InsufficientCredits(ClientError):
     """Not enough credits for this request."""
 
@@ -104,7 +111,7 @@ class StorageError(GenerationError):
 
 ALL = (
     PicserveError, ClientError, ParamError, UnknownAction, AuthError, UnknownKey, TaskNotFound,
-    ModelNotFound, InsufficientCredits, ServerBusy, GenerationError, TaskCanceled, StorageError,
+    ModelNotFound, IncompatibleModel, InsufficientCredits, ServerBusy, GenerationError, TaskCanceled, StorageError,
 )
 
 

@@ -52,7 +52,8 @@ def inspect(kind: str, path: Path) -> Info:
         if path.is_dir():
             return _diffusers_folder(path)
         shapes, metadata = _read(path)
-    except (OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, EOFError) as exc:
+    except (OSError, ValueError, struct.error, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, EOFError,
+            StopIteration) as exc:
         return Info(problem=f"unreadable {path.suffix} file: {exc}")
     dims = {"main": _main_dims, "lora": _lora_dims, "embedding": _embedding_dims,
             "hypernetwork": _hypernetwork_dims}[kind](shapes)

@@ -124,7 +124,7 @@ def test_request_uuid_and_action_are_echoed(api, make_client):
      "MainModel.InferenceParams.Sampler: unknown sampler 'Euler z'; valid: Euler, Euler a"),
     ({"Image2Image": {"ImageIndex": 0}}, 160,
      "Image2Image.ImageIndex 0 is out of range: ImageAndMaskList has 0 entries"),
-    ({"SubModelList": [{"ModelCode": "x"}]}, 160, "SubModelList: LoRA, embedding and hypernetwork models"),
+    ({"SubModelList": [{"ModelCode": "x"}]}, 231, "SubModelList[0].ModelCode 'x' is not a LoRA, embedding"),
     ({"Bogus": True}, 160, "Bogus: unknown field for GenerateImagesSDXL"),
 ])
 def test_invalid_generation_requests_name_the_field(make_client, overrides, code, message):
@@ -173,7 +173,8 @@ def test_list_models_and_balance(make_client):
     tiny = models["MainModels"]["picserve-tiny"]
     assert tiny["ModelCode"] == "picserve-tiny" and tiny["InferenceParams"]["Steps"] == 6
     assert "picserve-tiny-diffusers" in models["MainModels"]
-    assert models["LoraModels"] == {} and models["EmbeddingModels"] == {} and models["HypernetworkModels"] == {}
+    assert "kohya-0" in models["LoraModels"] and "emb-a" in models["EmbeddingModels"]
+    assert "hyper-a" in models["HypernetworkModels"]
     balance = client.get_credit_balance()
     assert (balance["TotalCredits"], balance["UsedCredits"]) == (77, 0) and "ExpireTimestamp" not in balance
 

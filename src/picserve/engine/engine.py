@@ -121,6 +121,11 @@ def _check_clip_skip(pipe, clip_skip: int) -> None:
         )
 
 
+def _listed(spec: domain.GenerationSpec, kind: str, weighted: bool) -> str | None:
+    items = [f"{s.code}:{s.weight:g}" if weighted else s.code for s in spec.sub_models if s.kind == kind]
+    return ", ".join(items) or None
+
+
 def _infotext(spec: domain.GenerationSpec, seed: int) -> str:
     fields = {
         "Steps": spec.steps, "Sampler": spec.sampler, "CFG scale": f"{spec.cfg_scale:g}", "Seed": seed,
@@ -128,6 +133,8 @@ def _infotext(spec: domain.GenerationSpec, seed: int) -> str:
         "Denoising strength": f"{spec.strength:g}" if spec.init_image else None,
         "Mask": "True" if spec.mask_image else None,
         "Clip skip": spec.clip_skip if spec.clip_skip > 1 else None, "Tiling": "True" if spec.tiling else None,
+        "LoRA": _listed(spec, "lora", weighted=True), "Hypernetwork": _listed(spec, "hypernetwork", weighted=True),
+        "Embeddings": _listed(spec, "embedding", weighted=False),
         "Version": f"picserve {__version__}",
     }
     if spec.original_prompt and spec.original_prompt != spec.prompt:

@@ -6,10 +6,11 @@ reasons (out of memory, a file that vanished, a cancel), never because its input
 
 from __future__ import annotations
 
+import re
 import secrets
 import unicodedata
 
-from picserve import catalog as catalog_module, domain, errors, imaging
+from picserve import catalog as catalog_module, domain, errors, imaging, modelinfo
 from picserve.protocol import messages
 from picserve.protocol.envelope import Envelope
 
@@ -20,17 +21,20 @@ _DEFAULTS = {"Steps": 10, "Sampler": "Euler", "ClipSkip": 1, "CFGScale": 7.5}
 
 async def handle(ctx, account: domain.Account, envelope: Envelope, base_url: str) -> dict:
     request = messages.parse(messages.GenerateImagesSDXL, envelope.params)
-    spec = to_spec(request, ctx.catalog)
+    spec = to_spec(request, ctx.catalog, append_trigger_words=ctx.settings.append_trigger_words)
     return {"TaskUID": await ctx.tasks.submit(account, envelope.action, spec)}
 
 
-def to_spec(request: messages.GenerateImagesSDXL, catalog: catalog_module.Catalog) -> domain.GenerationSpec:
+def to_spec(request: messages.GenerateImagesSDXL, catalog: catalog_module.Catalog,
+            append_trigger_words: bool = True) -> domain.GenerationSpec:
     code = request.MainModel.ModelCode
     entry = catalog.get("main", code)
     if entry is None:
         available = ", ".join(sorted(catalog.entries("main"))) or "none installed"
         raise errors.ModelNotFound(f"MainModel.ModelCode {code!r} is not on this server (available: {available})")
-    _refuse_unsupported(request)
+    if entry.info.base not in ("SDXL", "unknown") and not entry.info.base.startswith("custom"):
+        raise errors.IncompatibleModel(f"MainModel.ModelCode {code!r} is an {entry.info.base} model; "
+                                       "GenerateImagesSDXL needs an SDXL model")
 
     # compat: omitted parameters take the model's own defaults (as ListModels shows them), then PICPIK's.
     given = request.MainModel.InferenceParams
@@ -50,6 +54,10 @@ def to_spec(request: messages.GenerateImagesSDXL, catalog: catalog_module.Catalo
 
     prompt = _join(request.PositivePrompts)
     negative = _join(request.NegativePrompts)
+    sub_models = _sub_models(request.SubModelList or [], entry, catalog)
+    if append_trigger_words:
+        prompt = _with_trigger_words(prompt, [catalog.get("lora", s.code) for s in sub_models if s.kind == "lora"])
+    sub_models += _embeddings_in_prompts(f"{prompt}\n{negative}", sub_models, entry, catalog)
     warnings = []
     if request.TranslatePrompts and (_needs_translation(prompt) or _needs_translation(negative)):
         warnings.append("TranslatePrompts: no translation model is installed for this prompt's language; "
@@ -61,7 +69,7 @@ def to_spec(request: messages.GenerateImagesSDXL, catalog: catalog_module.Catalo
         model_code=code, prompt=prompt, negative_prompt=negative, width=request.Width, height=request.Height,
         batch_size=request.BatchSize, steps=steps, cfg_scale=float(params["CFGScale"]),
         sampler=sampler, clip_skip=int(params["ClipSkip"]), seed=seed, tiling=request.Tiling,
-        original_prompt=prompt, warnings=tuple(warnings), **images,
+        sub_models=tuple(sub_models), original_prompt=prompt, warnings=tuple(warnings), **images,
     )
 
 
@@ -96,11 +104,61 @@ def _reference_images(request: messages.GenerateImagesSDXL, steps: int) -> dict:
     }
 
 
-def _refuse_unsupported(request: messages.GenerateImagesSDXL) -> None:
-    """Fields of the spec this server does not run yet: refused by name, never silently ignored."""
-    if request.SubModelList:
-        raise errors.ParamError("SubModelList: LoRA, embedding and hypernetwork models are not supported "
-                                "by this server version yet")
+def _sub_models(requested: list[messages.Model], main: catalog_module.Entry,
+                catalog: catalog_module.Catalog) -> list[domain.SubModel]:
+    """SubModelList → LoRAs, embeddings, hypernetworks found in the models folder and checked to fit."""
+    out: list[domain.SubModel] = []
+    for i, item in enumerate(requested):
+        field = f"SubModelList[{i}].ModelCode"
+        found = catalog.find_sub_model(item.ModelCode)
+        if not found:
+            raise errors.ModelNotFound(f"{field} {item.ModelCode!r} is not a LoRA, embedding or hypernetwork "
+                                       "on this server (see ListModels)")
+        if len(found) > 1:
+            raise errors.ParamError(f"{field} {item.ModelCode!r} is ambiguous: it names a "
+                                    f"{' and a '.join(e.kind for e in found)}; rename one of the files")
+        sub = found[0]
+        _check_fits(field, sub, main)
+        given = item.InferenceParams.LoraWeight if item.InferenceParams else None
+        default = sub.inference_params.get("LoraWeight", 1.0)
+        # LoraWeight also scales hypernetworks (A1111's multiplier); embeddings have no weight.
+        weight = float(given if given is not None else default)
+        if any(s.code == sub.code for s in out):
+            raise errors.ParamError(f"{field} {item.ModelCode!r} is listed twice")
+        out.append(domain.SubModel(kind=sub.kind, code=sub.code, weight=weight))
+    return out
+
+
+def _check_fits(field: str, sub: catalog_module.Entry, main: catalog_module.Entry) -> None:
+    if sub.info.problem:
+        raise errors.IncompatibleModel(f"{field} {sub.code!r} cannot be used: {sub.info.problem}")
+    if not modelinfo.compatible(main.info, sub.info, sub.kind):
+        raise errors.IncompatibleModel(
+            f"{field} {sub.code!r} is a {sub.info.base} {sub.kind} and does not fit main model {main.code!r} "
+            f"({main.info.base}): its tensor shapes differ")
+
+
+def _with_trigger_words(prompt: str, loras: list[catalog_module.Entry | None]) -> str:
+    """A LoRA's trigger words are appended when the prompt does not hold them yet."""
+    missing = []
+    for entry in loras:
+        for word in entry.trigger_words if entry else ():
+            if word and word.lower() not in prompt.lower() and word not in missing:
+                missing.append(word)
+    return ", ".join(p for p in [prompt, *missing] if p)
+
+
+def _embeddings_in_prompts(text: str, chosen: list[domain.SubModel], main: catalog_module.Entry,
+                           catalog: catalog_module.Catalog) -> list[domain.SubModel]:
+    """Embeddings are used by writing their ModelCode in a prompt, as in A1111: load those found there."""
+    taken = {s.code for s in chosen}
+    found = []
+    for code, entry in catalog.entries("embedding").items():
+        if code in taken or not re.search(rf"(?<![\w-]){re.escape(code)}(?![\w-])", text):
+            continue
+        if modelinfo.compatible(main.info, entry.info, "embedding"):
+            found.append(domain.SubModel(kind="embedding", code=code))
+    return found
 
 
 def _first(*values):

@@ -12,16 +12,22 @@ _REPLY_FIELDS = {"main": "MainModels", "lora": "LoraModels", "embedding": "Embed
 
 
 async def handle(ctx, account: domain.Account, envelope: Envelope, base_url: str) -> dict:
-    return {field: {code: _model(entry) for code, entry in ctx.catalog.entries(kind).items()}
+    return {field: {code: _model(entry, ctx.catalog) for code, entry in ctx.catalog.entries(kind).items()}
             for kind, field in _REPLY_FIELDS.items()}
 
 
-def _model(entry: catalog_module.Entry) -> dict:
+def _model(entry: catalog_module.Entry, catalog: catalog_module.Catalog) -> dict:
     model = {"Name": entry.name, "ModelCode": entry.code, "IsOfficial": entry.is_official,
-             "TriggerWordList": list(entry.trigger_words)}
+             "TriggerWordList": list(entry.trigger_words),
+             "BaseModel": entry.info.base}  # picserve extension: what the tensor shapes say
     if entry.kind == "main":
         model["InferenceParams"] = {"Steps": 10, "Sampler": "Euler", "ClipSkip": 1, "CFGScale": 7.5,
                                     **entry.inference_params}
-    elif entry.kind == "lora":
+    else:
+        # picserve extension: the main models this one fits (an empty list: it fits none here)
+        model["CompatibleMainModels"] = catalog.compatible_mains(entry)
+        if entry.info.problem:
+            model["Problem"] = entry.info.problem
+    if entry.kind in ("lora", "hypernetwork"):
         model["InferenceParams"] = {"LoraWeight": 1, **entry.inference_params}
     return model

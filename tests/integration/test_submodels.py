@@ -1,0 +1,90 @@
+"""SubModelList through the HTTP API: listing, resolution, compatibility, weights, trigger words, embeddings."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from picserve import errors
+
+from .conftest import tiny_request
+
+
+@pytest.fixture
+def generate(make_client, run_worker):
+    client = make_client()
+
+    def go(**fields):
+        uid = client.generate_images_sdxl(**tiny_request(**fields))
+        run_worker()
+        detail = client.list_tasks_details([uid])[0]
+        assert detail["Status"] == "Finished", detail
+        image = Image.open(io.BytesIO(client._http.get(detail["ImgList"][0]).content))
+        return np.asarray(image, dtype=np.int16), image.text["parameters"]
+    go.client = client
+    return go
+
+
+def test_list_models_reports_sub_models_and_their_fit(make_client):
+    models = make_client().list_models()
+    kohya, sd15 = models["LoraModels"]["kohya-0"], models["LoraModels"]["sd15-style"]
+    assert kohya["ModelCode"] == "kohya-0" and kohya["InferenceParams"] == {"LoraWeight": 1}
+    assert "picserve-tiny" in kohya["CompatibleMainModels"]
+    assert (sd15["BaseModel"], sd15["CompatibleMainModels"]) == ("SD1", [])
+    assert models["LoraModels"]["kohya-trigger"]["TriggerWordList"] == ["inkstyle"]  # from kohya metadata
+    sidecar = models["LoraModels"]["kohya-1"]
+    assert (sidecar["Name"], sidecar["TriggerWordList"], sidecar["InferenceParams"]["LoraWeight"]) == (
+        "Kohya one", ["sidecarword"], 0.5)
+    assert models["EmbeddingModels"]["emb-a"]["CompatibleMainModels"]
+    assert models["HypernetworkModels"]["hyper-a"]["InferenceParams"] == {"LoraWeight": 1}
+
+
+def test_loras_hypernetworks_and_weights(generate):
+    base, _ = generate()
+    zero, _ = generate(SubModelList=[{"ModelCode": "kohya-0", "InferenceParams": {"LoraWeight": 0}}])
+    assert np.array_equal(zero, base)
+    mixed, text = generate(SubModelList=[{"ModelCode": "kohya-0", "InferenceParams": {"LoraWeight": 0.7}},
+                                         {"ModelCode": "peft-0", "InferenceParams": {"LoraWeight": -0.3}},
+                                         {"ModelCode": "hyper-a", "InferenceParams": {"LoraWeight": 0.5}}])
+    assert np.abs(mixed - base).max() > 0
+    assert "LoRA: kohya-0:0.7, peft-0:-0.3" in text and "Hypernetwork: hyper-a:0.5" in text
+    again, _ = generate()
+    assert np.array_equal(again, base)
+
+
+def test_trigger_words_and_sidecar_defaults(generate):
+    _, text = generate(PositivePrompts=["a cat"], SubModelList=[{"ModelCode": "kohya-trigger"}])
+    assert text.splitlines()[0] == "a cat, inkstyle"
+    _, text = generate(PositivePrompts=["an inkstyle cat"], SubModelList=[{"ModelCode": "kohya-trigger"}])
+    assert text.splitlines()[0] == "an inkstyle cat"  # already there: not appended twice
+    _, text = generate(PositivePrompts=["a cat"], SubModelList=[{"ModelCode": "kohya-1"}])
+    assert text.splitlines()[0] == "a cat, sidecarword" and "LoRA: kohya-1:0.5" in text
+
+
+def test_embeddings_load_from_the_list_or_the_prompt(generate):
+    _, named = generate(PositivePrompts=["a cat"], SubModelList=[{"ModelCode": "emb-b"}])
+    assert "Embeddings: emb-b" in named
+    _, found = generate(PositivePrompts=["emb-a, a cat"], NegativePrompts=["emb-b"])
+    assert "Embeddings: emb-a, emb-b" in found
+    _, not_a_word = generate(PositivePrompts=["xemb-a, a cat"])
+    assert "Embeddings" not in not_a_word
+
+
+@pytest.mark.parametrize("sub, code, message", [
+    ({"ModelCode": "sd15-style"}, 232,
+     "SubModelList[0].ModelCode 'sd15-style' is a SD1 lora and does not fit main model 'picserve-tiny'"),
+    ({"ModelCode": "nope"}, 231, "SubModelList[0].ModelCode 'nope' is not a LoRA, embedding or hypernetwork"),
+    ({"ModelCode": "kohya-0", "InferenceParams": {"LoraWeight": 2.5}}, 160,
+     "SubModelList[0].InferenceParams.LoraWeight: must be between -1 and 2 (got 2.5)"),
+])
+def test_bad_sub_models_are_refused_by_name(make_client, sub, code, message):
+    client = make_client()
+    with pytest.raises(errors.PicserveError) as info:
+        client.generate_images_sdxl(**tiny_request(SubModelList=[sub]))
+    assert info.value.ret_code == code and info.value.message.startswith(message), info.value.message
+
+
+def test_a_sub_model_listed_twice_is_refused(make_client):
+    with pytest.raises(errors.ParamError, match="listed twice"):
+        make_client().generate_images_sdxl(**tiny_request(SubModelList=[{"ModelCode": "kohya-0"}] * 2))
