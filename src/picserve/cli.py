@@ -128,6 +128,25 @@ def models_make_tiny(models_dir: Optional[Path] = ModelsDir,
         typer.echo(str(path))
 
 
+@models_app.command("pull-translation")
+def models_pull_translation(languages: list[str] = typer.Argument(..., help="source languages, e.g. zh ja fr"),
+                            models_dir: Optional[Path] = ModelsDir,
+                            index_url: Optional[str] = typer.Option(None, help="Argos package index URL")):
+    """Download and install LANG→en translation models (needs internet; the service never downloads)."""
+    from picserve.translate import pull
+
+    settings = _settings(models_dir=models_dir, translation_index_url=index_url)
+    try:
+        for folder in pull.pull(languages, settings.translation_dir, settings.translation_index_url or pull.DEFAULT_INDEX):
+            typer.echo(f"installed {folder}")
+    except (pull.PullError, OSError) as exc:
+        typer.echo(f"pull-translation failed: {exc}", err=True)
+        raise typer.Exit(1)
+    except Exception as exc:  # httpx errors: no network, HTTP status
+        typer.echo(f"pull-translation failed: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1)
+
+
 @models_app.command("list")
 def models_list(models_dir: Optional[Path] = ModelsDir):
     """Show what the models folder holds, as ListModels would."""

@@ -39,6 +39,10 @@ class Settings:
     default_credits: int = 1000
     #: append a LoRA's TriggerWordList to the prompt when its words are not there yet
     append_trigger_words: bool = True
+    #: where LANG-en translation models live (default: <models_dir>/translate)
+    translation_models: Path | None = None
+    #: the Argos package index `picserve models pull-translation` reads
+    translation_index_url: str | None = None
     #: loaded main models kept in memory by a worker
     max_loaded_models: int = 1
     #: minimum seconds between two progress writes of one task
@@ -62,7 +66,7 @@ class Settings:
             if raw not in (None, ""):
                 values[f.name] = _coerce(f, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for name in ("data_dir", "models_dir"):
+        for name in ("data_dir", "models_dir", "translation_models"):
             if name in values:
                 values[name] = Path(values[name])
         return cls(**values)
@@ -78,6 +82,10 @@ class Settings:
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def translation_dir(self) -> Path:
+        return self.translation_models or self.models_dir / "translate"
 
     @property
     def results_dir(self) -> Path:

@@ -61,6 +61,7 @@ class GenerationSpec:
     resize_mode: str = "ResizeAndFill"
     #: the prompts as the client sent them, before any translation
     original_prompt: str | None = None
+    original_negative_prompt: str | None = None
     warnings: tuple[str, ...] = ()
 
     @property

@@ -15,6 +15,7 @@ from picserve.api.context import Context
 from picserve.config import Settings
 from picserve.storage.disk import DiskStore
 from picserve.tasks import queue, recovery, service
+from picserve.translate.prompts import PromptTranslator
 
 __all__ = ["create_app"]
 
@@ -34,8 +35,10 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
                 repo=db.repo,
                 catalog=catalog_module.Catalog(settings.models_dir),
                 store=store,
+                translator=PromptTranslator(settings.translation_dir),
             )
             background = [
+                asyncio.create_task(asyncio.to_thread(app.state.ctx.translator.warm_up)),
                 asyncio.create_task(recovery.sweep_forever(db, settings.stalled_after, settings.stalled_after / 3)),
                 asyncio.create_task(_expire_forever(store)),
             ]

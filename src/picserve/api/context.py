@@ -8,6 +8,7 @@ from picserve import catalog as catalog_module
 from picserve.config import Settings
 from picserve.storage.disk import DiskStore
 from picserve.tasks import repo as repo_module, service as service_module
+from picserve.translate.prompts import PromptTranslator
 
 __all__ = ["Context"]
 
@@ -19,6 +20,7 @@ class Context:
     repo: repo_module.TaskRepo
     catalog: catalog_module.Catalog
     store: DiskStore
+    translator: PromptTranslator
 
     def result_url(self, key: str, request_base: str) -> str:
         return self.store.url(key, self.settings.public_url or request_base)

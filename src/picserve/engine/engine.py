@@ -139,4 +139,6 @@ def _infotext(spec: domain.GenerationSpec, seed: int) -> str:
     }
     if spec.original_prompt and spec.original_prompt != spec.prompt:
         fields["Original prompt"] = repr(spec.original_prompt)
+    if spec.original_negative_prompt and spec.original_negative_prompt != spec.negative_prompt:
+        fields["Original negative prompt"] = repr(spec.original_negative_prompt)
     return images.infotext(spec.prompt, spec.negative_prompt, fields)

@@ -92,10 +92,15 @@ class TaskDetail(BaseModel):
     ConsumeApiPoint: int = 0
     ErrorCode: int = 0
     ErrorMassage: str = ""  # compat: the spec's spelling
-    # picserve extensions: fraction of denoising done, every image's seed, and notes on the request
+    # picserve extensions: fraction of denoising done, every image's seed, notes on the request, and the
+    # prompts as the model saw them (translated) next to those the client sent
     Progress: float = 0.0
     SeedList: list[int] = []
     Warnings: list[str] = []
+    Prompt: str = ""
+    NegativePrompt: str = ""
+    OriginalPrompt: str = ""
+    OriginalNegativePrompt: str = ""
 
 
 def parse(model: type[BaseModel], params: dict[str, Any]):

@@ -6,13 +6,14 @@ reasons (out of memory, a file that vanished, a cancel), never because its input
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
-import unicodedata
 
 from picserve import catalog as catalog_module, domain, errors, imaging, modelinfo
 from picserve.protocol import messages
 from picserve.protocol.envelope import Envelope
+from picserve.translate.prompts import PromptTranslator
 
 __all__ = ["handle", "to_spec"]
 
@@ -21,12 +22,14 @@ _DEFAULTS = {"Steps": 10, "Sampler": "Euler", "ClipSkip": 1, "CFGScale": 7.5}
 
 async def handle(ctx, account: domain.Account, envelope: Envelope, base_url: str) -> dict:
     request = messages.parse(messages.GenerateImagesSDXL, envelope.params)
-    spec = to_spec(request, ctx.catalog, append_trigger_words=ctx.settings.append_trigger_words)
+    # Detection, translation and image decoding are CPU work: off the event loop.
+    spec = await asyncio.to_thread(to_spec, request, ctx.catalog, ctx.translator,
+                                   ctx.settings.append_trigger_words)
     return {"TaskUID": await ctx.tasks.submit(account, envelope.action, spec)}
 
 
 def to_spec(request: messages.GenerateImagesSDXL, catalog: catalog_module.Catalog,
-            append_trigger_words: bool = True) -> domain.GenerationSpec:
+            translator: PromptTranslator | None = None, append_trigger_words: bool = True) -> domain.GenerationSpec:
     code = request.MainModel.ModelCode
     entry = catalog.get("main", code)
     if entry is None:
@@ -52,16 +55,18 @@ def to_spec(request: messages.GenerateImagesSDXL, catalog: catalog_module.Catalo
             f"MainModel.InferenceParams.Sampler: unknown sampler {params['Sampler']!r}; "
             f"valid: {', '.join(domain.SAMPLER_NAMES)}")
 
-    prompt = _join(request.PositivePrompts)
-    negative = _join(request.NegativePrompts)
+    original, original_negative = _join(request.PositivePrompts), _join(request.NegativePrompts)
     sub_models = _sub_models(request.SubModelList or [], entry, catalog)
+    loras = [catalog.get("lora", s.code) for s in sub_models if s.kind == "lora"]
+    prompt, negative, warnings = original, original_negative, []
+    if request.TranslatePrompts and translator is not None:
+        # Embedding tokens and trigger words are names, not words: they pass through untranslated.
+        keep = frozenset(w.lower() for w in [*catalog.entries("embedding"), *(t for e in loras if e
+                                                                              for t in e.trigger_words)])
+        prompt, negative, warnings = _translated(translator, original, original_negative, keep)
     if append_trigger_words:
-        prompt = _with_trigger_words(prompt, [catalog.get("lora", s.code) for s in sub_models if s.kind == "lora"])
+        prompt = _with_trigger_words(prompt, loras)
     sub_models += _embeddings_in_prompts(f"{prompt}\n{negative}", sub_models, entry, catalog)
-    warnings = []
-    if request.TranslatePrompts and (_needs_translation(prompt) or _needs_translation(negative)):
-        warnings.append("TranslatePrompts: no translation model is installed for this prompt's language; "
-                        "the prompt was used as given")
     seed = secrets.randbelow(2**31) if request.Seed == -1 else request.Seed
     steps = int(params["Steps"])
     images = _reference_images(request, steps)
@@ -69,7 +74,8 @@ def to_spec(request: messages.GenerateImagesSDXL, catalog: catalog_module.Catalo
         model_code=code, prompt=prompt, negative_prompt=negative, width=request.Width, height=request.Height,
         batch_size=request.BatchSize, steps=steps, cfg_scale=float(params["CFGScale"]),
         sampler=sampler, clip_skip=int(params["ClipSkip"]), seed=seed, tiling=request.Tiling,
-        sub_models=tuple(sub_models), original_prompt=prompt, warnings=tuple(warnings), **images,
+        sub_models=tuple(sub_models), original_prompt=original, original_negative_prompt=original_negative,
+        warnings=tuple(warnings), **images,
     )
 
 
@@ -170,6 +176,11 @@ def _join(prompts: list[str] | None) -> str:
     return ", ".join(p.strip() for p in prompts or () if p and p.strip())
 
 
-def _needs_translation(text: str) -> bool:
-    """Whether `text` holds letters outside the Latin script (CJK, Cyrillic, Thai, …)."""
-    return any(ch.isalpha() and not unicodedata.name(ch, "").startswith("LATIN") for ch in text)
+def _translated(translator: PromptTranslator, prompt: str, negative: str,
+                keep: frozenset[str]) -> tuple[str, str, list[str]]:
+    positive, negative_t = translator.translate(prompt, keep), translator.translate(negative, keep)
+    missing = list(dict.fromkeys(positive.untranslated + negative_t.untranslated))
+    warnings = [f"TranslatePrompts: no {lang}→en translation model is installed "
+                f"(`picserve models pull-translation {lang}`); that part of the prompt was used as given"
+                for lang in missing]
+    return positive.text, negative_t.text, warnings

@@ -1,0 +1,1 @@
+"""Offline prompt translation: language detection per prompt segment, then a pluggable translator."""
