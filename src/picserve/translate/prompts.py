@@ -51,11 +51,16 @@ class PromptTranslator:
         """Load the detector now rather than on the first request."""
         detect.detect("bonjour tout le monde, une ville futuriste")
 
-    def translate(self, prompt: str, keep: frozenset[str] = frozenset()) -> Translation:
-        """`prompt` in English; `keep` holds tokens that must pass unchanged (embeddings, trigger words)."""
+    def translate(self, prompt: str, keep: frozenset[str] = frozenset(), hint: str | None = None) -> Translation:
+        """`prompt` in English; `keep` holds tokens that must pass unchanged (embeddings, trigger words).
+
+        `hint` is a language to assume for short, unsure segments (the positive prompt's, for a negative
+        prompt); a prompt long enough to detect as a whole gives its own.
+        """
         result = Translation(text="")
         parts = []
-        hint = detect.detect(prompt) if len(prompt.split()) > 3 else None
+        if len(prompt.split()) > 3:
+            hint = detect.detect(prompt)
         for piece in _SEPARATORS.split(prompt):
             if not piece or _SEPARATORS.fullmatch(piece):
                 parts.append(piece)

@@ -178,7 +178,8 @@ def _join(prompts: list[str] | None) -> str:
 
 def _translated(translator: PromptTranslator, prompt: str, negative: str,
                 keep: frozenset[str]) -> tuple[str, str, list[str]]:
-    positive, negative_t = translator.translate(prompt, keep), translator.translate(negative, keep)
+    positive = translator.translate(prompt, keep)
+    negative_t = translator.translate(negative, keep, hint=next(iter(positive.languages), None))
     missing = list(dict.fromkeys(positive.untranslated + negative_t.untranslated))
     warnings = [f"TranslatePrompts: no {lang}→en translation model is installed "
                 f"(`picserve models pull-translation {lang}`); that part of the prompt was used as given"
