@@ -1,6 +1,10 @@
 import asyncio
+import io
+from dataclasses import dataclass
 
+import numpy as np
 import pytest
+from PIL import Image
 from fastapi.testclient import TestClient
 
 from picserve.api.app import create_app
@@ -43,3 +47,26 @@ def tiny_request(**overrides):
                "PositivePrompts": ["a photo of a cat"], "Width": 64, "Height": 64, "Seed": 1}
     request.update(overrides)
     return request
+
+
+@dataclass
+class Result:
+    images: list  #: the task's images as int16 RGB arrays
+    detail: dict  #: its TaskDetail
+    texts: list  #: each PNG's A1111 `parameters` text
+
+
+@pytest.fixture
+def generate(make_client, run_worker):
+    """generate(**fields) → Result of a task run to completion through the API and the real worker."""
+    client = make_client()
+
+    def go(**fields) -> Result:
+        uid = client.generate_images_sdxl(**tiny_request(**fields))
+        run_worker()
+        detail = client.list_tasks_details([uid])[0]
+        assert detail["Status"] == "Finished", detail
+        pngs = [Image.open(io.BytesIO(client._http.get(u).content)) for u in detail["ImgList"]]
+        return Result([np.asarray(p.convert("RGB"), dtype=np.int16) for p in pngs], detail,
+                      [p.text["parameters"] for p in pngs])
+    return go

@@ -31,64 +31,49 @@ def square_mask(w=64, h=64) -> Image.Image:
     return Image.fromarray(mask)
 
 
-@pytest.fixture
-def generate(make_client, run_worker):
-    """generate(**fields) → list of images (as int16 arrays) of a finished task, plus its TaskDetail."""
-    client = make_client()
-
-    def go(**fields):
-        uid = client.generate_images_sdxl(**tiny_request(**fields))
-        run_worker()
-        detail = client.list_tasks_details([uid])[0]
-        assert detail["Status"] == "Finished", detail
-        images = [Image.open(io.BytesIO(client._http.get(u).content)) for u in detail["ImgList"]]
-        return [np.asarray(i.convert("RGB"), dtype=np.int16) for i in images], detail
-    go.client = client
-    return go
-
-
 def differs(a, b) -> bool:
     return a.shape != b.shape or np.abs(a - b).max() > 0
 
 
 def test_prompts_negative_weights_and_long_prompts(generate):
-    (base,), _ = generate(PositivePrompts=["a photo", "a cat"])
-    (joined,), _ = generate(PositivePrompts=["a photo, a cat"])
+    (base,) = generate(PositivePrompts=["a photo", "a cat"]).images
+    (joined,) = generate(PositivePrompts=["a photo, a cat"]).images
     assert not differs(base, joined)  # list entries are joined as comma-separated tags
-    assert differs(base, generate(PositivePrompts=["a photo", "a (cat:1.4)"])[0][0])
-    assert differs(base, generate(PositivePrompts=["a photo", "a cat"], NegativePrompts=["blurry"])[0][0])
+    assert differs(base, generate(PositivePrompts=["a photo", "a (cat:1.4)"]).images[0])
+    assert differs(base, generate(PositivePrompts=["a photo", "a cat"], NegativePrompts=["blurry"]).images[0])
     long = ["a photo of a cat on a red sofa"] * 12
-    assert differs(generate(PositivePrompts=long)[0][0], generate(PositivePrompts=long + ["snow"])[0][0])
-    assert generate(PositivePrompts=[], NegativePrompts=[])[1]["Status"] == "Finished"
+    assert differs(generate(PositivePrompts=long).images[0], generate(PositivePrompts=long + ["snow"]).images[0])
+    assert generate(PositivePrompts=[], NegativePrompts=[]).detail["Status"] == "Finished"
 
 
 def test_seed_width_height_batch(generate):
-    images, detail = generate(Seed=40, Width=100, Height=70, BatchSize=3)
+    result = generate(Seed=40, Width=100, Height=70, BatchSize=3)
+    images = result.images
     assert [i.shape for i in images] == [(70, 100, 3)] * 3
-    assert detail["SeedList"] == [40, 41, 42]
-    (alone,), _ = generate(Seed=42, Width=100, Height=70)
+    assert result.detail["SeedList"] == [40, 41, 42]
+    (alone,) = generate(Seed=42, Width=100, Height=70).images
     assert np.abs(images[2] - alone).max() <= 1  # image i of a batch is seed + i
 
 
 @pytest.mark.parametrize("params", [{"Steps": 8}, {"CFGScale": 3.5}, {"ClipSkip": 2}, {"Sampler": "dpm++ 2m karras"}])
 def test_inference_params_take_effect(generate, params):
-    (base,), _ = generate()
-    (changed,), detail = generate(MainModel={"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 6, **params}})
+    (base,) = generate().images
+    (changed,) = generate(MainModel={"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 6, **params}}).images
     assert differs(base, changed)
 
 
 def test_image2image_strength_and_resize_modes(generate):
     source = gradient()
-    near, _ = generate(ImageAndMaskList=[b64(source)], Image2Image={"ImageIndex": 0, "ReferStrength": 0.3},
-                       MainModel={"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 10}})
-    far, _ = generate(ImageAndMaskList=[b64(source, "JPEG", data_uri=False)],
-                      Image2Image={"ImageIndex": 0, "ReferStrength": 0.9},
-                      MainModel={"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 10}})
+    near = generate(ImageAndMaskList=[b64(source)], Image2Image={"ImageIndex": 0, "ReferStrength": 0.3},
+                    MainModel={"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 10}}).images
+    far = generate(ImageAndMaskList=[b64(source, "JPEG", data_uri=False)],
+                   Image2Image={"ImageIndex": 0, "ReferStrength": 0.9},
+                   MainModel={"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 10}}).images
     src = np.asarray(source, dtype=np.int16)
     assert np.abs(near[0] - src).mean() < np.abs(far[0] - src).mean()
     wide = b64(gradient(128, 64), "WEBP")
     results = [generate(ImageAndMaskList=[wide], Width=64, Height=96,
-                        Image2Image={"ImageIndex": 0, "ReferStrength": 0.5, "ResizeMode": mode})[0][0]
+                        Image2Image={"ImageIndex": 0, "ReferStrength": 0.5, "ResizeMode": mode}).images[0]
                for mode in ("JustResize", "CropAndResize", "ResizeAndFill")]
     assert all(r.shape == (96, 64, 3) for r in results)
     assert differs(results[0], results[1]) and differs(results[1], results[2])
@@ -102,15 +87,15 @@ def test_inpainting_keeps_unmasked_pixels(generate, layout):
     else:
         fields = dict(ImageAndMaskList=[b64(mask), b64(source)],
                       Image2Image={"ImageIndex": 1, "MaskIndex": 0, "ReferStrength": 1})
-    (out,), _ = generate(Width=96, Height=72, **fields)
+    (out,) = generate(Width=96, Height=72, **fields).images
     keep = np.asarray(mask) == 0
     assert np.array_equal(out[keep], np.asarray(source, dtype=np.int16)[keep])
     assert np.abs(out[~keep] - np.asarray(source, dtype=np.int16)[~keep]).mean() > 1
 
 
 def test_a_mask_of_another_size_is_resized(generate):
-    (out,), _ = generate(ImageAndMaskList=[b64(gradient()), b64(square_mask(32, 32))],
-                         Image2Image={"ImageIndex": 0, "ReferStrength": 1})
+    (out,) = generate(ImageAndMaskList=[b64(gradient()), b64(square_mask(32, 32))],
+                      Image2Image={"ImageIndex": 0, "ReferStrength": 1}).images
     resized = imaging.mask_for(square_mask(32, 32), 64, 64, "ResizeAndFill")  # as the server resizes it
     keep = np.asarray(resized) == 0
     assert keep.sum() > 2000 and (np.asarray(resized) == 255).sum() > 500
@@ -118,10 +103,10 @@ def test_a_mask_of_another_size_is_resized(generate):
 
 
 def test_tiling(generate):
-    (plain,), _ = generate()
-    (tiled,), detail = generate(Tiling=True)
+    (plain,) = generate().images
+    (tiled,) = generate(Tiling=True).images
     assert differs(plain, tiled)
-    (again,), _ = generate()
+    (again,) = generate().images
     assert not differs(plain, again)  # the cached pipeline is untouched afterwards
 
 

@@ -1,29 +1,11 @@
 """SubModelList through the HTTP API: listing, resolution, compatibility, weights, trigger words, embeddings."""
 
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from picserve import errors
 
 from .conftest import tiny_request
-
-
-@pytest.fixture
-def generate(make_client, run_worker):
-    client = make_client()
-
-    def go(**fields):
-        uid = client.generate_images_sdxl(**tiny_request(**fields))
-        run_worker()
-        detail = client.list_tasks_details([uid])[0]
-        assert detail["Status"] == "Finished", detail
-        image = Image.open(io.BytesIO(client._http.get(detail["ImgList"][0]).content))
-        return np.asarray(image, dtype=np.int16), image.text["parameters"]
-    go.client = client
-    return go
 
 
 def test_list_models_reports_sub_models_and_their_fit(make_client):
@@ -41,33 +23,34 @@ def test_list_models_reports_sub_models_and_their_fit(make_client):
 
 
 def test_loras_hypernetworks_and_weights(generate):
-    base, _ = generate()
-    zero, _ = generate(SubModelList=[{"ModelCode": "kohya-0", "InferenceParams": {"LoraWeight": 0}}])
+    (base,) = generate().images
+    (zero,) = generate(SubModelList=[{"ModelCode": "kohya-0", "InferenceParams": {"LoraWeight": 0}}]).images
     assert np.array_equal(zero, base)
-    mixed, text = generate(SubModelList=[{"ModelCode": "kohya-0", "InferenceParams": {"LoraWeight": 0.7}},
+    result = generate(SubModelList=[{"ModelCode": "kohya-0", "InferenceParams": {"LoraWeight": 0.7}},
                                          {"ModelCode": "peft-0", "InferenceParams": {"LoraWeight": -0.3}},
                                          {"ModelCode": "hyper-a", "InferenceParams": {"LoraWeight": 0.5}}])
+    (mixed,), (text,) = result.images, result.texts
     assert np.abs(mixed - base).max() > 0
     assert "LoRA: kohya-0:0.7, peft-0:-0.3" in text and "Hypernetwork: hyper-a:0.5" in text
-    again, _ = generate()
+    (again,) = generate().images
     assert np.array_equal(again, base)
 
 
 def test_trigger_words_and_sidecar_defaults(generate):
-    _, text = generate(PositivePrompts=["a cat"], SubModelList=[{"ModelCode": "kohya-trigger"}])
+    (text,) = generate(PositivePrompts=["a cat"], SubModelList=[{"ModelCode": "kohya-trigger"}]).texts
     assert text.splitlines()[0] == "a cat, inkstyle"
-    _, text = generate(PositivePrompts=["an inkstyle cat"], SubModelList=[{"ModelCode": "kohya-trigger"}])
+    (text,) = generate(PositivePrompts=["an inkstyle cat"], SubModelList=[{"ModelCode": "kohya-trigger"}]).texts
     assert text.splitlines()[0] == "an inkstyle cat"  # already there: not appended twice
-    _, text = generate(PositivePrompts=["a cat"], SubModelList=[{"ModelCode": "kohya-1"}])
+    (text,) = generate(PositivePrompts=["a cat"], SubModelList=[{"ModelCode": "kohya-1"}]).texts
     assert text.splitlines()[0] == "a cat, sidecarword" and "LoRA: kohya-1:0.5" in text
 
 
 def test_embeddings_load_from_the_list_or_the_prompt(generate):
-    _, named = generate(PositivePrompts=["a cat"], SubModelList=[{"ModelCode": "emb-b"}])
+    (named,) = generate(PositivePrompts=["a cat"], SubModelList=[{"ModelCode": "emb-b"}]).texts
     assert "Embeddings: emb-b" in named
-    _, found = generate(PositivePrompts=["emb-a, a cat"], NegativePrompts=["emb-b"])
+    (found,) = generate(PositivePrompts=["emb-a, a cat"], NegativePrompts=["emb-b"]).texts
     assert "Embeddings: emb-a, emb-b" in found
-    _, not_a_word = generate(PositivePrompts=["xemb-a, a cat"])
+    (not_a_word,) = generate(PositivePrompts=["xemb-a, a cat"]).texts
     assert "Embeddings" not in not_a_word
 
 
