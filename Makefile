@@ -25,8 +25,10 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Benchmarks are run by hand; their numbers go to docs/performance.md.
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/sizes.py --models-dir .bench-models
+	$(BIN)/python bench/submodels.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache .bench-models

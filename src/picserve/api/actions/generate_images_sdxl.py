@@ -55,21 +55,22 @@ def to_spec(request: messages.GenerateImagesSDXL, catalog: catalog_module.Catalo
             f"MainModel.InferenceParams.Sampler: unknown sampler {params['Sampler']!r}; "
             f"valid: {', '.join(domain.SAMPLER_NAMES)}")
 
-    original, original_negative = _join(request.PositivePrompts), _join(request.NegativePrompts)
+    steps = int(params["Steps"])
+    images = _reference_images(request, steps)
     sub_models = _sub_models(request.SubModelList or [], entry, catalog)
     loras = [catalog.get("lora", s.code) for s in sub_models if s.kind == "lora"]
+
+    original, original_negative = _join(request.PositivePrompts), _join(request.NegativePrompts)
     prompt, negative, warnings = original, original_negative, []
     if request.TranslatePrompts and translator is not None:
         # Embedding tokens and trigger words are names, not words: they pass through untranslated.
-        keep = frozenset(w.lower() for w in [*catalog.entries("embedding"), *(t for e in loras if e
-                                                                              for t in e.trigger_words)])
+        trigger_words = [word for lora in loras if lora for word in lora.trigger_words]
+        keep = frozenset(word.lower() for word in [*catalog.entries("embedding"), *trigger_words])
         prompt, negative, warnings = _translated(translator, original, original_negative, keep)
     if append_trigger_words:
         prompt = _with_trigger_words(prompt, loras)
     sub_models += _embeddings_in_prompts(f"{prompt}\n{negative}", sub_models, entry, catalog)
     seed = secrets.randbelow(2**31) if request.Seed == -1 else request.Seed
-    steps = int(params["Steps"])
-    images = _reference_images(request, steps)
     return domain.GenerationSpec(
         model_code=code, prompt=prompt, negative_prompt=negative, width=request.Width, height=request.Height,
         batch_size=request.BatchSize, steps=steps, cfg_scale=float(params["CFGScale"]),
