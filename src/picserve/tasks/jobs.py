@@ -69,6 +69,8 @@ async def run_generation(context: procrastinate.JobContext, task_uid: str) -> No
         outcome = ("error", (500, f"internal error: {type(exc).__name__}: {exc}"))
     finally:
         await asyncio.shield(_write_outcome(runtime.repo, task_uid, outcome))
+        # What this worker now holds in memory: the hint a future queue policy routes jobs by.
+        log.info("task %s %s; worker holds %s", task_uid, outcome[0], runtime.engine.holdings())
 
 
 async def _write_outcome(repo, task_uid: str, outcome: tuple[str, Any]) -> None:
