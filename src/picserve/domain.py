@@ -79,9 +79,6 @@ class GenerationSpec:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
     @classmethod
     def from_json(cls, text: str | dict) -> "GenerationSpec":
         data = json.loads(text) if isinstance(text, str) else dict(text)

@@ -15,12 +15,10 @@ from typing import Any, Sequence
 
 import httpx
 
-from picserve import errors
+from picserve import domain, errors
 from picserve.protocol import signature
 
 __all__ = ["Client"]
-
-_TERMINAL = {"Finished", "Error", "Canceled"}
 
 
 class Client:
@@ -76,7 +74,7 @@ class Client:
         deadline = time.monotonic() + timeout
         while True:
             detail = self.list_tasks_details([task_uid])[0]
-            if detail["Status"] in _TERMINAL:
+            if domain.TaskStatus(detail["Status"]).is_terminal:
                 return detail
             if time.monotonic() > deadline:
                 raise TimeoutError(f"task {task_uid} still {detail['Status']} after {timeout:g} s")

@@ -102,10 +102,6 @@ class TaskRepo:
                                "ORDER BY created_at", (public_key, list(_OPEN)))
         return [r["task_uid"] for r in rows]
 
-    async def get_spec(self, task_uid: str) -> domain.GenerationSpec | None:
-        row = await self._one("SELECT spec FROM picserve_tasks WHERE task_uid = %s", (task_uid,))
-        return domain.GenerationSpec.from_json(row["spec"]) if row else None
-
     async def job_id(self, task_uid: str) -> int | None:
         row = await self._one("SELECT job_id FROM picserve_tasks WHERE task_uid = %s", (task_uid,))
         return row["job_id"] if row else None
