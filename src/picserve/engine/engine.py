@@ -49,6 +49,16 @@ class Engine:
         return {"main": self.pipelines.loaded, "lora": loras}
 
     def generate(self, spec: domain.GenerationSpec, on_step: StepCallback | None = None) -> Generated:
+        try:
+            return self._generate(spec, on_step)
+        except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+            if self.pipelines.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise errors.GenerationError(
+                f"out of memory generating {spec.batch_size}×{spec.width}×{spec.height}: "
+                "lower the size or BatchSize") from exc
+
+    def _generate(self, spec: domain.GenerationSpec, on_step: StepCallback | None) -> Generated:
         # 1. The pipeline for the mode (txt2img, img2img, inpaint share one loaded model) and a fresh scheduler.
         model = self.pipelines.get(spec.model_code)
         if model.is_inpaint and spec.mode != "inpaint":
