@@ -159,6 +159,44 @@ def models_list(models_dir: Optional[Path] = ModelsDir):
 
 
 @app.command()
+def generate(prompt: str = typer.Argument(..., help="positive prompt"),
+             url: str = typer.Option("http://127.0.0.1:8080", envvar="PICSERVE_URL", help="the PICPIK endpoint"),
+             public_key: str = typer.Option(..., envvar="PICSERVE_PUBLIC_KEY"),
+             private_key: str = typer.Option(..., envvar="PICSERVE_PRIVATE_KEY"),
+             model: str = typer.Option(..., help="MainModel.ModelCode"),
+             negative: str = typer.Option("", help="negative prompt"),
+             width: int = typer.Option(1024), height: int = typer.Option(1024), steps: int = typer.Option(20),
+             sampler: str = typer.Option("Euler"), cfg: float = typer.Option(7.5), seed: int = typer.Option(-1),
+             batch: int = typer.Option(1), lora: list[str] = typer.Option([], help="CODE or CODE:WEIGHT"),
+             out: Path = typer.Option(Path("out"), help="where the PNGs are saved")):
+    """Sign and send a GenerateImagesSDXL request to any PICPIK endpoint, wait, and save the images."""
+    from picserve import errors
+    from picserve.sdk import Client
+
+    sub_models = []
+    for item in lora:
+        code, _, weight = item.partition(":")
+        sub_models.append({"ModelCode": code, **({"InferenceParams": {"LoraWeight": float(weight)}} if weight else {})})
+    with Client(url, public_key, private_key) as client:
+        try:
+            uid = client.generate_images_sdxl(
+                MainModel={"ModelCode": model, "InferenceParams": {"Steps": steps, "Sampler": sampler,
+                                                                   "CFGScale": cfg}},
+                PositivePrompts=[prompt], NegativePrompts=[negative] if negative else None,
+                SubModelList=sub_models or None, Width=width, Height=height, BatchSize=batch, Seed=seed)
+            detail = client.wait(uid)
+        except errors.PicserveError as exc:
+            typer.echo(f"refused (RetCode {exc.ret_code}): {exc.message}", err=True)
+            raise typer.Exit(1)
+        if detail["Status"] != "Finished":
+            typer.echo(f"task {uid} ended {detail['Status']}: {detail['ErrorMassage']}", err=True)
+            raise typer.Exit(1)
+        for index, (image_url, image_seed) in enumerate(zip(detail["ImgList"], detail["SeedList"])):
+            path = client.download(image_url, out / f"{uid}-{index}.png")
+            typer.echo(f"{path}  seed={image_seed}")
+
+
+@app.command()
 def demo(data_dir: Optional[Path] = DataDir, models_dir: Optional[Path] = ModelsDir,
          model: Optional[str] = typer.Option(None, help="ModelCode [the tiny model, made if missing]"),
          prompt: str = typer.Option("a photo of a cat sitting on a red sofa, masterpiece"),

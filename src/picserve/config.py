@@ -1,4 +1,8 @@
-"""Settings: the only place picserve reads its environment (`PICSERVE_*`) and merges CLI flags."""
+"""Settings: the only place the service reads its environment (`PICSERVE_*`) and merges CLI flags.
+
+(The `picserve generate` client command is not the service: it takes its endpoint and keys from
+PICSERVE_URL, PICSERVE_PUBLIC_KEY and PICSERVE_PRIVATE_KEY through its own options.)
+"""
 
 from __future__ import annotations
 

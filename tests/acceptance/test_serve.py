@@ -81,6 +81,17 @@ def test_serve_keys_and_sdk_end_to_end(data_dir, models_dir):
                 other.list_tasks_details([uid])
             assert other.get_credit_balance()["TotalCredits"] == 1000
 
+        # The CLI client signs through the SDK like any PICPIK client.
+        cli = picserve("generate", "a blue fox", "--url", base, "--public-key", early["PublicKey"],
+                       "--private-key", early["PrivateKey"], "--model", "picserve-tiny", "--width", 80,
+                       "--height", 64, "--steps", 6, "--seed", 7, "--lora", "kohya-0:0.5", "--out", data_dir / "cli")
+        assert cli.returncode == 0, cli.stderr
+        (path, seed), = re.findall(r"^(\S+\.png)\s+seed=(\d+)$", cli.stdout, re.M)
+        assert seed == "7" and Image.open(path).size == (80, 64) and "LoRA: kohya-0:0.5" in Image.open(path).text["parameters"]
+        refused = picserve("generate", "x", "--url", base, "--public-key", early["PublicKey"],
+                           "--private-key", "wrong", "--model", "picserve-tiny")
+        assert refused.returncode == 1 and "RetCode 170" in refused.stderr
+
         listed = picserve("keys", "list", "--data-dir", data_dir)
         assert {json.loads(line)["Name"] for line in listed.stdout.splitlines()} == {"early", "late"}
         assert picserve("keys", "revoke", late["PublicKey"], "--data-dir", data_dir).returncode == 0
