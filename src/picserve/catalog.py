@@ -60,11 +60,14 @@ class Catalog:
         self._scanned_at = float("-inf")
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self._infos: dict[tuple, modelinfo.Info] = {}  # (kind, path, mtime, size) → Info: files are read once
+        self._seen: set[tuple] = set()  # the keys of the scan under way
 
     def entries(self, kind: str) -> dict[str, Entry]:
         with self._lock:
             if time.monotonic() - self._scanned_at > self._ttl:
+                self._seen = set()
                 self._entries = {k: self._scan(k) for k in KINDS}
+                self._infos = {key: info for key, info in self._infos.items() if key in self._seen}
                 self._scanned_at = time.monotonic()
             return self._entries[kind]
 
@@ -124,6 +127,7 @@ class Catalog:
         except OSError:
             return modelinfo.Info(problem=f"{path} is missing")
         key = (kind, str(path), stat.st_mtime_ns, stat.st_size)
+        self._seen.add(key)  # versions no longer on disk are dropped after the scan
         if key not in self._infos:
             self._infos[key] = modelinfo.inspect(kind, path)
         return self._infos[key]
