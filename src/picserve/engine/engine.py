@@ -45,8 +45,8 @@ class Engine:
 
     def holdings(self) -> dict[str, list[str]]:
         """Main models and LoRAs in memory: a hint for sending jobs to the worker that already has them."""
-        loras = [name for code in self.pipelines.loaded for name in self.pipelines.get(code).loras]
-        return {"main": self.pipelines.loaded, "lora": loras}
+        models = self.pipelines.models()
+        return {"main": [m.code for m in models], "lora": [name for m in models for name in m.loras]}
 
     def generate(self, spec: domain.GenerationSpec, on_step: StepCallback | None = None) -> Generated:
         try:

@@ -92,6 +92,11 @@ class PipelineCache:
     def loaded(self) -> list[str]:
         return list(self._pipes)
 
+    def models(self) -> list[LoadedModel]:
+        """The loaded models, least recently used first, without touching the LRU order."""
+        with self._lock:
+            return list(self._pipes.values())
+
     def get(self, code: str) -> LoadedModel:
         with self._lock:
             if code in self._pipes:
