@@ -58,10 +58,6 @@ class Adapters:
                                                        if r.kind == "hypernetwork"]):
             yield
 
-    def holdings(self, model) -> list[str]:
-        """The LoRA codes loaded into `model`: a hint for routing jobs to the worker that has them."""
-        return list(model.loras)
-
     # --- files ------------------------------------------------------------------------------------
     def _resolve(self, sub: domain.SubModel) -> _Resolved:
         entry = self.catalog.get(sub.kind, sub.code)
