@@ -42,7 +42,7 @@ def serve(host: Optional[str] = typer.Option(None, help="[127.0.0.1]"),
           workers: Optional[int] = typer.Option(None, help="workers run beside the API [1]"),
           database_url: Optional[str] = DatabaseUrl,
           device: Optional[str] = typer.Option(None, help="worker device: auto, cpu, cuda:N [auto]"),
-          public_url: Optional[str] = typer.Option(None, help="base of result URLs [http://host:port]")):
+          public_url: Optional[str] = typer.Option(None, help="base of result URLs [the request's own base URL]")):
     """Run the API and its workers in the foreground."""
     from picserve import server
 

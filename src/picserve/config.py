@@ -33,7 +33,7 @@ class Settings:
     workers: int = 1
     #: torch device for a worker: "auto" picks cuda when present
     device: str = "auto"
-    #: base of the result URLs in ImgList; unset = http://host:port
+    #: base of the result URLs in ImgList; unset = the base URL each request came in on
     public_url: str | None = None
     #: how long result images stay downloadable (PICPIK keeps them 24 h)
     result_ttl_seconds: int = 24 * 3600
@@ -82,10 +82,6 @@ class Settings:
         """These settings as `PICSERVE_*` variables, for child processes."""
         return {_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in dataclasses.fields(self)
                 if getattr(self, f.name) is not None}
-
-    @property
-    def base_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def translation_dir(self) -> Path:

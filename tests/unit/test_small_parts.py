@@ -25,7 +25,6 @@ def test_settings_precedence(tmp_path):
     assert (settings.port, settings.workers, settings.progress_interval) == (9000, 3, 0.25)
     assert settings.data_dir == tmp_path
     assert Settings.load(env, port=7000).port == 7000
-    assert Settings.load({}).base_url == "http://127.0.0.1:8080"
     assert Settings.load(settings.to_env()) == settings
 
 
