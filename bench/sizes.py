@@ -20,15 +20,20 @@ def one(models_dir: str, model: str, size: int, steps: int) -> dict:
     from picserve.engine.engine import Engine
 
     engine = Engine(catalog.Catalog(Path(models_dir)), device="auto", cache_dir=Path(models_dir) / ".cache")
-    spec = domain.GenerationSpec(model_code=model, prompt="a photo of a cat", width=size, height=size,
-                                 steps=steps, seed=1)
+    spec = domain.GenerationSpec(
+        model_code=model, prompt="a photo of a cat", width=size, height=size, steps=steps, seed=1
+    )
     engine.generate(spec.evolve(width=64, height=64, steps=1))  # load the model and warm up
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     engine.generate(spec)
-    return {"size": size, "steps": steps, "seconds": round(time.perf_counter() - start, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "after_load_mb": round(baseline)}
+    return {
+        "size": size,
+        "steps": steps,
+        "seconds": round(time.perf_counter() - start, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "after_load_mb": round(baseline),
+    }
 
 
 def main() -> None:
@@ -48,14 +53,30 @@ def main() -> None:
         tiny.write_model(Path(args.models_dir))
     print("| size | steps | seconds | peak RSS (MB) | RSS after load (MB) |\n|---|---|---|---|---|")
     for size in map(int, args.sizes.split(",")):
-        out = subprocess.run([sys.executable, __file__, "--models-dir", args.models_dir, "--model", args.model,
-                              "--steps", str(args.steps), "--one", str(size)], capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--models-dir",
+                args.models_dir,
+                "--model",
+                args.model,
+                "--steps",
+                str(args.steps),
+                "--one",
+                str(size),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if out.returncode:
             print(f"| {size} | {args.steps} | failed: {out.stderr.strip().splitlines()[-1]} | | |")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {r['size']}×{r['size']} | {r['steps']} | {r['seconds']} | {r['peak_rss_mb']} | {r['after_load_mb']} |",
-              flush=True)
+        print(
+            f"| {r['size']}×{r['size']} | {r['steps']} | {r['seconds']} | {r['peak_rss_mb']} | {r['after_load_mb']} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
 
-    from picserve.engine import engine as engine_module, tiny, tiny_submodels as subs
+    from picserve.engine import engine as engine_module
+    from picserve.engine import tiny
+    from picserve.engine import tiny_submodels as subs
 
     root = Path(args.models_dir or tempfile.mkdtemp(prefix="picserve-bench-"))
     if args.model == tiny.TINY_CODE:
@@ -70,8 +72,13 @@ def main() -> None:
     rows += [
         ("switch LoRA A → B (both loaded)", timed(lambda: (switch(a), switch(b)), args.repeat) / 2),
         ("change a LoRA's weight", timed(lambda: switch(SubModel("lora", "bench-lora-0", 0.3)), args.repeat)),
-        ("two LoRAs 0.7 / 0.3", timed(lambda: switch(SubModel("lora", "bench-lora-0", 0.7),
-                                                      SubModel("lora", "bench-lora-1", 0.3)), args.repeat)),
+        (
+            "two LoRAs 0.7 / 0.3",
+            timed(
+                lambda: switch(SubModel("lora", "bench-lora-0", 0.7), SubModel("lora", "bench-lora-1", 0.3)),
+                args.repeat,
+            ),
+        ),
         ("back to no LoRA (base output)", timed(lambda: switch(), args.repeat)),
         ("embedding load + unload (2 vectors)", timed(lambda: switch(SubModel("embedding", "bench-emb")), args.repeat)),
         ("hypernetwork apply + restore", timed(lambda: switch(SubModel("hypernetwork", "bench-hyper")), args.repeat)),

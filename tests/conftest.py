@@ -33,7 +33,6 @@ def pytest_configure(config):
 def models_dir(request) -> Path:
     """A models folder holding the tiny SDXL, as a single file and as a diffusers folder."""
     from picserve.engine import tiny
-
     from picserve.engine import tiny_submodels as subs
 
     root = Path(request.config.cache.mkdir("picserve-models"))
@@ -43,8 +42,14 @@ def models_dir(request) -> Path:
         **{f"lora/kohya-{i}.safetensors": (subs.write_lora_kohya, root / "lora", f"kohya-{i}", i) for i in range(4)},
         "lora/peft-0.safetensors": (subs.write_lora_peft, root / "lora", "peft-0", 10),
         "lora/sd15-style.safetensors": (subs.write_lora_sd1, root / "lora", "sd15-style"),
-        "lora/kohya-trigger.safetensors": (subs.write_lora_kohya, root / "lora", "kohya-trigger", 5, 4,
-                                           {"ss_tag_frequency": '{"10_inkstyle": {"inkstyle": 9, "cat": 3}}'}),
+        "lora/kohya-trigger.safetensors": (
+            subs.write_lora_kohya,
+            root / "lora",
+            "kohya-trigger",
+            5,
+            4,
+            {"ss_tag_frequency": '{"10_inkstyle": {"inkstyle": 9, "cat": 3}}'},
+        ),
         "embedding/emb-a.safetensors": (subs.write_embedding, root / "embedding", "emb-a", 2, 1),
         "embedding/emb-b.safetensors": (subs.write_embedding, root / "embedding", "emb-b", 1, 2),
         "hypernetwork/hyper-a.pt": (subs.write_hypernetwork, root / "hypernetwork", "hyper-a", 3),

@@ -79,8 +79,11 @@ class Catalog:
         return [e for kind in KINDS[1:] if (e := self.get(kind, code)) is not None]
 
     def compatible_mains(self, entry: Entry) -> list[str]:
-        return [code for code, main in self.entries("main").items()
-                if modelinfo.compatible(main.info, entry.info, entry.kind)]
+        return [
+            code
+            for code, main in self.entries("main").items()
+            if modelinfo.compatible(main.info, entry.info, entry.kind)
+        ]
 
     def _scan(self, kind: str) -> dict[str, Entry]:
         folder = self.models_dir / kind
@@ -113,7 +116,10 @@ class Catalog:
         info = self._inspect(kind, path if not config else path.parent / config)
         words = meta.get("TriggerWordList")
         return Entry(
-            kind=kind, code=code, path=path, name=str(meta.get("Name") or code),
+            kind=kind,
+            code=code,
+            path=path,
+            name=str(meta.get("Name") or code),
             is_official=bool(meta.get("IsOfficial", False)),
             trigger_words=tuple(str(w) for w in words) if words is not None else info.trigger_words,
             inference_params=dict(meta.get("InferenceParams") or {}),

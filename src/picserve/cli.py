@@ -9,14 +9,17 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from picserve.config import Settings
 
-app = typer.Typer(help="Self-hosted SDXL behind the PICPIK API.", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help="Self-hosted SDXL behind the PICPIK API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
 keys_app = typer.Typer(help="API keys (stored in the database).", no_args_is_help=True)
 models_app = typer.Typer(help="The models folder.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -36,26 +39,42 @@ def _settings(**flags) -> Settings:
 
 
 @app.command()
-def serve(host: Optional[str] = typer.Option(None, help="[127.0.0.1]"),
-          port: Optional[int] = typer.Option(None, help="[8080]"),
-          data_dir: Optional[Path] = DataDir, models_dir: Optional[Path] = ModelsDir,
-          workers: Optional[int] = typer.Option(None, help="workers run beside the API [1]"),
-          database_url: Optional[str] = DatabaseUrl,
-          device: Optional[str] = typer.Option(None, help="worker device: auto, cpu, cuda:N [auto]"),
-          public_url: Optional[str] = typer.Option(None, help="base of result URLs [the request's own base URL]")):
+def serve(
+    host: str | None = typer.Option(None, help="[127.0.0.1]"),
+    port: int | None = typer.Option(None, help="[8080]"),
+    data_dir: Path | None = DataDir,
+    models_dir: Path | None = ModelsDir,
+    workers: int | None = typer.Option(None, help="workers run beside the API [1]"),
+    database_url: str | None = DatabaseUrl,
+    device: str | None = typer.Option(None, help="worker device: auto, cpu, cuda:N [auto]"),
+    public_url: str | None = typer.Option(None, help="base of result URLs [the request's own base URL]"),
+):
     """Run the API and its workers in the foreground."""
     from picserve import server
 
-    server.serve(_settings(host=host, port=port, data_dir=data_dir, models_dir=models_dir, workers=workers,
-                           database_url=database_url, device=device, public_url=public_url))
+    server.serve(
+        _settings(
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            models_dir=models_dir,
+            workers=workers,
+            database_url=database_url,
+            device=device,
+            public_url=public_url,
+        )
+    )
 
 
 @app.command()
-def worker(data_dir: Optional[Path] = DataDir, models_dir: Optional[Path] = ModelsDir,
-           database_url: Optional[str] = DatabaseUrl,
-           device: Optional[str] = typer.Option(None, help="auto, cpu, cuda:N (one worker per GPU) [auto]"),
-           name: Optional[str] = typer.Option(None, help="worker name in logs and task records"),
-           burst: bool = typer.Option(False, help="exit once the queue is empty")):
+def worker(
+    data_dir: Path | None = DataDir,
+    models_dir: Path | None = ModelsDir,
+    database_url: str | None = DatabaseUrl,
+    device: str | None = typer.Option(None, help="auto, cpu, cuda:N (one worker per GPU) [auto]"),
+    name: str | None = typer.Option(None, help="worker name in logs and task records"),
+    burst: bool = typer.Option(False, help="exit once the queue is empty"),
+):
     """Run one worker (one per GPU at scale) against the shared database."""
     from picserve import server
     from picserve.tasks.worker import run_worker
@@ -78,9 +97,12 @@ def _with_repo(settings: Settings, action):
 
 
 @keys_app.command("create")
-def keys_create(name: str = typer.Option("", help="a label for the key"),
-                credits: Optional[int] = typer.Option(None, help="credits granted [1000]"),
-                data_dir: Optional[Path] = DataDir, database_url: Optional[str] = DatabaseUrl):
+def keys_create(
+    name: str = typer.Option("", help="a label for the key"),
+    credits: int | None = typer.Option(None, help="credits granted [1000]"),
+    data_dir: Path | None = DataDir,
+    database_url: str | None = DatabaseUrl,
+):
     """Create a key pair; prints {"PublicKey": …, "PrivateKey": …}."""
     settings = _settings(data_dir=data_dir, database_url=database_url)
     amount = settings.default_credits if credits is None else credits
@@ -89,37 +111,50 @@ def keys_create(name: str = typer.Option("", help="a label for the key"),
 
 
 @keys_app.command("list")
-def keys_list(data_dir: Optional[Path] = DataDir, database_url: Optional[str] = DatabaseUrl):
+def keys_list(data_dir: Path | None = DataDir, database_url: str | None = DatabaseUrl):
     """List keys with their credits (private keys are not shown)."""
     accounts = _with_repo(_settings(data_dir=data_dir, database_url=database_url), lambda repo: repo.list_keys())
     for a in accounts:
-        typer.echo(json.dumps({"PublicKey": a.public_key, "Name": a.name, "TotalCredits": a.total_credits,
-                               "UsedCredits": a.used_credits, "Revoked": a.revoked}))
+        typer.echo(
+            json.dumps(
+                {
+                    "PublicKey": a.public_key,
+                    "Name": a.name,
+                    "TotalCredits": a.total_credits,
+                    "UsedCredits": a.used_credits,
+                    "Revoked": a.revoked,
+                }
+            )
+        )
 
 
 @keys_app.command("revoke")
-def keys_revoke(public_key: str, data_dir: Optional[Path] = DataDir, database_url: Optional[str] = DatabaseUrl):
+def keys_revoke(public_key: str, data_dir: Path | None = DataDir, database_url: str | None = DatabaseUrl):
     """Revoke a key: its requests are refused from now on."""
-    if not _with_repo(_settings(data_dir=data_dir, database_url=database_url),
-                      lambda repo: repo.revoke_key(public_key)):
+    if not _with_repo(
+        _settings(data_dir=data_dir, database_url=database_url), lambda repo: repo.revoke_key(public_key)
+    ):
         typer.echo(f"no key {public_key}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {public_key}")
 
 
 @keys_app.command("add-credits")
-def keys_add_credits(public_key: str, credits: int, data_dir: Optional[Path] = DataDir,
-                     database_url: Optional[str] = DatabaseUrl):
+def keys_add_credits(
+    public_key: str, credits: int, data_dir: Path | None = DataDir, database_url: str | None = DatabaseUrl
+):
     """Grant more credits to a key."""
-    if not _with_repo(_settings(data_dir=data_dir, database_url=database_url),
-                      lambda repo: repo.add_credits(public_key, credits)):
+    if not _with_repo(
+        _settings(data_dir=data_dir, database_url=database_url), lambda repo: repo.add_credits(public_key, credits)
+    ):
         typer.echo(f"no key {public_key}", err=True)
         raise typer.Exit(1)
 
 
 @models_app.command("make-tiny")
-def models_make_tiny(models_dir: Optional[Path] = ModelsDir,
-                     overwrite: bool = typer.Option(False, help="rebuild even if present")):
+def models_make_tiny(
+    models_dir: Path | None = ModelsDir, overwrite: bool = typer.Option(False, help="rebuild even if present")
+):
     """Write the tiny random SDXL (single file + diffusers folder) into models/main/."""
     from picserve.engine import tiny
 
@@ -129,26 +164,30 @@ def models_make_tiny(models_dir: Optional[Path] = ModelsDir,
 
 
 @models_app.command("pull-translation")
-def models_pull_translation(languages: list[str] = typer.Argument(..., help="source languages, e.g. zh ja fr"),
-                            models_dir: Optional[Path] = ModelsDir,
-                            index_url: Optional[str] = typer.Option(None, help="Argos package index URL")):
+def models_pull_translation(
+    languages: list[str] = typer.Argument(..., help="source languages, e.g. zh ja fr"),
+    models_dir: Path | None = ModelsDir,
+    index_url: str | None = typer.Option(None, help="Argos package index URL"),
+):
     """Download and install LANG→en translation models (needs internet; the service never downloads)."""
     from picserve.translate import pull
 
     settings = _settings(models_dir=models_dir, translation_index_url=index_url)
     try:
-        for folder in pull.pull(languages, settings.translation_dir, settings.translation_index_url or pull.DEFAULT_INDEX):
+        for folder in pull.pull(
+            languages, settings.translation_dir, settings.translation_index_url or pull.DEFAULT_INDEX
+        ):
             typer.echo(f"installed {folder}")
     except (pull.PullError, OSError) as exc:
         typer.echo(f"pull-translation failed: {exc}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except Exception as exc:  # httpx errors: no network, HTTP status
         typer.echo(f"pull-translation failed: {type(exc).__name__}: {exc}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 @models_app.command("list")
-def models_list(models_dir: Optional[Path] = ModelsDir):
+def models_list(models_dir: Path | None = ModelsDir):
     """Show what the models folder holds, as ListModels would."""
     from picserve import catalog
 
@@ -159,16 +198,23 @@ def models_list(models_dir: Optional[Path] = ModelsDir):
 
 
 @app.command()
-def generate(prompt: str = typer.Argument(..., help="positive prompt"),
-             url: str = typer.Option("http://127.0.0.1:8080", envvar="PICSERVE_URL", help="the PICPIK endpoint"),
-             public_key: str = typer.Option(..., envvar="PICSERVE_PUBLIC_KEY"),
-             private_key: str = typer.Option(..., envvar="PICSERVE_PRIVATE_KEY"),
-             model: str = typer.Option(..., help="MainModel.ModelCode"),
-             negative: str = typer.Option("", help="negative prompt"),
-             width: int = typer.Option(1024), height: int = typer.Option(1024), steps: int = typer.Option(20),
-             sampler: str = typer.Option("Euler"), cfg: float = typer.Option(7.5), seed: int = typer.Option(-1),
-             batch: int = typer.Option(1), lora: list[str] = typer.Option([], help="CODE or CODE:WEIGHT"),
-             out: Path = typer.Option(Path("out"), help="where the PNGs are saved")):
+def generate(
+    prompt: str = typer.Argument(..., help="positive prompt"),
+    url: str = typer.Option("http://127.0.0.1:8080", envvar="PICSERVE_URL", help="the PICPIK endpoint"),
+    public_key: str = typer.Option(..., envvar="PICSERVE_PUBLIC_KEY"),
+    private_key: str = typer.Option(..., envvar="PICSERVE_PRIVATE_KEY"),
+    model: str = typer.Option(..., help="MainModel.ModelCode"),
+    negative: str = typer.Option("", help="negative prompt"),
+    width: int = typer.Option(1024),
+    height: int = typer.Option(1024),
+    steps: int = typer.Option(20),
+    sampler: str = typer.Option("Euler"),
+    cfg: float = typer.Option(7.5),
+    seed: int = typer.Option(-1),
+    batch: int = typer.Option(1),
+    lora: list[str] = typer.Option([], help="CODE or CODE:WEIGHT"),
+    out: Path = typer.Option(Path("out"), help="where the PNGs are saved"),
+):
     """Sign and send a GenerateImagesSDXL request to any PICPIK endpoint, wait, and save the images."""
     from picserve import errors
     from picserve.sdk import Client
@@ -180,35 +226,50 @@ def generate(prompt: str = typer.Argument(..., help="positive prompt"),
     with Client(url, public_key, private_key) as client:
         try:
             uid = client.generate_images_sdxl(
-                MainModel={"ModelCode": model, "InferenceParams": {"Steps": steps, "Sampler": sampler,
-                                                                   "CFGScale": cfg}},
-                PositivePrompts=[prompt], NegativePrompts=[negative] if negative else None,
-                SubModelList=sub_models or None, Width=width, Height=height, BatchSize=batch, Seed=seed)
+                MainModel={
+                    "ModelCode": model,
+                    "InferenceParams": {"Steps": steps, "Sampler": sampler, "CFGScale": cfg},
+                },
+                PositivePrompts=[prompt],
+                NegativePrompts=[negative] if negative else None,
+                SubModelList=sub_models or None,
+                Width=width,
+                Height=height,
+                BatchSize=batch,
+                Seed=seed,
+            )
             detail = client.wait(uid)
         except errors.PicserveError as exc:
             typer.echo(f"refused (RetCode {exc.ret_code}): {exc.message}", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         if detail["Status"] != "Finished":
             typer.echo(f"task {uid} ended {detail['Status']}: {detail['ErrorMassage']}", err=True)
             raise typer.Exit(1)
-        for index, (image_url, image_seed) in enumerate(zip(detail["ImgList"], detail["SeedList"])):
+        for index, (image_url, image_seed) in enumerate(zip(detail["ImgList"], detail["SeedList"], strict=True)):
             path = client.download(image_url, out / f"{uid}-{index}.png")
             typer.echo(f"{path}  seed={image_seed}")
 
 
 @app.command()
-def demo(data_dir: Optional[Path] = DataDir, models_dir: Optional[Path] = ModelsDir,
-         model: Optional[str] = typer.Option(None, help="ModelCode [the tiny model, made if missing]"),
-         prompt: str = typer.Option("a photo of a cat sitting on a red sofa, masterpiece"),
-         width: int = typer.Option(512), height: int = typer.Option(512),
-         steps: int = typer.Option(10), batch: int = typer.Option(1), seed: int = typer.Option(-1),
-         out: Path = typer.Option(Path("out"), help="where the PNGs are saved")):
+def demo(
+    data_dir: Path | None = DataDir,
+    models_dir: Path | None = ModelsDir,
+    model: str | None = typer.Option(None, help="ModelCode [the tiny model, made if missing]"),
+    prompt: str = typer.Option("a photo of a cat sitting on a red sofa, masterpiece"),
+    width: int = typer.Option(512),
+    height: int = typer.Option(512),
+    steps: int = typer.Option(10),
+    batch: int = typer.Option(1),
+    seed: int = typer.Option(-1),
+    out: Path = typer.Option(Path("out"), help="where the PNGs are saved"),
+):
     """Start the service, generate through the SDK, save the PNGs, print paths and seed, stop."""
     from picserve import demo as demo_module
 
     settings = _settings(data_dir=data_dir, models_dir=models_dir)
-    for line in demo_module.run(settings, model=model, prompt=prompt, width=width, height=height, steps=steps,
-                                batch=batch, seed=seed, out=out):
+    for line in demo_module.run(
+        settings, model=model, prompt=prompt, width=width, height=height, steps=steps, batch=batch, seed=seed, out=out
+    ):
         typer.echo(line)
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["Settings"]
 
@@ -61,7 +62,7 @@ class Settings:
     log_level: str = "info"
 
     @classmethod
-    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults < `PICSERVE_*` environment < explicit overrides (None means "not given")."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
@@ -75,13 +76,16 @@ class Settings:
                 values[name] = Path(values[name])
         return cls(**values)
 
-    def evolve(self, **changes: Any) -> "Settings":
+    def evolve(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     def to_env(self) -> dict[str, str]:
         """These settings as `PICSERVE_*` variables, for child processes."""
-        return {_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in dataclasses.fields(self)
-                if getattr(self, f.name) is not None}
+        return {
+            _PREFIX + f.name.upper(): str(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None
+        }
 
     @property
     def translation_dir(self) -> Path:

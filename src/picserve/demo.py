@@ -12,20 +12,31 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
-from picserve import catalog as catalog_module, errors, server
+from picserve import catalog as catalog_module
+from picserve import errors, server
 from picserve.config import Settings
 from picserve.sdk import Client
 
 __all__ = ["run"]
 
 
-def run(settings: Settings, *, model: str | None, prompt: str, width: int, height: int, steps: int, batch: int,
-        seed: int, out: Path) -> Iterator[str]:
+def run(
+    settings: Settings,
+    *,
+    model: str | None,
+    prompt: str,
+    width: int,
+    height: int,
+    steps: int,
+    batch: int,
+    seed: int,
+    out: Path,
+) -> Iterator[str]:
     catalog = catalog_module.Catalog(settings.models_dir, ttl=0)
     if model is None:
         from picserve.engine import tiny
@@ -38,21 +49,35 @@ def run(settings: Settings, *, model: str | None, prompt: str, width: int, heigh
     port = _free_port()
     with server.database(settings) as url:
         account = asyncio.run(_create_key(url))
-        env = {**os.environ, **settings.to_env(), "PICSERVE_DATABASE_URL": url, "PICSERVE_PORT": str(port),
-               "PICSERVE_HOST": "127.0.0.1", "PICSERVE_LOG_LEVEL": "warning"}
+        env = {
+            **os.environ,
+            **settings.to_env(),
+            "PICSERVE_DATABASE_URL": url,
+            "PICSERVE_PORT": str(port),
+            "PICSERVE_HOST": "127.0.0.1",
+            "PICSERVE_LOG_LEVEL": "warning",
+        }
         service = subprocess.Popen([sys.executable, "-m", "picserve", "serve"], env=env)
         try:
             base = f"http://127.0.0.1:{port}"
             _wait_healthy(base, service)
             with Client(base, account.public_key, account.private_key) as client:
-                uid = _submit(client,
+                uid = _submit(
+                    client,
                     MainModel={"ModelCode": model, "InferenceParams": {"Steps": steps}},
-                    PositivePrompts=[prompt], Width=width, Height=height, BatchSize=batch, Seed=seed)
+                    PositivePrompts=[prompt],
+                    Width=width,
+                    Height=height,
+                    BatchSize=batch,
+                    Seed=seed,
+                )
                 yield f"task {uid} queued"
                 detail = client.wait(uid)
                 if detail["Status"] != "Finished":
                     raise SystemExit(f"task {uid} ended {detail['Status']}: {detail['ErrorMassage']}")
-                for index, (image_url, image_seed) in enumerate(zip(detail["ImgList"], detail["SeedList"])):
+                for index, (image_url, image_seed) in enumerate(
+                    zip(detail["ImgList"], detail["SeedList"], strict=True)
+                ):
                     path = client.download(image_url, out / f"{uid}-{index}.png")
                     yield f"{path}  seed={image_seed}  {width}x{height}"
                 yield f"seed {detail['Seed']}"

@@ -12,7 +12,7 @@ from typing import Any
 __all__ = ["SAMPLER_NAMES", "Account", "GenerationSpec", "SubModel", "TaskRecord", "TaskStatus", "canonical_sampler"]
 
 
-class TaskStatus(str, enum.Enum):
+class TaskStatus(enum.StrEnum):
     QUEUING = "Queuing"
     RUNNING = "Running"
     FINISHED = "Finished"
@@ -73,14 +73,14 @@ class GenerationSpec:
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.batch_size)]
 
-    def evolve(self, **changes: Any) -> "GenerationSpec":
+    def evolve(self, **changes: Any) -> GenerationSpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, text: str | dict) -> "GenerationSpec":
+    def from_json(cls, text: str | dict) -> GenerationSpec:
         data = json.loads(text) if isinstance(text, str) else dict(text)
         data["sub_models"] = tuple(SubModel(**s) for s in data.get("sub_models", ()))
         data["warnings"] = tuple(data.get("warnings", ()))
@@ -122,7 +122,7 @@ class TaskRecord:
     finished_at: datetime | None = None
 
     @classmethod
-    def from_row(cls, row: dict) -> "TaskRecord":
+    def from_row(cls, row: dict) -> TaskRecord:
         return cls(
             task_uid=row["task_uid"],
             public_key=row["public_key"],
@@ -144,9 +144,24 @@ class TaskRecord:
 
 #: A1111 sampler names picserve accepts (case-insensitive); engine/samplers.py maps each to diffusers.
 SAMPLER_NAMES = (
-    "Euler", "Euler a", "LMS", "LMS Karras", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M",
-    "DPM++ 2M Karras", "DPM++ SDE", "DPM++ SDE Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras",
-    "DDIM", "UniPC", "DEIS", "LCM",
+    "Euler",
+    "Euler a",
+    "LMS",
+    "LMS Karras",
+    "Heun",
+    "DPM2",
+    "DPM2 a",
+    "DPM++ 2S a",
+    "DPM++ 2M",
+    "DPM++ 2M Karras",
+    "DPM++ SDE",
+    "DPM++ SDE Karras",
+    "DPM++ 2M SDE",
+    "DPM++ 2M SDE Karras",
+    "DDIM",
+    "UniPC",
+    "DEIS",
+    "LCM",
 )
 
 

@@ -110,8 +110,20 @@ class StorageError(GenerationError):
 
 
 ALL = (
-    PicserveError, ClientError, ParamError, UnknownAction, AuthError, UnknownKey, TaskNotFound,
-    ModelNotFound, IncompatibleModel, InsufficientCredits, ServerBusy, GenerationError, TaskCanceled, StorageError,
+    PicserveError,
+    ClientError,
+    ParamError,
+    UnknownAction,
+    AuthError,
+    UnknownKey,
+    TaskNotFound,
+    ModelNotFound,
+    IncompatibleModel,
+    InsufficientCredits,
+    ServerBusy,
+    GenerationError,
+    TaskCanceled,
+    StorageError,
 )
 
 

@@ -45,7 +45,8 @@ def decode(text: str, field: str) -> Image.Image:
                 raise errors.ParamError(f"{field}: {image.format} images are not accepted (use PNG, JPEG or WebP)")
             if image.width * image.height > MAX_PIXELS:
                 raise errors.ParamError(
-                    f"{field}: {image.width}x{image.height} is too large (at most {MAX_PIXELS} pixels)")
+                    f"{field}: {image.width}x{image.height} is too large (at most {MAX_PIXELS} pixels)"
+                )
             image.load()
     except errors.ParamError:
         raise

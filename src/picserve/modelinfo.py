@@ -17,7 +17,7 @@ import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = ["Info", "compatible", "inspect"]
 
@@ -52,11 +52,20 @@ def inspect(kind: str, path: Path) -> Info:
         if path.is_dir():
             return _diffusers_folder(path)
         shapes, metadata = _read(path)
-    except (OSError, ValueError, struct.error, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, EOFError,
-            StopIteration) as exc:
+    except (
+        OSError,
+        ValueError,
+        struct.error,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        KeyError,
+        EOFError,
+        StopIteration,
+    ) as exc:
         return Info(problem=f"unreadable {path.suffix} file: {exc}")
-    dims = {"main": _main_dims, "lora": _lora_dims, "embedding": _embedding_dims,
-            "hypernetwork": _hypernetwork_dims}[kind](shapes)
+    dims = {"main": _main_dims, "lora": _lora_dims, "embedding": _embedding_dims, "hypernetwork": _hypernetwork_dims}[
+        kind
+    ](shapes)
     return Info(base=_base(dims), dims=dims, trigger_words=_trigger_words(metadata) if kind == "lora" else ())
 
 
@@ -106,7 +115,7 @@ def _rebuild_parameter(data, *args):
 class _ShapeUnpickler(pickle.Unpickler):
     """Builds shape placeholders; any name outside this list is refused, so no pickle code ever runs."""
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
         ("collections", "OrderedDict"): collections.OrderedDict,
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
         ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
@@ -202,6 +211,10 @@ def _diffusers_folder(path: Path) -> Info:
     def config(sub: str) -> dict:
         file = path / sub / "config.json"
         return json.loads(file.read_text()) if file.exists() else {}
-    dims = {"cross": config("unet").get("cross_attention_dim"), "te1": config("text_encoder").get("hidden_size"),
-            "te2": config("text_encoder_2").get("hidden_size")}
+
+    dims = {
+        "cross": config("unet").get("cross_attention_dim"),
+        "te1": config("text_encoder").get("hidden_size"),
+        "te2": config("text_encoder_2").get("hidden_size"),
+    }
     return Info(base=_base(dims), dims=dims)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from picserve.config import Settings
 
@@ -36,8 +36,9 @@ def database(settings: Settings) -> Iterator[str]:
 
 def spawn_worker(settings: Settings, database_url: str, index: int = 0) -> subprocess.Popen:
     env = {**os.environ, **settings.to_env(), "PICSERVE_DATABASE_URL": database_url}
-    return subprocess.Popen([sys.executable, "-m", "picserve", "worker", "--name", f"worker-{index}"], env=env,
-                            preexec_fn=_die_with_parent)
+    return subprocess.Popen(
+        [sys.executable, "-m", "picserve", "worker", "--name", f"worker-{index}"], env=env, preexec_fn=_die_with_parent
+    )
 
 
 def _die_with_parent() -> None:
@@ -88,15 +89,17 @@ def serve(settings: Settings) -> None:
     from picserve.catalog import Catalog
 
     if not Catalog(settings.models_dir).entries("main"):
-        log.warning("no main model in %s: add SDXL checkpoints there, or run `picserve models make-tiny` "
-                    "for the tiny test model", settings.models_dir / "main")
+        log.warning(
+            "no main model in %s: add SDXL checkpoints there, or run `picserve models make-tiny` "
+            "for the tiny test model",
+            settings.models_dir / "main",
+        )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found: make that a
     # clean exit, so the workers and the embedded database below are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with database(settings) as url:
         supervisor = _Supervisor(settings, url, settings.workers)
         try:
-            uvicorn.run(create_app(settings, url), host=settings.host, port=settings.port,
-                        log_level=settings.log_level)
+            uvicorn.run(create_app(settings, url), host=settings.host, port=settings.port, log_level=settings.log_level)
         finally:
             supervisor.stop()

@@ -21,8 +21,14 @@ ENV = {**os.environ, "PICSERVE_LOG_LEVEL": "warning"}
 
 
 def picserve(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "picserve", *map(str, args)], env=ENV, capture_output=True,
-                          text=True, timeout=180, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "picserve", *map(str, args)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        **kwargs,
+    )
 
 
 def free_port() -> int:
@@ -57,8 +63,23 @@ def test_serve_keys_and_sdk_end_to_end(data_dir, models_dir):
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    serve = subprocess.Popen([sys.executable, "-m", "picserve", "serve", "--port", str(port), "--data-dir",
-                              str(data_dir), "--models-dir", str(models_dir), "--device", "cpu"], env=ENV)
+    serve = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "picserve",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--models-dir",
+            str(models_dir),
+            "--device",
+            "cpu",
+        ],
+        env=ENV,
+    )
     try:
         wait_healthy(base, serve)
         # A key made while serve runs on the same data folder.
@@ -69,7 +90,12 @@ def test_serve_keys_and_sdk_end_to_end(data_dir, models_dir):
         with Client(base, early["PublicKey"], early["PrivateKey"]) as client:
             uid = client.generate_images_sdxl(
                 MainModel={"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 6}},
-                PositivePrompts=["a red fox"], NegativePrompts=["blurry"], Width=128, Height=96, Seed=99)
+                PositivePrompts=["a red fox"],
+                NegativePrompts=["blurry"],
+                Width=128,
+                Height=96,
+                Seed=99,
+            )
             detail = client.wait(uid, timeout=180)
             assert detail["Status"] == "Finished", detail
             image = Image.open(BytesIO(httpx.get(detail["ImgList"][0]).content))
@@ -82,14 +108,49 @@ def test_serve_keys_and_sdk_end_to_end(data_dir, models_dir):
             assert other.get_credit_balance()["TotalCredits"] == 1000
 
         # The CLI client signs through the SDK like any PICPIK client.
-        cli = picserve("generate", "a blue fox", "--url", base, "--public-key", early["PublicKey"],
-                       "--private-key", early["PrivateKey"], "--model", "picserve-tiny", "--width", 80,
-                       "--height", 64, "--steps", 6, "--seed", 7, "--lora", "kohya-0:0.5", "--out", data_dir / "cli")
+        cli = picserve(
+            "generate",
+            "a blue fox",
+            "--url",
+            base,
+            "--public-key",
+            early["PublicKey"],
+            "--private-key",
+            early["PrivateKey"],
+            "--model",
+            "picserve-tiny",
+            "--width",
+            80,
+            "--height",
+            64,
+            "--steps",
+            6,
+            "--seed",
+            7,
+            "--lora",
+            "kohya-0:0.5",
+            "--out",
+            data_dir / "cli",
+        )
         assert cli.returncode == 0, cli.stderr
-        (path, seed), = re.findall(r"^(\S+\.png)\s+seed=(\d+)$", cli.stdout, re.M)
-        assert seed == "7" and Image.open(path).size == (80, 64) and "LoRA: kohya-0:0.5" in Image.open(path).text["parameters"]
-        refused = picserve("generate", "x", "--url", base, "--public-key", early["PublicKey"],
-                           "--private-key", "wrong", "--model", "picserve-tiny")
+        ((path, seed),) = re.findall(r"^(\S+\.png)\s+seed=(\d+)$", cli.stdout, re.M)
+        assert (
+            seed == "7"
+            and Image.open(path).size == (80, 64)
+            and "LoRA: kohya-0:0.5" in Image.open(path).text["parameters"]
+        )
+        refused = picserve(
+            "generate",
+            "x",
+            "--url",
+            base,
+            "--public-key",
+            early["PublicKey"],
+            "--private-key",
+            "wrong",
+            "--model",
+            "picserve-tiny",
+        )
         assert refused.returncode == 1 and "RetCode 170" in refused.stderr
 
         listed = picserve("keys", "list", "--data-dir", data_dir)
@@ -109,8 +170,25 @@ def test_serve_keys_and_sdk_end_to_end(data_dir, models_dir):
 
 def test_demo_prints_png_and_seed(data_dir, models_dir, tmp_path):
     out = tmp_path / "out"
-    result = picserve("demo", "--data-dir", data_dir, "--models-dir", models_dir, "--width", 96, "--height", 64,
-                      "--steps", 6, "--seed", 5, "--batch", 2, "--out", out)
+    result = picserve(
+        "demo",
+        "--data-dir",
+        data_dir,
+        "--models-dir",
+        models_dir,
+        "--width",
+        96,
+        "--height",
+        64,
+        "--steps",
+        6,
+        "--seed",
+        5,
+        "--batch",
+        2,
+        "--out",
+        out,
+    )
     assert result.returncode == 0, result.stderr
     paths = re.findall(r"^(\S+\.png)\s+seed=(\d+)\s+96x64$", result.stdout, re.M)
     assert [seed for _, seed in paths] == ["5", "6"]

@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
-import torch
 
 from picserve import domain, errors
 from picserve.domain import SubModel
 from picserve.engine import tiny
 
-BASE = dict(model_code=tiny.TINY_CODE, prompt="a photo of a cat", width=64, height=64, steps=4, seed=11)
+BASE = {"model_code": tiny.TINY_CODE, "prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 4, "seed": 11}
 
 
 def pixels(engine, **fields) -> np.ndarray:
@@ -77,14 +76,20 @@ def test_lora_eviction_is_bounded(engine, base):
 
 def test_multi_vector_embedding_works_and_unloads_completely(engine):
     model = engine.pipelines.get(tiny.TINY_CODE)
-    sizes = (len(model.base.tokenizer), len(model.base.tokenizer_2),
-             model.base.text_encoder.get_input_embeddings().weight.shape[0])
+    sizes = (
+        len(model.base.tokenizer),
+        len(model.base.tokenizer_2),
+        model.base.text_encoder.get_input_embeddings().weight.shape[0],
+    )
     prompt = "a photo of emb-a"
     plain = pixels(engine, prompt=prompt)
     with_embedding = pixels(engine, prompt=prompt, sub_models=(SubModel("embedding", "emb-a"),))
     assert np.abs(with_embedding - plain).max() > 0
-    assert (len(model.base.tokenizer), len(model.base.tokenizer_2),
-            model.base.text_encoder.get_input_embeddings().weight.shape[0]) == sizes
+    assert (
+        len(model.base.tokenizer),
+        len(model.base.tokenizer_2),
+        model.base.text_encoder.get_input_embeddings().weight.shape[0],
+    ) == sizes
     assert np.array_equal(pixels(engine, prompt=prompt), plain)
     negative = pixels(engine, negative_prompt="emb-b", sub_models=(SubModel("embedding", "emb-b"),))
     assert np.abs(negative - pixels(engine, negative_prompt="emb-b")).max() > 0
@@ -103,8 +108,12 @@ def test_hypernetwork_works_with_its_weight_and_restores_processors(engine, base
 
 
 def test_everything_at_once_then_nothing(engine, base):
-    subs = (lora("kohya-0", 0.6), lora("peft-0", -0.4), SubModel("embedding", "emb-a"),
-            SubModel("hypernetwork", "hyper-a", 0.5))
+    subs = (
+        lora("kohya-0", 0.6),
+        lora("peft-0", -0.4),
+        SubModel("embedding", "emb-a"),
+        SubModel("hypernetwork", "hyper-a", 0.5),
+    )
     out = pixels(engine, prompt="emb-a, a cat", sub_models=subs)
     assert np.abs(out - base).max() > 0
     assert_base_restored(engine, base)

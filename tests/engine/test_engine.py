@@ -7,7 +7,7 @@ import torch
 from picserve import domain, errors
 from picserve.engine import sdxl_base, tiny
 
-SMALL = dict(model_code=tiny.TINY_CODE, prompt="a photo of a cat", width=64, height=64, steps=3, seed=7)
+SMALL = {"model_code": tiny.TINY_CODE, "prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 3, "seed": 7}
 
 
 def pixels(generated, i=0):
@@ -20,7 +20,8 @@ def test_single_file_equals_diffusers_folder(models_dir):
     folder = StableDiffusionXLPipeline.from_pretrained(models_dir / "main" / f"{tiny.TINY_CODE}-diffusers")
     single = StableDiffusionXLPipeline.from_single_file(
         str(models_dir / "main" / f"{tiny.TINY_CODE}.safetensors"),
-        config=str(models_dir / "main" / f"{tiny.TINY_CODE}-diffusers"))
+        config=str(models_dir / "main" / f"{tiny.TINY_CODE}-diffusers"),
+    )
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         a, b = getattr(folder, name).state_dict(), getattr(single, name).state_dict()
         assert a.keys() == b.keys()
@@ -83,7 +84,9 @@ def test_clip_skip_changes_the_output_and_is_bounded(engine):
 def test_cfg_and_negative_prompt_matter(engine):
     base = pixels(engine.generate(domain.GenerationSpec(**SMALL)))  # pixels, not PNG bytes (those hold the prompt)
     assert np.abs(base - pixels(engine.generate(domain.GenerationSpec(**{**SMALL, "cfg_scale": 2.0})))).max() > 0
-    assert np.abs(base - pixels(engine.generate(domain.GenerationSpec(**{**SMALL, "negative_prompt": "dog"})))).max() > 0
+    assert (
+        np.abs(base - pixels(engine.generate(domain.GenerationSpec(**{**SMALL, "negative_prompt": "dog"})))).max() > 0
+    )
 
 
 def test_step_callback_reports_and_cancels(engine):
@@ -94,6 +97,7 @@ def test_step_callback_reports_and_cancels(engine):
     def cancel(progress):
         if progress > 0.5:
             raise errors.TaskCanceled()
+
     with pytest.raises(errors.TaskCanceled):
         engine.generate(domain.GenerationSpec(**SMALL), cancel)
     # the cached pipeline still works afterwards

@@ -41,6 +41,8 @@ def test_200_requests_cycling_sub_models_keep_rss_flat(models_dir, config_cache,
     rss.append(process.memory_info().rss)
     growth = (rss[-1] - rss[0]) / rss[0]
     with capsys.disabled():  # the measurement belongs in the CI log
-        print(f"\nRSS after the first rounds {rss[0] / 2**20:.0f} MB, after 200 requests {rss[-1] / 2**20:.0f} MB "
-              f"({growth:+.2%})")
+        print(  # noqa: T201
+            f"\nRSS after the first rounds {rss[0] / 2**20:.0f} MB, after 200 requests {rss[-1] / 2**20:.0f} MB "
+            f"({growth:+.2%})"
+        )
     assert growth < 0.05

@@ -11,7 +11,7 @@ from PIL import Image
 from picserve import domain, errors
 from picserve.engine import prompts, tiling, tiny
 
-BASE = dict(model_code=tiny.TINY_CODE, prompt="a photo of a cat", width=64, height=64, steps=10, seed=3)
+BASE = {"model_code": tiny.TINY_CODE, "prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 10, "seed": 3}
 
 
 def b64(image: Image.Image, fmt="PNG") -> str:
@@ -36,7 +36,7 @@ def run(engine, **fields):
 
 def same_pixels(a, b) -> bool:
     """Pixel equality (PNG bytes also hold the prompt, so they differ whenever the prompt does)."""
-    return all(np.array_equal(arr(x), arr(y)) for x, y in zip(a.images, b.images))
+    return all(np.array_equal(arr(x), arr(y)) for x, y in zip(a.images, b.images, strict=True))
 
 
 def test_img2img_strength_controls_closeness(engine):
@@ -55,17 +55,19 @@ def test_img2img_resize_modes_give_the_requested_size(engine, mode):
 
 def square_mask(w=64, h=64) -> Image.Image:
     mask = np.zeros((h, w), np.uint8)
-    mask[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 255
+    mask[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 255
     return Image.fromarray(mask)
 
 
-@pytest.mark.parametrize("model, size", [(tiny.TINY_CODE, (64, 64)), (tiny.TINY_CODE, (100, 70)),
-                                         (tiny.TINY_INPAINT_CODE, (64, 64))])
+@pytest.mark.parametrize(
+    ("model", "size"), [(tiny.TINY_CODE, (64, 64)), (tiny.TINY_CODE, (100, 70)), (tiny.TINY_INPAINT_CODE, (64, 64))]
+)
 def test_inpainting_keeps_every_unmasked_pixel(engine, model, size):
     w, h = size
     source, mask = gradient(w, h), square_mask(w, h)
-    out = run(engine, model_code=model, init_image=b64(source), mask_image=b64(mask), strength=0.99,
-              width=w, height=h).images[0]
+    out = run(
+        engine, model_code=model, init_image=b64(source), mask_image=b64(mask), strength=0.99, width=w, height=h
+    ).images[0]
     keep = np.asarray(mask) == 0
     assert out.size == (w, h)
     assert np.array_equal(arr(out)[keep], arr(source)[keep])
@@ -88,8 +90,15 @@ def test_tiling_makes_a_torus_and_restores_the_pipeline(engine):
     shifted = torch.roll(latents, shifts=(4, 8), dims=(2, 3))
 
     def image(lat):
-        return pipe("a cat", latents=lat.clone(), num_inference_steps=3, height=64, width=128, output_type="np",
-                    generator=torch.Generator().manual_seed(1)).images[0]
+        return pipe(
+            "a cat",
+            latents=lat.clone(),
+            num_inference_steps=3,
+            height=64,
+            width=128,
+            output_type="np",
+            generator=torch.Generator().manual_seed(1),
+        ).images[0]
 
     with tiling.seamless(pipe, True):
         assert _conv_modes(pipe) == {"circular"}
@@ -107,8 +116,12 @@ def test_tiling_request_changes_output_then_leaves_no_trace(engine):
 
 
 def test_a1111_attention_parsing():
-    assert prompts.parse_attention("a (cat:1.5) and [dog]") == [("a ", 1.0), ("cat", 1.5), (" and ", 1.0),
-                                                                ("dog", pytest.approx(1 / 1.1))]
+    assert prompts.parse_attention("a (cat:1.5) and [dog]") == [
+        ("a ", 1.0),
+        ("cat", 1.5),
+        (" and ", 1.0),
+        ("dog", pytest.approx(1 / 1.1)),
+    ]
     assert prompts.parse_attention("((big))")[0][1] == pytest.approx(1.21)
     assert prompts.parse_attention(r"\(literal\)") == [("(literal)", 1.0)]
     assert prompts.parse_attention("one BREAK two") == [("one", 1.0), ("BREAK", -1.0), ("two", 1.0)]
@@ -126,8 +139,12 @@ def test_unweighted_embeddings_equal_diffusers(engine):
     pipe = engine.pipelines.get(tiny.TINY_CODE).base
     ours = prompts.encode(pipe, "a photo of a cat", "blurry", 1, True)
     embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
-        "a photo of a cat", negative_prompt="blurry", device="cpu", num_images_per_prompt=1,
-        do_classifier_free_guidance=True)
+        "a photo of a cat",
+        negative_prompt="blurry",
+        device="cpu",
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=True,
+    )
     assert torch.equal(ours.embeds, embeds) and torch.equal(ours.negative_embeds, negative)
     assert torch.equal(ours.pooled, pooled) and torch.equal(ours.negative_pooled, negative_pooled)
 

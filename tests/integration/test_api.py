@@ -98,11 +98,20 @@ def test_revoked_key_is_refused(api, make_client):
         client.list_models()
 
 
-@pytest.mark.parametrize("raw", [
-    "", "not json", "[1,2]", "null", '{"Action": 5}', '{"Action": "ListModels"}', "[" * 100_000,
-    '{"Action": "ListModels", "PublicKey": "p", "Signature": "s", "X": NaN}',
-    '{"Action": "ListModels", "PublicKey": ["p"], "Signature": "s"}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "not json",
+        "[1,2]",
+        "null",
+        '{"Action": 5}',
+        '{"Action": "ListModels"}',
+        "[" * 100_000,
+        '{"Action": "ListModels", "PublicKey": "p", "Signature": "s", "X": NaN}',
+        '{"Action": "ListModels", "PublicKey": ["p"], "Signature": "s"}',
+    ],
+)
 def test_malformed_requests_get_a_retcode_not_a_500(api, raw):
     reply = post(api, raw)
     assert reply["RetCode"] != 0 and reply["RetCode"] != 500 and reply["Message"]
@@ -117,16 +126,29 @@ def test_request_uuid_and_action_are_echoed(api, make_client):
     assert "GenerateImagesSDXL" in bad["Message"]
 
 
-@pytest.mark.parametrize("overrides, code, message", [
-    ({"Width": 3000}, 160, "Width: must be between 64 and 2560 (got 3000)"),
-    ({"MainModel": {"ModelCode": "missing-model"}}, 231, "MainModel.ModelCode 'missing-model' is not on this server"),
-    ({"MainModel": {"ModelCode": "picserve-tiny", "InferenceParams": {"Sampler": "Euler z"}}}, 160,
-     "MainModel.InferenceParams.Sampler: unknown sampler 'Euler z'; valid: Euler, Euler a"),
-    ({"Image2Image": {"ImageIndex": 0}}, 160,
-     "Image2Image.ImageIndex 0 is out of range: ImageAndMaskList has 0 entries"),
-    ({"SubModelList": [{"ModelCode": "x"}]}, 231, "SubModelList[0].ModelCode 'x' is not a LoRA, embedding"),
-    ({"Bogus": True}, 160, "Bogus: unknown field for GenerateImagesSDXL"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "code", "message"),
+    [
+        ({"Width": 3000}, 160, "Width: must be between 64 and 2560 (got 3000)"),
+        (
+            {"MainModel": {"ModelCode": "missing-model"}},
+            231,
+            "MainModel.ModelCode 'missing-model' is not on this server",
+        ),
+        (
+            {"MainModel": {"ModelCode": "picserve-tiny", "InferenceParams": {"Sampler": "Euler z"}}},
+            160,
+            "MainModel.InferenceParams.Sampler: unknown sampler 'Euler z'; valid: Euler, Euler a",
+        ),
+        (
+            {"Image2Image": {"ImageIndex": 0}},
+            160,
+            "Image2Image.ImageIndex 0 is out of range: ImageAndMaskList has 0 entries",
+        ),
+        ({"SubModelList": [{"ModelCode": "x"}]}, 231, "SubModelList[0].ModelCode 'x' is not a LoRA, embedding"),
+        ({"Bogus": True}, 160, "Bogus: unknown field for GenerateImagesSDXL"),
+    ],
+)
 def test_invalid_generation_requests_name_the_field(make_client, overrides, code, message):
     client = make_client()
     with pytest.raises(errors.PicserveError) as info:
@@ -148,8 +170,9 @@ def test_credits_are_reserved_then_charged(make_client, run_worker):
 
 def test_runtime_failure_is_reported_and_not_charged(make_client, run_worker):
     client = make_client()
-    uid = client.generate_images_sdxl(**tiny_request(
-        MainModel={"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 6, "ClipSkip": 9}}))
+    uid = client.generate_images_sdxl(
+        **tiny_request(MainModel={"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 6, "ClipSkip": 9}})
+    )
     run_worker()
     detail = client.list_tasks_details([uid])[0]
     assert detail["Status"] == "Error" and detail["ErrorCode"] == 501

@@ -27,7 +27,7 @@ def gradient(w=64, h=64) -> Image.Image:
 
 def square_mask(w=64, h=64) -> Image.Image:
     mask = np.zeros((h, w), np.uint8)
-    mask[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 255
+    mask[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 255
     return Image.fromarray(mask)
 
 
@@ -42,7 +42,7 @@ def test_prompts_negative_weights_and_long_prompts(generate):
     assert differs(base, generate(PositivePrompts=["a photo", "a (cat:1.4)"]).images[0])
     assert differs(base, generate(PositivePrompts=["a photo", "a cat"], NegativePrompts=["blurry"]).images[0])
     long = ["a photo of a cat on a red sofa"] * 12
-    assert differs(generate(PositivePrompts=long).images[0], generate(PositivePrompts=long + ["snow"]).images[0])
+    assert differs(generate(PositivePrompts=long).images[0], generate(PositivePrompts=[*long, "snow"]).images[0])
     assert generate(PositivePrompts=[], NegativePrompts=[]).detail["Status"] == "Finished"
 
 
@@ -64,17 +64,28 @@ def test_inference_params_take_effect(generate, params):
 
 def test_image2image_strength_and_resize_modes(generate):
     source = gradient()
-    near = generate(ImageAndMaskList=[b64(source)], Image2Image={"ImageIndex": 0, "ReferStrength": 0.3},
-                    MainModel={"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 10}}).images
-    far = generate(ImageAndMaskList=[b64(source, "JPEG", data_uri=False)],
-                   Image2Image={"ImageIndex": 0, "ReferStrength": 0.9},
-                   MainModel={"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 10}}).images
+    near = generate(
+        ImageAndMaskList=[b64(source)],
+        Image2Image={"ImageIndex": 0, "ReferStrength": 0.3},
+        MainModel={"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 10}},
+    ).images
+    far = generate(
+        ImageAndMaskList=[b64(source, "JPEG", data_uri=False)],
+        Image2Image={"ImageIndex": 0, "ReferStrength": 0.9},
+        MainModel={"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 10}},
+    ).images
     src = np.asarray(source, dtype=np.int16)
     assert np.abs(near[0] - src).mean() < np.abs(far[0] - src).mean()
     wide = b64(gradient(128, 64), "WEBP")
-    results = [generate(ImageAndMaskList=[wide], Width=64, Height=96,
-                        Image2Image={"ImageIndex": 0, "ReferStrength": 0.5, "ResizeMode": mode}).images[0]
-               for mode in ("JustResize", "CropAndResize", "ResizeAndFill")]
+    results = [
+        generate(
+            ImageAndMaskList=[wide],
+            Width=64,
+            Height=96,
+            Image2Image={"ImageIndex": 0, "ReferStrength": 0.5, "ResizeMode": mode},
+        ).images[0]
+        for mode in ("JustResize", "CropAndResize", "ResizeAndFill")
+    ]
     assert all(r.shape == (96, 64, 3) for r in results)
     assert differs(results[0], results[1]) and differs(results[1], results[2])
 
@@ -83,10 +94,12 @@ def test_image2image_strength_and_resize_modes(generate):
 def test_inpainting_keeps_unmasked_pixels(generate, layout):
     source, mask = gradient(96, 72), square_mask(96, 72)
     if layout == "next-entry":
-        fields = dict(ImageAndMaskList=[b64(source), b64(mask)], Image2Image={"ImageIndex": 0, "ReferStrength": 1})
+        fields = {"ImageAndMaskList": [b64(source), b64(mask)], "Image2Image": {"ImageIndex": 0, "ReferStrength": 1}}
     else:
-        fields = dict(ImageAndMaskList=[b64(mask), b64(source)],
-                      Image2Image={"ImageIndex": 1, "MaskIndex": 0, "ReferStrength": 1})
+        fields = {
+            "ImageAndMaskList": [b64(mask), b64(source)],
+            "Image2Image": {"ImageIndex": 1, "MaskIndex": 0, "ReferStrength": 1},
+        }
     (out,) = generate(Width=96, Height=72, **fields).images
     keep = np.asarray(mask) == 0
     assert np.array_equal(out[keep], np.asarray(source, dtype=np.int16)[keep])
@@ -94,8 +107,9 @@ def test_inpainting_keeps_unmasked_pixels(generate, layout):
 
 
 def test_a_mask_of_another_size_is_resized(generate):
-    (out,) = generate(ImageAndMaskList=[b64(gradient()), b64(square_mask(32, 32))],
-                      Image2Image={"ImageIndex": 0, "ReferStrength": 1}).images
+    (out,) = generate(
+        ImageAndMaskList=[b64(gradient()), b64(square_mask(32, 32))], Image2Image={"ImageIndex": 0, "ReferStrength": 1}
+    ).images
     resized = imaging.mask_for(square_mask(32, 32), 64, 64, "ResizeAndFill")  # as the server resizes it
     keep = np.asarray(resized) == 0
     assert keep.sum() > 2000 and (np.asarray(resized) == 255).sum() > 500
@@ -122,23 +136,40 @@ def gif() -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"ImageAndMaskList": ["@@not-base64@@"], "Image2Image": {"ImageIndex": 0}},
-     "ImageAndMaskList[0]: not valid base64"),
-    ({"ImageAndMaskList": [base64.b64encode(b"plain text").decode()], "Image2Image": {"ImageIndex": 0}},
-     "ImageAndMaskList[0]: not a readable PNG, JPEG or WebP image"),
-    ({"ImageAndMaskList": [bomb()], "Image2Image": {"ImageIndex": 0}},
-     "ImageAndMaskList[0]: 6000x6000 is too large"),
-    ({"ImageAndMaskList": [gif()], "Image2Image": {"ImageIndex": 0}},
-     "ImageAndMaskList[0]: GIF images are not accepted"),
-    ({"ImageAndMaskList": [b64(gradient())], "Image2Image": {"ImageIndex": 1}},
-     "Image2Image.ImageIndex 1 is out of range: ImageAndMaskList has 1 entries"),
-    ({"ImageAndMaskList": [b64(gradient())], "Image2Image": {"ImageIndex": 0, "MaskIndex": 4}},
-     "Image2Image.MaskIndex 4 is out of range"),
-    ({"ImageAndMaskList": [b64(gradient())], "Image2Image": {"ImageIndex": 0, "ReferStrength": 0.1}},
-     "Image2Image.ReferStrength 0.1 × Steps 6 leaves no denoising step"),
-    ({"ImageAndMaskList": [b64(gradient())]}, "ImageAndMaskList: images were sent but no Image2Image"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"ImageAndMaskList": ["@@not-base64@@"], "Image2Image": {"ImageIndex": 0}},
+            "ImageAndMaskList[0]: not valid base64",
+        ),
+        (
+            {"ImageAndMaskList": [base64.b64encode(b"plain text").decode()], "Image2Image": {"ImageIndex": 0}},
+            "ImageAndMaskList[0]: not a readable PNG, JPEG or WebP image",
+        ),
+        (
+            {"ImageAndMaskList": [bomb()], "Image2Image": {"ImageIndex": 0}},
+            "ImageAndMaskList[0]: 6000x6000 is too large",
+        ),
+        (
+            {"ImageAndMaskList": [gif()], "Image2Image": {"ImageIndex": 0}},
+            "ImageAndMaskList[0]: GIF images are not accepted",
+        ),
+        (
+            {"ImageAndMaskList": [b64(gradient())], "Image2Image": {"ImageIndex": 1}},
+            "Image2Image.ImageIndex 1 is out of range: ImageAndMaskList has 1 entries",
+        ),
+        (
+            {"ImageAndMaskList": [b64(gradient())], "Image2Image": {"ImageIndex": 0, "MaskIndex": 4}},
+            "Image2Image.MaskIndex 4 is out of range",
+        ),
+        (
+            {"ImageAndMaskList": [b64(gradient())], "Image2Image": {"ImageIndex": 0, "ReferStrength": 0.1}},
+            "Image2Image.ReferStrength 0.1 × Steps 6 leaves no denoising step",
+        ),
+        ({"ImageAndMaskList": [b64(gradient())]}, "ImageAndMaskList: images were sent but no Image2Image"),
+    ],
+)
 def test_bad_images_are_refused_before_queueing(make_client, fields, message):
     client = make_client()
     with pytest.raises(errors.ParamError) as info:

@@ -15,7 +15,7 @@ from picserve.tasks.embedded_pg import EmbeddedPostgres
 
 from .conftest import tiny_request
 
-SLOW = dict(Width=512, Height=512, MainModel={"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 60}})
+SLOW = {"Width": 512, "Height": 512, "MainModel": {"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 60}}}
 
 
 def wait_for(predicate, timeout=60.0, every=0.05):

@@ -17,7 +17,10 @@ def test_list_models_reports_sub_models_and_their_fit(make_client):
     assert models["LoraModels"]["kohya-trigger"]["TriggerWordList"] == ["inkstyle"]  # from kohya metadata
     sidecar = models["LoraModels"]["kohya-1"]
     assert (sidecar["Name"], sidecar["TriggerWordList"], sidecar["InferenceParams"]["LoraWeight"]) == (
-        "Kohya one", ["sidecarword"], 0.5)
+        "Kohya one",
+        ["sidecarword"],
+        0.5,
+    )
     assert models["EmbeddingModels"]["emb-a"]["CompatibleMainModels"]
     assert models["HypernetworkModels"]["hyper-a"]["InferenceParams"] == {"LoraWeight": 1}
 
@@ -26,9 +29,13 @@ def test_loras_hypernetworks_and_weights(generate):
     (base,) = generate().images
     (zero,) = generate(SubModelList=[{"ModelCode": "kohya-0", "InferenceParams": {"LoraWeight": 0}}]).images
     assert np.array_equal(zero, base)
-    result = generate(SubModelList=[{"ModelCode": "kohya-0", "InferenceParams": {"LoraWeight": 0.7}},
-                                         {"ModelCode": "peft-0", "InferenceParams": {"LoraWeight": -0.3}},
-                                         {"ModelCode": "hyper-a", "InferenceParams": {"LoraWeight": 0.5}}])
+    result = generate(
+        SubModelList=[
+            {"ModelCode": "kohya-0", "InferenceParams": {"LoraWeight": 0.7}},
+            {"ModelCode": "peft-0", "InferenceParams": {"LoraWeight": -0.3}},
+            {"ModelCode": "hyper-a", "InferenceParams": {"LoraWeight": 0.5}},
+        ]
+    )
     (mixed,), (text,) = result.images, result.texts
     assert np.abs(mixed - base).max() > 0
     assert "LoRA: kohya-0:0.7, peft-0:-0.3" in text and "Hypernetwork: hyper-a:0.5" in text
@@ -54,13 +61,22 @@ def test_embeddings_load_from_the_list_or_the_prompt(generate):
     assert "Embeddings" not in not_a_word
 
 
-@pytest.mark.parametrize("sub, code, message", [
-    ({"ModelCode": "sd15-style"}, 232,
-     "SubModelList[0].ModelCode 'sd15-style' is a SD1 lora and does not fit main model 'picserve-tiny'"),
-    ({"ModelCode": "nope"}, 231, "SubModelList[0].ModelCode 'nope' is not a LoRA, embedding or hypernetwork"),
-    ({"ModelCode": "kohya-0", "InferenceParams": {"LoraWeight": 2.5}}, 160,
-     "SubModelList[0].InferenceParams.LoraWeight: must be between -1 and 2 (got 2.5)"),
-])
+@pytest.mark.parametrize(
+    ("sub", "code", "message"),
+    [
+        (
+            {"ModelCode": "sd15-style"},
+            232,
+            "SubModelList[0].ModelCode 'sd15-style' is a SD1 lora and does not fit main model 'picserve-tiny'",
+        ),
+        ({"ModelCode": "nope"}, 231, "SubModelList[0].ModelCode 'nope' is not a LoRA, embedding or hypernetwork"),
+        (
+            {"ModelCode": "kohya-0", "InferenceParams": {"LoraWeight": 2.5}},
+            160,
+            "SubModelList[0].InferenceParams.LoraWeight: must be between -1 and 2 (got 2.5)",
+        ),
+    ],
+)
 def test_bad_sub_models_are_refused_by_name(make_client, sub, code, message):
     client = make_client()
     with pytest.raises(errors.PicserveError) as info:

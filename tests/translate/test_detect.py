@@ -32,16 +32,20 @@ def test_every_language_of_the_spec(language):
     assert set(SENTENCES) == set(detect.LANGUAGES)
 
 
-@pytest.mark.parametrize("text, expected", [("猫", "zh"), ("ねこ", "ja"), ("고양이", "ko"), ("кот", "ru"),
-                                            ("แมว", "th"), ("cat", "en"), ("8k", "en")])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("猫", "zh"), ("ねこ", "ja"), ("고양이", "ko"), ("кот", "ru"), ("แมว", "th"), ("cat", "en"), ("8k", "en")],
+)
 def test_short_prompts_by_script(text, expected):
     assert detect.detect(text) == expected
 
 
 def test_english_tag_lists_are_never_translated():
-    tags = ("masterpiece, best quality, highly detailed, 8k, sharp focus, bokeh, cinematic lighting, 1girl, solo, "
-            "long hair, blue eyes, photorealistic, portrait, art nouveau, chiaroscuro, kawaii, studio ghibli, "
-            "octane render, concept art, (cute cat:1.2), [blurry]")
+    tags = (
+        "masterpiece, best quality, highly detailed, 8k, sharp focus, bokeh, cinematic lighting, 1girl, solo, "
+        "long hair, blue eyes, photorealistic, portrait, art nouveau, chiaroscuro, kawaii, studio ghibli, "
+        "octane render, concept art, (cute cat:1.2), [blurry]"
+    )
     result = PromptTranslator(None).translate(tags)
     assert result.text == tags and result.languages == []
 

@@ -24,19 +24,32 @@ def index_server(tmp_path):
     handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **k)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     base = f"http://127.0.0.1:{server.server_port}"
-    (served / "index.json").write_text(json.dumps([
-        {"from_code": "xx", "to_code": "en", "package_version": "1.0",
-         "links": [f"{base}/missing.argosmodel", f"{base}/translate-xx_en-1_0.argosmodel"]},
-        {"from_code": "yy", "to_code": "en", "links": [f"{base}/broken.argosmodel"]},
-    ]))
+    (served / "index.json").write_text(
+        json.dumps(
+            [
+                {
+                    "from_code": "xx",
+                    "to_code": "en",
+                    "package_version": "1.0",
+                    "links": [f"{base}/missing.argosmodel", f"{base}/translate-xx_en-1_0.argosmodel"],
+                },
+                {"from_code": "yy", "to_code": "en", "links": [f"{base}/broken.argosmodel"]},
+            ]
+        )
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"{base}/index.json"
     server.shutdown()
 
 
 def pull(*args):
-    return subprocess.run([sys.executable, "-m", "picserve", "models", "pull-translation", *map(str, args)],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "PICSERVE_LOG_LEVEL": "warning"})
+    return subprocess.run(
+        [sys.executable, "-m", "picserve", "models", "pull-translation", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PICSERVE_LOG_LEVEL": "warning"},
+    )
 
 
 def test_pull_installs_a_package_the_backend_loads(tmp_path, index_server):

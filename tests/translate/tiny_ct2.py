@@ -15,8 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-CORPUS = ["a red cat sitting in the snow", "一只猫坐在雪地里", "夕暮れの東京", "un chat rouge dans la neige",
-          "a futuristic city at night", "une ville futuriste la nuit", "赛博朋克城市"]
+CORPUS = [
+    "a red cat sitting in the snow",
+    "一只猫坐在雪地里",
+    "夕暮れの東京",
+    "un chat rouge dans la neige",
+    "a futuristic city at night",
+    "une ville futuriste la nuit",
+    "赛博朋克城市",
+]
 
 
 def _spec_shape(name: str, vocab: int, d: int, ffn: int):
@@ -71,13 +78,25 @@ def build(folder: Path, layout: str = "opus", d: int = 16, ffn: int = 32) -> Pat
     work.mkdir(exist_ok=True)
     (work / "corpus.txt").write_text("\n".join(f"{line} {i}" for i in range(50) for line in CORPUS))
     spm.SentencePieceTrainer.train(
-        input=str(work / "corpus.txt"), model_prefix=str(work / "sp"), vocab_size=60, character_coverage=1.0,
-        model_type="unigram", bos_id=-1, eos_id=2, unk_id=0, pad_id=1, pad_piece="<blank>",
-        eos_piece="</s>", unk_piece="<unk>", minloglevel=2)
+        input=str(work / "corpus.txt"),
+        model_prefix=str(work / "sp"),
+        vocab_size=60,
+        character_coverage=1.0,
+        model_type="unigram",
+        bos_id=-1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=1,
+        pad_piece="<blank>",
+        eos_piece="</s>",
+        unk_piece="<unk>",
+        minloglevel=2,
+    )
     sp = spm.SentencePieceProcessor(model_file=str(work / "sp.model"))
     special = {"<unk>", "<s>", "</s>", "<blank>"}
-    vocab = ["<unk>", "<s>", "</s>"] + [sp.id_to_piece(i) for i in range(sp.get_piece_size())
-                                        if sp.id_to_piece(i) not in special]
+    vocab = ["<unk>", "<s>", "</s>"] + [
+        sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.id_to_piece(i) not in special
+    ]
     spec = transformer_spec.TransformerSpec.from_config(num_layers=1, num_heads=2)
     rng = np.random.default_rng(0)
     for name, value in spec.variables().items():
@@ -96,8 +115,9 @@ def build(folder: Path, layout: str = "opus", d: int = 16, ffn: int = 32) -> Pat
     spec.save(str(model_dir))
     if layout == "argos":
         shutil.copy(work / "sp.model", folder / "sentencepiece.model")
-        (folder / "metadata.json").write_text(json.dumps({"package_version": "1.0", "from_code": "xx",
-                                                          "to_code": "en"}))
+        (folder / "metadata.json").write_text(
+            json.dumps({"package_version": "1.0", "from_code": "xx", "to_code": "en"})
+        )
     else:
         shutil.copy(work / "sp.model", folder / "source.spm")
         shutil.copy(work / "sp.model", folder / "target.spm")

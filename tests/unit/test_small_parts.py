@@ -61,8 +61,9 @@ def test_catalog_reads_sidecars(tmp_path):
     (main / "folder-model" / "model_index.json").write_text("{}")
     (main / "not-a-model").mkdir()
     (main / "single.safetensors").write_bytes(b"")
-    (main / "single.json").write_text(json.dumps({"Name": "Single", "IsOfficial": True,
-                                                  "InferenceParams": {"Steps": 30}, "Config": "folder-model"}))
+    (main / "single.json").write_text(
+        json.dumps({"Name": "Single", "IsOfficial": True, "InferenceParams": {"Steps": 30}, "Config": "folder-model"})
+    )
     (tmp_path / "lora").mkdir()
     (tmp_path / "lora" / "style.safetensors").write_bytes(b"")
     (tmp_path / "lora" / "style.json").write_text(json.dumps({"TriggerWordList": ["inky"]}))
@@ -92,17 +93,21 @@ def test_disk_store_expiry(tmp_path):
 
 
 def test_api_and_sdk_import_without_torch():
-    code = ("import sys; sys.modules['torch'] = None; sys.modules['diffusers'] = None; "
-            "import picserve.api.app, picserve.sdk, picserve.cli, picserve.protocol.messages; print('ok')")
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['diffusers'] = None; "
+        "import picserve.api.app, picserve.sdk, picserve.cli, picserve.protocol.messages; print('ok')"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr
 
 
 def test_engine_imports_nothing_of_http_sql_or_storage():
-    code = ("import sys; import picserve.engine.engine, picserve.engine.tiny; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('fastapi', 'psycopg', 'procrastinate', 'httpx') "
-            "or m.startswith(('picserve.api', 'picserve.tasks', 'picserve.storage', 'picserve.protocol'))]; "
-            "print(bad)")
+    code = (
+        "import sys; import picserve.engine.engine, picserve.engine.tiny; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('fastapi', 'psycopg', 'procrastinate', 'httpx') "
+        "or m.startswith(('picserve.api', 'picserve.tasks', 'picserve.storage', 'picserve.protocol'))]; "
+        "print(bad)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
 
@@ -123,17 +128,28 @@ def test_model_inspection_without_torch(tmp_path):
         path.write_bytes(struct.pack("<Q", len(raw)) + raw)
         return path
 
-    sdxl = safetensors("xl.safetensors", {
-        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": (4, 2048),
-        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 768),
-        "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 1280)},
-        {"ss_tag_frequency": _json.dumps({"5_zxc style": {"zxc style": 4}, "img": {"a": 1}})})
+    sdxl = safetensors(
+        "xl.safetensors",
+        {
+            "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": (4, 2048),
+            "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 768),
+            "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 1280),
+        },
+        {"ss_tag_frequency": _json.dumps({"5_zxc style": {"zxc style": 4}, "img": {"a": 1}})},
+    )
     info = modelinfo.inspect("lora", sdxl)
     assert (info.base, info.trigger_words) == ("SDXL", ("zxc style",))
-    sd1 = modelinfo.inspect("lora", safetensors("sd1.safetensors", {
-        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": (4, 768)}))
+    sd1 = modelinfo.inspect(
+        "lora",
+        safetensors(
+            "sd1.safetensors",
+            {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": (4, 768)},
+        ),
+    )
     main = modelinfo.Info(base="SDXL", dims={"cross": 2048, "te1": 768, "te2": 1280})
-    assert sd1.base == "SD1" and not modelinfo.compatible(main, sd1, "lora") and modelinfo.compatible(main, info, "lora")
+    assert (
+        sd1.base == "SD1" and not modelinfo.compatible(main, sd1, "lora") and modelinfo.compatible(main, info, "lora")
+    )
     emb = modelinfo.inspect("embedding", safetensors("e.safetensors", {"clip_l": (2, 768), "clip_g": (2, 1280)}))
     assert emb.base == "SDXL" and modelinfo.compatible(main, emb, "embedding")
     assert modelinfo.inspect("lora", tmp_path / "missing.safetensors").problem

@@ -9,7 +9,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from picserve import __version__, catalog as catalog_module
+from picserve import __version__
+from picserve import catalog as catalog_module
 from picserve.api import endpoint
 from picserve.api.context import Context
 from picserve.config import Settings

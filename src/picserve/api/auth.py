@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from picserve import domain, errors
 from picserve.protocol import signature
@@ -16,7 +16,7 @@ async def authenticate(repo: TaskRepo, envelope: Envelope) -> domain.Account:
     account = await repo.get_account(envelope.public_key)
     if account is None or account.revoked:
         raise errors.UnknownKey(f"PublicKey {envelope.public_key!r} is unknown or revoked")
-    if account.expire_at is not None and account.expire_at < datetime.now(timezone.utc):
+    if account.expire_at is not None and account.expire_at < datetime.now(UTC):
         raise errors.UnknownKey(f"PublicKey {envelope.public_key!r} expired on {account.expire_at:%Y-%m-%d}")
     if not signature.verify(envelope.body, account.private_key):
         raise errors.AuthError(

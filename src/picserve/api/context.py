@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from picserve import catalog as catalog_module
 from picserve.config import Settings
 from picserve.storage.disk import DiskStore
-from picserve.tasks import repo as repo_module, service as service_module
+from picserve.tasks import repo as repo_module
+from picserve.tasks import service as service_module
 from picserve.translate.prompts import PromptTranslator
 
 __all__ = ["Context"]

@@ -32,7 +32,8 @@ async def handle(ctx: Context, request: Request) -> JSONResponse:
         handler = ACTIONS.get(envelope.action)
         if handler is None:
             raise errors.UnknownAction(
-                f"Action {envelope.action!r} is not served here; available: {', '.join(sorted(ACTIONS))}")
+                f"Action {envelope.action!r} is not served here; available: {', '.join(sorted(ACTIONS))}"
+            )
         account = await auth.authenticate(ctx.repo, envelope)
         fields = await handler(ctx, account, envelope, str(request.base_url))
         return JSONResponse(ok_reply(action, request_uuid, fields))

@@ -14,13 +14,14 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from picserve import catalog as catalog_module, domain, errors
+from picserve import catalog as catalog_module
+from picserve import domain, errors
 from picserve.engine import hypernetwork
 
 __all__ = ["Adapters"]
@@ -53,9 +54,12 @@ class Adapters:
         """Everything `sub_models` asks for, on `model` (a loader.LoadedModel), for one request."""
         resolved = [self._resolve(s) for s in sub_models]
         self._set_loras(model, [r for r in resolved if r.kind == "lora"])
-        with self._embeddings(model.base, [r for r in resolved if r.kind == "embedding"]), \
-                hypernetwork.applied(model.base.unet, [(self._file(r), r.weight) for r in resolved
-                                                       if r.kind == "hypernetwork"]):
+        with (
+            self._embeddings(model.base, [r for r in resolved if r.kind == "embedding"]),
+            hypernetwork.applied(
+                model.base.unet, [(self._file(r), r.weight) for r in resolved if r.kind == "hypernetwork"]
+            ),
+        ):
             yield
 
     # --- files ------------------------------------------------------------------------------------
@@ -103,7 +107,7 @@ class Adapters:
             model.loras.move_to_end(name)
         # Least recently used adapters beyond the bound leave; the ones this request needs stay.
         wanted = {_adapter_name(x.code) for x in loras}
-        for name in [n for n in model.loras if n not in wanted][:max(0, len(model.loras) - self.max_loras)]:
+        for name in [n for n in model.loras if n not in wanted][: max(0, len(model.loras) - self.max_loras)]:
             pipe.delete_adapters([name])
             del model.loras[name]
         pipe.enable_lora()
@@ -116,20 +120,23 @@ class Adapters:
         try:
             for emb in embeddings:
                 vectors = self._file(emb)
-                for key, tokenizer, encoder in (("clip_l", pipe.tokenizer, pipe.text_encoder),
-                                                ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2)):
+                for key, tokenizer, encoder in (
+                    ("clip_l", pipe.tokenizer, pipe.text_encoder),
+                    ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2),
+                ):
                     if key not in vectors:
                         raise errors.GenerationError(f"embedding {emb.code!r} has no {key} vectors (not SDXL)")
-                    pipe.load_textual_inversion(vectors[key], token=emb.code, tokenizer=tokenizer,
-                                                text_encoder=encoder)
+                    pipe.load_textual_inversion(vectors[key], token=emb.code, tokenizer=tokenizer, text_encoder=encoder)
                 count = vectors["clip_l"].shape[0]
                 # diffusers names the extra vectors token_1, token_2…; all must go to unload completely.
                 loaded.append([emb.code] + [f"{emb.code}_{i}" for i in range(1, count)])
             yield
         finally:
             for tokens in reversed(loaded):
-                for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder),
-                                           (pipe.tokenizer_2, pipe.text_encoder_2)):
+                for tokenizer, encoder in (
+                    (pipe.tokenizer, pipe.text_encoder),
+                    (pipe.tokenizer_2, pipe.text_encoder_2),
+                ):
                     pipe.unload_textual_inversion(tokens=tokens, tokenizer=tokenizer, text_encoder=encoder)
 
 

@@ -6,6 +6,7 @@ the same 256 with `</w>`, one entry per merge, then `<|startoftext|>` and `<|end
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter
@@ -18,8 +19,8 @@ _WORD = re.compile(r"[a-z]+|[0-9]|[^\sa-z0-9]+")
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte → printable-character table."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     # Printable bytes first, in order, then the rest mapped above 255: vocabulary ids depend on it.
     table = {b: chr(b) for b in printable}
@@ -49,12 +50,12 @@ def train(corpus: str, merges: int) -> list[tuple[str, str]]:
     seqs: Counter[tuple[str, ...]] = Counter()
     for word, count in Counter(_WORD.findall(corpus.lower())).items():
         symbols = [b2u[b] for b in word.encode("utf-8")]
-        seqs[tuple(symbols[:-1]) + (symbols[-1] + "</w>",)] += count
+        seqs[(*tuple(symbols[:-1]), symbols[-1] + "</w>")] += count
     learned: list[tuple[str, str]] = []
     for _ in range(merges):
         pairs: Counter[tuple[str, str]] = Counter()
         for seq, count in seqs.items():
-            for pair in zip(seq, seq[1:]):
+            for pair in itertools.pairwise(seq):
                 pairs[pair] += count
         if not pairs:
             break

@@ -16,13 +16,21 @@ from safetensors.torch import save_file
 __all__ = ["export_single_file", "sgm_state_dict"]
 
 _RESNET = (
-    ("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
-    ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"),
+    ("norm1", "in_layers.0"),
+    ("conv1", "in_layers.2"),
+    ("norm2", "out_layers.0"),
+    ("conv2", "out_layers.3"),
+    ("time_emb_proj", "emb_layers.1"),
+    ("conv_shortcut", "skip_connection"),
 )
 _UNET_TOP = {
-    "time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-    "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
-    "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
 }
 _VAE_ATTN = (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out"))
 
@@ -88,10 +96,10 @@ def _convert_unet(sd: dict, config: dict) -> dict:
     for key, value in sd.items():
         new, head = _rename(key, prefixes)
         if head and ".resnets." in head:
-            tail = new[len(prefixes[head]) + 1:]
+            tail = new[len(prefixes[head]) + 1 :]
             for old, replacement in _RESNET:
                 if tail.startswith(old + "."):
-                    tail = replacement + tail[len(old):]
+                    tail = replacement + tail[len(old) :]
             new = prefixes[head] + "." + tail
         out["model.diffusion_model." + new] = value
     return out
@@ -103,10 +111,10 @@ def _convert_vae(sd: dict, config: dict) -> dict:
         new, head = _rename(key, prefixes)
         new = new.replace(".conv_shortcut.", ".nin_shortcut.")
         if head and head.endswith("attentions.0"):
-            tail = new[len(prefixes[head]) + 1:]
+            tail = new[len(prefixes[head]) + 1 :]
             for old, replacement in _VAE_ATTN:
                 if tail.startswith(old + "."):
-                    tail = replacement + tail[len(old):]
+                    tail = replacement + tail[len(old) :]
             new = prefixes[head] + "." + tail
             if value.ndim == 2:  # linear in diffusers, 1×1 conv in the original
                 value = value[:, :, None, None]
@@ -122,8 +130,13 @@ def _convert_clip_l(sd: dict) -> dict:
 
 def _convert_open_clip(sd: dict) -> dict:
     prefix, out, qkv = "conditioner.embedders.1.model.", {}, {}
-    names = (("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"),
-             ("self_attn.out_proj", "attn.out_proj"))
+    names = (
+        ("layer_norm1", "ln_1"),
+        ("layer_norm2", "ln_2"),
+        ("mlp.fc1", "mlp.c_fc"),
+        ("mlp.fc2", "mlp.c_proj"),
+        ("self_attn.out_proj", "attn.out_proj"),
+    )
     for key, value in sd.items():
         key = key.removeprefix("text_model.")
         if key == "text_projection.weight":
@@ -143,7 +156,7 @@ def _convert_open_clip(sd: dict) -> dict:
                 continue
             for old, new in names:
                 if rest.startswith(old + "."):
-                    rest = new + rest[len(old):]
+                    rest = new + rest[len(old) :]
             out[block + rest] = value
     for key, parts in qkv.items():
         out[key] = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]])

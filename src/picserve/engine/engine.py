@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from PIL import Image
 
-from picserve import __version__, catalog as catalog_module, domain, errors, imaging
+from picserve import __version__, domain, errors, imaging
+from picserve import catalog as catalog_module
 from picserve.engine import adapters, images, loader, prompts, samplers, tiling
 
 __all__ = ["Engine", "Generated", "StepCallback"]
@@ -30,14 +30,20 @@ class Generated:
     infotexts: list[str]
 
     def pngs(self) -> list[bytes]:
-        return [images.to_png(img, text) for img, text in zip(self.images, self.infotexts)]
+        return [images.to_png(img, text) for img, text in zip(self.images, self.infotexts, strict=True)]
 
 
 class Engine:
     """Runs SDXL generations on one device. Not thread-safe: one worker drives one engine."""
 
-    def __init__(self, catalog: catalog_module.Catalog, device: str = "auto", max_loaded: int = 1,
-                 cache_dir: Path | None = None, max_chunk: int = 4):
+    def __init__(
+        self,
+        catalog: catalog_module.Catalog,
+        device: str = "auto",
+        max_loaded: int = 1,
+        cache_dir: Path | None = None,
+        max_chunk: int = 4,
+    ):
         self.pipelines = loader.PipelineCache(catalog, device, max_loaded, cache_dir)
         self.adapters = adapters.Adapters(catalog)
         #: images denoised together; larger batches run in chunks of this size to bound memory
@@ -55,8 +61,8 @@ class Engine:
             if self.pipelines.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise errors.GenerationError(
-                f"out of memory generating {spec.batch_size}×{spec.width}×{spec.height}: "
-                "lower the size or BatchSize") from exc
+                f"out of memory generating {spec.batch_size}×{spec.width}×{spec.height}: lower the size or BatchSize"
+            ) from exc
 
     def _generate(self, spec: domain.GenerationSpec, on_step: StepCallback | None) -> Generated:
         # 1. The pipeline for the mode (txt2img, img2img, inpaint share one loaded model) and a fresh scheduler.
@@ -77,13 +83,11 @@ class Engine:
             init = imaging.fit(imaging.decode(spec.init_image, "image"), spec.width, spec.height, spec.resize_mode)
             size = {"image": init.resize((width, height), Image.Resampling.LANCZOS), "strength": spec.strength}
         if spec.mask_image:
-            mask = imaging.mask_for(imaging.decode(spec.mask_image, "mask"), spec.width, spec.height,
-                                    spec.resize_mode)
-            size.update(mask_image=mask.resize((width, height), Image.Resampling.LANCZOS), width=width,
-                        height=height)
+            mask = imaging.mask_for(imaging.decode(spec.mask_image, "mask"), spec.width, spec.height, spec.resize_mode)
+            size.update(mask_image=mask.resize((width, height), Image.Resampling.LANCZOS), width=width, height=height)
 
         seeds = spec.seeds
-        chunks = [seeds[i:i + self.max_chunk] for i in range(0, len(seeds), self.max_chunk)]
+        chunks = [seeds[i : i + self.max_chunk] for i in range(0, len(seeds), self.max_chunk)]
         results: list[Image.Image] = []
         large = width * height > _TILED_VAE_PIXELS and not spec.tiling  # tiled decoding would break the seams
         # 4. LoRAs, embeddings and hypernetworks for this request only; the model is restored afterwards.
@@ -94,19 +98,23 @@ class Engine:
             # 6. Denoise in chunks of the batch; image i uses seed + i, from a CPU generator (same on any device).
             with tiling.seamless(pipe, spec.tiling), tiling.tiled_vae(pipe, large):
                 for index, chunk in enumerate(chunks):
+
                     def step_end(_pipe, step, _timestep, kwargs, index=index):
                         if on_step is not None:
                             on_step((index + (step + 1) / max(1, _pipe.num_timesteps)) / len(chunks))
                         return kwargs
 
                     output = pipe(
-                        prompt_embeds=cond.embeds, pooled_prompt_embeds=cond.pooled,
+                        prompt_embeds=cond.embeds,
+                        pooled_prompt_embeds=cond.pooled,
                         negative_prompt_embeds=cond.negative_embeds,
                         negative_pooled_prompt_embeds=cond.negative_pooled,
                         num_images_per_prompt=len(chunk),
                         generator=[torch.Generator("cpu").manual_seed(s) for s in chunk],
-                        num_inference_steps=spec.steps, guidance_scale=spec.cfg_scale,
-                        callback_on_step_end=step_end, **size,
+                        num_inference_steps=spec.steps,
+                        guidance_scale=spec.cfg_scale,
+                        callback_on_step_end=step_end,
+                        **size,
                     )
                     results.extend(output.images)
 
@@ -138,12 +146,18 @@ def _listed(spec: domain.GenerationSpec, kind: str, weighted: bool) -> str | Non
 
 def _infotext(spec: domain.GenerationSpec, seed: int) -> str:
     fields = {
-        "Steps": spec.steps, "Sampler": spec.sampler, "CFG scale": f"{spec.cfg_scale:g}", "Seed": seed,
-        "Size": f"{spec.width}x{spec.height}", "Model": spec.model_code,
+        "Steps": spec.steps,
+        "Sampler": spec.sampler,
+        "CFG scale": f"{spec.cfg_scale:g}",
+        "Seed": seed,
+        "Size": f"{spec.width}x{spec.height}",
+        "Model": spec.model_code,
         "Denoising strength": f"{spec.strength:g}" if spec.init_image else None,
         "Mask": "True" if spec.mask_image else None,
-        "Clip skip": spec.clip_skip if spec.clip_skip > 1 else None, "Tiling": "True" if spec.tiling else None,
-        "LoRA": _listed(spec, "lora", weighted=True), "Hypernetwork": _listed(spec, "hypernetwork", weighted=True),
+        "Clip skip": spec.clip_skip if spec.clip_skip > 1 else None,
+        "Tiling": "True" if spec.tiling else None,
+        "LoRA": _listed(spec, "lora", weighted=True),
+        "Hypernetwork": _listed(spec, "hypernetwork", weighted=True),
         "Embeddings": _listed(spec, "embedding", weighted=False),
         "Version": f"picserve {__version__}",
     }

@@ -8,8 +8,8 @@ Files are loaded with `weights_only=True`: their pickles are plain dicts of tens
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +19,17 @@ from picserve import errors
 
 __all__ = ["applied", "load"]
 
-_ACTIVATIONS = {"linear": None, "relu": nn.ReLU, "leakyrelu": nn.LeakyReLU, "elu": nn.ELU, "swish": nn.SiLU,
-                "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "mish": nn.Mish}
+_ACTIVATIONS = {
+    "linear": None,
+    "relu": nn.ReLU,
+    "leakyrelu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "swish": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "mish": nn.Mish,
+}
 
 
 class HypernetworkModule(nn.Module):
@@ -64,8 +73,11 @@ def load(path: Path) -> dict[int, tuple[HypernetworkModule, HypernetworkModule]]
         raise errors.GenerationError(f"hypernetwork {path.name} could not be read: {exc}") from exc
     activation = data.get("activation_func", "linear")
     activate_output = bool(data.get("activate_output", False))
-    return {width: tuple(HypernetworkModule(sd, activation, activate_output).eval() for sd in pair[:2])
-            for width, pair in data.items() if isinstance(width, int)}
+    return {
+        width: tuple(HypernetworkModule(sd, activation, activate_output).eval() for sd in pair[:2])
+        for width, pair in data.items()
+        if isinstance(width, int)
+    }
 
 
 class _Processor:

@@ -77,8 +77,9 @@ class PipelineCache:
     that diffusers applies when the VAE config asks for it.
     """
 
-    def __init__(self, catalog: catalog_module.Catalog, device: str = "auto", max_loaded: int = 1,
-                 cache_dir: Path | None = None):
+    def __init__(
+        self, catalog: catalog_module.Catalog, device: str = "auto", max_loaded: int = 1, cache_dir: Path | None = None
+    ):
         self.catalog = catalog
         self.device = resolve_device(device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
@@ -119,7 +120,7 @@ class PipelineCache:
         from diffusers import StableDiffusionXLPipeline
 
         log.info("loading main model %s from %s", entry.code, entry.path)
-        options = dict(dtype=self.dtype, add_watermarker=False)
+        options = {"dtype": self.dtype, "add_watermarker": False}
         try:
             if entry.is_single_file:
                 config = entry.config or sdxl_base.config_dir(self.cache_dir, inpaint=_is_inpaint(entry.path))

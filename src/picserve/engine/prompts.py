@@ -107,7 +107,7 @@ def _encode_side(pipe, text: str, clip_skip: int, n_chunks: int | None, device) 
         encoded = []
         for ids, weights in chunks:
             pad = tokenizer.pad_token_id
-            full = [tokenizer.bos_token_id] + ids + [tokenizer.eos_token_id]
+            full = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
             full += [pad] * (_CHUNK + 2 - len(full))
             scale = torch.tensor([1.0] + weights + [1.0] * (_CHUNK + 1 - len(weights)), device=device)
             output = encoder(torch.tensor([full], device=device), output_hidden_states=True)
@@ -121,7 +121,7 @@ def _encode_side(pipe, text: str, clip_skip: int, n_chunks: int | None, device) 
                 weighted = weighted * (hidden.mean() / weighted.mean())
             encoded.append(weighted)
         per_encoder.append(encoded)
-    return [torch.cat(pair, dim=-1) for pair in zip(*per_encoder)], pooled
+    return [torch.cat(pair, dim=-1) for pair in zip(*per_encoder, strict=True)], pooled
 
 
 def encode(pipe, prompt: str, negative_prompt: str, clip_skip: int, guidance: bool) -> Conditioning:

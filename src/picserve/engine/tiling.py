@@ -7,7 +7,7 @@ With circular padding the network sees the image as a torus, so opposite edges c
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from torch import nn
 
@@ -26,7 +26,7 @@ def seamless(pipe, enabled: bool) -> Iterator[None]:
             conv.padding_mode = "circular"
         yield
     finally:
-        for conv, mode in zip(convs, saved):
+        for conv, mode in zip(convs, saved, strict=True):
             conv.padding_mode = mode
 
 

@@ -42,14 +42,35 @@ _MERGES = 486
 
 
 def _text_configs(vocab_size: int) -> tuple[dict, dict]:
-    common = dict(vocab_size=vocab_size, max_position_embeddings=77, bos_token_id=vocab_size - 2,
-                  eos_token_id=vocab_size - 1, pad_token_id=1, layer_norm_eps=1e-5, attention_dropout=0.0)
+    common = {
+        "vocab_size": vocab_size,
+        "max_position_embeddings": 77,
+        "bos_token_id": vocab_size - 2,
+        "eos_token_id": vocab_size - 1,
+        "pad_token_id": 1,
+        "layer_norm_eps": 1e-5,
+        "attention_dropout": 0.0,
+    }
     # The two encoders need different widths: single-file loading tells CLIP-L from OpenCLIP by it.
-    clip_l = dict(common, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=4,
-                  hidden_act="quick_gelu", projection_dim=32)
+    clip_l = dict(
+        common,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=4,
+        hidden_act="quick_gelu",
+        projection_dim=32,
+    )
     # ten layers: single-file model-type inference looks for `resblocks.9`.
-    open_clip = dict(common, hidden_size=64, intermediate_size=37, num_attention_heads=4, num_hidden_layers=10,
-                     hidden_act="gelu", projection_dim=32)
+    open_clip = dict(
+        common,
+        hidden_size=64,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=10,
+        hidden_act="gelu",
+        projection_dim=32,
+    )
     return clip_l, open_clip
 
 
@@ -62,10 +83,12 @@ def build_pipeline(tokenizer_dir: Path | None = None, seed: int = 0, inpaint: bo
     tokenizer_dir = Path(tempfile.mkdtemp(prefix="picserve-bpe-")) if owned else tokenizer_dir
     try:
         vocab_size = bpe.write_tokenizer_files(tokenizer_dir, bpe.train(_CORPUS, _MERGES))
-        tokenizer = CLIPTokenizer(str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"),
-                                  model_max_length=77)
-        tokenizer_2 = CLIPTokenizer(str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"),
-                                    model_max_length=77, pad_token="!")
+        tokenizer = CLIPTokenizer(
+            str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"), model_max_length=77
+        )
+        tokenizer_2 = CLIPTokenizer(
+            str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"), model_max_length=77, pad_token="!"
+        )
     finally:
         if owned:
             shutil.rmtree(tokenizer_dir, ignore_errors=True)
@@ -73,35 +96,62 @@ def build_pipeline(tokenizer_dir: Path | None = None, seed: int = 0, inpaint: bo
     clip_l, open_clip = _text_configs(vocab_size)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(16, 32, 64), layers_per_block=2, sample_size=128, in_channels=9 if inpaint else 4,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=2,
+        sample_size=128,
+        in_channels=9 if inpaint else 4,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 1, 2), attention_head_dim=(1, 2, 4), norm_num_groups=8,
-        use_linear_projection=True, cross_attention_dim=96, addition_embed_type="text_time",
-        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
+        transformer_layers_per_block=(1, 1, 2),
+        attention_head_dim=(1, 2, 4),
+        norm_num_groups=8,
+        use_linear_projection=True,
+        cross_attention_dim=96,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,
     )
     vae = AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1, norm_num_groups=8, sample_size=1024, scaling_factor=0.13025,
+        block_out_channels=(8, 16, 16, 16),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=1024,
+        scaling_factor=0.13025,
     )
     text_encoder = CLIPTextModel(CLIPTextConfig(**clip_l))
     text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**open_clip))
     scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        steps_offset=1, timestep_spacing="leading", prediction_type="epsilon",
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
     )
     pipe = StableDiffusionXLPipeline(
-        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True,
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
     return pipe
 
 
-def write_model(models_dir: Path, code: str = TINY_CODE, overwrite: bool = False,
-                inpaint: bool = False) -> tuple[Path, Path]:
+def write_model(
+    models_dir: Path, code: str = TINY_CODE, overwrite: bool = False, inpaint: bool = False
+) -> tuple[Path, Path]:
     """Write the tiny model twice into `models_dir/main/`: a diffusers folder and a single file.
 
     The single file gets a sidecar `<code>.json` that points at the diffusers folder for its configs,
@@ -121,9 +171,12 @@ def write_model(models_dir: Path, code: str = TINY_CODE, overwrite: bool = False
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     checkpoint.export_single_file(pipe, single)
-    sidecar = {"Name": "picserve tiny SDXL (random weights, for tests)", "IsOfficial": False,
-               "Config": folder.name,
-               "InferenceParams": {"Steps": 6, "CFGScale": 5.0, "Sampler": "Euler", "ClipSkip": 1}}
+    sidecar = {
+        "Name": "picserve tiny SDXL (random weights, for tests)",
+        "IsOfficial": False,
+        "Config": folder.name,
+        "InferenceParams": {"Steps": 6, "CFGScale": 5.0, "Sampler": "Euler", "ClipSkip": 1},
+    }
     (main / f"{code}.json").write_text(json.dumps(sidecar, indent=2))
     (main / f"{folder.name}.json").write_text(json.dumps({**sidecar, "Config": None}, indent=2))
     return folder, single

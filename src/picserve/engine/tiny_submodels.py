@@ -63,21 +63,32 @@ def write_lora_peft(folder: Path, code: str, seed: int = 0, rank: int = 4) -> Pa
 
     pipe = tiny.build_pipeline()  # its own copy: adapters are added to it
     torch.manual_seed(seed)
-    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    pipe.unet.add_adapter(
+        LoraConfig(
+            r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+        )
+    )
     for encoder in (pipe.text_encoder, pipe.text_encoder_2):
-        encoder.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                       target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
+        encoder.add_adapter(
+            LoraConfig(
+                r=rank,
+                lora_alpha=rank,
+                init_lora_weights="gaussian",
+                target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
+            )
+        )
     with torch.no_grad():
         for module in (pipe.unet, pipe.text_encoder, pipe.text_encoder_2):
             for name, param in module.named_parameters():
                 if "lora_B" in name:
                     param.normal_(0, 0.3)
     StableDiffusionXLPipeline.save_lora_weights(
-        str(folder), unet_lora_layers=get_peft_model_state_dict(pipe.unet),
+        str(folder),
+        unet_lora_layers=get_peft_model_state_dict(pipe.unet),
         text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder),
         text_encoder_2_lora_layers=get_peft_model_state_dict(pipe.text_encoder_2),
-        weight_name=f"{code}.safetensors")
+        weight_name=f"{code}.safetensors",
+    )
     return Path(folder) / f"{code}.safetensors"
 
 
@@ -104,8 +115,13 @@ def write_embedding(folder: Path, code: str, vectors: int = 2, seed: int = 0) ->
     pipe = _pipe()
     path = Path(folder) / f"{code}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"clip_l": torch.randn(vectors, pipe.text_encoder.config.hidden_size, generator=g),
-               "clip_g": torch.randn(vectors, pipe.text_encoder_2.config.hidden_size, generator=g)}, str(path))
+    save_file(
+        {
+            "clip_l": torch.randn(vectors, pipe.text_encoder.config.hidden_size, generator=g),
+            "clip_g": torch.randn(vectors, pipe.text_encoder_2.config.hidden_size, generator=g),
+        },
+        str(path),
+    )
     return path
 
 
@@ -116,16 +132,26 @@ def write_hypernetwork(folder: Path, code: str, seed: int = 0, context_dim: int 
 
     def mlp():
         # index 1 is the activation, as in A1111's nn.Sequential, so the linears are 0 and 2
-        return OrderedDict({
-            "linear.0.weight": torch.randn(2 * width, width, generator=g) * 0.2,
-            "linear.0.bias": torch.zeros(2 * width),
-            "linear.2.weight": torch.randn(width, 2 * width, generator=g) * 0.2,
-            "linear.2.bias": torch.zeros(width),
-        })
+        return OrderedDict(
+            {
+                "linear.0.weight": torch.randn(2 * width, width, generator=g) * 0.2,
+                "linear.0.bias": torch.zeros(2 * width),
+                "linear.2.weight": torch.randn(width, 2 * width, generator=g) * 0.2,
+                "linear.2.bias": torch.zeros(width),
+            }
+        )
 
-    data = {width: [mlp(), mlp()], "layer_structure": [1, 2, 1], "activation_func": "relu",
-            "is_layer_norm": False, "use_dropout": False, "activate_output": False, "last_layer_dropout": False,
-            "name": code, "step": 1000}
+    data = {
+        width: [mlp(), mlp()],
+        "layer_structure": [1, 2, 1],
+        "activation_func": "relu",
+        "is_layer_norm": False,
+        "use_dropout": False,
+        "activate_output": False,
+        "last_layer_dropout": False,
+        "name": code,
+        "step": 1000,
+    }
     path = Path(folder) / f"{code}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(data, path)

@@ -27,12 +27,12 @@ class Envelope:
         return {k: v for k, v in self.body.items() if k not in COMMON_FIELDS}
 
     @classmethod
-    def parse(cls, body: Any) -> "Envelope":
+    def parse(cls, body: Any) -> Envelope:
         if not isinstance(body, dict):
             raise errors.ParamError("the request body must be a JSON object")
         action = body.get("Action")
         if not isinstance(action, str) or not action:
-            raise errors.ParamError("Action: missing; name the operation, e.g. \"GenerateImagesSDXL\"")
+            raise errors.ParamError('Action: missing; name the operation, e.g. "GenerateImagesSDXL"')
         public_key = body.get("PublicKey")
         if not isinstance(public_key, str) or not public_key:
             raise errors.ParamError("PublicKey: missing; send your account's public key")
@@ -40,8 +40,13 @@ class Envelope:
         if not isinstance(signature, str) or not signature:
             raise errors.AuthError("Signature: missing; sign the request with your PrivateKey")
         request_uuid = body.get("request_uuid")
-        return cls(action=action, public_key=public_key, signature=signature,
-                   request_uuid=request_uuid if isinstance(request_uuid, str) else None, body=body)
+        return cls(
+            action=action,
+            public_key=public_key,
+            signature=signature,
+            request_uuid=request_uuid if isinstance(request_uuid, str) else None,
+            body=body,
+        )
 
 
 def ok_reply(action: str, request_uuid: str | None, fields: dict[str, Any]) -> dict[str, Any]:

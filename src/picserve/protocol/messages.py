@@ -14,8 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from picserve import errors
 
 __all__ = [
-    "CancelTask", "Empty", "GenerateImagesSDXL", "Image2ImageModel", "InferenceParamsModel", "ListTasksDetails", "Model",
-    "TaskDetail", "parse",
+    "CancelTask",
+    "Empty",
+    "GenerateImagesSDXL",
+    "Image2ImageModel",
+    "InferenceParamsModel",
+    "ListTasksDetails",
+    "Model",
+    "TaskDetail",
+    "parse",
 ]
 
 _MAX_SEED = 2147483647

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["encode", "sign", "string_to_sign", "verify"]
 

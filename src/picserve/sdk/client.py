@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import httpx
 
@@ -22,8 +23,16 @@ __all__ = ["Client"]
 
 
 class Client:
-    def __init__(self, base_url: str, public_key: str, private_key: str, *, timeout: float = 60.0,
-                 transport: httpx.BaseTransport | None = None, http: httpx.Client | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        public_key: str,
+        private_key: str,
+        *,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+        http: httpx.Client | None = None,
+    ):
         """`transport` or a whole `http` client (e.g. Starlette's TestClient) replace the network."""
         self.base_url = base_url.rstrip("/")
         self.public_key = public_key
@@ -33,7 +42,7 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -41,8 +50,12 @@ class Client:
 
     def call(self, action: str, **params: Any) -> dict[str, Any]:
         """Send one signed action; returns the reply, or raises the PicserveError its RetCode names."""
-        body = {"Action": action, "PublicKey": self.public_key, "request_uuid": str(uuid.uuid4()),
-                **{k: v for k, v in params.items() if v is not None}}
+        body = {
+            "Action": action,
+            "PublicKey": self.public_key,
+            "request_uuid": str(uuid.uuid4()),
+            **{k: v for k, v in params.items() if v is not None},
+        }
         body["Signature"] = signature.sign(body, self._private_key)
         response = self._http.post("/", json=body)
         response.raise_for_status()

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 import procrastinate
 from psycopg_pool import AsyncConnectionPool
 
 from picserve import errors
-from picserve.tasks import jobs, repo as repo_module
+from picserve.tasks import jobs
+from picserve.tasks import repo as repo_module
 
 __all__ = ["Database", "open_database"]
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
@@ -50,8 +51,9 @@ class TaskRepo:
         return [_account(r) for r in await self._all("SELECT * FROM picserve_keys ORDER BY created_at")]
 
     async def revoke_key(self, public_key: str) -> bool:
-        row = await self._one("UPDATE picserve_keys SET revoked = true WHERE public_key = %s RETURNING 1",
-                              (public_key,))
+        row = await self._one(
+            "UPDATE picserve_keys SET revoked = true WHERE public_key = %s RETURNING 1", (public_key,)
+        )
         return row is not None
 
     async def get_account(self, public_key: str) -> domain.Account | None:
@@ -59,8 +61,10 @@ class TaskRepo:
         return _account(row) if row else None
 
     async def add_credits(self, public_key: str, credits: int) -> bool:
-        row = await self._one("UPDATE picserve_keys SET total_credits = total_credits + %s "
-                              "WHERE public_key = %s RETURNING 1", (credits, public_key))
+        row = await self._one(
+            "UPDATE picserve_keys SET total_credits = total_credits + %s WHERE public_key = %s RETURNING 1",
+            (credits, public_key),
+        )
         return row is not None
 
     # --- submission (inside TaskService.submit's transaction) --------------------------------
@@ -76,8 +80,9 @@ class TaskRepo:
         row = await cur.fetchone()
         return int(row["available"]) if row else 0
 
-    async def insert_task(self, conn: AsyncConnection, task_uid: str, public_key: str, action: str,
-                          spec: domain.GenerationSpec, cost: int) -> None:
+    async def insert_task(
+        self, conn: AsyncConnection, task_uid: str, public_key: str, action: str, spec: domain.GenerationSpec, cost: int
+    ) -> None:
         await conn.execute(
             "INSERT INTO picserve_tasks (task_uid, public_key, action, status, spec, cost) "
             "VALUES (%s, %s, %s, 'Queuing', %s, %s)",
@@ -93,13 +98,16 @@ class TaskRepo:
 
     # --- reads --------------------------------------------------------------------------------
     async def get_many(self, task_uids: Sequence[str], public_key: str) -> list[domain.TaskRecord]:
-        rows = await self._all("SELECT * FROM picserve_tasks WHERE task_uid = ANY(%s) AND public_key = %s",
-                               (list(task_uids), public_key))
+        rows = await self._all(
+            "SELECT * FROM picserve_tasks WHERE task_uid = ANY(%s) AND public_key = %s", (list(task_uids), public_key)
+        )
         return [domain.TaskRecord.from_row(r) for r in rows]
 
     async def running(self, public_key: str) -> list[str]:
-        rows = await self._all("SELECT task_uid FROM picserve_tasks WHERE public_key = %s AND status = ANY(%s) "
-                               "ORDER BY created_at", (public_key, list(_OPEN)))
+        rows = await self._all(
+            "SELECT task_uid FROM picserve_tasks WHERE public_key = %s AND status = ANY(%s) ORDER BY created_at",
+            (public_key, list(_OPEN)),
+        )
         return [r["task_uid"] for r in rows]
 
     async def job_id(self, task_uid: str) -> int | None:
@@ -111,12 +119,16 @@ class TaskRepo:
         """Queuing → Running. None when the task is no longer queued (cancelled, or already done)."""
         row = await self._one(
             "UPDATE picserve_tasks SET status = 'Running', worker = %s, started_at = now(), progress = 0 "
-            "WHERE task_uid = %s AND status = 'Queuing' RETURNING spec", (worker, task_uid))
+            "WHERE task_uid = %s AND status = 'Queuing' RETURNING spec",
+            (worker, task_uid),
+        )
         return domain.GenerationSpec.from_json(row["spec"]) if row else None
 
     async def record_progress(self, task_uid: str, progress: float) -> None:
-        await self._one("UPDATE picserve_tasks SET progress = %s WHERE task_uid = %s AND status = 'Running' "
-                        "RETURNING 1", (progress, task_uid))
+        await self._one(
+            "UPDATE picserve_tasks SET progress = %s WHERE task_uid = %s AND status = 'Running' RETURNING 1",
+            (progress, task_uid),
+        )
 
     async def finish_task(self, task_uid: str, result_keys: list[str], seeds: list[int]) -> bool:
         """Running → Finished, and the task's cost charged to its key, in one statement."""
@@ -126,33 +138,43 @@ class TaskRepo:
             "  RETURNING public_key, cost) "
             "UPDATE picserve_keys k SET used_credits = k.used_credits + done.cost FROM done "
             "WHERE k.public_key = done.public_key RETURNING 1",
-            (result_keys, seeds, task_uid))
+            (result_keys, seeds, task_uid),
+        )
         return row is not None
 
     async def fail_task(self, task_uid: str, code: int, message: str) -> bool:
         row = await self._one(
             "UPDATE picserve_tasks SET status = 'Error', error_code = %s, error_message = %s, finished_at = now() "
-            "WHERE task_uid = %s AND status = ANY(%s) RETURNING 1", (code, message, task_uid, list(_OPEN)))
+            "WHERE task_uid = %s AND status = ANY(%s) RETURNING 1",
+            (code, message, task_uid, list(_OPEN)),
+        )
         return row is not None
 
     async def cancel_task(self, task_uid: str) -> bool:
         row = await self._one(
             "UPDATE picserve_tasks SET status = 'Canceled', error_code = 510, error_message = 'Task was cancelled', "
             "finished_at = now() WHERE task_uid = %s AND status = ANY(%s) RETURNING 1",
-            (task_uid, list(_OPEN)))
+            (task_uid, list(_OPEN)),
+        )
         return row is not None
 
     async def requeue_job(self, job_id: int) -> str | None:
         """Running → Queuing for the task of a job whose worker died, so the retried job can take it."""
         row = await self._one(
             "UPDATE picserve_tasks SET status = 'Queuing', worker = NULL, progress = 0 "
-            "WHERE job_id = %s AND status = 'Running' RETURNING task_uid", (job_id,))
+            "WHERE job_id = %s AND status = 'Running' RETURNING task_uid",
+            (job_id,),
+        )
         return row["task_uid"] if row else None
 
 
 def _account(row: dict) -> domain.Account:
     return domain.Account(
-        public_key=row["public_key"], private_key=row["private_key"], name=row["name"],
-        total_credits=row["total_credits"], used_credits=row["used_credits"], expire_at=row["expire_at"],
+        public_key=row["public_key"],
+        private_key=row["private_key"],
+        name=row["name"],
+        total_credits=row["total_credits"],
+        used_credits=row["used_credits"],
+        expire_at=row["expire_at"],
         revoked=row["revoked"],
     )

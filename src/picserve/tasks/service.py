@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from picserve import domain, errors
 from picserve.tasks import queue, xid
@@ -34,7 +34,8 @@ class TaskService:
                 available = await self.repo.lock_balance(conn, account.public_key)
                 if available < cost:
                     raise errors.InsufficientCredits(
-                        f"this request costs {cost} credits and {max(available, 0)} are available")
+                        f"this request costs {cost} credits and {max(available, 0)} are available"
+                    )
                 await self.repo.insert_task(conn, task_uid, account.public_key, action, spec, cost)
                 job_id = await self.db.run_generation.configure(connection=conn).defer_async(task_uid=task_uid)
                 await self.repo.set_job(conn, task_uid, job_id)

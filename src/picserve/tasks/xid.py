@@ -25,7 +25,11 @@ _lock = threading.Lock()
 def new_xid() -> str:
     with _lock:
         count = next(_counter) & 0xFFFFFF
-    raw = (int(time.time()).to_bytes(4, "big") + _MACHINE + (os.getpid() & 0xFFFF).to_bytes(2, "big")
-           + count.to_bytes(3, "big"))
+    raw = (
+        int(time.time()).to_bytes(4, "big")
+        + _MACHINE
+        + (os.getpid() & 0xFFFF).to_bytes(2, "big")
+        + count.to_bytes(3, "big")
+    )
     number = int.from_bytes(raw, "big") << 4  # 96 bits → 20 × 5 bits, the last padded
     return "".join(_ALPHABET[(number >> (5 * (19 - i))) & 31] for i in range(20))

@@ -40,8 +40,7 @@ class CT2Translator:
             target_spm = folder / "target.spm" if (folder / "target.spm").exists() else None
         self._model = ctranslate2.Translator(str(model_dir), device="cpu", compute_type="auto", inter_threads=1)
         self._source = sentencepiece.SentencePieceProcessor(model_file=str(source_spm))
-        self._target = (sentencepiece.SentencePieceProcessor(model_file=str(target_spm)) if target_spm
-                        else self._source)
+        self._target = sentencepiece.SentencePieceProcessor(model_file=str(target_spm)) if target_spm else self._source
         self._beam_size, self._max_length = beam_size, max_length
         self._lock = threading.Lock()
 
@@ -49,8 +48,9 @@ class CT2Translator:
         batch = [self._source.encode(t, out_type=str) for t in texts]
         longest = max((len(tokens) for tokens in batch), default=0)
         with self._lock:
-            results = self._model.translate_batch(batch, beam_size=self._beam_size,
-                                                  max_decoding_length=min(self._max_length, 3 * longest + 8))
+            results = self._model.translate_batch(
+                batch, beam_size=self._beam_size, max_decoding_length=min(self._max_length, 3 * longest + 8)
+            )
         return [self._target.decode(r.hypotheses[0]).strip() for r in results]
 
 

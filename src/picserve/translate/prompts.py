@@ -98,7 +98,7 @@ class PromptTranslator:
 
     def _translator(self, language: str):
         # Malay and Indonesian share a model when only one of the two is installed.
-        candidates = [language] + {"ms": ["id"], "id": ["ms"]}.get(language, [])
+        candidates = [language, *{"ms": ["id"], "id": ["ms"]}.get(language, [])]
         for lang in candidates:
             if lang in self._translators:
                 return self._translators[lang]

@@ -56,8 +56,8 @@ def _unpack(data: bytes, folder: Path) -> Path:
     except zipfile.BadZipFile:
         raise PullError("the downloaded package is not a zip archive") from None
     names = archive.namelist()
-    model_bin = next((n for n in names if n.endswith("model/model.bin") or n.endswith("/model.bin")), None)
-    if model_bin is None or not any(n.endswith(".model") or n.endswith(".spm") for n in names):
+    model_bin = next((n for n in names if n.endswith(("model/model.bin", "/model.bin"))), None)
+    if model_bin is None or not any(n.endswith((".model", ".spm")) for n in names):
         raise PullError("the package holds no CTranslate2 model with a SentencePiece vocabulary")
     if any(n.startswith("/") or ".." in Path(n).parts for n in names):
         raise PullError("the package has unsafe paths")

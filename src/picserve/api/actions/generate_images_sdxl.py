@@ -10,7 +10,8 @@ import asyncio
 import re
 import secrets
 
-from picserve import catalog as catalog_module, domain, errors, imaging, modelinfo
+from picserve import catalog as catalog_module
+from picserve import domain, errors, imaging, modelinfo
 from picserve.protocol import messages
 from picserve.protocol.envelope import Envelope
 from picserve.translate.prompts import PromptTranslator
@@ -23,21 +24,25 @@ _DEFAULTS = {"Steps": 10, "Sampler": "Euler", "ClipSkip": 1, "CFGScale": 7.5}
 async def handle(ctx, account: domain.Account, envelope: Envelope, base_url: str) -> dict:
     request = messages.parse(messages.GenerateImagesSDXL, envelope.params)
     # Detection, translation and image decoding are CPU work: off the event loop.
-    spec = await asyncio.to_thread(to_spec, request, ctx.catalog, ctx.translator,
-                                   ctx.settings.append_trigger_words)
+    spec = await asyncio.to_thread(to_spec, request, ctx.catalog, ctx.translator, ctx.settings.append_trigger_words)
     return {"TaskUID": await ctx.tasks.submit(account, envelope.action, spec)}
 
 
-def to_spec(request: messages.GenerateImagesSDXL, catalog: catalog_module.Catalog,
-            translator: PromptTranslator | None = None, append_trigger_words: bool = True) -> domain.GenerationSpec:
+def to_spec(
+    request: messages.GenerateImagesSDXL,
+    catalog: catalog_module.Catalog,
+    translator: PromptTranslator | None = None,
+    append_trigger_words: bool = True,
+) -> domain.GenerationSpec:
     code = request.MainModel.ModelCode
     entry = catalog.get("main", code)
     if entry is None:
         available = ", ".join(sorted(catalog.entries("main"))) or "none installed"
         raise errors.ModelNotFound(f"MainModel.ModelCode {code!r} is not on this server (available: {available})")
     if entry.info.base not in ("SDXL", "unknown") and not entry.info.base.startswith("custom"):
-        raise errors.IncompatibleModel(f"MainModel.ModelCode {code!r} is an {entry.info.base} model; "
-                                       "GenerateImagesSDXL needs an SDXL model")
+        raise errors.IncompatibleModel(
+            f"MainModel.ModelCode {code!r} is an {entry.info.base} model; GenerateImagesSDXL needs an SDXL model"
+        )
 
     # compat: omitted parameters take the model's own defaults (as ListModels shows them), then PICPIK's.
     given = request.MainModel.InferenceParams
@@ -53,7 +58,8 @@ def to_spec(request: messages.GenerateImagesSDXL, catalog: catalog_module.Catalo
     if sampler is None:
         raise errors.ParamError(
             f"MainModel.InferenceParams.Sampler: unknown sampler {params['Sampler']!r}; "
-            f"valid: {', '.join(domain.SAMPLER_NAMES)}")
+            f"valid: {', '.join(domain.SAMPLER_NAMES)}"
+        )
 
     steps = int(params["Steps"])
     images = _reference_images(request, steps)
@@ -72,11 +78,23 @@ def to_spec(request: messages.GenerateImagesSDXL, catalog: catalog_module.Catalo
     sub_models += _embeddings_in_prompts(f"{prompt}\n{negative}", sub_models, entry, catalog)
     seed = secrets.randbelow(2**31) if request.Seed == -1 else request.Seed
     return domain.GenerationSpec(
-        model_code=code, prompt=prompt, negative_prompt=negative, width=request.Width, height=request.Height,
-        batch_size=request.BatchSize, steps=steps, cfg_scale=float(params["CFGScale"]),
-        sampler=sampler, clip_skip=int(params["ClipSkip"]), seed=seed, tiling=request.Tiling,
-        sub_models=tuple(sub_models), original_prompt=original, original_negative_prompt=original_negative,
-        warnings=tuple(warnings), **images,
+        model_code=code,
+        prompt=prompt,
+        negative_prompt=negative,
+        width=request.Width,
+        height=request.Height,
+        batch_size=request.BatchSize,
+        steps=steps,
+        cfg_scale=float(params["CFGScale"]),
+        sampler=sampler,
+        clip_skip=int(params["ClipSkip"]),
+        seed=seed,
+        tiling=request.Tiling,
+        sub_models=tuple(sub_models),
+        original_prompt=original,
+        original_negative_prompt=original_negative,
+        warnings=tuple(warnings),
+        **images,
     )
 
 
@@ -95,12 +113,15 @@ def _reference_images(request: messages.GenerateImagesSDXL, steps: int) -> dict:
         return {}
     for name, index in (("ImageIndex", i2i.ImageIndex), ("MaskIndex", i2i.MaskIndex)):
         if index is not None and index >= len(images):
-            raise errors.ParamError(f"Image2Image.{name} {index} is out of range: ImageAndMaskList has "
-                                    f"{len(images)} entries (indexes 0..{len(images) - 1})")
+            raise errors.ParamError(
+                f"Image2Image.{name} {index} is out of range: ImageAndMaskList has "
+                f"{len(images)} entries (indexes 0..{len(images) - 1})"
+            )
     if int(steps * i2i.ReferStrength) < 1:
         raise errors.ParamError(
             f"Image2Image.ReferStrength {i2i.ReferStrength:g} × Steps {steps} leaves no denoising step: "
-            "their product must be at least 1")
+            "their product must be at least 1"
+        )
     mask_index = i2i.MaskIndex if i2i.MaskIndex is not None else i2i.ImageIndex + 1
     has_mask = mask_index < len(images) and mask_index != i2i.ImageIndex
     return {
@@ -111,19 +132,23 @@ def _reference_images(request: messages.GenerateImagesSDXL, steps: int) -> dict:
     }
 
 
-def _sub_models(requested: list[messages.Model], main: catalog_module.Entry,
-                catalog: catalog_module.Catalog) -> list[domain.SubModel]:
+def _sub_models(
+    requested: list[messages.Model], main: catalog_module.Entry, catalog: catalog_module.Catalog
+) -> list[domain.SubModel]:
     """SubModelList → LoRAs, embeddings, hypernetworks found in the models folder and checked to fit."""
     out: list[domain.SubModel] = []
     for i, item in enumerate(requested):
         field = f"SubModelList[{i}].ModelCode"
         found = catalog.find_sub_model(item.ModelCode)
         if not found:
-            raise errors.ModelNotFound(f"{field} {item.ModelCode!r} is not a LoRA, embedding or hypernetwork "
-                                       "on this server (see ListModels)")
+            raise errors.ModelNotFound(
+                f"{field} {item.ModelCode!r} is not a LoRA, embedding or hypernetwork on this server (see ListModels)"
+            )
         if len(found) > 1:
-            raise errors.ParamError(f"{field} {item.ModelCode!r} is ambiguous: it names a "
-                                    f"{' and a '.join(e.kind for e in found)}; rename one of the files")
+            raise errors.ParamError(
+                f"{field} {item.ModelCode!r} is ambiguous: it names a "
+                f"{' and a '.join(e.kind for e in found)}; rename one of the files"
+            )
         sub = found[0]
         _check_fits(field, sub, main)
         given = item.InferenceParams.LoraWeight if item.InferenceParams else None
@@ -142,7 +167,8 @@ def _check_fits(field: str, sub: catalog_module.Entry, main: catalog_module.Entr
     if not modelinfo.compatible(main.info, sub.info, sub.kind):
         raise errors.IncompatibleModel(
             f"{field} {sub.code!r} is a {sub.info.base} {sub.kind} and does not fit main model {main.code!r} "
-            f"({main.info.base}): its tensor shapes differ")
+            f"({main.info.base}): its tensor shapes differ"
+        )
 
 
 def _with_trigger_words(prompt: str, loras: list[catalog_module.Entry | None]) -> str:
@@ -155,8 +181,9 @@ def _with_trigger_words(prompt: str, loras: list[catalog_module.Entry | None]) -
     return ", ".join(p for p in [prompt, *missing] if p)
 
 
-def _embeddings_in_prompts(text: str, chosen: list[domain.SubModel], main: catalog_module.Entry,
-                           catalog: catalog_module.Catalog) -> list[domain.SubModel]:
+def _embeddings_in_prompts(
+    text: str, chosen: list[domain.SubModel], main: catalog_module.Entry, catalog: catalog_module.Catalog
+) -> list[domain.SubModel]:
     """Embeddings are used by writing their ModelCode in a prompt, as in A1111: load those found there."""
     taken = {s.code for s in chosen}
     found = []
@@ -177,12 +204,15 @@ def _join(prompts: list[str] | None) -> str:
     return ", ".join(p.strip() for p in prompts or () if p and p.strip())
 
 
-def _translated(translator: PromptTranslator, prompt: str, negative: str,
-                keep: frozenset[str]) -> tuple[str, str, list[str]]:
+def _translated(
+    translator: PromptTranslator, prompt: str, negative: str, keep: frozenset[str]
+) -> tuple[str, str, list[str]]:
     positive = translator.translate(prompt, keep)
     negative_t = translator.translate(negative, keep, hint=next(iter(positive.languages), None))
     missing = list(dict.fromkeys(positive.untranslated + negative_t.untranslated))
-    warnings = [f"TranslatePrompts: no {lang}→en translation model is installed "
-                f"(`picserve models pull-translation {lang}`); that part of the prompt was used as given"
-                for lang in missing]
+    warnings = [
+        f"TranslatePrompts: no {lang}→en translation model is installed "
+        f"(`picserve models pull-translation {lang}`); that part of the prompt was used as given"
+        for lang in missing
+    ]
     return positive.text, negative_t.text, warnings

@@ -2,27 +2,43 @@
 
 from __future__ import annotations
 
-from picserve import catalog as catalog_module, domain
+from picserve import catalog as catalog_module
+from picserve import domain
 from picserve.protocol.envelope import Envelope
 
 __all__ = ["handle"]
 
-_REPLY_FIELDS = {"main": "MainModels", "lora": "LoraModels", "embedding": "EmbeddingModels",
-                 "hypernetwork": "HypernetworkModels"}
+_REPLY_FIELDS = {
+    "main": "MainModels",
+    "lora": "LoraModels",
+    "embedding": "EmbeddingModels",
+    "hypernetwork": "HypernetworkModels",
+}
 
 
 async def handle(ctx, account: domain.Account, envelope: Envelope, base_url: str) -> dict:
-    return {field: {code: _model(entry, ctx.catalog) for code, entry in ctx.catalog.entries(kind).items()}
-            for kind, field in _REPLY_FIELDS.items()}
+    return {
+        field: {code: _model(entry, ctx.catalog) for code, entry in ctx.catalog.entries(kind).items()}
+        for kind, field in _REPLY_FIELDS.items()
+    }
 
 
 def _model(entry: catalog_module.Entry, catalog: catalog_module.Catalog) -> dict:
-    model = {"Name": entry.name, "ModelCode": entry.code, "IsOfficial": entry.is_official,
-             "TriggerWordList": list(entry.trigger_words),
-             "BaseModel": entry.info.base}  # picserve extension: what the tensor shapes say
+    model = {
+        "Name": entry.name,
+        "ModelCode": entry.code,
+        "IsOfficial": entry.is_official,
+        "TriggerWordList": list(entry.trigger_words),
+        "BaseModel": entry.info.base,
+    }  # picserve extension: what the tensor shapes say
     if entry.kind == "main":
-        model["InferenceParams"] = {"Steps": 10, "Sampler": "Euler", "ClipSkip": 1, "CFGScale": 7.5,
-                                    **entry.inference_params}
+        model["InferenceParams"] = {
+            "Steps": 10,
+            "Sampler": "Euler",
+            "ClipSkip": 1,
+            "CFGScale": 7.5,
+            **entry.inference_params,
+        }
     else:
         # picserve extension: the main models this one fits (an empty list: it fits none here)
         model["CompatibleMainModels"] = catalog.compatible_mains(entry)

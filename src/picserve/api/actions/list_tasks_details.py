@@ -32,6 +32,9 @@ def task_detail(task: domain.TaskRecord, url_of) -> dict:
         Prompt=task.spec.prompt,
         NegativePrompt=task.spec.negative_prompt,
         OriginalPrompt=task.spec.original_prompt if task.spec.original_prompt is not None else task.spec.prompt,
-        OriginalNegativePrompt=(task.spec.original_negative_prompt if task.spec.original_negative_prompt is not None
-                                else task.spec.negative_prompt),
+        OriginalNegativePrompt=(
+            task.spec.original_negative_prompt
+            if task.spec.original_negative_prompt is not None
+            else task.spec.negative_prompt
+        ),
     ).model_dump()
