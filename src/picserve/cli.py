@@ -50,9 +50,9 @@ def serve(
     public_url: str | None = typer.Option(None, help="base of result URLs [the request's own base URL]"),
 ):
     """Run the API and its workers in the foreground."""
-    from picserve import server
+    from picserve import supervisor
 
-    server.serve(
+    supervisor.serve(
         _settings(
             host=host,
             port=port,
@@ -76,23 +76,23 @@ def worker(
     burst: bool = typer.Option(False, help="exit once the queue is empty"),
 ):
     """Run one worker (one per GPU at scale) against the shared database."""
-    from picserve import server
+    from picserve import supervisor
     from picserve.tasks.worker import run_worker
 
     settings = _settings(data_dir=data_dir, models_dir=models_dir, database_url=database_url, device=device)
-    with server.database(settings) as url:
+    with supervisor.database(settings) as url:
         asyncio.run(run_worker(settings, url, name, burst=burst))
 
 
 def _with_repo(settings: Settings, action):
-    from picserve import server
-    from picserve.tasks import queue
+    from picserve import supervisor
+    from picserve.tasks import database
 
     async def run(url):
-        async with queue.open_database(url, max_size=2) as db:
+        async with database.open_database(url, max_size=2) as db:
             return await action(db.repo)
 
-    with server.database(settings) as url:
+    with supervisor.database(settings) as url:
         return asyncio.run(run(url))
 
 

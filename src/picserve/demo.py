@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from picserve import catalog as catalog_module
-from picserve import errors, server
+from picserve import errors, supervisor
 from picserve.config import Settings
 from picserve.sdk import Client
 
@@ -47,7 +47,7 @@ def run(
         raise SystemExit(f"no main model {model!r} in {settings.models_dir / 'main'}")
 
     port = _free_port()
-    with server.database(settings) as url:
+    with supervisor.database(settings) as url:
         account = asyncio.run(_create_key(url))
         env = {
             **os.environ,
@@ -94,9 +94,9 @@ def _submit(client: Client, **params) -> str:
 
 
 async def _create_key(url: str):
-    from picserve.tasks import queue
+    from picserve.tasks import database
 
-    async with queue.open_database(url, max_size=2) as db:
+    async with database.open_database(url, max_size=2) as db:
         return await db.repo.create_key("demo", 100_000)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from picserve import errors, imaging
+from picserve import errors, reference_images
 
 from .conftest import tiny_request
 
@@ -110,7 +110,7 @@ def test_a_mask_of_another_size_is_resized(generate):
     (out,) = generate(
         ImageAndMaskList=[b64(gradient()), b64(square_mask(32, 32))], Image2Image={"ImageIndex": 0, "ReferStrength": 1}
     ).images
-    resized = imaging.mask_for(square_mask(32, 32), 64, 64, "ResizeAndFill")  # as the server resizes it
+    resized = reference_images.mask_for(square_mask(32, 32), 64, 64, "ResizeAndFill")  # as the server resizes it
     keep = np.asarray(resized) == 0
     assert keep.sum() > 2000 and (np.asarray(resized) == 255).sum() > 500
     assert np.array_equal(out[keep], np.asarray(gradient(), dtype=np.int16)[keep])

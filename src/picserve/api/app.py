@@ -15,7 +15,7 @@ from picserve.api import endpoint
 from picserve.api.context import Context
 from picserve.config import Settings
 from picserve.storage.disk import DiskStore
-from picserve.tasks import queue, recovery, service
+from picserve.tasks import database, recovery, service
 from picserve.translate.prompts import PromptTranslator
 
 __all__ = ["create_app"]
@@ -28,7 +28,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        async with queue.open_database(database_url) as db:
+        async with database.open_database(database_url) as db:
             store = DiskStore(settings.results_dir, settings.result_ttl_seconds)
             app.state.ctx = Context(
                 settings=settings,

@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from picserve import __version__, domain, errors, imaging
+from picserve import __version__, domain, errors, reference_images
 from picserve import catalog as catalog_module
-from picserve.engine import adapters, images, loader, prompts, samplers, tiling
+from picserve.engine import adapters, loader, png, prompts, samplers, tiling
+from picserve.engine.base import Generated, StepCallback
 
 __all__ = ["Engine", "Generated", "StepCallback"]
-
-#: called after every denoising step with the fraction done (0..1]; may raise TaskCanceled
-StepCallback = Callable[[float], None]
 
 #: above this many output pixels the VAE decodes in tiles, keeping its memory bounded
 _TILED_VAE_PIXELS = 1280 * 1280
 
 
-@dataclass(frozen=True)
-class Generated:
-    images: list[Image.Image]
-    seeds: list[int]
-    #: A1111 `parameters` text per image
-    infotexts: list[str]
-
-    def pngs(self) -> list[bytes]:
-        return [images.to_png(img, text) for img, text in zip(self.images, self.infotexts, strict=True)]
-
-
 class Engine:
-    """Runs SDXL generations on one device. Not thread-safe: one worker drives one engine."""
+    """SDXL generations on one device (a `base.GenerationEngine`). Not thread-safe: one worker drives one."""
 
     def __init__(
         self,
@@ -75,16 +60,30 @@ class Engine:
 
         # 2. SDXL works on multiples of 8 px: generate at the next one, resize to the exact request at the end.
         width, height = _ceil8(spec.width), _ceil8(spec.height)
-        size = {"width": width, "height": height}
 
-        # 3. Reference image and mask, brought to the requested size by the request's resize mode.
-        init = mask = None
-        if spec.init_image:
-            init = imaging.fit(imaging.decode(spec.init_image, "image"), spec.width, spec.height, spec.resize_mode)
-            size = {"image": init.resize((width, height), Image.Resampling.LANCZOS), "strength": spec.strength}
-        if spec.mask_image:
-            mask = imaging.mask_for(imaging.decode(spec.mask_image, "mask"), spec.width, spec.height, spec.resize_mode)
-            size.update(mask_image=mask.resize((width, height), Image.Resampling.LANCZOS), width=width, height=height)
+        # 3. What the mode's pipeline takes besides the prompt: a size, or a reference image (and its mask)
+        #    brought to the requested size by the request's resize mode, then to the multiple of 8.
+        init: Image.Image | None = None
+        mask: Image.Image | None = None
+        inputs: dict[str, object]
+        if spec.mode == "txt2img":
+            inputs = {"width": width, "height": height}
+        elif spec.mode == "img2img":
+            init = _reference(spec)
+            inputs = {"image": _at(init, width, height), "strength": spec.strength}
+        else:  # inpaint
+            init = _reference(spec)
+            assert spec.mask_image is not None  # mode "inpaint" means a mask was sent
+            mask = reference_images.mask_for(
+                reference_images.decode(spec.mask_image, "mask"), spec.width, spec.height, spec.resize_mode
+            )
+            inputs = {
+                "image": _at(init, width, height),
+                "mask_image": _at(mask, width, height),
+                "strength": spec.strength,
+                "width": width,
+                "height": height,
+            }
 
         seeds = spec.seeds
         chunks = [seeds[i : i + self.max_chunk] for i in range(0, len(seeds), self.max_chunk)]
@@ -114,16 +113,27 @@ class Engine:
                         num_inference_steps=spec.steps,
                         guidance_scale=spec.cfg_scale,
                         callback_on_step_end=step_end,
-                        **size,
+                        **inputs,
                     )
                     results.extend(output.images)
 
         # 7. Exact size; inpainting keeps every pixel outside the mask exactly; A1111 metadata.
         if results[0].size != (spec.width, spec.height):
             results = [img.resize((spec.width, spec.height), Image.Resampling.LANCZOS) for img in results]
-        if mask is not None:
+        if mask is not None and init is not None:
             results = [Image.composite(img, init, mask) for img in results]
         return Generated(images=results, seeds=seeds, infotexts=[_infotext(spec, s) for s in seeds])
+
+
+def _reference(spec: domain.GenerationSpec) -> Image.Image:
+    """The request's reference image at exactly the requested size, by its resize mode."""
+    assert spec.init_image is not None  # img2img and inpaint always carry one
+    image = reference_images.decode(spec.init_image, "image")
+    return reference_images.fit(image, spec.width, spec.height, spec.resize_mode)
+
+
+def _at(image: Image.Image, width: int, height: int) -> Image.Image:
+    return image.resize((width, height), Image.Resampling.LANCZOS)
 
 
 def _ceil8(n: int) -> int:
@@ -165,4 +175,4 @@ def _infotext(spec: domain.GenerationSpec, seed: int) -> str:
         fields["Original prompt"] = repr(spec.original_prompt)
     if spec.original_negative_prompt and spec.original_negative_prompt != spec.negative_prompt:
         fields["Original negative prompt"] = repr(spec.original_negative_prompt)
-    return images.infotext(spec.prompt, spec.negative_prompt, fields)
+    return png.infotext(spec.prompt, spec.negative_prompt, fields)

@@ -12,14 +12,14 @@ import logging
 
 from procrastinate import exceptions as procrastinate_exceptions
 
-from picserve.tasks import queue
+from picserve.tasks import database
 
 __all__ = ["sweep", "sweep_forever"]
 
 log = logging.getLogger(__name__)
 
 
-async def sweep(db: queue.Database, stalled_after: float) -> list[str]:
+async def sweep(db: database.Database, stalled_after: float) -> list[str]:
     """Re-queue the jobs of dead workers; returns the TaskUIDs put back in the queue."""
     requeued = []
     for job in await db.app.job_manager.get_stalled_jobs(seconds_since_heartbeat=stalled_after):
@@ -36,7 +36,7 @@ async def sweep(db: queue.Database, stalled_after: float) -> list[str]:
     return requeued
 
 
-async def sweep_forever(db: queue.Database, stalled_after: float, every: float) -> None:
+async def sweep_forever(db: database.Database, stalled_after: float, every: float) -> None:
     while True:
         try:
             await sweep(db, stalled_after)

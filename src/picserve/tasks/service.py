@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 
 from picserve import domain, errors
-from picserve.tasks import queue, xid
+from picserve.tasks import database, xid
 
 __all__ = ["TaskService", "cost_of"]
 
@@ -17,7 +17,7 @@ def cost_of(spec: domain.GenerationSpec, divisor: int) -> int:
 
 
 class TaskService:
-    def __init__(self, db: queue.Database, credit_divisor: int, max_queued: int):
+    def __init__(self, db: database.Database, credit_divisor: int, max_queued: int):
         self.db = db
         self.repo = db.repo
         self.credit_divisor = credit_divisor

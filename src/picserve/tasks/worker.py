@@ -10,7 +10,7 @@ import socket
 from picserve import catalog as catalog_module
 from picserve.config import Settings
 from picserve.storage.disk import DiskStore
-from picserve.tasks import jobs, queue, recovery
+from picserve.tasks import database, jobs, recovery
 
 __all__ = ["run_worker"]
 
@@ -30,7 +30,7 @@ async def run_worker(
         max_loaded=settings.max_loaded_models,
         cache_dir=settings.data_dir / "cache",
     )
-    async with queue.open_database(database_url, max_size=4) as db:
+    async with database.open_database(database_url, max_size=4) as db:
         runtime = jobs.WorkerRuntime(
             repo=db.repo,
             engine=engine,

@@ -11,7 +11,7 @@ import re
 import secrets
 
 from picserve import catalog as catalog_module
-from picserve import domain, errors, imaging, modelinfo
+from picserve import domain, errors, modelinfo, reference_images
 from picserve.protocol import messages
 from picserve.protocol.envelope import Envelope
 from picserve.translate.prompts import PromptTranslator
@@ -105,7 +105,7 @@ def _reference_images(request: messages.GenerateImagesSDXL, steps: int) -> dict:
     """
     images = request.ImageAndMaskList or []
     for index, text in enumerate(images):
-        imaging.decode(text, f"ImageAndMaskList[{index}]")
+        reference_images.decode(text, f"ImageAndMaskList[{index}]")
     i2i = request.Image2Image
     if i2i is None:
         if images:
@@ -125,8 +125,8 @@ def _reference_images(request: messages.GenerateImagesSDXL, steps: int) -> dict:
     mask_index = i2i.MaskIndex if i2i.MaskIndex is not None else i2i.ImageIndex + 1
     has_mask = mask_index < len(images) and mask_index != i2i.ImageIndex
     return {
-        "init_image": imaging.strip_data_uri(images[i2i.ImageIndex]),
-        "mask_image": imaging.strip_data_uri(images[mask_index]) if has_mask else None,
+        "init_image": reference_images.strip_data_uri(images[i2i.ImageIndex]),
+        "mask_image": reference_images.strip_data_uri(images[mask_index]) if has_mask else None,
         "strength": i2i.ReferStrength,
         "resize_mode": i2i.ResizeMode,
     }

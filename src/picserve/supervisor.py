@@ -1,4 +1,4 @@
-"""Process orchestration for `picserve serve`: the database, the worker children, the API server."""
+"""Process supervision for `picserve serve`: the database, the worker children, the API server."""
 
 from __future__ import annotations
 

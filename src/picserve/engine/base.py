@@ -1,0 +1,46 @@
+"""What a worker needs of an engine: the `GenerationEngine` protocol and its result. No torch here.
+
+`engine.Engine` (diffusers) implements it; `fake.FakeEngine` does too, for tests of the API and
+the worker that need neither torch nor model files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from PIL import Image
+
+from picserve import domain
+from picserve.engine import png
+
+__all__ = ["Generated", "GenerationEngine", "StepCallback"]
+
+#: called after every denoising step with the fraction done (0..1]; may raise TaskCanceled
+StepCallback = Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A generation's images, in batch order, with the seed and A1111 `parameters` text of each."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+    #: A1111 `parameters` text per image
+    infotexts: list[str]
+
+    def pngs(self) -> list[bytes]:
+        return [png.to_png(img, text) for img, text in zip(self.images, self.infotexts, strict=True)]
+
+
+class GenerationEngine(Protocol):
+    """Runs generations on one device, one at a time."""
+
+    def generate(self, spec: domain.GenerationSpec, on_step: StepCallback | None = None) -> Generated:
+        """Images for `spec`; `on_step` after each denoising step (it may raise TaskCanceled to stop)."""
+        ...
+
+    def holdings(self) -> dict[str, list[str]]:
+        """What is loaded: {"main": [ModelCode…], "lora": [ModelCode…]}."""
+        ...
