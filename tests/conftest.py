@@ -1,4 +1,12 @@
-"""Shared fixtures: the tiny SDXL (built once, cached), a real PostgreSQL, and a loopback-only network."""
+"""Shared fixtures and tiers.
+
+Tiers, by folder (marks added at collection): `unit/` and `api/` need neither PostgreSQL nor torch
+models (the fast tier, `make test-fast`); `contract/` runs each contract on the in-memory
+implementation (fast) and on PostgreSQL (`postgres`); `engine/` and `translate/` load models
+(`models`); `integration/` and `acceptance/` need both. Fixtures: the tiny SDXL (built once, cached
+in pytest's cache), a real PostgreSQL (embedded, or PICSERVE_TEST_DATABASE_URL), and a network
+limited to loopback.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +19,12 @@ from pathlib import Path
 
 import pytest
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+_TIER_MARKS = {
+    "engine": ("models",),
+    "translate": ("models",),
+    "integration": ("postgres", "models"),
+    "acceptance": ("postgres", "models"),
+}
 
 _connect = socket.socket.connect
 
@@ -27,6 +39,17 @@ def _loopback_only(self, address):
 
 def pytest_configure(config):
     socket.socket.connect = _loopback_only
+    # Never reach a model hub, and keep tokenizers from forking thread pools in test processes.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    root = Path(__file__).parent
+    for item in items:
+        folder = Path(item.fspath).relative_to(root).parts[0]
+        for mark in _TIER_MARKS.get(folder, ()):
+            item.add_marker(mark)
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +92,7 @@ def config_cache(request) -> Path:
 
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory):
-    """PICSERVE_TEST_DATABASE_URL (a server .ci/run starts) or an embedded PostgreSQL for the session."""
+    """PICSERVE_TEST_DATABASE_URL (a server of your own) or else an embedded PostgreSQL for the session."""
     url = os.environ.get("PICSERVE_TEST_DATABASE_URL")
     if url:
         yield url

@@ -30,6 +30,9 @@ _SUFFIXES = {
     "hypernetwork": (".pt", ".safetensors"),
 }
 
+#: (kind, path, mtime_ns, size): one version of one file
+_FileVersion = tuple[str, str, int, int]
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -51,18 +54,22 @@ class Entry:
 
 
 class Catalog:
-    """Scans the models folder; rescans at most every `ttl` seconds so new files appear without restart."""
+    """Scans the models folder; rescans at most every `ttl` seconds so new files appear without restart.
 
-    def __init__(self, models_dir: Path, ttl: float = 2.0):
+    `ttl` 0 rescans on every lookup.
+    """
+
+    def __init__(self, models_dir: Path, ttl: float = 2.0) -> None:
         self.models_dir = Path(models_dir)
         self._ttl = ttl
         self._lock = threading.Lock()
         self._scanned_at = float("-inf")
-        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
-        self._infos: dict[tuple, modelinfo.Info] = {}  # (kind, path, mtime, size) → Info: files are read once
-        self._seen: set[tuple] = set()  # the keys of the scan under way
+        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}  # kind → code → entry
+        self._infos: dict[_FileVersion, modelinfo.Info] = {}  # files are read once per version
+        self._seen: set[_FileVersion] = set()  # the file versions met by the scan under way
 
     def entries(self, kind: str) -> dict[str, Entry]:
+        """Model code → entry, for one of KINDS."""
         with self._lock:
             if time.monotonic() - self._scanned_at > self._ttl:
                 self._seen = set()
@@ -79,6 +86,7 @@ class Catalog:
         return [e for kind in KINDS[1:] if (e := self.get(kind, code)) is not None]
 
     def compatible_mains(self, entry: Entry) -> list[str]:
+        """The codes of the main models a sub-model fits, by tensor widths (see modelinfo.compatible)."""
         return [
             code
             for code, main in self.entries("main").items()

@@ -8,11 +8,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
 from picserve.config import Settings
+
+if TYPE_CHECKING:
+    from picserve.sdk.types import ModelRef
+    from picserve.tasks.repository import TaskRepository
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Self-hosted SDXL behind the PICPIK API.",
@@ -30,7 +38,7 @@ ModelsDir = typer.Option(None, "--models-dir", help="main/, lora/, embedding/, h
 DatabaseUrl = typer.Option(None, "--database-url", help="external PostgreSQL; unset = embedded")
 
 
-def _settings(**flags) -> Settings:
+def _settings(**flags: Any) -> Settings:
     settings = Settings.load(**flags)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("httpx", "procrastinate.blueprints"):
@@ -84,11 +92,12 @@ def worker(
         asyncio.run(run_worker(settings, url, name, burst=burst))
 
 
-def _with_repo(settings: Settings, action):
+def _with_repo(settings: Settings, action: Callable[[TaskRepository], Awaitable[T]]) -> T:
+    """Run `action` on the key and task repository of `settings`' database (embedded or external)."""
     from picserve import supervisor
     from picserve.tasks import database
 
-    async def run(url):
+    async def run(url: str) -> T:
         async with database.open_database(url, max_size=2) as db:
             return await action(db.repo)
 
@@ -170,6 +179,7 @@ def models_pull_translation(
     index_url: str | None = typer.Option(None, help="Argos package index URL"),
 ):
     """Download and install LANG→en translation models (needs internet; the service never downloads)."""
+    from picserve import errors
     from picserve.translate import pull
 
     settings = _settings(models_dir=models_dir, translation_index_url=index_url)
@@ -178,11 +188,8 @@ def models_pull_translation(
             languages, settings.translation_dir, settings.translation_index_url or pull.DEFAULT_INDEX
         ):
             typer.echo(f"installed {folder}")
-    except (pull.PullError, OSError) as exc:
-        typer.echo(f"pull-translation failed: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except Exception as exc:  # httpx errors: no network, HTTP status
-        typer.echo(f"pull-translation failed: {type(exc).__name__}: {exc}", err=True)
+    except errors.PullError as exc:
+        typer.echo(f"pull-translation failed: {exc.message}", err=True)
         raise typer.Exit(1) from None
 
 
@@ -218,27 +225,27 @@ def generate(
     """Sign and send a GenerateImagesSDXL request to any PICPIK endpoint, wait, and save the images."""
     from picserve import errors
     from picserve.sdk import Client
+    from picserve.sdk.types import GenerateImagesSDXLParams
 
-    sub_models = []
-    for item in lora:
-        code, _, weight = item.partition(":")
-        sub_models.append({"ModelCode": code, **({"InferenceParams": {"LoraWeight": float(weight)}} if weight else {})})
+    params: GenerateImagesSDXLParams = {
+        "MainModel": {"ModelCode": model, "InferenceParams": {"Steps": steps, "Sampler": sampler, "CFGScale": cfg}},
+        "PositivePrompts": [prompt],
+        "Width": width,
+        "Height": height,
+        "BatchSize": batch,
+        "Seed": seed,
+    }
+    if negative:
+        params["NegativePrompts"] = [negative]
+    if lora:
+        params["SubModelList"] = [lora_ref(item) for item in lora]
     with Client(url, public_key, private_key) as client:
         try:
-            uid = client.generate_images_sdxl(
-                MainModel={
-                    "ModelCode": model,
-                    "InferenceParams": {"Steps": steps, "Sampler": sampler, "CFGScale": cfg},
-                },
-                PositivePrompts=[prompt],
-                NegativePrompts=[negative] if negative else None,
-                SubModelList=sub_models or None,
-                Width=width,
-                Height=height,
-                BatchSize=batch,
-                Seed=seed,
-            )
+            uid = client.generate_images_sdxl(**params)
             detail = client.wait(uid)
+        except errors.SDKError as exc:
+            typer.echo(f"failed: {exc.message}", err=True)
+            raise typer.Exit(1) from None
         except errors.PicserveError as exc:
             typer.echo(f"refused (RetCode {exc.ret_code}): {exc.message}", err=True)
             raise typer.Exit(1) from None
@@ -248,6 +255,19 @@ def generate(
         for index, (image_url, image_seed) in enumerate(zip(detail["ImgList"], detail["SeedList"], strict=True)):
             path = client.download(image_url, out / f"{uid}-{index}.png")
             typer.echo(f"{path}  seed={image_seed}")
+
+
+def lora_ref(item: str) -> ModelRef:
+    """`CODE` or `CODE:WEIGHT` (a `--lora` value) → a SubModelList entry."""
+    code, _, weight = item.partition(":")
+    if not code:
+        raise typer.BadParameter(f"{item!r}: expected CODE or CODE:WEIGHT")
+    if not weight:
+        return {"ModelCode": code}
+    try:
+        return {"ModelCode": code, "InferenceParams": {"LoraWeight": float(weight)}}
+    except ValueError:
+        raise typer.BadParameter(f"{item!r}: the weight after ':' must be a number") from None
 
 
 @app.command()

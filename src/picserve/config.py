@@ -1,21 +1,29 @@
 """Settings: the only place the service reads its environment (`PICSERVE_*`) and merges CLI flags.
 
 (The `picserve generate` client command is not the service: it takes its endpoint and keys from
-PICSERVE_URL, PICSERVE_PUBLIC_KEY and PICSERVE_PRIVATE_KEY through its own options.)
+PICSERVE_URL, PICSERVE_PUBLIC_KEY and PICSERVE_PRIVATE_KEY through its own options.) A `PICSERVE_*`
+variable that is neither a setting nor one of those is reported with the closest setting's name, so
+a misspelt knob never goes unnoticed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "unknown_variables"]
+
+log = logging.getLogger(__name__)
 
 _PREFIX = "PICSERVE_"
+#: variables of the client command and the test suite, not of the service
+_NOT_SETTINGS = frozenset({"PICSERVE_URL", "PICSERVE_PUBLIC_KEY", "PICSERVE_PRIVATE_KEY", "PICSERVE_TEST_DATABASE_URL"})
 
 
 @dataclass(frozen=True)
@@ -61,10 +69,28 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     log_level: str = "info"
 
+    # Memory and size knobs. Each bounds what one process holds; the defaults suit one SDXL per GPU.
+    #: images denoised together; a larger BatchSize runs in chunks of this many (GPU memory ∝ chunk)
+    batch_chunk: int = 4
+    #: LoRAs kept loaded in each main model (switched with set_adapters); the least recently used goes
+    max_loras_per_model: int = 8
+    #: sub-model files (LoRA, embedding, hypernetwork state dicts) a worker keeps read in RAM
+    max_cached_files: int = 16
+    #: seconds between two scans of the models folder (new files appear without a restart)
+    catalog_rescan_seconds: float = 2.0
+    #: seconds between two sweeps that delete expired result files
+    result_cleanup_interval: float = 600.0
+    #: database connections of an API process (each request holds one for a statement or two)
+    api_db_connections: int = 10
+    #: database connections of a worker process (the job, progress writes, heartbeats, the sweeper)
+    worker_db_connections: int = 4
+
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults < `PICSERVE_*` environment < explicit overrides (None means "not given")."""
         env = os.environ if env is None else env
+        for message in unknown_variables(env):
+            log.warning("%s", message)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = env.get(_PREFIX + f.name.upper())
@@ -100,7 +126,20 @@ class Settings:
         return self.data_dir / "pg"
 
 
-def _coerce(f: dataclasses.Field, raw: str) -> Any:
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """A message for each `PICSERVE_*` variable in `env` that no setting reads, naming the closest one."""
+    known = [f.name.upper() for f in dataclasses.fields(Settings)]
+    messages = []
+    for name in sorted(env):
+        suffix = name.removeprefix(_PREFIX)
+        if name.startswith(_PREFIX) and suffix not in known and name not in _NOT_SETTINGS:
+            close = difflib.get_close_matches(suffix, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {_PREFIX}{close[0]}?" if close else " (see the README's configuration table)"
+            messages.append(f"{name} is not a picserve setting and is ignored{hint}")
+    return messages
+
+
+def _coerce(f: dataclasses.Field[Any], raw: str) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     if kind.startswith("int"):
         return int(raw)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -80,7 +81,7 @@ class GenerationSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, text: str | dict) -> GenerationSpec:
+    def from_json(cls, text: str | dict[str, Any]) -> GenerationSpec:
         data = json.loads(text) if isinstance(text, str) else dict(text)
         data["sub_models"] = tuple(SubModel(**s) for s in data.get("sub_models", ()))
         data["warnings"] = tuple(data.get("warnings", ()))
@@ -122,7 +123,7 @@ class TaskRecord:
     finished_at: datetime | None = None
 
     @classmethod
-    def from_row(cls, row: dict) -> TaskRecord:
+    def from_row(cls, row: Mapping[str, Any]) -> TaskRecord:
         return cls(
             task_uid=row["task_uid"],
             public_key=row["public_key"],

@@ -11,11 +11,16 @@
     │   ├── IncompatibleModel          232  a sub-model that does not fit the main model (by tensor shapes)
     │   └── InsufficientCredits        280  balance too low for the request
     ├── ServerBusy                     290  queue full / database unreachable; retry later
-    └── GenerationError                501  a task failed at run time (reported in TaskDetail)
-        ├── TaskCanceled               510  the task was cancelled
-        └── StorageError               520  a result could not be stored
+    ├── GenerationError                501  a task failed at run time (reported in TaskDetail)
+    │   ├── TaskCanceled               510  the task was cancelled
+    │   └── StorageError               520  a result could not be stored
+    ├── PullError                           installing a translation model failed (CLI only)
+    └── SDKError                            raised by the SDK itself, never sent by a server
+        ├── TransportError                  the server could not be reached, or its reply was not PICPIK's
+        └── WaitTimeout                     `Client.wait` gave up (also a TimeoutError)
 
-Each class's docstring is its default message. RetCodes are listed in the README.
+Each class's docstring is its default message. RetCodes are listed in the README. A class that
+declares its own `ret_code` is on the wire; `from_ret_code` maps a reply's RetCode back to it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ class PicserveError(Exception):
 
     ret_code = 500
 
-    def __init__(self, message: str | None = None):
+    def __init__(self, message: str | None = None) -> None:
         self.message = message or (self.__doc__ or "").strip()
         super().__init__(self.message)
 
@@ -109,29 +114,41 @@ class StorageError(GenerationError):
     ret_code = 520
 
 
-ALL = (
-    PicserveError,
-    ClientError,
-    ParamError,
-    UnknownAction,
-    AuthError,
-    UnknownKey,
-    TaskNotFound,
-    ModelNotFound,
-    IncompatibleModel,
-    InsufficientCredits,
-    ServerBusy,
-    GenerationError,
-    TaskCanceled,
-    StorageError,
-)
+class PullError(PicserveError):
+    """Installing the translation model failed."""
+
+
+class SDKError(PicserveError):
+    """The SDK could not complete the call."""
+
+
+class TransportError(SDKError):
+    """The server could not be reached, or did not answer as a PICPIK endpoint."""
+
+
+class WaitTimeout(SDKError, TimeoutError):
+    """The task did not end in time."""
+
+
+def _tree(root: type[PicserveError]) -> list[type[PicserveError]]:
+    """`root` and every subclass below it, depth first, in definition order."""
+    return [root, *(cls for sub in root.__subclasses__() for cls in _tree(sub))]
+
+
+#: every picserve error class, from the class tree (so a new class can never be left out)
+ALL: tuple[type[PicserveError], ...] = tuple(_tree(PicserveError))
+
+#: RetCode → the most specific class that declares it (a subclass declaring the same code wins)
+_BY_RET_CODE: dict[int, type[PicserveError]] = {
+    cls.ret_code: cls for cls in ALL if "ret_code" in vars(cls) and not issubclass(cls, SDKError)
+}
 
 
 def from_ret_code(ret_code: int, message: str) -> PicserveError:
-    """The SDK's inverse of the endpoint mapping: the most specific class with that RetCode."""
-    for cls in reversed(ALL):
-        if cls.ret_code == ret_code:
-            return cls(message)
+    """The SDK's inverse of the endpoint mapping: the class that declares `ret_code`."""
+    cls = _BY_RET_CODE.get(ret_code)
+    if cls is not None:
+        return cls(message)
     err = PicserveError(message)
     err.ret_code = ret_code
     return err

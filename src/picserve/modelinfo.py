@@ -21,8 +21,10 @@ from typing import Any, ClassVar
 
 __all__ = ["Info", "compatible", "inspect"]
 
-_SDXL = {"cross": 2048, "te1": 768, "te2": 1280}
 _BASES = {2048: "SDXL", 768: "SD1", 1024: "SD2"}
+
+#: tensor name → shape
+Shapes = dict[str, tuple[int, ...]]
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ def compatible(main: Info, sub: Info, kind: str) -> bool:
 
 
 def inspect(kind: str, path: Path) -> Info:
+    """What the file (or diffusers folder) at `path`, a model of `kind`, is; never raises for a bad file."""
     try:
         if path.is_dir():
             return _diffusers_folder(path)
@@ -63,13 +66,12 @@ def inspect(kind: str, path: Path) -> Info:
         StopIteration,
     ) as exc:
         return Info(problem=f"unreadable {path.suffix} file: {exc}")
-    dims = {"main": _main_dims, "lora": _lora_dims, "embedding": _embedding_dims, "hypernetwork": _hypernetwork_dims}[
-        kind
-    ](shapes)
+    dims_of = {"main": _main_dims, "lora": _lora_dims, "embedding": _embedding_dims, "hypernetwork": _hypernetwork_dims}
+    dims = dims_of[kind](shapes)
     return Info(base=_base(dims), dims=dims, trigger_words=_trigger_words(metadata) if kind == "lora" else ())
 
 
-def _base(dims: dict) -> str:
+def _base(dims: dict[str, Any]) -> str:
     cross = dims.get("cross")
     if cross is None and "contexts" in dims:
         cross = 2048 if 2048 in dims["contexts"] else (dims["contexts"] or [None])[0]
@@ -83,7 +85,7 @@ def _base(dims: dict) -> str:
 
 
 # --- reading shapes ---------------------------------------------------------------------------
-def _read(path: Path) -> tuple[dict[str, tuple], dict[str, str]]:
+def _read(path: Path) -> tuple[Shapes, dict[str, str]]:
     if path.suffix == ".safetensors":
         with open(path, "rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
@@ -95,20 +97,22 @@ def _read(path: Path) -> tuple[dict[str, tuple], dict[str, str]]:
     return _flatten(_load_pickle(path)), {}
 
 
-class _Shape(tuple):
+class _Shape(tuple[int, ...]):
     """Stands in for a tensor: its shape only."""
 
 
 class _Storage:
-    def __init__(self, *args):
+    """Stands in for a tensor's storage: nothing is read."""
+
+    def __init__(self, *args: object) -> None:
         pass
 
 
-def _rebuild_tensor(storage, offset, size, *args):
+def _rebuild_tensor(storage: _Storage, offset: int, size: tuple[int, ...], *args: object) -> _Shape:
     return _Shape(size)
 
 
-def _rebuild_parameter(data, *args):
+def _rebuild_parameter(data: _Shape, *args: object) -> _Shape:
     return data
 
 
@@ -123,14 +127,14 @@ class _ShapeUnpickler(pickle.Unpickler):
         ("torch", "Size"): tuple,
     }
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
             return self._ALLOWED[(module, name)]
         if module == "torch" and name.endswith("Storage"):
             return _Storage
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a model file")
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: Any) -> _Storage:
         return _Storage()
 
 
@@ -141,9 +145,9 @@ def _load_pickle(path: Path) -> Any:
             return _ShapeUnpickler(f).load()
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, tuple]:
+def _flatten(obj: Any, prefix: str = "") -> Shapes:
     """Nested dicts/lists of shapes → {"a.b.0.c": shape}; int keys (hypernetwork widths) kept as text."""
-    out: dict[str, tuple] = {}
+    out: Shapes = {}
     if isinstance(obj, _Shape):
         out[prefix.rstrip(".")] = tuple(obj)
     elif isinstance(obj, dict):
@@ -156,12 +160,12 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, tuple]:
 
 
 # --- per kind ------------------------------------------------------------------------------------
-def _first(shapes: dict[str, tuple], pattern: str, axis: int) -> int | None:
+def _first(shapes: Shapes, pattern: str, axis: int) -> int | None:
     regex = re.compile(pattern)
     return next((s[axis] for k, s in sorted(shapes.items()) if regex.search(k) and len(s) > abs(axis)), None)
 
 
-def _main_dims(shapes: dict) -> dict:
+def _main_dims(shapes: Shapes) -> dict[str, Any]:
     return {
         "cross": _first(shapes, r"attn2\.to_k\.weight$", 1),
         "te1": _first(shapes, r"embedders\.0\.transformer\.text_model\.embeddings\.token_embedding\.weight$", 1)
@@ -170,7 +174,7 @@ def _main_dims(shapes: dict) -> dict:
     }
 
 
-def _lora_dims(shapes: dict) -> dict:
+def _lora_dims(shapes: Shapes) -> dict[str, Any]:
     # kohya: lora_unet_…attn2_to_k.lora_down.weight; diffusers/PEFT: unet.….attn2.to_k.lora_A.weight
     down = r"(lora_down|lora_A|lora\.down)\.weight$"
     return {
@@ -180,14 +184,14 @@ def _lora_dims(shapes: dict) -> dict:
     }
 
 
-def _embedding_dims(shapes: dict) -> dict:
+def _embedding_dims(shapes: Shapes) -> dict[str, Any]:
     if "clip_l" in shapes or "clip_g" in shapes:
         return {"te1": (shapes.get("clip_l") or (None, None))[-1], "te2": (shapes.get("clip_g") or (None, None))[-1]}
     width = _first(shapes, r"(string_to_param\.\*|emb_params)$", -1)  # SD1/SD2 embeddings
     return {"te1": width, "te2": None, "cross": width}
 
 
-def _hypernetwork_dims(shapes: dict) -> dict:
+def _hypernetwork_dims(shapes: Shapes) -> dict[str, Any]:
     contexts = sorted({int(k.split(".")[0]) for k in shapes if k.split(".")[0].isdigit()})
     return {"contexts": contexts}
 
@@ -201,14 +205,14 @@ def _trigger_words(metadata: dict[str, str]) -> tuple[str, ...]:
     words = [m.group(1).strip() for d in frequencies if (m := re.match(r"^\d+_(.+)$", d))]
     if words:
         return tuple(dict.fromkeys(words))
-    counts = collections.Counter()
+    counts: collections.Counter[str] = collections.Counter()
     for tags in frequencies.values():
         counts.update({tag.strip(): n for tag, n in tags.items()})
-    return tuple(t for t, _ in counts.most_common(1))
+    return tuple(tag for tag, _ in counts.most_common(1))
 
 
 def _diffusers_folder(path: Path) -> Info:
-    def config(sub: str) -> dict:
+    def config(sub: str) -> dict[str, Any]:
         file = path / sub / "config.json"
         return json.loads(file.read_text()) if file.exists() else {}
 

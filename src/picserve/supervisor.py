@@ -100,6 +100,11 @@ def serve(settings: Settings) -> None:
     with database(settings) as url:
         supervisor = _Supervisor(settings, url, settings.workers)
         try:
-            uvicorn.run(create_app(settings, url), host=settings.host, port=settings.port, log_level=settings.log_level)
+            uvicorn.run(
+                create_app(settings.evolve(database_url=url)),
+                host=settings.host,
+                port=settings.port,
+                log_level=settings.log_level,
+            )
         finally:
             supervisor.stop()

@@ -11,6 +11,7 @@ from io import BytesIO
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from PIL import Image
 
@@ -49,6 +50,15 @@ def wait_healthy(base: str, process: subprocess.Popen, timeout: float = 120) -> 
     raise AssertionError("serve never became healthy")
 
 
+def worker_children(pid: int) -> list[psutil.Process]:
+    """The `picserve worker` processes that the supervisor `pid` started."""
+    return [
+        child
+        for child in psutil.Process(pid).children(recursive=True)
+        if "worker" in child.cmdline() and "picserve" in child.cmdline()
+    ]
+
+
 @pytest.fixture
 def data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("srv")
@@ -82,6 +92,8 @@ def test_serve_keys_and_sdk_end_to_end(data_dir, models_dir):
     )
     try:
         wait_healthy(base, serve)
+        workers = worker_children(serve.pid)
+        assert len(workers) == 1, workers  # serve's default: one worker beside the API
         # A key made while serve runs on the same data folder.
         during = picserve("keys", "create", "--name", "late", "--data-dir", data_dir)
         assert during.returncode == 0, during.stderr
@@ -164,8 +176,8 @@ def test_serve_keys_and_sdk_end_to_end(data_dir, models_dir):
         code = serve.wait(60)
     assert code == 0
     assert not (data_dir / "pg" / "postmaster.pid").exists(), "serve left PostgreSQL running"
-    leftover = subprocess.run(["pgrep", "-f", f"picserve worker.*{data_dir}"], capture_output=True)
-    assert leftover.stdout == b""
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert alive == [], f"serve left its workers running: {alive}"
 
 
 def test_demo_prints_png_and_seed(data_dir, models_dir, tmp_path):

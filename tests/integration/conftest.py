@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from picserve.api.app import create_app
+from picserve.api.app import create_app, services_of
 from picserve.config import Settings
 from picserve.sdk import Client
 from picserve.tasks import worker
@@ -28,7 +28,7 @@ def settings(tmp_path, models_dir, database_url):
 
 @pytest.fixture
 def api(settings):
-    with TestClient(create_app(settings, settings.database_url)) as client:
+    with TestClient(create_app(settings)) as client:
         yield client
 
 
@@ -37,7 +37,7 @@ def make_client(api):
     """make_client(credits) → an SDK client on a new key, talking to the in-process app."""
 
     def make(credits: int = 100_000, name: str = "test") -> Client:
-        account = api.portal.call(api.app.state.ctx.repo.create_key, name, credits)
+        account = api.portal.call(services_of(api.app).repo.create_key, name, credits)
         return Client("http://testserver", account.public_key, account.private_key, http=api)
 
     return make
@@ -82,7 +82,7 @@ def generate(make_client, run_worker):
         run_worker()
         detail = client.list_tasks_details([uid])[0]
         assert detail["Status"] == "Finished", detail
-        pngs = [Image.open(io.BytesIO(client._http.get(u).content)) for u in detail["ImgList"]]
+        pngs = [Image.open(io.BytesIO(client.fetch(u))) for u in detail["ImgList"]]
         return Result(
             [np.asarray(p.convert("RGB"), dtype=np.int16) for p in pngs], detail, [p.text["parameters"] for p in pngs]
         )

@@ -1,19 +1,22 @@
 """The PICPIK API against real PostgreSQL and the real worker, through the in-process app."""
 
 import json
+import os
+import time
 from io import BytesIO
 
 import pytest
 from PIL import Image
 
 from picserve import errors
+from picserve.api.app import services_of
 from picserve.protocol import signature
 
 from .conftest import tiny_request
 
 
 def png(client, url) -> Image.Image:
-    return Image.open(BytesIO(client._http.get(url).content))
+    return Image.open(BytesIO(client.fetch(url)))
 
 
 def test_generate_poll_download(make_client, run_worker):
@@ -44,12 +47,12 @@ def test_same_seed_same_bytes_and_random_seed_reproduces(make_client, run_worker
     random_uid = client.generate_images_sdxl(**tiny_request(Seed=-1))
     run_worker()
     a, b, r = client.list_tasks_details([first, second, random_uid])
-    assert client._http.get(a["ImgList"][0]).content == client._http.get(b["ImgList"][0]).content
+    assert client.fetch(a["ImgList"][0]) == client.fetch(b["ImgList"][0])
     assert 0 <= r["Seed"] < 2**31
     again = client.generate_images_sdxl(**tiny_request(Seed=r["Seed"]))
     run_worker()
     (c,) = client.list_tasks_details([again])
-    assert client._http.get(c["ImgList"][0]).content == client._http.get(r["ImgList"][0]).content
+    assert client.fetch(c["ImgList"][0]) == client.fetch(r["ImgList"][0])
 
 
 def test_a_key_sees_only_its_own_tasks(make_client):
@@ -63,8 +66,11 @@ def test_a_key_sees_only_its_own_tasks(make_client):
 
 
 def signed(client, body, key=None):
+    """`body` signed by `client`'s key pair, or with `key` as the private key."""
+    if key is None:
+        return client.signed(body["Action"], **{k: v for k, v in body.items() if k != "Action"})
     body = dict(body, PublicKey=client.public_key)
-    body["Signature"] = signature.sign(body, key or client._private_key)
+    body["Signature"] = signature.sign(body, key)
     return body
 
 
@@ -93,7 +99,7 @@ def test_signature_failures_are_refused(api, make_client):
 
 def test_revoked_key_is_refused(api, make_client):
     client = make_client()
-    api.portal.call(api.app.state.ctx.repo.revoke_key, client.public_key)
+    api.portal.call(services_of(api.app).repo.revoke_key, client.public_key)
     with pytest.raises(errors.UnknownKey, match="revoked"):
         client.list_models()
 
@@ -216,6 +222,8 @@ def test_expired_results_are_gone(settings, api, make_client, run_worker):
     run_worker()
     url = client.list_tasks_details([uid])[0]["ImgList"][0]
     assert api.get(url).status_code == 200
-    api.app.state.ctx.store.ttl = 0
+    old = time.time() - settings.result_ttl_seconds - 1
+    for path in settings.results_dir.glob("*.png"):  # as if written a day ago
+        os.utime(path, (old, old))
     assert api.get(url).status_code == 404
     assert api.get("/results/not-a-key.png").status_code == 404

@@ -9,7 +9,7 @@ import time
 
 from fastapi.testclient import TestClient
 
-from picserve.api.app import create_app
+from picserve.api.app import create_app, services_of
 from picserve.sdk import Client
 from picserve.tasks.embedded_pg import EmbeddedPostgres
 
@@ -65,8 +65,8 @@ def test_two_worker_processes_share_the_queue(settings, make_client):
 def test_queued_tasks_survive_a_restart(tmp_path, settings, engine, run_worker):
     pg = EmbeddedPostgres(tmp_path / "pg")
     own = settings.evolve(database_url=pg.uri)
-    with TestClient(create_app(own, pg.uri)) as api:
-        account = api.portal.call(api.app.state.ctx.repo.create_key, "restart", 1000)
+    with TestClient(create_app(own)) as api:
+        account = api.portal.call(services_of(api.app).repo.create_key, "restart", 1000)
         client = Client("http://testserver", account.public_key, account.private_key, http=api)
         uids = [client.generate_images_sdxl(**tiny_request(Seed=i)) for i in range(2)]
     pg.stop()
@@ -75,7 +75,7 @@ def test_queued_tasks_survive_a_restart(tmp_path, settings, engine, run_worker):
     pg = EmbeddedPostgres(tmp_path / "pg")
     try:
         own = settings.evolve(database_url=pg.uri)
-        with TestClient(create_app(own, pg.uri)) as api:
+        with TestClient(create_app(own)) as api:
             client = Client("http://testserver", account.public_key, account.private_key, http=api)
             assert [d["Status"] for d in client.list_tasks_details(uids)] == ["Queuing"] * 2
             import asyncio

@@ -21,7 +21,7 @@ def test_portuguese_prompt_is_translated_and_recorded(make_client, run_worker):
     assert detail["Prompt"].endswith(", masterpiece")
     assert detail["OriginalNegativePrompt"] == "desfocado, baixa qualidade" != detail["NegativePrompt"]
     assert detail["Warnings"] == []
-    text = Image.open(io.BytesIO(client._http.get(detail["ImgList"][0]).content)).text["parameters"]
+    text = Image.open(io.BytesIO(client.fetch(detail["ImgList"][0]))).text["parameters"]
     assert text.splitlines()[0] == detail["Prompt"] and f"Original prompt: '{original}, masterpiece'" in text
 
 

@@ -5,44 +5,54 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from picserve import __version__
-from picserve import catalog as catalog_module
 from picserve.api import endpoint
-from picserve.api.context import Context
+from picserve.api.services import Services
 from picserve.config import Settings
+from picserve.storage.base import Store
 from picserve.storage.disk import DiskStore
-from picserve.tasks import database, recovery, service
+from picserve.tasks import database, recovery
 from picserve.translate.prompts import PromptTranslator
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "services_of"]
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, database_url: str) -> FastAPI:
-    """The API on `database_url`; the pool opens and the background sweeps start with the app."""
+def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    """The API. Without `services`, it opens PostgreSQL at `settings.database_url` with the app, keeps
+    results on disk and runs the stalled-worker sweep; with them (e.g. the in-memory repository and
+    store), it uses those as they are."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
-        async with database.open_database(database_url) as db:
-            store = DiskStore(settings.results_dir, settings.result_ttl_seconds)
-            app.state.ctx = Context(
-                settings=settings,
-                tasks=service.TaskService(db, settings.credit_divisor, settings.max_queued_tasks),
-                repo=db.repo,
-                catalog=catalog_module.Catalog(settings.models_dir),
-                store=store,
-                translator=PromptTranslator(settings.translation_dir),
-            )
-            background = [
-                asyncio.create_task(asyncio.to_thread(app.state.ctx.translator.warm_up)),
-                asyncio.create_task(recovery.sweep_forever(db, settings.stalled_after, settings.stalled_after / 3)),
-                asyncio.create_task(_expire_forever(store)),
-            ]
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            chosen = services
+            background: list[asyncio.Task[Any]] = []
+            if chosen is None:
+                if not settings.database_url:
+                    raise RuntimeError("create_app needs settings.database_url or injected services")
+                db = await stack.enter_async_context(
+                    database.open_database(settings.database_url, max_size=settings.api_db_connections)
+                )
+                chosen = Services.build(
+                    settings,
+                    repo=db.repo,
+                    store=DiskStore(settings.results_dir, settings.result_ttl_seconds),
+                    translator=PromptTranslator(settings.translation_dir),
+                )
+                sweep = recovery.sweep_forever(db, settings.stalled_after, settings.stalled_after / 3)
+                background.append(asyncio.create_task(sweep))
+            app.state.services = chosen
+            if chosen.translator is not None:
+                background.append(asyncio.create_task(asyncio.to_thread(chosen.translator.warm_up)))
+            background.append(asyncio.create_task(_expire_forever(chosen.store, settings.result_cleanup_interval)))
             try:
                 yield
             finally:
@@ -52,24 +62,31 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     app = FastAPI(title="picserve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
 
     @app.post("/")
-    async def picpik(request: Request):
-        return await endpoint.handle(request.app.state.ctx, request)
+    async def picpik(request: Request) -> JSONResponse:
+        return await endpoint.handle(services_of(request.app), request)
 
     @app.get("/results/{key}")
-    async def result(key: str, request: Request):
-        path = request.app.state.ctx.store.path(key)
-        if path is None:
+    async def result(key: str, request: Request) -> Response:
+        data = await asyncio.to_thread(services_of(request.app).store.get, key)
+        if data is None:
             return JSONResponse({"Message": "result not found or expired"}, status_code=404)
-        return FileResponse(path, media_type="image/png")
+        return Response(data, media_type="image/png")
 
     @app.get("/healthz")
-    async def health():
+    async def health() -> dict[str, Any]:
         return {"ok": True, "version": __version__}
 
     return app
 
 
-async def _expire_forever(store: DiskStore, every: float = 600) -> None:
+def services_of(app: FastAPI) -> Services:
+    """The services a running app uses (available once its lifespan has started): the admin seam
+    through which an embedding program or a test reaches the key repository, the store and the rest."""
+    services: Services = app.state.services
+    return services
+
+
+async def _expire_forever(store: Store, every: float) -> None:
     while True:
         try:
             removed = await asyncio.to_thread(store.expire)

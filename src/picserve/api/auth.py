@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 from picserve import domain, errors
 from picserve.protocol import signature
 from picserve.protocol.envelope import Envelope
-from picserve.tasks.repo import TaskRepo
+from picserve.tasks.repository import TaskRepository
 
 __all__ = ["authenticate"]
 
 
-async def authenticate(repo: TaskRepo, envelope: Envelope) -> domain.Account:
+async def authenticate(repo: TaskRepository, envelope: Envelope) -> domain.Account:
     account = await repo.get_account(envelope.public_key)
     if account is None or account.revoked:
         raise errors.UnknownKey(f"PublicKey {envelope.public_key!r} is unknown or revoked")

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from picserve import errors
 from picserve.api import auth
 from picserve.api.actions import ACTIONS
-from picserve.api.context import Context
+from picserve.api.services import Services
 from picserve.protocol.envelope import Envelope, error_reply, ok_reply
 
 __all__ = ["handle"]
@@ -20,22 +20,24 @@ __all__ = ["handle"]
 log = logging.getLogger(__name__)
 
 
-async def handle(ctx: Context, request: Request) -> JSONResponse:
+async def handle(services: Services, request: Request) -> JSONResponse:
     """Parse → authenticate → dispatch → reply. Always HTTP 200; failures carry a non-zero RetCode."""
-    action, request_uuid = "", None
+    action: str = ""
+    request_uuid: str | None = None
     try:
-        body = await _read_json(request, ctx.settings.max_body_bytes)
+        body = await _read_json(request, services.settings.max_body_bytes)
         if isinstance(body, dict):  # echo what we can, even when the rest is invalid
-            action = body.get("Action") if isinstance(body.get("Action"), str) else ""
-            request_uuid = body.get("request_uuid") if isinstance(body.get("request_uuid"), str) else None
+            given_action, given_uuid = body.get("Action"), body.get("request_uuid")
+            action = given_action if isinstance(given_action, str) else ""
+            request_uuid = given_uuid if isinstance(given_uuid, str) else None
         envelope = Envelope.parse(body)
         handler = ACTIONS.get(envelope.action)
         if handler is None:
             raise errors.UnknownAction(
                 f"Action {envelope.action!r} is not served here; available: {', '.join(sorted(ACTIONS))}"
             )
-        account = await auth.authenticate(ctx.repo, envelope)
-        fields = await handler(ctx, account, envelope, str(request.base_url))
+        account = await auth.authenticate(services.repo, envelope)
+        fields = await handler(services, account, envelope, str(request.base_url))
         return JSONResponse(ok_reply(action, request_uuid, fields))
     except errors.PicserveError as exc:
         return JSONResponse(error_reply(action, request_uuid, exc))

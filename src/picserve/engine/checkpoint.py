@@ -9,6 +9,7 @@ here from the model configs instead of hard-coded block counts.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -34,8 +35,10 @@ _UNET_TOP = {
 }
 _VAE_ATTN = (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out"))
 
+StateDict = dict[str, torch.Tensor]
 
-def _unet_prefixes(config: dict) -> dict[str, str]:
+
+def _unet_prefixes(config: dict[str, Any]) -> dict[str, str]:
     """diffusers module prefix → SGM prefix, for every block of the UNet."""
     layers = config["layers_per_block"]
     down_types, up_types = config["down_block_types"], config["up_block_types"]
@@ -62,9 +65,9 @@ def _unet_prefixes(config: dict) -> dict[str, str]:
     return out
 
 
-def _vae_prefixes(config: dict) -> dict[str, str]:
+def _vae_prefixes(config: dict[str, Any]) -> dict[str, str]:
     levels, layers = len(config["block_out_channels"]), config["layers_per_block"]
-    out = {}
+    out: dict[str, str] = {}
     for i in range(levels):
         for j in range(layers):
             out[f"encoder.down_blocks.{i}.resnets.{j}"] = f"encoder.down.{i}.block.{j}"
@@ -91,9 +94,9 @@ def _rename(key: str, prefixes: dict[str, str]) -> tuple[str, str | None]:
     return key, None
 
 
-def _convert_unet(sd: dict, config: dict) -> dict:
+def _convert_unet(state: StateDict, config: dict[str, Any]) -> StateDict:
     prefixes, out = _unet_prefixes(config), {}
-    for key, value in sd.items():
+    for key, value in state.items():
         new, head = _rename(key, prefixes)
         if head and ".resnets." in head:
             tail = new[len(prefixes[head]) + 1 :]
@@ -105,9 +108,9 @@ def _convert_unet(sd: dict, config: dict) -> dict:
     return out
 
 
-def _convert_vae(sd: dict, config: dict) -> dict:
+def _convert_vae(state: StateDict, config: dict[str, Any]) -> StateDict:
     prefixes, out = _vae_prefixes(config), {}
-    for key, value in sd.items():
+    for key, value in state.items():
         new, head = _rename(key, prefixes)
         new = new.replace(".conv_shortcut.", ".nin_shortcut.")
         if head and head.endswith("attentions.0"):
@@ -122,14 +125,17 @@ def _convert_vae(sd: dict, config: dict) -> dict:
     return out
 
 
-def _convert_clip_l(sd: dict) -> dict:
+def _convert_clip_l(state: StateDict) -> StateDict:
     # transformers ≥ 5.6 flattens CLIPTextModel (no `text_model.` prefix); the original layout has it.
     prefix = "conditioner.embedders.0.transformer."
-    return {prefix + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in sd.items()}
+    return {prefix + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in state.items()}
 
 
-def _convert_open_clip(sd: dict) -> dict:
-    prefix, out, qkv = "conditioner.embedders.1.model.", {}, {}
+def _convert_open_clip(state: StateDict) -> StateDict:
+    prefix = "conditioner.embedders.1.model."
+    out: StateDict = {}
+    # OpenCLIP keeps q, k and v in one in_proj tensor: SGM key → {"q_proj": …, "k_proj": …, "v_proj": …}
+    qkv: dict[str, StateDict] = {}
     names = (
         ("layer_norm1", "ln_1"),
         ("layer_norm2", "ln_2"),
@@ -137,7 +143,7 @@ def _convert_open_clip(sd: dict) -> dict:
         ("mlp.fc2", "mlp.c_proj"),
         ("self_attn.out_proj", "attn.out_proj"),
     )
-    for key, value in sd.items():
+    for key, value in state.items():
         key = key.removeprefix("text_model.")
         if key == "text_projection.weight":
             out[prefix + "text_projection"] = value.T.contiguous()
@@ -163,9 +169,9 @@ def _convert_open_clip(sd: dict) -> dict:
     return out
 
 
-def sgm_state_dict(pipe) -> dict[str, torch.Tensor]:
+def sgm_state_dict(pipe: Any) -> StateDict:
     """The pipeline's weights under original SDXL (SGM) key names."""
-    state = {}
+    state: StateDict = {}
     state.update(_convert_unet(pipe.unet.state_dict(), dict(pipe.unet.config)))
     state.update(_convert_vae(pipe.vae.state_dict(), dict(pipe.vae.config)))
     state.update(_convert_clip_l(pipe.text_encoder.state_dict()))
@@ -173,7 +179,7 @@ def sgm_state_dict(pipe) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def export_single_file(pipe, path: Path) -> Path:
+def export_single_file(pipe: Any, path: Path) -> Path:
     """Write `pipe` as one original-layout `.safetensors` checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(sgm_state_dict(pipe), str(path), metadata={"modelspec.architecture": "stable-diffusion-xl-v1-base"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -19,7 +20,19 @@ _TILED_VAE_PIXELS = 1280 * 1280
 
 
 class Engine:
-    """SDXL generations on one device (a `base.GenerationEngine`). Not thread-safe: one worker drives one."""
+    """SDXL generations on one device (a `base.GenerationEngine`). Not thread-safe: one worker drives one.
+
+    Args:
+        catalog: the models folder the model codes of requests are looked up in.
+        device: ``"auto"`` (CUDA when available, else CPU), or a torch device name such as ``"cuda:1"``.
+        max_loaded: main models kept loaded at once, least recently used unloaded first (at least 1).
+        cache_dir: where generated config folders (SDXL base configs for single-file checkpoints) are
+            written; ``~/.cache/picserve`` when None.
+        max_chunk: images denoised together; a larger batch runs in chunks of this size to bound memory.
+        max_loras: LoRAs kept loaded per main model between requests, least recently used evicted first.
+        max_cached_files: sub-model files (LoRA, embedding, hypernetwork) whose contents stay in memory,
+            least recently used dropped first.
+    """
 
     def __init__(
         self,
@@ -28,11 +41,13 @@ class Engine:
         max_loaded: int = 1,
         cache_dir: Path | None = None,
         max_chunk: int = 4,
-    ):
+        max_loras: int = 8,
+        max_cached_files: int = 16,
+    ) -> None:
         self.pipelines = loader.PipelineCache(catalog, device, max_loaded, cache_dir)
-        self.adapters = adapters.Adapters(catalog)
+        self.adapters = adapters.Adapters(catalog, max_loras=max_loras, max_cached_files=max_cached_files)
         #: images denoised together; larger batches run in chunks of this size to bound memory
-        self.max_chunk = max_chunk
+        self.max_chunk = max(1, max_chunk)
 
     def holdings(self) -> dict[str, list[str]]:
         """Main models and LoRAs in memory: a hint for sending jobs to the worker that already has them."""
@@ -63,65 +78,71 @@ class Engine:
 
         # 3. What the mode's pipeline takes besides the prompt: a size, or a reference image (and its mask)
         #    brought to the requested size by the request's resize mode, then to the multiple of 8.
-        init: Image.Image | None = None
+        reference: Image.Image | None = None
         mask: Image.Image | None = None
-        inputs: dict[str, object]
+        mode_inputs: dict[str, object]
         if spec.mode == "txt2img":
-            inputs = {"width": width, "height": height}
+            mode_inputs = {"width": width, "height": height}
         elif spec.mode == "img2img":
-            init = _reference(spec)
-            inputs = {"image": _at(init, width, height), "strength": spec.strength}
+            reference = _reference(spec)
+            mode_inputs = {"image": _resized(reference, width, height), "strength": spec.strength}
         else:  # inpaint
-            init = _reference(spec)
+            reference = _reference(spec)
             assert spec.mask_image is not None  # mode "inpaint" means a mask was sent
             mask = reference_images.mask_for(
                 reference_images.decode(spec.mask_image, "mask"), spec.width, spec.height, spec.resize_mode
             )
-            inputs = {
-                "image": _at(init, width, height),
-                "mask_image": _at(mask, width, height),
+            mode_inputs = {
+                "image": _resized(reference, width, height),
+                "mask_image": _resized(mask, width, height),
                 "strength": spec.strength,
                 "width": width,
                 "height": height,
             }
 
         seeds = spec.seeds
-        chunks = [seeds[i : i + self.max_chunk] for i in range(0, len(seeds), self.max_chunk)]
+        seed_chunks = [seeds[i : i + self.max_chunk] for i in range(0, len(seeds), self.max_chunk)]
         results: list[Image.Image] = []
-        large = width * height > _TILED_VAE_PIXELS and not spec.tiling  # tiled decoding would break the seams
+        tile_vae = width * height > _TILED_VAE_PIXELS and not spec.tiling  # tiled decoding would break the seams
         # 4. LoRAs, embeddings and hypernetworks for this request only; the model is restored afterwards.
         with self.adapters.applied(model, spec.sub_models), torch.inference_mode():
             # 5. Prompt embeddings with A1111 weighting, long prompts in 75-token chunks, clip skip.
-            cond = prompts.encode(pipe, spec.prompt, spec.negative_prompt, spec.clip_skip, spec.cfg_scale > 1)
+            conditioning = prompts.encode(pipe, spec.prompt, spec.negative_prompt, spec.clip_skip, spec.cfg_scale > 1)
 
             # 6. Denoise in chunks of the batch; image i uses seed + i, from a CPU generator (same on any device).
-            with tiling.seamless(pipe, spec.tiling), tiling.tiled_vae(pipe, large):
-                for index, chunk in enumerate(chunks):
+            with tiling.seamless(pipe, spec.tiling), tiling.tiled_vae(pipe, tile_vae):
+                for chunk_index, chunk_seeds in enumerate(seed_chunks):
 
-                    def step_end(_pipe, step, _timestep, kwargs, index=index):
+                    def step_end(
+                        step_pipe: Any,
+                        step: int,
+                        _timestep: Any,
+                        kwargs: dict[str, Any],
+                        chunk_index: int = chunk_index,
+                    ) -> dict[str, Any]:
                         if on_step is not None:
-                            on_step((index + (step + 1) / max(1, _pipe.num_timesteps)) / len(chunks))
+                            on_step((chunk_index + (step + 1) / max(1, step_pipe.num_timesteps)) / len(seed_chunks))
                         return kwargs
 
                     output = pipe(
-                        prompt_embeds=cond.embeds,
-                        pooled_prompt_embeds=cond.pooled,
-                        negative_prompt_embeds=cond.negative_embeds,
-                        negative_pooled_prompt_embeds=cond.negative_pooled,
-                        num_images_per_prompt=len(chunk),
-                        generator=[torch.Generator("cpu").manual_seed(s) for s in chunk],
+                        prompt_embeds=conditioning.embeds,
+                        pooled_prompt_embeds=conditioning.pooled,
+                        negative_prompt_embeds=conditioning.negative_embeds,
+                        negative_pooled_prompt_embeds=conditioning.negative_pooled,
+                        num_images_per_prompt=len(chunk_seeds),
+                        generator=[torch.Generator("cpu").manual_seed(s) for s in chunk_seeds],
                         num_inference_steps=spec.steps,
                         guidance_scale=spec.cfg_scale,
                         callback_on_step_end=step_end,
-                        **inputs,
+                        **mode_inputs,
                     )
                     results.extend(output.images)
 
         # 7. Exact size; inpainting keeps every pixel outside the mask exactly; A1111 metadata.
         if results[0].size != (spec.width, spec.height):
             results = [img.resize((spec.width, spec.height), Image.Resampling.LANCZOS) for img in results]
-        if mask is not None and init is not None:
-            results = [Image.composite(img, init, mask) for img in results]
+        if mask is not None and reference is not None:
+            results = [Image.composite(img, reference, mask) for img in results]
         return Generated(images=results, seeds=seeds, infotexts=[_infotext(spec, s) for s in seeds])
 
 
@@ -132,7 +153,7 @@ def _reference(spec: domain.GenerationSpec) -> Image.Image:
     return reference_images.fit(image, spec.width, spec.height, spec.resize_mode)
 
 
-def _at(image: Image.Image, width: int, height: int) -> Image.Image:
+def _resized(image: Image.Image, width: int, height: int) -> Image.Image:
     return image.resize((width, height), Image.Resampling.LANCZOS)
 
 
@@ -140,7 +161,7 @@ def _ceil8(n: int) -> int:
     return (n + 7) // 8 * 8
 
 
-def _check_clip_skip(pipe, clip_skip: int) -> None:
+def _check_clip_skip(pipe: Any, clip_skip: int) -> None:
     # ClipSkip n reads hidden_states[-(n + 1)]: at most as deep as the encoder's layer count.
     layers = pipe.text_encoder.config.num_hidden_layers
     if clip_skip > layers:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from torch import nn
 
 from picserve import errors
 
-__all__ = ["applied", "load"]
+__all__ = ["Hypernetwork", "HypernetworkModule", "applied", "load"]
 
 _ACTIVATIONS = {
     "linear": None,
@@ -35,11 +36,11 @@ _ACTIVATIONS = {
 class HypernetworkModule(nn.Module):
     """One A1111 MLP rebuilt from its state dict: linears and layer norms by index, activations between."""
 
-    def __init__(self, state: dict, activation: str, activate_output: bool):
+    def __init__(self, state: dict[str, torch.Tensor], activation: str, activate_output: bool) -> None:
         super().__init__()
         indexes = sorted({int(k.split(".")[1]) for k in state if k.startswith("linear.")})
         layers: list[nn.Module] = []
-        kinds = []
+        kinds: list[str] = []  # "linear" or "norm", per layer
         for i in indexes:
             weight, bias = state[f"linear.{i}.weight"], state.get(f"linear.{i}.bias")
             if weight.ndim == 2:
@@ -65,29 +66,43 @@ class HypernetworkModule(nn.Module):
         return x + self.mlp(x) * self.multiplier
 
 
-def load(path: Path) -> dict[int, tuple[HypernetworkModule, HypernetworkModule]]:
-    """Context width → (keys module, values module)."""
+#: context width → (keys module, values module)
+Hypernetwork = dict[int, tuple[HypernetworkModule, HypernetworkModule]]
+
+
+def load(path: Path) -> Hypernetwork:
+    """An A1111 hypernetwork file's modules, per context width."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors of every kind
         raise errors.GenerationError(f"hypernetwork {path.name} could not be read: {exc}") from exc
     activation = data.get("activation_func", "linear")
     activate_output = bool(data.get("activate_output", False))
-    return {
-        width: tuple(HypernetworkModule(sd, activation, activate_output).eval() for sd in pair[:2])
-        for width, pair in data.items()
-        if isinstance(width, int)
-    }
+
+    def module(state: dict[str, torch.Tensor]) -> HypernetworkModule:
+        return HypernetworkModule(state, activation, activate_output).eval()
+
+    return {width: (module(pair[0]), module(pair[1])) for width, pair in data.items() if isinstance(width, int)}
 
 
 class _Processor:
     """SDPA cross-attention whose keys and values see the hypernetwork-transformed context."""
 
-    def __init__(self, base, chain: list[tuple[HypernetworkModule, HypernetworkModule]]):
+    def __init__(self, base: Any, chain: list[tuple[HypernetworkModule, HypernetworkModule]]) -> None:
+        #: the processor this one replaces: it handles self-attention and anything unusual
         self.base = base
+        #: (keys module, values module) of each hypernetwork, applied in order
         self.chain = chain
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         if encoder_hidden_states is None or attention_mask is not None or attn.spatial_norm is not None:
             return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         context_k = context_v = encoder_hidden_states
@@ -106,20 +121,20 @@ class _Processor:
 
 
 @contextlib.contextmanager
-def applied(unet, networks: list[tuple[dict, float]]) -> Iterator[None]:
-    """Install the hypernetworks on every cross-attention (`attn2`); the original processors come back after."""
+def applied(unet: Any, networks: list[tuple[Hypernetwork, float]]) -> Iterator[None]:
+    """Install the hypernetworks (each with its multiplier) on every cross-attention (`attn2`) of `unet`;
+    the original processors come back after."""
     if not networks:
         yield
         return
     width = unet.config.cross_attention_dim
-    chain = []
+    chain: list[tuple[HypernetworkModule, HypernetworkModule]] = []
     for modules, multiplier in networks:
         if width not in modules:  # as in A1111, a network without this width does nothing
             continue
-        pair = tuple(m.to(unet.device, unet.dtype) for m in modules[width])
-        for m in pair:
-            m.multiplier = multiplier
-        chain.append(pair)
+        keys_module, values_module = (m.to(unet.device, unet.dtype) for m in modules[width])
+        keys_module.multiplier = values_module.multiplier = multiplier
+        chain.append((keys_module, values_module))
     original = unet.attn_processors
     replaced = {name: _Processor(proc, chain) if ".attn2." in name else proc for name, proc in original.items()}
     unet.set_attn_processor(replaced)

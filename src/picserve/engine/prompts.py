@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -19,26 +20,33 @@ __all__ = ["Conditioning", "encode", "parse_attention"]
 _ATTENTION = re.compile(r"\\\(|\\\)|\\\[|\\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|\]|[^\\()\[\]:]+|:")
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
 _CHUNK = 75  # tokens per chunk, between BOS and EOS
+_BREAK_WEIGHT = -1.0  # the weight parse_attention gives a BREAK marker
 
 
 def parse_attention(text: str) -> list[tuple[str, float]]:
     """`a (cat:1.2) [dog]` → [('a ', 1.0), ('cat', 1.2), (' ', 1.0), ('dog', 0.909…)]; BREAK → ('BREAK', -1)."""
-    parts: list[list] = []
-    round_open: list[int] = []
+    pieces: list[str] = []
+    weights: list[float] = []  # weights[i] is pieces[i]'s
+    round_open: list[int] = []  # where each unclosed "(" started, as an index into pieces
     square_open: list[int] = []
 
     def scale(start: int, factor: float) -> None:
-        for part in parts[start:]:
-            part[1] *= factor
+        # BREAK markers are scaled too, as A1111 does (a BREAK inside brackets is then plain text)
+        for i in range(start, len(weights)):
+            weights[i] *= factor
+
+    def add(piece: str, weight: float) -> None:
+        pieces.append(piece)
+        weights.append(weight)
 
     for match in _ATTENTION.finditer(text):
         token, weight = match.group(0), match.group(1)
         if token.startswith("\\"):
-            parts.append([token[1:], 1.0])
+            add(token[1:], 1.0)
         elif token == "(":
-            round_open.append(len(parts))
+            round_open.append(len(pieces))
         elif token == "[":
-            square_open.append(len(parts))
+            square_open.append(len(pieces))
         elif weight is not None and round_open:
             scale(round_open.pop(), float(weight))
         elif token == ")" and round_open:
@@ -48,22 +56,22 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
         else:
             for i, piece in enumerate(_BREAK.split(token)):
                 if i:
-                    parts.append(["BREAK", -1.0])
-                parts.append([piece, 1.0])
+                    add("BREAK", _BREAK_WEIGHT)
+                add(piece, 1.0)
     for start in round_open:  # unclosed brackets still count, as in A1111
         scale(start, 1.1)
     for start in square_open:
         scale(start, 1 / 1.1)
 
-    merged: list[list] = []
-    for piece, weight in parts:
+    merged: list[tuple[str, float]] = []  # neighbours of equal weight joined
+    for piece, weight in zip(pieces, weights, strict=True):
         if not piece:
             continue
-        if merged and merged[-1][1] == weight and weight != -1:
-            merged[-1][0] += piece
+        if merged and merged[-1][1] == weight and weight != _BREAK_WEIGHT:
+            merged[-1] = (merged[-1][0] + piece, weight)
         else:
-            merged.append([piece, weight])
-    return [(p, w) for p, w in merged] or [("", 1.0)]
+            merged.append((piece, weight))
+    return merged or [("", 1.0)]
 
 
 @dataclass
@@ -74,13 +82,13 @@ class Conditioning:
     negative_pooled: torch.Tensor
 
 
-def _chunks(pipe, tokenizer, text: str) -> list[tuple[list[int], list[float]]]:
+def _chunks(pipe: Any, tokenizer: Any, text: str) -> list[tuple[list[int], list[float]]]:
     """Token ids and weights per chunk of at most 75 tokens."""
     chunks: list[tuple[list[int], list[float]]] = []
     ids: list[int] = []
     weights: list[float] = []
     for piece, weight in parse_attention(text):
-        if weight == -1:  # BREAK
+        if weight == _BREAK_WEIGHT:
             chunks.append((ids, weights))
             ids, weights = [], []
             continue
@@ -96,15 +104,19 @@ def _chunks(pipe, tokenizer, text: str) -> list[tuple[list[int], list[float]]]:
     return chunks
 
 
-def _encode_side(pipe, text: str, clip_skip: int, n_chunks: int | None, device) -> tuple[list, torch.Tensor]:
-    """Per chunk, both encoders' hidden states (weighted) concatenated; plus the first chunk's pooled output."""
-    per_encoder = []
-    pooled = None
+def _encode_side(
+    pipe: Any, text: str, clip_skip: int, chunk_count: int, device: torch.device
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per chunk, both encoders' hidden states (weighted) concatenated; plus the first chunk's pooled output.
+
+    Both sides of the guidance get `chunk_count` chunks (empty ones pad the shorter), so their embeddings align.
+    """
+    per_encoder: list[list[torch.Tensor]] = []
+    pooled: torch.Tensor | None = None
     for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
         chunks = _chunks(pipe, tokenizer, text)
-        if n_chunks is not None:
-            chunks += [([], [])] * (n_chunks - len(chunks))
-        encoded = []
+        chunks += [([], [])] * (chunk_count - len(chunks))
+        encoded: list[torch.Tensor] = []
         for ids, weights in chunks:
             pad = tokenizer.pad_token_id
             full = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
@@ -121,21 +133,26 @@ def _encode_side(pipe, text: str, clip_skip: int, n_chunks: int | None, device) 
                 weighted = weighted * (hidden.mean() / weighted.mean())
             encoded.append(weighted)
         per_encoder.append(encoded)
+    assert pooled is not None  # every side has at least one chunk
     return [torch.cat(pair, dim=-1) for pair in zip(*per_encoder, strict=True)], pooled
 
 
-def encode(pipe, prompt: str, negative_prompt: str, clip_skip: int, guidance: bool) -> Conditioning:
+def encode(pipe: Any, prompt: str, negative_prompt: str, clip_skip: int, guidance: bool) -> Conditioning:
     """Prompt embeddings for StableDiffusionXL pipelines, with A1111 weighting and no truncation."""
     device = pipe.text_encoder_2.device
-    count = lambda text: max(len(_chunks(pipe, t, text)) for t in (pipe.tokenizer, pipe.tokenizer_2))  # noqa: E731
-    n_chunks = max(count(prompt), count(negative_prompt)) if guidance else count(prompt)
-    positive, pooled = _encode_side(pipe, prompt, clip_skip, n_chunks, device)
+
+    def chunk_count(text: str) -> int:
+        return max(len(_chunks(pipe, tokenizer, text)) for tokenizer in (pipe.tokenizer, pipe.tokenizer_2))
+
+    chunks_per_side = max(chunk_count(prompt), chunk_count(negative_prompt)) if guidance else chunk_count(prompt)
+    positive, pooled = _encode_side(pipe, prompt, clip_skip, chunks_per_side, device)
     embeds = torch.cat(positive, dim=1)
-    if guidance and not negative_prompt and pipe.config.force_zeros_for_empty_prompt:
-        # SDXL's own rule: an empty negative prompt conditions on zeros, not on encoded "".
+    if not guidance or (not negative_prompt and pipe.config.force_zeros_for_empty_prompt):
+        # SDXL's own rule: an empty negative prompt conditions on zeros, not on encoded "". Without
+        # guidance the pipeline never reads the negative side (and it may have more chunks than the prompt).
         negative_embeds, negative_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
     else:
-        negative, negative_pooled = _encode_side(pipe, negative_prompt, clip_skip, n_chunks, device)
+        negative, negative_pooled = _encode_side(pipe, negative_prompt, clip_skip, chunks_per_side, device)
         negative_embeds = torch.cat(negative, dim=1)
     dtype = pipe.unet.dtype
     return Conditioning(embeds.to(dtype), pooled.to(dtype), negative_embeds.to(dtype), negative_pooled.to(dtype))

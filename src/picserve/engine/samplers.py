@@ -36,7 +36,7 @@ TABLE: dict[str, tuple[str, dict[str, Any]]] = {
 assert tuple(TABLE) == domain.SAMPLER_NAMES
 
 
-def make_scheduler(name: str, base_config: dict, seed: int):
+def make_scheduler(name: str, base_config: dict[str, Any], seed: int) -> Any:
     """A fresh scheduler for one request, built from the model's own scheduler config."""
     import diffusers
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -137,7 +138,11 @@ _TOKENIZER = {
 def _clip_merges() -> list[tuple[str, str]]:
     with gzip.open(_BPE, "rt", encoding="utf-8") as f:
         lines = f.read().split("\n")[1 : _CLIP_MERGES + 1]
-    return [tuple(line.split()) for line in lines]
+    merges: list[tuple[str, str]] = []
+    for line in lines:
+        first, second = line.split()  # "a b": one merge per line
+        merges.append((first, second))
+    return merges
 
 
 def _write(folder: Path, inpaint: bool) -> None:
@@ -170,7 +175,5 @@ def config_dir(cache_root: Path, inpaint: bool = False) -> Path:
     try:
         os.rename(staging, folder)
     except OSError:  # another process wrote it first
-        import shutil
-
         shutil.rmtree(staging, ignore_errors=True)
     return folder

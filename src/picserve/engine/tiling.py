@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 from torch import nn
 
@@ -15,7 +16,8 @@ __all__ = ["seamless", "tiled_vae"]
 
 
 @contextlib.contextmanager
-def seamless(pipe, enabled: bool) -> Iterator[None]:
+def seamless(pipe: Any, enabled: bool) -> Iterator[None]:
+    """Circular padding in `pipe`'s UNet and VAE while `enabled`."""
     if not enabled:
         yield
         return
@@ -31,7 +33,7 @@ def seamless(pipe, enabled: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def tiled_vae(pipe, enabled: bool) -> Iterator[None]:
+def tiled_vae(pipe: Any, enabled: bool) -> Iterator[None]:
     """Decode (and encode) in overlapping tiles, so VAE memory stays bounded at large sizes."""
     if not enabled:
         yield

@@ -12,6 +12,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,7 +42,7 @@ a small house by the sea, boat, beach, waves, ocean, lighthouse, morning, fog, p
 _MERGES = 486
 
 
-def _text_configs(vocab_size: int) -> tuple[dict, dict]:
+def _text_configs(vocab_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
     common = {
         "vocab_size": vocab_size,
         "max_position_embeddings": 77,
@@ -74,24 +75,25 @@ def _text_configs(vocab_size: int) -> tuple[dict, dict]:
     return clip_l, open_clip
 
 
-def build_pipeline(tokenizer_dir: Path | None = None, seed: int = 0, inpaint: bool = False):
-    """Build the tiny SDXL pipeline in memory (deterministic for a given torch version and seed)."""
+def build_pipeline(tokenizer_dir: Path | None = None, seed: int = 0, inpaint: bool = False) -> Any:
+    """Build the tiny SDXL pipeline in memory (deterministic for a given torch version and seed).
+
+    The tokenizer files are written to `tokenizer_dir` (kept), or to a temporary folder removed after.
+    """
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    owned = tokenizer_dir is None
-    tokenizer_dir = Path(tempfile.mkdtemp(prefix="picserve-bpe-")) if owned else tokenizer_dir
+    temporary = tokenizer_dir is None
+    folder = Path(tempfile.mkdtemp(prefix="picserve-bpe-")) if tokenizer_dir is None else tokenizer_dir
     try:
-        vocab_size = bpe.write_tokenizer_files(tokenizer_dir, bpe.train(_CORPUS, _MERGES))
-        tokenizer = CLIPTokenizer(
-            str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"), model_max_length=77
-        )
+        vocab_size = bpe.write_tokenizer_files(folder, bpe.train(_CORPUS, _MERGES))
+        tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
         tokenizer_2 = CLIPTokenizer(
-            str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"), model_max_length=77, pad_token="!"
+            str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77, pad_token="!"
         )
     finally:
-        if owned:
-            shutil.rmtree(tokenizer_dir, ignore_errors=True)
+        if temporary:
+            shutil.rmtree(folder, ignore_errors=True)
 
     clip_l, open_clip = _text_configs(vocab_size)
     torch.manual_seed(seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -22,24 +23,27 @@ _TEXT = (".q_proj", ".k_proj", ".v_proj", ".out_proj")
 
 
 @functools.lru_cache(maxsize=1)
-def _pipe():
+def _pipe() -> Any:
     """A tiny pipeline to read module names and widths from (never modified)."""
     return tiny.build_pipeline()
 
 
-def _linears(module, suffixes):
+def _linears(module: Any, suffixes: tuple[str, ...]) -> list[tuple[str, Any]]:
+    """(name, nn.Linear) of the module's linears whose names end with one of `suffixes`."""
     return [(n, m) for n, m in module.named_modules() if n.endswith(suffixes) and isinstance(m, torch.nn.Linear)]
 
 
-def write_lora_kohya(folder: Path, code: str, seed: int = 0, rank: int = 4, metadata: dict | None = None) -> Path:
+def write_lora_kohya(
+    folder: Path, code: str, seed: int = 0, rank: int = 4, metadata: dict[str, str] | None = None
+) -> Path:
     """kohya/sd-scripts naming: lora_unet_<SGM path>, lora_te1_…, lora_te2_…, with lora_down/lora_up/alpha."""
-    pipe, g = _pipe(), torch.Generator().manual_seed(seed)
+    pipe, generator = _pipe(), torch.Generator().manual_seed(seed)
     prefixes = checkpoint._unet_prefixes(dict(pipe.unet.config))
-    state = {}
+    state: dict[str, torch.Tensor] = {}
 
-    def add(key, linear):
-        state[f"{key}.lora_down.weight"] = torch.randn(rank, linear.in_features, generator=g) * 0.3
-        state[f"{key}.lora_up.weight"] = torch.randn(linear.out_features, rank, generator=g) * 0.3
+    def add(key: str, linear: Any) -> None:
+        state[f"{key}.lora_down.weight"] = torch.randn(rank, linear.in_features, generator=generator) * 0.3
+        state[f"{key}.lora_up.weight"] = torch.randn(linear.out_features, rank, generator=generator) * 0.3
         state[f"{key}.alpha"] = torch.tensor(float(rank))
 
     for name, linear in _linears(pipe.unet, _ATTENTION):
@@ -94,7 +98,7 @@ def write_lora_peft(folder: Path, code: str, seed: int = 0, rank: int = 4) -> Pa
 
 def write_lora_sd1(folder: Path, code: str, rank: int = 4) -> Path:
     """A LoRA shaped for SD 1.5 (cross-attention 768, one text encoder): never fits an SDXL model."""
-    state = {}
+    state: dict[str, torch.Tensor] = {}
     for key, (out_f, in_f) in {
         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k": (320, 768),
         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_v": (320, 768),
@@ -111,14 +115,14 @@ def write_lora_sd1(folder: Path, code: str, rank: int = 4) -> Path:
 
 def write_embedding(folder: Path, code: str, vectors: int = 2, seed: int = 0) -> Path:
     """An SDXL textual inversion: `clip_l` and `clip_g` rows for the two text encoders."""
-    g = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     pipe = _pipe()
     path = Path(folder) / f"{code}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(
         {
-            "clip_l": torch.randn(vectors, pipe.text_encoder.config.hidden_size, generator=g),
-            "clip_g": torch.randn(vectors, pipe.text_encoder_2.config.hidden_size, generator=g),
+            "clip_l": torch.randn(vectors, pipe.text_encoder.config.hidden_size, generator=generator),
+            "clip_g": torch.randn(vectors, pipe.text_encoder_2.config.hidden_size, generator=generator),
         },
         str(path),
     )
@@ -127,16 +131,16 @@ def write_embedding(folder: Path, code: str, vectors: int = 2, seed: int = 0) ->
 
 def write_hypernetwork(folder: Path, code: str, seed: int = 0, context_dim: int | None = None) -> Path:
     """An A1111 hypernetwork `.pt`: per context width, two MLPs (keys, values), layer structure 1-2-1."""
-    g = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     width = context_dim or _pipe().unet.config.cross_attention_dim
 
-    def mlp():
+    def mlp() -> OrderedDict[str, torch.Tensor]:
         # index 1 is the activation, as in A1111's nn.Sequential, so the linears are 0 and 2
         return OrderedDict(
             {
-                "linear.0.weight": torch.randn(2 * width, width, generator=g) * 0.2,
+                "linear.0.weight": torch.randn(2 * width, width, generator=generator) * 0.2,
                 "linear.0.bias": torch.zeros(2 * width),
-                "linear.2.weight": torch.randn(width, 2 * width, generator=g) * 0.2,
+                "linear.2.weight": torch.randn(width, 2 * width, generator=generator) * 0.2,
                 "linear.2.bias": torch.zeros(width),
             }
         )

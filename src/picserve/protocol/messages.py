@@ -6,10 +6,12 @@ Requests forbid unknown fields: a field this server does not know is refused by 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Mapping
+from typing import Annotated, Any, TypeVar, cast
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
 from picserve import errors
 
@@ -110,15 +112,18 @@ class TaskDetail(BaseModel):
     OriginalNegativePrompt: str = ""
 
 
-def parse(model: type[BaseModel], params: dict[str, Any]):
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def parse(model: type[_M], params: Mapping[str, Any]) -> _M:
     """Validate `params` as `model`; the first problem becomes a ParamError naming field and range."""
     try:
         return model.model_validate(params)
     except ValidationError as exc:
-        raise errors.ParamError(_describe(model, exc.errors()[0], params)) from None
+        raise errors.ParamError(_describe(model, exc.errors()[0])) from None
 
 
-def _describe(model: type[BaseModel], error: dict, params: dict) -> str:
+def _describe(model: type[BaseModel], error: ErrorDetails) -> str:
     loc = error.get("loc", ())
     path = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
     path = path or model.__name__
@@ -129,10 +134,15 @@ def _describe(model: type[BaseModel], error: dict, params: dict) -> str:
     if kind == "missing":
         return f"{path}: missing required field"
     low, high = _bounds(model, loc)
-    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than") and low is not None:
-        return f"{path}: must be between {_number(low)} and {_number(high)} (got {got!r})"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        if low is not None and high is not None:
+            return f"{path}: must be between {_number(low)} and {_number(high)} (got {got!r})"
+        if low is not None:
+            return f"{path}: must be at least {_number(low)} (got {got!r})"
+        if high is not None:
+            return f"{path}: must be at most {_number(high)} (got {got!r})"
     if kind in ("too_short", "too_long"):
-        ctx = error.get("ctx", {})
+        ctx: dict[str, Any] = error.get("ctx", {})
         return f"{path}: must hold {ctx.get('min_length', 1)} to {ctx.get('max_length', '…')} items"
     if kind == "string_pattern_mismatch":
         allowed = error.get("ctx", {}).get("pattern", "").strip("^$()").replace("|", ", ")
@@ -155,7 +165,7 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _bounds(model: type[BaseModel], loc: tuple) -> tuple[float | None, float | None]:
+def _bounds(model: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[float | None, float | None]:
     """The ge/le bounds declared on the field at `loc`, to name the allowed range in messages."""
     current: Any = model
     info = None
@@ -169,6 +179,6 @@ def _bounds(model: type[BaseModel], loc: tuple) -> tuple[float | None, float | N
         current = _model_in(info.annotation)
     if info is None:
         return None, None
-    low = next((m.ge for m in info.metadata if isinstance(m, annotated_types.Ge)), None)
-    high = next((m.le for m in info.metadata if isinstance(m, annotated_types.Le)), None)
+    low = next((cast(float, m.ge) for m in info.metadata if isinstance(m, annotated_types.Ge)), None)
+    high = next((cast(float, m.le) for m in info.metadata if isinstance(m, annotated_types.Le)), None)
     return low, high

@@ -1,9 +1,14 @@
-"""Client: one method per PICPIK action; every request signed; errors raised as picserve errors.
+"""Client: one method per PICPIK action; every request signed; every failure a `PicserveError`.
+
+A refusal raises the class its RetCode names (`errors.ParamError` for 160, …); a server that cannot
+be reached or does not answer as a PICPIK endpoint raises `errors.TransportError`; `wait` giving up
+raises `errors.WaitTimeout`, which is also a `TimeoutError`. Callers catch `errors.PicserveError`.
 
 >>> client = Client("http://127.0.0.1:8080", public_key, private_key)        # doctest: +SKIP
 >>> uid = client.generate_images_sdxl(MainModel={"ModelCode": "picserve-tiny"},
 ...                                   PositivePrompts=["a cat"], Width=512, Height=512)
 >>> detail = client.wait(uid)                                                 # doctest: +SKIP
+>>> png = client.fetch(detail["ImgList"][0])                                  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -12,17 +17,25 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Unpack, cast
 
 import httpx
 
 from picserve import domain, errors
 from picserve.protocol import signature
+from picserve.sdk.types import CreditBalance, GenerateImagesSDXLParams, ModelsReply, TaskDetail
 
 __all__ = ["Client"]
 
 
 class Client:
+    """A PICPIK client for `base_url`, signing with the key pair.
+
+    `transport` (e.g. `httpx.MockTransport`, or an `httpx.ASGITransport` around the app) or a whole
+    `http` client (e.g. Starlette's TestClient) replace the network.
+    """
+
     def __init__(
         self,
         base_url: str,
@@ -32,8 +45,7 @@ class Client:
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
         http: httpx.Client | None = None,
-    ):
-        """`transport` or a whole `http` client (e.g. Starlette's TestClient) replace the network."""
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.public_key = public_key
         self._private_key = private_key
@@ -45,11 +57,13 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.close()
 
-    def call(self, action: str, **params: Any) -> dict[str, Any]:
-        """Send one signed action; returns the reply, or raises the PicserveError its RetCode names."""
+    def signed(self, action: str, **params: Any) -> dict[str, Any]:
+        """The request body for `action` with `params` (None values left out), signed."""
         body = {
             "Action": action,
             "PublicKey": self.public_key,
@@ -57,32 +71,40 @@ class Client:
             **{k: v for k, v in params.items() if v is not None},
         }
         body["Signature"] = signature.sign(body, self._private_key)
-        response = self._http.post("/", json=body)
-        response.raise_for_status()
-        reply = response.json()
-        if reply.get("RetCode", -1) != 0:
-            raise errors.from_ret_code(reply.get("RetCode", -1), reply.get("Message", ""))
+        return body
+
+    def call(self, action: str, **params: Any) -> dict[str, Any]:
+        """Send one signed action; returns the reply, or raises the PicserveError its RetCode names."""
+        response = self._request("POST", "/", json=self.signed(action, **params))
+        try:
+            reply = response.json()
+        except ValueError:
+            raise errors.TransportError(f"{self.base_url} answered with something other than JSON") from None
+        if not isinstance(reply, dict) or not isinstance(reply.get("RetCode"), int):
+            raise errors.TransportError(f"{self.base_url} answered without a RetCode: not a PICPIK endpoint?")
+        if reply["RetCode"] != 0:
+            raise errors.from_ret_code(reply["RetCode"], str(reply.get("Message", "")))
         return reply
 
-    def generate_images_sdxl(self, **params: Any) -> str:
-        return self.call("GenerateImagesSDXL", **params)["TaskUID"]
+    def generate_images_sdxl(self, **params: Unpack[GenerateImagesSDXLParams]) -> str:
+        return str(self.call("GenerateImagesSDXL", **params)["TaskUID"])
 
-    def list_models(self) -> dict[str, Any]:
-        return self.call("ListModels")
+    def list_models(self) -> ModelsReply:
+        return cast(ModelsReply, _own_fields(self.call("ListModels")))
 
-    def list_tasks_details(self, task_uids: Sequence[str]) -> list[dict[str, Any]]:
-        return self.call("ListTasksDetails", TaskUIDList=list(task_uids))["TaskDetailList"]
+    def list_tasks_details(self, task_uids: Sequence[str]) -> list[TaskDetail]:
+        return cast(list[TaskDetail], self.call("ListTasksDetails", TaskUIDList=list(task_uids))["TaskDetailList"])
 
     def list_running_tasks(self) -> list[str]:
-        return self.call("ListRunningTasks")["TaskUIDList"]
+        return [str(uid) for uid in self.call("ListRunningTasks")["TaskUIDList"]]
 
-    def get_credit_balance(self) -> dict[str, Any]:
-        return self.call("GetCreditBalance")
+    def get_credit_balance(self) -> CreditBalance:
+        return cast(CreditBalance, _own_fields(self.call("GetCreditBalance")))
 
     def cancel_task(self, task_uids: Sequence[str]) -> None:
         self.call("CancelTask", TaskUIDList=list(task_uids))
 
-    def wait(self, task_uid: str, timeout: float = 600.0, poll: float = 0.5) -> dict[str, Any]:
+    def wait(self, task_uid: str, timeout: float = 600.0, poll: float = 0.5) -> TaskDetail:
         """Poll until the task ends; returns its TaskDetail (Finished, Error or Canceled)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -90,13 +112,31 @@ class Client:
             if domain.TaskStatus(detail["Status"]).is_terminal:
                 return detail
             if time.monotonic() > deadline:
-                raise TimeoutError(f"task {task_uid} still {detail['Status']} after {timeout:g} s")
+                raise errors.WaitTimeout(f"task {task_uid} still {detail['Status']} after {timeout:g} s")
             time.sleep(poll)
 
+    def fetch(self, url: str) -> bytes:
+        """The bytes of a result URL (from `ImgList`)."""
+        return self._request("GET", url).content
+
     def download(self, url: str, path: Path) -> Path:
-        response = self._http.get(url)
-        response.raise_for_status()
+        """Save a result URL to `path` (folders made as needed); returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(response.content)
+        path.write_bytes(self.fetch(url))
         return path
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise errors.TransportError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
+        if response.status_code != 200:
+            message = response.text[:200] if response.text else response.reason_phrase
+            raise errors.TransportError(f"{method} {url}: HTTP {response.status_code}: {message}")
+        return response
+
+
+def _own_fields(reply: dict[str, Any]) -> dict[str, Any]:
+    """A reply without the envelope every reply carries (Action, RetCode, Message, request_uuid)."""
+    return {k: v for k, v in reply.items() if k not in ("Action", "RetCode", "Message", "request_uuid")}

@@ -19,7 +19,9 @@ _KEY = re.compile(r"^[A-Za-z0-9_-]{16,64}\.png$")
 
 
 class DiskStore:
-    def __init__(self, folder: Path, ttl_seconds: int):
+    """The `Store` protocol on a folder; a result's age is its file's mtime."""
+
+    def __init__(self, folder: Path, ttl_seconds: int) -> None:
         self.folder = Path(folder)
         self.ttl = ttl_seconds
 
@@ -35,19 +37,31 @@ class DiskStore:
             raise errors.StorageError(f"could not store a result: {exc}") from exc
         return key
 
+    def get(self, key: str) -> bytes | None:
+        """The bytes behind `key`, or None when it is unknown, malformed or expired."""
+        path = self._path(key)
+        if path is None:
+            return None
+        try:
+            if time.time() - path.stat().st_mtime >= self.ttl:
+                return None
+            return path.read_bytes()
+        except OSError:  # unknown, or removed by expire() meanwhile
+            return None
+
+    def delete(self, key: str) -> bool:
+        """Remove `key`; whether it was there."""
+        path = self._path(key)
+        if path is None:
+            return False
+        try:
+            path.unlink()
+        except OSError:
+            return False
+        return True
+
     def url(self, key: str, base_url: str) -> str:
         return f"{base_url.rstrip('/')}/results/{key}"
-
-    def path(self, key: str) -> Path | None:
-        """The file behind `key`, or None when it is unknown, malformed or expired."""
-        if not _KEY.match(key):
-            return None
-        path = self.folder / key
-        try:
-            written = path.stat().st_mtime
-        except OSError:
-            return None
-        return path if time.time() - written < self.ttl else None
 
     def expire(self) -> int:
         """Delete expired results; returns how many."""
@@ -60,3 +74,7 @@ class DiskStore:
             except OSError:
                 continue
         return removed
+
+    def _path(self, key: str) -> Path | None:
+        """Where `key` lives, or None when it is malformed (which also keeps it inside the folder)."""
+        return self.folder / key if _KEY.match(key) else None

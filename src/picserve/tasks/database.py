@@ -1,19 +1,20 @@
-"""The procrastinate App and the database pool it shares with TaskRepo."""
+"""The PostgreSQL side: the pool, the procrastinate App on it, and the repository, opened together."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import procrastinate
 from psycopg_pool import AsyncConnectionPool
 
 from picserve import errors
 from picserve.tasks import jobs
-from picserve.tasks import repo as repo_module
+from picserve.tasks.postgres import PostgresRepository
 
-__all__ = ["Database", "open_database"]
+__all__ = ["Database", "make_app", "open_database"]
 
 log = logging.getLogger(__name__)
 
@@ -22,28 +23,25 @@ _SCHEMA_LOCK = 0x70696373  # "pics"
 
 
 class Database:
-    """An open pool, the procrastinate App on it, and the TaskRepo."""
+    """An open pool, the procrastinate App on it, and the repository on both."""
 
-    def __init__(self, pool: AsyncConnectionPool, app: procrastinate.App):
+    def __init__(self, pool: AsyncConnectionPool[Any], app: procrastinate.App) -> None:
         self.pool = pool
         self.app = app
-        self.repo = repo_module.TaskRepo(pool)
-        #: the generation job, bound to this App (each process may hold several Apps, e.g. in tests)
-        self.run_generation = app.tasks[jobs.TASK_NAME]
+        self.repo = PostgresRepository(pool, app)
 
 
 def make_app(conninfo: str) -> procrastinate.App:
-    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
-    app.task(name=jobs.TASK_NAME, queue=jobs.QUEUE, pass_context=True)(jobs.run_generation)
-    return app
+    """A procrastinate App on `conninfo` with picserve's job registered."""
+    return jobs.register(procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo)))
 
 
 @asynccontextmanager
 async def open_database(conninfo: str, max_size: int = 10) -> AsyncIterator[Database]:
-    """Open the pool and the App, creating both schemas when missing."""
+    """Open the pool (at most `max_size` connections) and the App, creating both schemas when missing."""
     # No autocommit here: procrastinate's LISTEN connection adds its own, and a pooled
     # connection commits when its `async with` block ends anyway.
-    pool = AsyncConnectionPool(conninfo, min_size=1, max_size=max_size, open=False)
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(conninfo, min_size=1, max_size=max_size, open=False)
     try:
         await pool.open(wait=True, timeout=30)
     except Exception as exc:  # psycopg_pool.PoolTimeout and connection errors
@@ -60,13 +58,12 @@ async def open_database(conninfo: str, max_size: int = 10) -> AsyncIterator[Data
 
 
 async def _ensure_schema(db: Database) -> None:
-    async with db.pool.connection() as conn:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            cur = await conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")
-            (present,) = await cur.fetchone()
-            if not present:
-                log.info("creating the procrastinate schema")
-                # Sent without parameters, so its `%` signs need no escaping.
-                await conn.execute(db.app.schema_manager.get_schema())
-            await db.repo.apply_schema(conn)
+    async with db.pool.connection() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        cur = await conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")
+        row = await cur.fetchone()
+        if not (row and row[0]):
+            log.info("creating the procrastinate schema")
+            # Sent without parameters, so its `%` signs need no escaping.
+            await conn.execute(db.app.schema_manager.get_schema())
+        await db.repo.apply_schema(conn)

@@ -1,4 +1,8 @@
-"""Every read and write of picserve's tables. Each state change is one guarded SQL statement."""
+"""`PostgresRepository`: the `TaskRepository` on PostgreSQL, with procrastinate as the queue.
+
+Every state change is one guarded SQL statement. A task's row and its procrastinate job are written
+in one transaction, so an accepted TaskUID is never lost and never queued twice.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +11,43 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+import procrastinate
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from picserve import domain
+from picserve import domain, errors
+from picserve.tasks import jobs
 
-__all__ = ["TaskRepo"]
+__all__ = ["PostgresRepository"]
 
-_OPEN = ("Queuing", "Running")
+_OPEN = ["Queuing", "Running"]
+
+Row = dict[str, Any]
 
 
-class TaskRepo:
-    """Keys and tasks on a psycopg pool. Methods taking `conn` run inside the caller's transaction."""
+class PostgresRepository:
+    """Keys and tasks on a psycopg pool; jobs on the procrastinate `app` that shares it."""
 
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: AsyncConnectionPool[Any], app: procrastinate.App) -> None:
         self.pool = pool
+        self.app = app
 
-    async def apply_schema(self, conn: AsyncConnection) -> None:
+    async def apply_schema(self, conn: AsyncConnection[Any]) -> None:
         await conn.execute(resources.files("picserve.tasks").joinpath("sql/schema.sql").read_text())
 
-    async def _one(self, query: str, params: Sequence[Any] = ()) -> dict | None:
+    async def _one(self, query: str, params: Sequence[Any] = ()) -> Row | None:
         async with self.pool.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(query, params)
-            return await cur.fetchone()
+            row: Row | None = await cur.fetchone()
+            return row
 
-    async def _all(self, query: str, params: Sequence[Any] = ()) -> list[dict]:
+    async def _all(self, query: str, params: Sequence[Any] = ()) -> list[Row]:
         async with self.pool.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(query, params)
-            return await cur.fetchall()
+            rows: list[Row] = await cur.fetchall()
+            return rows
 
     # --- keys -------------------------------------------------------------------------------
     async def create_key(self, name: str, credits: int) -> domain.Account:
@@ -45,20 +56,21 @@ class TaskRepo:
             "VALUES (%s, %s, %s, %s) RETURNING *",
             (secrets.token_hex(16), secrets.token_hex(24), name, credits),
         )
+        assert row is not None  # INSERT … RETURNING always returns the row
         return _account(row)
 
     async def list_keys(self) -> list[domain.Account]:
         return [_account(r) for r in await self._all("SELECT * FROM picserve_keys ORDER BY created_at")]
+
+    async def get_account(self, public_key: str) -> domain.Account | None:
+        row = await self._one("SELECT * FROM picserve_keys WHERE public_key = %s", (public_key,))
+        return _account(row) if row else None
 
     async def revoke_key(self, public_key: str) -> bool:
         row = await self._one(
             "UPDATE picserve_keys SET revoked = true WHERE public_key = %s RETURNING 1", (public_key,)
         )
         return row is not None
-
-    async def get_account(self, public_key: str) -> domain.Account | None:
-        row = await self._one("SELECT * FROM picserve_keys WHERE public_key = %s", (public_key,))
-        return _account(row) if row else None
 
     async def add_credits(self, public_key: str, credits: int) -> bool:
         row = await self._one(
@@ -67,56 +79,54 @@ class TaskRepo:
         )
         return row is not None
 
-    # --- submission (inside TaskService.submit's transaction) --------------------------------
-    async def lock_balance(self, conn: AsyncConnection, public_key: str) -> int:
-        """Credits still available to `public_key`, counting open tasks as spent; locks the key row."""
-        cur = await conn.cursor(row_factory=dict_row).execute(
-            "SELECT k.total_credits - k.used_credits - COALESCE("
-            "  (SELECT sum(cost) FROM picserve_tasks t WHERE t.public_key = k.public_key"
-            "   AND t.status = ANY(%s)), 0) AS available "
-            "FROM picserve_keys k WHERE k.public_key = %s FOR UPDATE",
-            (list(_OPEN), public_key),
-        )
-        row = await cur.fetchone()
-        return int(row["available"]) if row else 0
-
-    async def insert_task(
-        self, conn: AsyncConnection, task_uid: str, public_key: str, action: str, spec: domain.GenerationSpec, cost: int
+    # --- the API side ---------------------------------------------------------------------------
+    async def create_task(
+        self, task_uid: str, public_key: str, action: str, spec: domain.GenerationSpec, cost: int
     ) -> None:
-        await conn.execute(
-            "INSERT INTO picserve_tasks (task_uid, public_key, action, status, spec, cost) "
-            "VALUES (%s, %s, %s, 'Queuing', %s, %s)",
-            (task_uid, public_key, action, Jsonb(spec.to_dict()), cost),
-        )
-
-    async def set_job(self, conn: AsyncConnection, task_uid: str, job_id: int) -> None:
-        await conn.execute("UPDATE picserve_tasks SET job_id = %s WHERE task_uid = %s", (job_id, task_uid))
+        async with self.pool.connection() as conn, conn.transaction():
+            available = await _lock_balance(conn, public_key)
+            if available < cost:
+                raise errors.InsufficientCredits(
+                    f"this request costs {cost} credits and {max(available, 0)} are available"
+                )
+            await conn.execute(
+                "INSERT INTO picserve_tasks (task_uid, public_key, action, status, spec, cost) "
+                "VALUES (%s, %s, %s, 'Queuing', %s, %s)",
+                (task_uid, public_key, action, Jsonb(spec.to_dict()), cost),
+            )
+            job = self.app.tasks[jobs.TASK_NAME].configure(connection=conn)
+            job_id = await job.defer_async(task_uid=task_uid)
+            await conn.execute("UPDATE picserve_tasks SET job_id = %s WHERE task_uid = %s", (job_id, task_uid))
 
     async def queued_count(self) -> int:
         row = await self._one("SELECT count(*) AS n FROM picserve_tasks WHERE status = 'Queuing'")
-        return int(row["n"])
+        return int(row["n"]) if row else 0
 
-    # --- reads --------------------------------------------------------------------------------
     async def get_many(self, task_uids: Sequence[str], public_key: str) -> list[domain.TaskRecord]:
         rows = await self._all(
-            "SELECT * FROM picserve_tasks WHERE task_uid = ANY(%s) AND public_key = %s", (list(task_uids), public_key)
+            "SELECT * FROM picserve_tasks WHERE task_uid = ANY(%s) AND public_key = %s",
+            (list(task_uids), public_key),
         )
         return [domain.TaskRecord.from_row(r) for r in rows]
 
-    async def running(self, public_key: str) -> list[str]:
+    async def open_tasks(self, public_key: str) -> list[str]:
         rows = await self._all(
             "SELECT task_uid FROM picserve_tasks WHERE public_key = %s AND status = ANY(%s) ORDER BY created_at",
-            (public_key, list(_OPEN)),
+            (public_key, _OPEN),
         )
         return [r["task_uid"] for r in rows]
 
-    async def job_id(self, task_uid: str) -> int | None:
-        row = await self._one("SELECT job_id FROM picserve_tasks WHERE task_uid = %s", (task_uid,))
-        return row["job_id"] if row else None
+    async def request_cancel(self, task_uid: str) -> None:
+        row = await self._one("SELECT status, job_id FROM picserve_tasks WHERE task_uid = %s", (task_uid,))
+        if row is None or row["job_id"] is None:
+            return
+        if row["status"] == "Queuing" and await self.cancel_task(task_uid):
+            await self.app.job_manager.cancel_job_by_id_async(row["job_id"], abort=False)
+        elif row["status"] == "Running":
+            await self.app.job_manager.cancel_job_by_id_async(row["job_id"], abort=True)
 
-    # --- transitions (worker side) --------------------------------------------------------------
+    # --- the worker side (transitions) -----------------------------------------------------------
     async def mark_running(self, task_uid: str, worker: str) -> domain.GenerationSpec | None:
-        """Queuing → Running. None when the task is no longer queued (cancelled, or already done)."""
         row = await self._one(
             "UPDATE picserve_tasks SET status = 'Running', worker = %s, started_at = now(), progress = 0 "
             "WHERE task_uid = %s AND status = 'Queuing' RETURNING spec",
@@ -130,15 +140,14 @@ class TaskRepo:
             (progress, task_uid),
         )
 
-    async def finish_task(self, task_uid: str, result_keys: list[str], seeds: list[int]) -> bool:
-        """Running → Finished, and the task's cost charged to its key, in one statement."""
+    async def finish_task(self, task_uid: str, result_keys: Sequence[str], seeds: Sequence[int]) -> bool:
         row = await self._one(
             "WITH done AS (UPDATE picserve_tasks SET status = 'Finished', progress = 1, result_keys = %s, "
             "  seeds = %s, finished_at = now() WHERE task_uid = %s AND status = 'Running' "
             "  RETURNING public_key, cost) "
             "UPDATE picserve_keys k SET used_credits = k.used_credits + done.cost FROM done "
             "WHERE k.public_key = done.public_key RETURNING 1",
-            (result_keys, seeds, task_uid),
+            (list(result_keys), list(seeds), task_uid),
         )
         return row is not None
 
@@ -146,7 +155,7 @@ class TaskRepo:
         row = await self._one(
             "UPDATE picserve_tasks SET status = 'Error', error_code = %s, error_message = %s, finished_at = now() "
             "WHERE task_uid = %s AND status = ANY(%s) RETURNING 1",
-            (code, message, task_uid, list(_OPEN)),
+            (code, message, task_uid, _OPEN),
         )
         return row is not None
 
@@ -154,10 +163,11 @@ class TaskRepo:
         row = await self._one(
             "UPDATE picserve_tasks SET status = 'Canceled', error_code = 510, error_message = 'Task was cancelled', "
             "finished_at = now() WHERE task_uid = %s AND status = ANY(%s) RETURNING 1",
-            (task_uid, list(_OPEN)),
+            (task_uid, _OPEN),
         )
         return row is not None
 
+    # --- recovery (PostgreSQL only: procrastinate's stalled jobs) ---------------------------------
     async def requeue_job(self, job_id: int) -> str | None:
         """Running → Queuing for the task of a job whose worker died, so the retried job can take it."""
         row = await self._one(
@@ -168,7 +178,26 @@ class TaskRepo:
         return row["task_uid"] if row else None
 
 
-def _account(row: dict) -> domain.Account:
+async def _lock_balance(conn: AsyncConnection[Any], public_key: str) -> int:
+    """Credits still available to `public_key`, counting open tasks as spent; locks the key row first.
+
+    Two statements on purpose: a statement reads the snapshot it started with, so a balance summed in
+    the locking statement itself would miss the tasks that the transaction it waited for inserted, and
+    two concurrent submits could spend the same credits (the contract suite's concurrency test).
+    """
+    await conn.execute("SELECT 1 FROM picserve_keys WHERE public_key = %s FOR UPDATE", (public_key,))
+    cur = await conn.cursor(row_factory=dict_row).execute(
+        "SELECT k.total_credits - k.used_credits - COALESCE("
+        "  (SELECT sum(cost) FROM picserve_tasks t WHERE t.public_key = k.public_key"
+        "   AND t.status = ANY(%s)), 0) AS available "
+        "FROM picserve_keys k WHERE k.public_key = %s",
+        (_OPEN, public_key),
+    )
+    row: DictRow | None = await cur.fetchone()
+    return int(row["available"]) if row else 0
+
+
+def _account(row: Row) -> domain.Account:
     return domain.Account(
         public_key=row["public_key"],
         private_key=row["private_key"],

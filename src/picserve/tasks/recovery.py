@@ -24,6 +24,7 @@ async def sweep(db: database.Database, stalled_after: float) -> list[str]:
     requeued = []
     for job in await db.app.job_manager.get_stalled_jobs(seconds_since_heartbeat=stalled_after):
         # The row first: a worker that takes the retried job must find its task queued.
+        assert job.id is not None  # jobs read from the database always have an id
         task_uid = await db.repo.requeue_job(job.id)
         try:
             await db.app.job_manager.retry_job(job)

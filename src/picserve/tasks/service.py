@@ -1,4 +1,4 @@
-"""TaskService: what the API asks of the task store and the queue."""
+"""TaskService: the rules the API applies to tasks (cost, queue bound, ownership), on any repository."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import math
 from collections.abc import Sequence
 
 from picserve import domain, errors
-from picserve.tasks import database, xid
+from picserve.tasks import xid
+from picserve.tasks.repository import TaskRepository
 
 __all__ = ["TaskService", "cost_of"]
 
@@ -17,28 +18,17 @@ def cost_of(spec: domain.GenerationSpec, divisor: int) -> int:
 
 
 class TaskService:
-    def __init__(self, db: database.Database, credit_divisor: int, max_queued: int):
-        self.db = db
-        self.repo = db.repo
+    def __init__(self, repo: TaskRepository, credit_divisor: int, max_queued: int) -> None:
+        self.repo = repo
         self.credit_divisor = credit_divisor
         self.max_queued = max_queued
 
     async def submit(self, account: domain.Account, action: str, spec: domain.GenerationSpec) -> str:
-        """Insert the task row and defer its job in one transaction: an accepted TaskUID is durable."""
+        """Queue a task for `spec`; its TaskUID is durable once this returns."""
         if await self.repo.queued_count() >= self.max_queued:
             raise errors.ServerBusy(f"the queue holds {self.max_queued} tasks already; retry later")
-        cost = cost_of(spec, self.credit_divisor)
         task_uid = xid.new_xid()
-        async with self.db.pool.connection() as conn:
-            async with conn.transaction():
-                available = await self.repo.lock_balance(conn, account.public_key)
-                if available < cost:
-                    raise errors.InsufficientCredits(
-                        f"this request costs {cost} credits and {max(available, 0)} are available"
-                    )
-                await self.repo.insert_task(conn, task_uid, account.public_key, action, spec, cost)
-                job_id = await self.db.run_generation.configure(connection=conn).defer_async(task_uid=task_uid)
-                await self.repo.set_job(conn, task_uid, job_id)
+        await self.repo.create_task(task_uid, account.public_key, action, spec, cost_of(spec, self.credit_divisor))
         return task_uid
 
     async def get_many(self, account: domain.Account, task_uids: Sequence[str]) -> list[domain.TaskRecord]:
@@ -49,18 +39,11 @@ class TaskService:
             raise errors.TaskNotFound(f"TaskUIDList: task {missing[0]!r} not found")
         return [found[uid] for uid in task_uids]
 
-    async def running(self, account: domain.Account) -> list[str]:
-        return await self.repo.running(account.public_key)
+    async def open_tasks(self, account: domain.Account) -> list[str]:
+        return await self.repo.open_tasks(account.public_key)
 
     async def cancel(self, account: domain.Account, task_uids: Sequence[str]) -> None:
         """Queued tasks stop at once; running ones at their next denoising step."""
         for task in await self.get_many(account, task_uids):
-            if task.status is domain.TaskStatus.QUEUING and await self.repo.cancel_task(task.task_uid):
-                await self._cancel_job(task.task_uid, abort=False)
-            elif task.status is domain.TaskStatus.RUNNING:
-                await self._cancel_job(task.task_uid, abort=True)
-
-    async def _cancel_job(self, task_uid: str, abort: bool) -> None:
-        job_id = await self.repo.job_id(task_uid)
-        if job_id is not None:
-            await self.db.app.job_manager.cancel_job_by_id_async(job_id, abort=abort)
+            if not task.status.is_terminal:
+                await self.repo.request_cancel(task.task_uid)

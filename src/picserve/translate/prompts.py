@@ -35,10 +35,12 @@ class Translation:
 
 
 class PromptTranslator:
-    def __init__(self, models_dir: Path | None = None, cache_size: int = 4096):
-        self._factories = backends.discover(models_dir)
-        self._translators: dict[str, backends.Translator] = {}
-        self._cache: OrderedDict[tuple[str, str], str] = OrderedDict()
+    """Translates prompts with the models installed in `models_dir`; `cache_size` segment translations are kept."""
+
+    def __init__(self, models_dir: Path | None = None, cache_size: int = 4096) -> None:
+        self._factories = backends.discover(models_dir)  # language → translator factory
+        self._translators: dict[str, backends.Translator] = {}  # language → translator, once loaded
+        self._cache: OrderedDict[tuple[str, str], str] = OrderedDict()  # (segment, language) → English
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
@@ -58,14 +60,16 @@ class PromptTranslator:
         prompt); a prompt long enough to detect as a whole gives its own.
         """
         result = Translation(text="")
-        parts = []
+        parts: list[str] = []
         if len(prompt.split()) > 3:
             hint = detect.detect(prompt)
         for piece in _SEPARATORS.split(prompt):
             if not piece or _SEPARATORS.fullmatch(piece):
                 parts.append(piece)
                 continue
-            prefix, core, suffix = _WRAPPED.match(piece).groups()
+            wrapped = _WRAPPED.match(piece)
+            assert wrapped is not None  # every group of the pattern may be empty: it matches any text
+            prefix, core, suffix = wrapped.groups()
             language = "en" if core.strip().lower() in keep else detect.detect(core, hint=hint)
             if language != "en":
                 if language not in result.languages:
@@ -96,7 +100,7 @@ class PromptTranslator:
                 self._cache.popitem(last=False)
         return english
 
-    def _translator(self, language: str):
+    def _translator(self, language: str) -> backends.Translator | None:
         # Malay and Indonesian share a model when only one of the two is installed.
         candidates = [language, *{"ms": ["id"], "id": ["ms"]}.get(language, [])]
         for lang in candidates:

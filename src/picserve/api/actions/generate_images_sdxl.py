@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+from typing import Any
 
 from picserve import catalog as catalog_module
 from picserve import domain, errors, modelinfo, reference_images
+from picserve.api.services import Services
 from picserve.protocol import messages
 from picserve.protocol.envelope import Envelope
 from picserve.translate.prompts import PromptTranslator
@@ -21,11 +23,13 @@ __all__ = ["handle", "to_spec"]
 _DEFAULTS = {"Steps": 10, "Sampler": "Euler", "ClipSkip": 1, "CFGScale": 7.5}
 
 
-async def handle(ctx, account: domain.Account, envelope: Envelope, base_url: str) -> dict:
+async def handle(services: Services, account: domain.Account, envelope: Envelope, base_url: str) -> dict[str, Any]:
     request = messages.parse(messages.GenerateImagesSDXL, envelope.params)
     # Detection, translation and image decoding are CPU work: off the event loop.
-    spec = await asyncio.to_thread(to_spec, request, ctx.catalog, ctx.translator, ctx.settings.append_trigger_words)
-    return {"TaskUID": await ctx.tasks.submit(account, envelope.action, spec)}
+    spec = await asyncio.to_thread(
+        to_spec, request, services.catalog, services.translator, services.settings.append_trigger_words
+    )
+    return {"TaskUID": await services.tasks.submit(account, envelope.action, spec)}
 
 
 def to_spec(
@@ -67,7 +71,8 @@ def to_spec(
     loras = [catalog.get("lora", s.code) for s in sub_models if s.kind == "lora"]
 
     original, original_negative = _join(request.PositivePrompts), _join(request.NegativePrompts)
-    prompt, negative, warnings = original, original_negative, []
+    prompt, negative = original, original_negative
+    warnings: list[str] = []
     if request.TranslatePrompts and translator is not None:
         # Embedding tokens and trigger words are names, not words: they pass through untranslated.
         trigger_words = [word for lora in loras if lora for word in lora.trigger_words]
@@ -98,7 +103,7 @@ def to_spec(
     )
 
 
-def _reference_images(request: messages.GenerateImagesSDXL, steps: int) -> dict:
+def _reference_images(request: messages.GenerateImagesSDXL, steps: int) -> dict[str, Any]:
     """Image2Image → the image (and mask) it points at, each decoded once here so bad input never queues.
 
     The mask (white = repaint) is `Image2Image.MaskIndex` when given, else the entry right after the image.
@@ -111,10 +116,10 @@ def _reference_images(request: messages.GenerateImagesSDXL, steps: int) -> dict:
         if images:
             raise errors.ParamError("ImageAndMaskList: images were sent but no Image2Image refers to them")
         return {}
-    for name, index in (("ImageIndex", i2i.ImageIndex), ("MaskIndex", i2i.MaskIndex)):
-        if index is not None and index >= len(images):
+    for name, given in (("ImageIndex", i2i.ImageIndex), ("MaskIndex", i2i.MaskIndex)):
+        if given is not None and given >= len(images):
             raise errors.ParamError(
-                f"Image2Image.{name} {index} is out of range: ImageAndMaskList has "
+                f"Image2Image.{name} {given} is out of range: ImageAndMaskList has "
                 f"{len(images)} entries (indexes 0..{len(images) - 1})"
             )
     if int(steps * i2i.ReferStrength) < 1:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from picserve import catalog as catalog_module
 from picserve import domain
+from picserve.api.services import Services
 from picserve.protocol.envelope import Envelope
 
 __all__ = ["handle"]
@@ -16,9 +19,9 @@ _REPLY_FIELDS = {
 }
 
 
-async def handle(ctx, account: domain.Account, envelope: Envelope, base_url: str) -> dict:
+async def handle(services: Services, account: domain.Account, envelope: Envelope, base_url: str) -> dict[str, Any]:
     return {
-        field: {code: _model(entry, ctx.catalog) for code, entry in ctx.catalog.entries(kind).items()}
+        field: {code: _model(entry, services.catalog) for code, entry in services.catalog.entries(kind).items()}
         for kind, field in _REPLY_FIELDS.items()
     }
 

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from picserve import domain
+from picserve.api.services import Services
 from picserve.protocol import messages
 from picserve.protocol.envelope import Envelope
 
 __all__ = ["handle", "task_detail"]
 
 
-async def handle(ctx, account: domain.Account, envelope: Envelope, base_url: str) -> dict:
+async def handle(services: Services, account: domain.Account, envelope: Envelope, base_url: str) -> dict[str, Any]:
     request = messages.parse(messages.ListTasksDetails, envelope.params)
-    tasks = await ctx.tasks.get_many(account, request.TaskUIDList)
-    return {"TaskDetailList": [task_detail(t, lambda key: ctx.result_url(key, base_url)) for t in tasks]}
+    tasks = await services.tasks.get_many(account, request.TaskUIDList)
+    return {"TaskDetailList": [task_detail(t, lambda key: services.result_url(key, base_url)) for t in tasks]}
 
 
-def task_detail(task: domain.TaskRecord, url_of) -> dict:
+def task_detail(task: domain.TaskRecord, url_of: Callable[[str], str]) -> dict[str, Any]:
     finished = task.status is domain.TaskStatus.FINISHED
     return messages.TaskDetail(
         TaskUID=task.task_uid,

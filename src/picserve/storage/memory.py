@@ -1,0 +1,50 @@
+"""Result images in a dict, for tests: the `Store` protocol with a clock the test can move."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """The `Store` protocol in memory; thread-safe, since workers call it from a thread."""
+
+    def __init__(self, ttl_seconds: int, clock: Callable[[], float] = time.time) -> None:
+        self.ttl = ttl_seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        #: key → (bytes, when written by `clock`)
+        self._items: dict[str, tuple[bytes, float]] = {}
+
+    def put(self, data: bytes, suffix: str = ".png") -> str:
+        key = secrets.token_urlsafe(24) + suffix
+        with self._lock:
+            self._items[key] = (bytes(data), self.clock())
+        return key
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            item = self._items.get(key)
+        if item is None:
+            return None
+        data, written = item
+        return data if self.clock() - written < self.ttl else None
+
+    def delete(self, key: str) -> bool:
+        with self._lock:
+            return self._items.pop(key, None) is not None
+
+    def url(self, key: str, base_url: str) -> str:
+        return f"{base_url.rstrip('/')}/results/{key}"
+
+    def expire(self) -> int:
+        cutoff = self.clock() - self.ttl
+        with self._lock:
+            expired = [key for key, (_, written) in self._items.items() if written < cutoff]
+            for key in expired:
+                del self._items[key]
+        return len(expired)

@@ -1,0 +1,204 @@
+"""The `TaskRepository` protocol in dicts, for tests: the same guarded transitions as PostgreSQL.
+
+Jobs still go through procrastinate, on whatever connector the App has (`in_memory_app()` gives one
+on procrastinate's InMemoryConnector), so a worker runs them exactly as it runs PostgreSQL's.
+Every transition is free of awaits, hence atomic on the event loop. create_task awaits the defer
+between its balance check and its job id, so it holds a lock: two calls never spend the same credits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import procrastinate
+import procrastinate.testing
+
+from picserve import domain, errors
+from picserve.tasks import jobs
+
+__all__ = ["InMemoryRepository", "in_memory_app"]
+
+_OPEN = (domain.TaskStatus.QUEUING, domain.TaskStatus.RUNNING)
+
+
+def in_memory_app() -> procrastinate.App:
+    """A procrastinate App on an InMemoryConnector with the generation job registered.
+
+    Ready to defer jobs without `open_async()`; a worker run on it opens it as usual.
+    """
+    app = procrastinate.App(connector=procrastinate.testing.InMemoryConnector())
+    app.task(name=jobs.TASK_NAME, queue=jobs.QUEUE, pass_context=True)(jobs.run_generation)
+    return app
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class InMemoryRepository:
+    """Keys and tasks in dicts; each task's job deferred on `app`, which must have the job registered."""
+
+    def __init__(self, app: procrastinate.App) -> None:
+        self.app = app
+        self._keys: dict[str, domain.Account] = {}  # insertion order = oldest first
+        self._tasks: dict[str, domain.TaskRecord] = {}  # insertion order = oldest first
+        self._job_ids: dict[str, int] = {}
+        self._lock = asyncio.Lock()
+
+    # --- keys -------------------------------------------------------------------------------
+    async def create_key(self, name: str, credits: int) -> domain.Account:
+        account = domain.Account(
+            public_key=secrets.token_hex(16), private_key=secrets.token_hex(24), name=name, total_credits=credits
+        )
+        self._keys[account.public_key] = account
+        return account
+
+    async def list_keys(self) -> list[domain.Account]:
+        return list(self._keys.values())
+
+    async def get_account(self, public_key: str) -> domain.Account | None:
+        return self._keys.get(public_key)
+
+    async def revoke_key(self, public_key: str) -> bool:
+        account = self._keys.get(public_key)
+        if account is None:
+            return False
+        self._keys[public_key] = dataclasses.replace(account, revoked=True)
+        return True
+
+    async def add_credits(self, public_key: str, credits: int) -> bool:
+        account = self._keys.get(public_key)
+        if account is None:
+            return False
+        self._keys[public_key] = dataclasses.replace(account, total_credits=account.total_credits + credits)
+        return True
+
+    # --- the API side ---------------------------------------------------------------------------
+    async def create_task(
+        self, task_uid: str, public_key: str, action: str, spec: domain.GenerationSpec, cost: int
+    ) -> None:
+        async with self._lock:
+            if task_uid in self._tasks:
+                raise ValueError(f"task {task_uid} already exists")
+            available = self._available(public_key)
+            if available < cost:
+                raise errors.InsufficientCredits(
+                    f"this request costs {cost} credits and {max(available, 0)} are available"
+                )
+            self._tasks[task_uid] = domain.TaskRecord(
+                task_uid=task_uid,
+                public_key=public_key,
+                action=action,
+                status=domain.TaskStatus.QUEUING,
+                spec=spec,
+                cost=cost,
+                created_at=_now(),
+            )
+            try:
+                job_id = await self.app.tasks[jobs.TASK_NAME].defer_async(task_uid=task_uid)
+            except BaseException:
+                del self._tasks[task_uid]  # all or nothing, as PostgreSQL's rollback
+                raise
+            self._job_ids[task_uid] = job_id
+
+    async def queued_count(self) -> int:
+        return sum(1 for t in self._tasks.values() if t.status is domain.TaskStatus.QUEUING)
+
+    async def get_many(self, task_uids: Sequence[str], public_key: str) -> list[domain.TaskRecord]:
+        found = (self._tasks.get(uid) for uid in dict.fromkeys(task_uids))
+        return [t for t in found if t is not None and t.public_key == public_key]
+
+    async def open_tasks(self, public_key: str) -> list[str]:
+        return [t.task_uid for t in self._tasks.values() if t.public_key == public_key and t.status in _OPEN]
+
+    async def request_cancel(self, task_uid: str) -> None:
+        async with self._lock:  # waits for a create_task of this uid to have its job id
+            job_id = self._job_ids.get(task_uid)
+        task = self._tasks.get(task_uid)
+        if task is None or job_id is None:
+            return
+        # No await between the status read and the guarded write: the worker cannot slip in.
+        if self._cancel(task_uid, domain.TaskStatus.QUEUING):
+            await self.app.job_manager.cancel_job_by_id_async(job_id, abort=False)
+        elif task.status is domain.TaskStatus.RUNNING:
+            await self.app.job_manager.cancel_job_by_id_async(job_id, abort=True)
+
+    # --- the worker side (transitions) -----------------------------------------------------------
+    async def mark_running(self, task_uid: str, worker: str) -> domain.GenerationSpec | None:
+        task = self._task_in(task_uid, domain.TaskStatus.QUEUING)
+        if task is None:
+            return None
+        self._save(
+            dataclasses.replace(task, status=domain.TaskStatus.RUNNING, worker=worker, started_at=_now(), progress=0.0)
+        )
+        return task.spec
+
+    async def record_progress(self, task_uid: str, progress: float) -> None:
+        task = self._task_in(task_uid, domain.TaskStatus.RUNNING)
+        if task is not None:
+            self._save(dataclasses.replace(task, progress=progress))
+
+    async def finish_task(self, task_uid: str, result_keys: Sequence[str], seeds: Sequence[int]) -> bool:
+        task = self._task_in(task_uid, domain.TaskStatus.RUNNING)
+        if task is None:
+            return False
+        self._save(
+            dataclasses.replace(
+                task,
+                status=domain.TaskStatus.FINISHED,
+                progress=1.0,
+                result_keys=tuple(result_keys),
+                seeds=tuple(seeds),
+                finished_at=_now(),
+            )
+        )
+        account = self._keys.get(task.public_key)
+        if account is not None:
+            self._keys[task.public_key] = dataclasses.replace(account, used_credits=account.used_credits + task.cost)
+        return True
+
+    async def fail_task(self, task_uid: str, code: int, message: str) -> bool:
+        return self._end(task_uid, _OPEN, domain.TaskStatus.ERROR, code, message)
+
+    async def cancel_task(self, task_uid: str) -> bool:
+        return self._cancel(task_uid, *_OPEN)
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _available(self, public_key: str) -> int:
+        """Total − used − the cost of the key's open tasks; 0 for an unknown key."""
+        account = self._keys.get(public_key)
+        if account is None:
+            return 0
+        held = sum(t.cost for t in self._tasks.values() if t.public_key == public_key and t.status in _OPEN)
+        return account.total_credits - account.used_credits - held
+
+    def _task_in(self, task_uid: str, *expected: domain.TaskStatus) -> domain.TaskRecord | None:
+        """The task when it is in one of the `expected` statuses: the guard of every transition."""
+        task = self._tasks.get(task_uid)
+        return task if task is not None and task.status in expected else None
+
+    def _save(self, task: domain.TaskRecord) -> None:
+        self._tasks[task.task_uid] = task
+
+    def _cancel(self, task_uid: str, *expected: domain.TaskStatus) -> bool:
+        code = errors.TaskCanceled.ret_code
+        return self._end(task_uid, expected, domain.TaskStatus.CANCELED, code, "Task was cancelled")
+
+    def _end(
+        self,
+        task_uid: str,
+        expected: tuple[domain.TaskStatus, ...],
+        status: domain.TaskStatus,
+        code: int,
+        message: str,
+    ) -> bool:
+        """An `expected` task → the terminal `status` with its ErrorCode and message (never charged)."""
+        task = self._task_in(task_uid, *expected)
+        if task is None:
+            return False
+        self._save(dataclasses.replace(task, status=status, error_code=code, error_message=message, finished_at=_now()))
+        return True

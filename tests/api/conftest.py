@@ -1,0 +1,98 @@
+"""The API, the SDK and the real worker loop on the in-memory repository and store, with FakeEngine.
+
+No PostgreSQL, no torch, no model weights: the fast tier. The models folder holds header-only files
+(tests/headers.py), which is all the catalog and the submit-time checks read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from picserve.api.app import create_app
+from picserve.api.services import Services
+from picserve.config import Settings
+from picserve.engine.base import GenerationEngine
+from picserve.engine.fake import FakeEngine
+from picserve.sdk import Client
+from picserve.storage.memory import MemoryStore
+from picserve.tasks import jobs, worker
+from picserve.tasks.memory import InMemoryRepository, in_memory_app
+from tests.headers import SD1_LORA, SDXL_LORA, SDXL_MAIN, write_header
+
+MODEL = "fast-xl"
+
+
+@pytest.fixture
+def models_folder(tmp_path) -> Path:
+    root = tmp_path / "models"
+    write_header(root / "main" / f"{MODEL}.safetensors", SDXL_MAIN)
+    (root / "main" / f"{MODEL}.json").write_text(json.dumps({"Name": "Fast XL", "InferenceParams": {"Steps": 6}}))
+    write_header(root / "lora" / "xl-style.safetensors", SDXL_LORA)
+    (root / "lora" / "xl-style.json").write_text(json.dumps({"TriggerWordList": ["inkstyle"]}))
+    write_header(root / "lora" / "sd1-style.safetensors", SD1_LORA)
+    write_header(root / "embedding" / "emb-xl.safetensors", {"clip_l": (2, 768), "clip_g": (2, 1280)})
+    return root
+
+
+@pytest.fixture
+def settings(tmp_path, models_folder) -> Settings:
+    return Settings(data_dir=tmp_path / "data", models_dir=models_folder, progress_interval=0.0, device="cpu")
+
+
+@dataclass
+class Stack:
+    """One in-process picserve: the app behind a TestClient, and what it runs on."""
+
+    api: TestClient
+    repo: InMemoryRepository
+    store: MemoryStore
+    settings: Settings
+
+    def client(self, credits: int = 100_000, name: str = "test") -> Client:
+        """An SDK client on a new key, talking to the in-process app."""
+        account = self.api.portal.call(self.repo.create_key, name, credits)
+        return Client("http://testserver", account.public_key, account.private_key, http=self.api)
+
+    def run_worker(self, engine: GenerationEngine | None = None) -> GenerationEngine:
+        """Run every queued job with the real worker loop (and `engine`, a FakeEngine by default)."""
+        engine = engine or FakeEngine()
+        runtime = jobs.WorkerRuntime(repo=self.repo, engine=engine, store=self.store, name="fast-worker")
+        self.api.portal.call(worker.work, self.repo.app, runtime, self.settings, True)
+        return engine
+
+
+@pytest.fixture
+def stack(settings) -> Iterator[Stack]:
+    repo = InMemoryRepository(in_memory_app())
+    store = MemoryStore(settings.result_ttl_seconds)
+    services = Services.build(settings, repo=repo, store=store)
+    with TestClient(create_app(settings, services)) as api:
+        yield Stack(api=api, repo=repo, store=store, settings=settings)
+
+
+@pytest.fixture
+def client(stack) -> Client:
+    return stack.client()
+
+
+def request(**overrides: object) -> dict[str, object]:
+    """A small valid GenerateImagesSDXL request, with `overrides`."""
+    body: dict[str, object] = {
+        "MainModel": {"ModelCode": MODEL},
+        "PositivePrompts": ["a photo of a cat"],
+        "Width": 64,
+        "Height": 72,
+        "Seed": 1,
+        "TranslatePrompts": False,
+    }
+    body.update(overrides)
+    return body
+
+
+RequestFactory = Callable[..., dict[str, object]]

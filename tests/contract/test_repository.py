@@ -1,0 +1,477 @@
+"""The `TaskRepository` contract, run against InMemoryRepository and PostgresRepository.
+
+Each test's body is `async def body(repo)`, run on a fresh repository by `run_with_repo` (conftest).
+Only what picserve.tasks.repository promises is checked here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable
+
+import procrastinate
+import pytest
+
+from picserve import domain, errors
+from picserve.tasks import jobs
+from picserve.tasks.repository import TaskRepository
+from tests.contract.conftest import BackendFactory
+
+Status = domain.TaskStatus
+RunWithRepo = Callable[[Callable[[TaskRepository], Awaitable[None]]], None]
+
+SPEC = domain.GenerationSpec(
+    model_code="tiny-sdxl",
+    prompt="a lighthouse at dusk",
+    negative_prompt="blurry",
+    width=768,
+    height=512,
+    batch_size=2,
+    steps=4,
+    cfg_scale=5.5,
+    sampler="DPM++ 2M Karras",
+    clip_skip=2,
+    seed=1234,
+    tiling=True,
+    sub_models=(domain.SubModel("lora", "kohya-0", 0.75), domain.SubModel("embedding", "emb-a")),
+    original_prompt="um farol ao entardecer",
+    warnings=("prompt translated from pt",),
+)
+ACTION = "GenerateImagesSDXL"
+
+
+def new_uid() -> str:
+    return secrets.token_hex(16)
+
+
+async def queued(repo: TaskRepository, public_key: str, cost: int = 1) -> str:
+    uid = new_uid()
+    await repo.create_task(uid, public_key, ACTION, SPEC, cost)
+    return uid
+
+
+async def running(repo: TaskRepository, public_key: str, cost: int = 1) -> str:
+    uid = await queued(repo, public_key, cost)
+    assert await repo.mark_running(uid, "worker-1") == SPEC
+    return uid
+
+
+async def record(repo: TaskRepository, uid: str, public_key: str) -> domain.TaskRecord:
+    (found,) = await repo.get_many([uid], public_key)
+    return found
+
+
+async def end_task(repo: TaskRepository, uid: str, end: Status) -> bool:
+    if end == Status.FINISHED:
+        return await repo.finish_task(uid, ["a.png"], [1])
+    if end == Status.ERROR:
+        return await repo.fail_task(uid, 501, "boom")
+    return await repo.cancel_task(uid)
+
+
+async def used(repo: TaskRepository, public_key: str) -> int:
+    account = await repo.get_account(public_key)
+    assert account is not None
+    return account.used_credits
+
+
+# --- keys -------------------------------------------------------------------------------------------
+
+
+def test_create_key_makes_a_fresh_key_pair(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        a, b = await repo.create_key("alice", 100), await repo.create_key("bob", 0)
+        assert (a.name, a.total_credits, a.used_credits, a.revoked) == ("alice", 100, 0, False)
+        assert len(a.public_key) == 32 and len(a.private_key) == 48
+        assert int(a.public_key, 16) >= 0 and int(a.private_key, 16) >= 0  # hex
+        assert a.public_key != b.public_key and a.private_key != b.private_key
+
+    run_with_repo(body)
+
+
+def test_list_keys_is_oldest_first(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        assert await repo.list_keys() == []
+        keys = [await repo.create_key(name, 1) for name in ("first", "second", "third")]
+        assert await repo.list_keys() == keys
+
+    run_with_repo(body)
+
+
+def test_get_account_returns_the_key_or_none(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        account = await repo.create_key("alice", 100)
+        assert await repo.get_account(account.public_key) == account
+        assert await repo.get_account(secrets.token_hex(16)) is None
+
+    run_with_repo(body)
+
+
+def test_revoke_key_keeps_the_account_readable(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        account = await repo.create_key("alice", 100)
+        assert await repo.revoke_key(account.public_key) is True
+        revoked = await repo.get_account(account.public_key)
+        assert revoked is not None and revoked.revoked
+        assert await repo.revoke_key(secrets.token_hex(16)) is False
+
+    run_with_repo(body)
+
+
+def test_add_credits_adds_to_the_total(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        account = await repo.create_key("alice", 100)
+        assert await repo.add_credits(account.public_key, 25) is True
+        after = await repo.get_account(account.public_key)
+        assert after is not None and (after.total_credits, after.used_credits) == (125, 0)
+        assert await repo.add_credits(secrets.token_hex(16), 25) is False
+
+    run_with_repo(body)
+
+
+# --- creating and reading tasks ------------------------------------------------------------------
+
+
+def test_create_task_stores_a_queuing_task(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        uid = await queued(repo, key, cost=7)
+        task = await record(repo, uid, key)
+        assert (task.task_uid, task.public_key, task.action, task.status) == (uid, key, ACTION, Status.QUEUING)
+        assert task.spec == SPEC
+        assert task.cost == 7
+        assert (task.progress, task.result_keys, task.seeds) == (0.0, (), ())
+        assert (task.error_code, task.error_message, task.worker) == (0, "", None)
+        assert task.created_at is not None and task.created_at.tzinfo is not None
+        assert task.started_at is None and task.finished_at is None
+        assert await used(repo, key) == 0  # charged at finish, not before
+
+    run_with_repo(body)
+
+
+def test_get_many_returns_only_the_owners_tasks(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        alice = (await repo.create_key("alice", 100)).public_key
+        bob = (await repo.create_key("bob", 100)).public_key
+        a1, a2, b1 = await queued(repo, alice), await queued(repo, alice), await queued(repo, bob)
+        found = await repo.get_many([a1, a2, b1, new_uid()], alice)
+        assert sorted(t.task_uid for t in found) == sorted([a1, a2])
+        assert await repo.get_many([a1, a2], bob) == []
+        assert await repo.get_many([], alice) == []
+
+    run_with_repo(body)
+
+
+def test_open_tasks_lists_queuing_and_running_oldest_first(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        alice = (await repo.create_key("alice", 100)).public_key
+        bob = (await repo.create_key("bob", 100)).public_key
+        first = await queued(repo, alice)
+        second = await running(repo, alice)
+        done = await running(repo, alice)
+        assert await repo.finish_task(done, ["r.png"], [1])
+        failed = await queued(repo, alice)
+        assert await repo.fail_task(failed, 501, "boom")
+        third = await queued(repo, alice)
+        await queued(repo, bob)
+        assert await repo.open_tasks(alice) == [first, second, third]
+        assert await repo.open_tasks(secrets.token_hex(16)) == []
+
+    run_with_repo(body)
+
+
+def test_queued_count_counts_queuing_tasks_of_every_key(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        assert await repo.queued_count() == 0
+        alice = (await repo.create_key("alice", 100)).public_key
+        bob = (await repo.create_key("bob", 100)).public_key
+        await queued(repo, alice)
+        await queued(repo, bob)
+        await running(repo, alice)
+        cancelled = await queued(repo, bob)
+        assert await repo.cancel_task(cancelled)
+        assert await repo.queued_count() == 2
+
+    run_with_repo(body)
+
+
+# --- credits ------------------------------------------------------------------------------------------
+
+
+def test_insufficient_credits_writes_nothing(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 10)).public_key
+        uid = new_uid()
+        with pytest.raises(errors.InsufficientCredits, match="costs 11 credits and 10 are available"):
+            await repo.create_task(uid, key, ACTION, SPEC, 11)
+        assert await repo.get_many([uid], key) == []
+        assert await repo.open_tasks(key) == []
+        assert await repo.queued_count() == 0
+        await queued(repo, key, cost=10)  # exactly the balance is enough
+
+    run_with_repo(body)
+
+
+def test_an_unknown_key_has_no_credits(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        with pytest.raises(errors.InsufficientCredits, match="costs 1 credits and 0 are available"):
+            await repo.create_task(new_uid(), secrets.token_hex(16), ACTION, SPEC, 1)
+        assert await repo.queued_count() == 0
+
+    run_with_repo(body)
+
+
+def test_open_tasks_count_as_spent(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 10)).public_key
+        first = await queued(repo, key, cost=6)
+        with pytest.raises(errors.InsufficientCredits, match="costs 6 credits and 4 are available"):
+            await repo.create_task(new_uid(), key, ACTION, SPEC, 6)
+        assert await repo.mark_running(first, "w")
+        with pytest.raises(errors.InsufficientCredits):  # running still holds its cost
+            await repo.create_task(new_uid(), key, ACTION, SPEC, 6)
+        assert await repo.cancel_task(first)  # a cancelled task gives its credits back
+        await queued(repo, key, cost=6)
+
+    run_with_repo(body)
+
+
+def test_used_credits_count_as_spent(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 10)).public_key
+        assert await repo.finish_task(await running(repo, key, cost=8), ["r.png"], [1])
+        with pytest.raises(errors.InsufficientCredits, match="costs 3 credits and 2 are available"):
+            await repo.create_task(new_uid(), key, ACTION, SPEC, 3)
+        assert await repo.add_credits(key, 1)
+        await queued(repo, key, cost=3)
+
+    run_with_repo(body)
+
+
+def test_concurrent_create_task_never_overspends(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 50)).public_key
+        uids = [new_uid() for _ in range(10)]
+        outcomes = await asyncio.gather(
+            *(repo.create_task(uid, key, ACTION, SPEC, 10) for uid in uids), return_exceptions=True
+        )
+        refused = [o for o in outcomes if isinstance(o, BaseException)]
+        assert len(refused) == 5 and all(isinstance(o, errors.InsufficientCredits) for o in refused)
+        accepted = [uid for uid, o in zip(uids, outcomes, strict=True) if o is None]
+        assert sorted(await repo.open_tasks(key)) == sorted(accepted)
+        assert await repo.queued_count() == 5
+
+    run_with_repo(body)
+
+
+# --- transitions ---------------------------------------------------------------------------------
+
+
+def test_mark_running_takes_a_queued_task_once(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        uid = await queued(repo, key)
+        assert await repo.mark_running(uid, "worker-1") == SPEC
+        assert await repo.mark_running(uid, "worker-2") is None
+        task = await record(repo, uid, key)
+        assert (task.status, task.worker, task.progress) == (Status.RUNNING, "worker-1", 0.0)
+        assert task.started_at is not None and task.finished_at is None
+        assert await repo.mark_running(new_uid(), "worker-1") is None
+
+    run_with_repo(body)
+
+
+def test_record_progress_only_while_running(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        uid = await queued(repo, key)
+        await repo.record_progress(uid, 0.25)
+        assert (await record(repo, uid, key)).progress == 0.0
+        assert await repo.mark_running(uid, "w")
+        await repo.record_progress(uid, 0.5)
+        assert (await record(repo, uid, key)).progress == 0.5
+        assert await repo.finish_task(uid, ["r.png"], [1])
+        await repo.record_progress(uid, 0.25)
+        assert (await record(repo, uid, key)).progress == 1.0
+        await repo.record_progress(new_uid(), 0.5)  # unknown: ignored
+
+    run_with_repo(body)
+
+
+def test_finish_task_charges_exactly_once(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        uid = await running(repo, key, cost=30)
+        assert await repo.finish_task(uid, ["a.png", "b.png"], [1234, 1235]) is True
+        task = await record(repo, uid, key)
+        assert (task.status, task.progress) == (Status.FINISHED, 1.0)
+        assert (task.result_keys, task.seeds) == (("a.png", "b.png"), (1234, 1235))
+        assert (task.error_code, task.error_message) == (0, "")
+        assert task.finished_at is not None
+        assert await used(repo, key) == 30
+        assert await repo.finish_task(uid, ["c.png"], [9]) is False
+        assert await used(repo, key) == 30
+        assert (await record(repo, uid, key)).result_keys == ("a.png", "b.png")
+
+    run_with_repo(body)
+
+
+def test_finish_task_needs_a_running_task(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        uid = await queued(repo, key, cost=30)
+        assert await repo.finish_task(uid, ["a.png"], [1]) is False
+        assert (await record(repo, uid, key)).status == Status.QUEUING
+        assert await repo.finish_task(new_uid(), ["a.png"], [1]) is False
+        assert await used(repo, key) == 0
+
+    run_with_repo(body)
+
+
+@pytest.mark.parametrize("start", [Status.QUEUING, Status.RUNNING])
+def test_fail_task_from_an_open_status(run_with_repo: RunWithRepo, start: Status) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        uid = await (queued if start == Status.QUEUING else running)(repo, key, 30)
+        assert await repo.fail_task(uid, 520, "disk full") is True
+        task = await record(repo, uid, key)
+        assert (task.status, task.error_code, task.error_message) == (Status.ERROR, 520, "disk full")
+        assert task.finished_at is not None
+        assert await repo.fail_task(uid, 500, "again") is False
+        assert (await record(repo, uid, key)).error_message == "disk full"
+        assert await used(repo, key) == 0
+
+    run_with_repo(body)
+
+
+@pytest.mark.parametrize("start", [Status.QUEUING, Status.RUNNING])
+def test_cancel_task_from_an_open_status_is_never_charged(run_with_repo: RunWithRepo, start: Status) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        uid = await (queued if start == Status.QUEUING else running)(repo, key, 30)
+        assert await repo.cancel_task(uid) is True
+        task = await record(repo, uid, key)
+        assert (task.status, task.error_code, task.error_message) == (Status.CANCELED, 510, "Task was cancelled")
+        assert task.finished_at is not None
+        assert await repo.cancel_task(uid) is False
+        assert await used(repo, key) == 0
+
+    run_with_repo(body)
+
+
+def test_finish_task_after_cancel_task_is_refused_and_not_charged(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        uid = await running(repo, key, cost=30)
+        assert await repo.cancel_task(uid)
+        assert await repo.finish_task(uid, ["a.png"], [1]) is False
+        task = await record(repo, uid, key)
+        assert (task.status, task.result_keys) == (Status.CANCELED, ())
+        assert await used(repo, key) == 0
+
+    run_with_repo(body)
+
+
+@pytest.mark.parametrize("end", [Status.FINISHED, Status.ERROR, Status.CANCELED])
+def test_a_terminal_task_never_changes(run_with_repo: RunWithRepo, end: Status) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        uid = await running(repo, key, cost=30)
+        assert await end_task(repo, uid, end)
+        before = await record(repo, uid, key)
+        assert await repo.mark_running(uid, "w") is None
+        assert await repo.finish_task(uid, ["b.png"], [2]) is False
+        assert await repo.fail_task(uid, 500, "late") is False
+        assert await repo.cancel_task(uid) is False
+        await repo.record_progress(uid, 0.5)
+        await repo.request_cancel(uid)
+        assert await record(repo, uid, key) == before
+        assert await used(repo, key) == (30 if end == Status.FINISHED else 0)
+
+    run_with_repo(body)
+
+
+# --- request_cancel -----------------------------------------------------------------------------------
+
+
+def test_request_cancel_of_a_queued_task_cancels_it_now(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        uid = await queued(repo, key, cost=30)
+        await repo.request_cancel(uid)
+        task = await record(repo, uid, key)
+        assert (task.status, task.error_code) == (Status.CANCELED, 510)
+        assert await repo.mark_running(uid, "w") is None  # its job, if it ever ran, would skip it
+        assert await repo.open_tasks(key) == []
+        assert await used(repo, key) == 0
+
+    run_with_repo(body)
+
+
+def test_request_cancel_of_a_running_task_leaves_it_to_the_worker(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        uid = await running(repo, key, cost=30)
+        await repo.request_cancel(uid)
+        assert (await record(repo, uid, key)).status == Status.RUNNING
+        assert await repo.cancel_task(uid)  # what the worker writes at its next step
+
+    run_with_repo(body)
+
+
+def test_request_cancel_of_an_unknown_task_is_a_no_op(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        await repo.request_cancel(new_uid())
+
+    run_with_repo(body)
+
+
+# --- the procrastinate jobs behind the tasks ------------------------------------------------------
+
+
+async def jobs_of(app: procrastinate.App, uid: str) -> list[procrastinate.jobs.Job]:
+    """The generation jobs deferred for task `uid` (the repository does not expose job ids)."""
+    listed = await app.job_manager.list_jobs_async(task=jobs.TASK_NAME)
+    return [job for job in listed if job.task_kwargs == {"task_uid": uid}]
+
+
+def test_create_task_enqueues_one_job(backend_factory: BackendFactory) -> None:
+    async def main() -> None:
+        async with backend_factory() as backend:
+            key = (await backend.repo.create_key("alice", 100)).public_key
+            uid = await queued(backend.repo, key)
+            (job,) = await jobs_of(backend.app, uid)
+            assert (job.queue, job.status) == (jobs.QUEUE, "todo")
+
+    asyncio.run(main())
+
+
+def test_request_cancel_of_a_queued_task_cancels_its_job(backend_factory: BackendFactory) -> None:
+    async def main() -> None:
+        async with backend_factory() as backend:
+            key = (await backend.repo.create_key("alice", 100)).public_key
+            uid = await queued(backend.repo, key)
+            await backend.repo.request_cancel(uid)
+            (job,) = await jobs_of(backend.app, uid)
+            assert job.status == "cancelled"
+
+    asyncio.run(main())
+
+
+def test_request_cancel_of_a_running_task_asks_its_job_to_abort(backend_factory: BackendFactory) -> None:
+    async def main() -> None:
+        async with backend_factory() as backend:
+            manager = backend.app.job_manager
+            key = (await backend.repo.create_key("alice", 100)).public_key
+            uid = await queued(backend.repo, key)
+            # what a worker does: take the job, then the task
+            worker_id = await manager.register_worker()
+            job = await manager.fetch_job(queues=[jobs.QUEUE], worker_id=worker_id)
+            assert job is not None and job.id is not None and job.task_kwargs == {"task_uid": uid}
+            assert await backend.repo.mark_running(uid, "worker-1") == SPEC
+            await backend.repo.request_cancel(uid)
+            (after,) = await manager.list_jobs_async(id=job.id)
+            assert (after.status, after.abort_requested) == ("doing", True)
+
+    asyncio.run(main())
