@@ -86,6 +86,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/sizes.py --models-dir .bench-models
 	$(BIN)/python bench/submodels.py
+	$(BIN)/python bench/service.py --models-dir .bench-models
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) out .pytest_cache .bench-models

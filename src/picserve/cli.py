@@ -17,6 +17,8 @@ import typer
 from picserve.config import Settings
 
 if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+
     from picserve.sdk.types import ModelRef
     from picserve.tasks.repository import TaskRepository
 
@@ -30,8 +32,10 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="API keys (stored in the database).", no_args_is_help=True)
 models_app = typer.Typer(help="The models folder.", no_args_is_help=True)
+db_app = typer.Typer(help="The database's tables: picserve's migrations.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
+app.add_typer(db_app, name="db")
 
 DataDir = typer.Option(None, "--data-dir", help="database, results, caches [./data]")
 ModelsDir = typer.Option(None, "--models-dir", help="main/, lora/, embedding/, hypernetwork/ [./models]")
@@ -82,9 +86,13 @@ def worker(
     device: str | None = typer.Option(None, help="auto, cpu, cuda:N (one worker per GPU) [auto]"),
     name: str | None = typer.Option(None, help="worker name in logs and task records"),
     burst: bool = typer.Option(False, help="exit once the queue is empty"),
+    supervisor_pid: int | None = typer.Option(None, hidden=True, help="set by `serve`: stop when that process dies"),
 ):
     """Run one worker (one per GPU at scale) against the shared database."""
     from picserve import supervisor
+
+    if supervisor_pid is not None:  # first of all: a worker of `serve` must not outlive it
+        supervisor.die_with_parent(supervisor_pid)
     from picserve.tasks.worker import run_worker
 
     settings = _settings(data_dir=data_dir, models_dir=models_dir, database_url=database_url, device=device)
@@ -103,6 +111,50 @@ def _with_repo(settings: Settings, action: Callable[[TaskRepository], Awaitable[
 
     with supervisor.database(settings) as url:
         return asyncio.run(run(url))
+
+
+def _with_connection(settings: Settings, action: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+    """Run `action` on one plain connection to `settings`' database, which it finds as it is."""
+    import psycopg
+
+    from picserve import supervisor
+    from picserve.tasks import migrations
+
+    async def run(url: str) -> T:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            return await action(conn)
+
+    with supervisor.database(settings) as url:
+        try:
+            return asyncio.run(run(url))
+        except (psycopg.OperationalError, migrations.MigrationError) as exc:
+            typer.echo(f"database: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: Path | None = DataDir, database_url: str | None = DatabaseUrl):
+    """Apply the pending migrations (serve and worker also do when they start); prints each one applied."""
+    from picserve.tasks import database
+
+    applied = _with_connection(_settings(data_dir=data_dir, database_url=database_url), database.upgrade_schema)
+    for label in applied:
+        typer.echo(f"applied {label}")
+    if not applied:
+        typer.echo("up to date")
+
+
+@db_app.command("status")
+def db_status(data_dir: Path | None = DataDir, database_url: str | None = DatabaseUrl):
+    """Each migration with the time it was applied, or `pending`; changes nothing."""
+    from picserve.tasks import migrations
+
+    for item in _with_connection(_settings(data_dir=data_dir, database_url=database_url), migrations.status):
+        if item.applied_at is not None:
+            state = item.applied_at.isoformat(sep=" ", timespec="seconds")
+        else:
+            state = "pending" if item.pending else "present, not recorded (first release; recorded on upgrade)"
+        typer.echo(f"{item.version:04d}  {item.name:24}  {state}")
 
 
 @keys_app.command("create")

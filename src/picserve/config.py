@@ -46,6 +46,8 @@ class Settings:
     public_url: str | None = None
     #: how long result images stay downloadable (PICPIK keeps them 24 h)
     result_ttl_seconds: int = 24 * 3600
+    #: seconds an ended task (Finished, Error, Canceled) is kept before it is deleted with its files
+    task_retention: float = 30 * 24 * 3600
     #: credits a task costs = ceil(width × height × steps × batch / credit_divisor)
     credit_divisor: int = 1024 * 1024
     #: credits a key gets when created without --credits
@@ -64,6 +66,8 @@ class Settings:
     max_queued_tasks: int = 1000
     #: worker heartbeat seconds; a worker silent for stalled_after seconds has its task re-run
     heartbeat_interval: float = 5.0
+    #: seconds a stopping worker lets its running task go on; then it is stopped and queued again
+    shutdown_grace: float = 20.0
     stalled_after: float = 30.0
     #: largest request body accepted (images travel inline as base64)
     max_body_bytes: int = 64 * 1024 * 1024

@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-__all__ = ["SAMPLER_NAMES", "Account", "GenerationSpec", "SubModel", "TaskRecord", "TaskStatus", "canonical_sampler"]
+__all__ = [
+    "SAMPLER_NAMES",
+    "Account",
+    "GenerationSpec",
+    "Run",
+    "SubModel",
+    "TaskRecord",
+    "TaskStatus",
+    "canonical_sampler",
+]
 
 
 class TaskStatus(enum.StrEnum):
@@ -102,6 +111,18 @@ class Account:
 
 
 @dataclass(frozen=True)
+class Run:
+    """One worker's attempt at one task. Every write a worker makes names its run, so the writes of a
+    run that was superseded (its worker froze past the heartbeat timeout and the task went to another)
+    are refused instead of overwriting the newer run's."""
+
+    task_uid: str
+    worker: str
+    #: the task's attempt number when this run took it (1 for the first run)
+    attempt: int
+
+
+@dataclass(frozen=True)
 class TaskRecord:
     """One task as stored: its request, its state and its results."""
 
@@ -118,6 +139,8 @@ class TaskRecord:
     error_code: int = 0
     error_message: str = ""
     worker: str | None = None
+    #: how many times a worker has taken the task (a run requeued after its worker died takes a new number)
+    attempt: int = 0
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -137,6 +160,7 @@ class TaskRecord:
             error_code=row["error_code"],
             error_message=row["error_message"],
             worker=row["worker"],
+            attempt=row.get("attempt", 0),
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],

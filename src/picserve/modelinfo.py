@@ -4,7 +4,12 @@ safetensors: the JSON header. `.pt`/`.bin`: the pickle inside the zip, read by a
 knows the few names a tensor checkpoint uses and builds shape placeholders instead of tensors.
 
 The widths that decide compatibility: the UNet's cross-attention width (2048 for SDXL, 768 for SD1,
-1024 for SD2) and the two text encoders' widths (768 and 1280 for SDXL).
+1024 for SD2) and the two text encoders' widths (768 and 1280 for SDXL). A sub-model fits a main model
+when every width it has, in every part, is the main model's, and it has every part the main model needs
+(an SDXL embedding: vectors for both text encoders; a LoRA touching the text encoders: both of them).
+
+For main models it also reads what the API checks before queueing: the depth of the first text encoder
+(the deepest ClipSkip) and the UNet's input channels (9: an inpainting model).
 """
 
 from __future__ import annotations
@@ -19,9 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-__all__ = ["Info", "compatible", "inspect"]
+__all__ = ["Info", "compatible", "inspect", "misfit"]
 
 _BASES = {2048: "SDXL", 768: "SD1", 1024: "SD2"}
+
+#: the parts of a model that widths are read for, as named in messages
+_PARTS = {"cross": "UNet cross-attention", "te1": "first text encoder", "te2": "second text encoder"}
+_ENCODER_NAMES = {"te1": "CLIP-L", "te2": "OpenCLIP-G"}
+_TEXT_ENCODERS = ("te1", "te2")
+_EMBEDDING_KEYS = {"te1": "clip_l", "te2": "clip_g"}
 
 #: tensor name → shape
 Shapes = dict[str, tuple[int, ...]]
@@ -31,22 +42,82 @@ Shapes = dict[str, tuple[int, ...]]
 class Info:
     #: "SDXL", "SD1", "SD2" or "custom (cross-attention N)"; "unknown" when the shapes say nothing
     base: str = "unknown"
-    #: cross (UNet cross-attention width), te1/te2 (text encoder widths), contexts (hypernetwork)
+    #: part → every width the file's tensors have there: cross (UNet cross-attention), te1/te2 (text
+    #: encoders), contexts (a hypernetwork's context widths). A part the file does not have is absent.
     dims: dict[str, Any] = field(default_factory=dict)
     trigger_words: tuple[str, ...] = ()
     #: why the file cannot be used at all (unreadable, not a model of its kind)
     problem: str | None = None
+    #: main models: layers of the first text encoder, so the deepest ClipSkip (None: not known)
+    text_encoder_layers: int | None = None
+    #: main models: the UNet's input channels, 4, or 9 for an inpainting model (None: not known)
+    unet_in_channels: int | None = None
 
 
 def compatible(main: Info, sub: Info, kind: str) -> bool:
-    """Whether a LoRA, embedding or hypernetwork fits a main model, by widths (unknown widths pass)."""
+    """Whether a LoRA, embedding or hypernetwork fits a main model (see `misfit`)."""
+    return misfit(main, sub, kind) is None
+
+
+def misfit(main: Info, sub: Info, kind: str) -> str | None:
+    """Why a LoRA, embedding or hypernetwork does not fit a main model, or None when it fits.
+
+    Every width the sub-model has must be the main model's in the same part (a width the main model's
+    file does not tell passes), and it must have every part the main model needs: an embedding, vectors
+    for each text encoder; a LoRA with text-encoder weights, weights for each text encoder.
+    """
     if sub.problem:
-        return False
+        return sub.problem
     if kind == "hypernetwork":
-        contexts = sub.dims.get("contexts")
-        return contexts is None or main.dims.get("cross") is None or main.dims["cross"] in contexts
-    keys = ("te1", "te2") if kind == "embedding" else ("cross", "te1", "te2")
-    return all(sub.dims.get(k) is None or main.dims.get(k) is None or sub.dims[k] == main.dims[k] for k in keys)
+        contexts, cross = _widths(sub.dims.get("contexts")), _widths(main.dims.get("cross"))
+        if contexts and cross and not set(cross) <= set(contexts):
+            return (
+                f"it has layers for context widths {_listed(contexts)}, "
+                f"not for the main model's cross-attention width {_listed(cross)}"
+            )
+        return None
+    for part in ("te1", "te2") if kind == "embedding" else ("cross", "te1", "te2"):
+        have, need = _widths(sub.dims.get(part)), _widths(main.dims.get(part))
+        if have and need and set(have) != set(need):
+            widths = "widths are" if len(set(have)) > 1 else "width is"
+            return f"its {_PARTS[part]} {widths} {_listed(have)}, the main model's is {_listed(need)}"
+    if kind == "embedding" or (kind == "lora" and any(_widths(sub.dims.get(p)) for p in _TEXT_ENCODERS)):
+        for part in _needed_text_encoders(main):
+            if not _widths(sub.dims.get(part)):
+                return _missing(kind, part, main)
+    return None
+
+
+def _needed_text_encoders(main: Info) -> tuple[str, ...]:
+    """The text encoders the main model has; an SDXL pipeline has both when its file does not tell."""
+    known = tuple(part for part in _TEXT_ENCODERS if _widths(main.dims.get(part)))
+    return known or _TEXT_ENCODERS
+
+
+def _missing(kind: str, part: str, main: Info) -> str:
+    encoder = f"the {_PARTS[part]} ({_ENCODER_NAMES[part]}, {_listed(_widths(main.dims.get(part))) or '?'} wide)"
+    if kind == "embedding":
+        return (
+            f"it has no {_EMBEDDING_KEYS[part]} vectors, for {encoder}: "
+            "an SDXL embedding has clip_l and clip_g vectors, one set per text encoder"
+        )
+    return (
+        f"it has text-encoder weights but none for {encoder}: "
+        "it was made for a model with one text encoder (an SDXL LoRA has them for both, or none)"
+    )
+
+
+def _widths(value: Any) -> tuple[int, ...]:
+    """A part's widths as a tuple: None (absent), one int, or a sequence of ints."""
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    return tuple(value)
+
+
+def _listed(widths: tuple[int, ...]) -> str:
+    return " and ".join(str(w) for w in sorted(set(widths)))
 
 
 def inspect(kind: str, path: Path) -> Info:
@@ -68,17 +139,30 @@ def inspect(kind: str, path: Path) -> Info:
         return Info(problem=f"unreadable {path.suffix} file: {exc}")
     dims_of = {"main": _main_dims, "lora": _lora_dims, "embedding": _embedding_dims, "hypernetwork": _hypernetwork_dims}
     dims = dims_of[kind](shapes)
+    if kind == "main":
+        return Info(
+            base=_base(dims),
+            dims=dims,
+            text_encoder_layers=_layer_count(shapes),
+            unet_in_channels=_first(shapes, r"^model\.diffusion_model\.input_blocks\.0\.0\.weight$", 1),
+        )
     return Info(base=_base(dims), dims=dims, trigger_words=_trigger_words(metadata) if kind == "lora" else ())
 
 
 def _base(dims: dict[str, Any]) -> str:
-    cross = dims.get("cross")
-    if cross is None and "contexts" in dims:
-        cross = 2048 if 2048 in dims["contexts"] else (dims["contexts"] or [None])[0]
-    if cross is None and dims.get("te2") is not None:
-        cross = dims.get("te1", 0) + dims["te2"]
-    if cross is None and dims.get("te1") is not None:
-        cross = dims["te1"]
+    def one(part: str) -> int | None:
+        widths = _widths(dims.get(part))
+        return widths[0] if widths else None
+
+    cross = one("cross")
+    contexts = _widths(dims.get("contexts"))
+    if cross is None and contexts:
+        cross = 2048 if 2048 in contexts else contexts[0]
+    te1, te2 = one("te1"), one("te2")
+    if cross is None and te2 is not None:
+        cross = (te1 or 0) + te2
+    if cross is None and te1 is not None:
+        cross = te1
     if cross is None:
         return "unknown"
     return _BASES.get(cross) or f"custom (cross-attention {cross})"
@@ -165,34 +249,57 @@ def _first(shapes: Shapes, pattern: str, axis: int) -> int | None:
     return next((s[axis] for k, s in sorted(shapes.items()) if regex.search(k) and len(s) > abs(axis)), None)
 
 
+def _all(shapes: Shapes, pattern: str, axis: int) -> tuple[int, ...]:
+    """Every distinct width along `axis` of the tensors whose names match `pattern`, smallest first."""
+    regex = re.compile(pattern)
+    return tuple(sorted({s[axis] for k, s in shapes.items() if regex.search(k) and len(s) > abs(axis)}))
+
+
+def _parts(**widths: tuple[int, ...]) -> dict[str, Any]:
+    """Only the parts the file has."""
+    return {part: found for part, found in widths.items() if found}
+
+
 def _main_dims(shapes: Shapes) -> dict[str, Any]:
-    return {
-        "cross": _first(shapes, r"attn2\.to_k\.weight$", 1),
-        "te1": _first(shapes, r"embedders\.0\.transformer\.text_model\.embeddings\.token_embedding\.weight$", 1)
-        or _first(shapes, r"cond_stage_model\.transformer\.text_model\.embeddings\.token_embedding\.weight$", 1),
-        "te2": _first(shapes, r"embedders\.1\.model\.token_embedding\.weight$", 1),
-    }
+    te1 = r"(embedders\.0\.transformer|cond_stage_model\.transformer)\.text_model\.embeddings\.token_embedding\.weight$"
+    return _parts(
+        cross=_all(shapes, r"attn2\.to_[kv]\.weight$", 1),
+        te1=_all(shapes, te1, 1),
+        te2=_all(shapes, r"embedders\.1\.model\.token_embedding\.weight$", 1),
+    )
+
+
+def _layer_count(shapes: Shapes) -> int | None:
+    """The first text encoder's layers, counted in a single-file checkpoint (SDXL's, or SD1's layout)."""
+    regex = re.compile(
+        r"^(conditioner\.embedders\.0|cond_stage_model)\.transformer\.text_model\.encoder\.layers\.(\d+)\."
+    )
+    layers = {int(m.group(2)) for k in shapes if (m := regex.match(k))}
+    return max(layers) + 1 if layers else None
 
 
 def _lora_dims(shapes: Shapes) -> dict[str, Any]:
-    # kohya: lora_unet_…attn2_to_k.lora_down.weight; diffusers/PEFT: unet.….attn2.to_k.lora_A.weight
-    down = r"(lora_down|lora_A|lora\.down)\.weight$"
-    return {
-        "cross": _first(shapes, r"attn2[._]to_k[._].*" + down, -1),
-        "te1": _first(shapes, r"(lora_te1_|^text_encoder\.|lora_te_).*q_proj[._].*" + down, -1),
-        "te2": _first(shapes, r"(lora_te2_|^text_encoder_2\.).*q_proj[._].*" + down, -1),
-    }
+    # kohya: lora_unet_…attn2_to_k.lora_down.weight; diffusers/PEFT: unet.….attn2.to_k.lora_A.weight.
+    # The input width of every attention projection: to_k/to_v of attn2 take the cross-attention width,
+    # q/k/v/out_proj of a text encoder take its width. kohya's `lora_te_` is a one-encoder model's (SD1/SD2).
+    down = r"(lora_down|lora_A|lora\.down|lora_linear_layer\.down)\.weight$"
+    projection = r".*[._](q|k|v|out)_proj[._].*" + down
+    return _parts(
+        cross=_all(shapes, r"attn2[._]to_[kv][._].*" + down, -1),
+        te1=_all(shapes, r"(^lora_te1_|^text_encoder\.|^lora_te_)" + projection, -1),
+        te2=_all(shapes, r"(^lora_te2_|^text_encoder_2\.)" + projection, -1),
+    )
 
 
 def _embedding_dims(shapes: Shapes) -> dict[str, Any]:
-    if "clip_l" in shapes or "clip_g" in shapes:
-        return {"te1": (shapes.get("clip_l") or (None, None))[-1], "te2": (shapes.get("clip_g") or (None, None))[-1]}
-    width = _first(shapes, r"(string_to_param\.\*|emb_params)$", -1)  # SD1/SD2 embeddings
-    return {"te1": width, "te2": None, "cross": width}
+    if "clip_l" in shapes or "clip_g" in shapes:  # SDXL: one set of vectors per text encoder
+        return _parts(te1=_all(shapes, r"^clip_l$", -1), te2=_all(shapes, r"^clip_g$", -1))
+    # SD1/SD2: one set of vectors, for their one text encoder
+    return _parts(te1=_all(shapes, r"(string_to_param\.\*|emb_params)$", -1))
 
 
 def _hypernetwork_dims(shapes: Shapes) -> dict[str, Any]:
-    contexts = sorted({int(k.split(".")[0]) for k in shapes if k.split(".")[0].isdigit()})
+    contexts = tuple(sorted({int(k.split(".")[0]) for k in shapes if k.split(".")[0].isdigit()}))
     return {"contexts": contexts}
 
 
@@ -216,9 +323,15 @@ def _diffusers_folder(path: Path) -> Info:
         file = path / sub / "config.json"
         return json.loads(file.read_text()) if file.exists() else {}
 
-    dims = {
-        "cross": config("unet").get("cross_attention_dim"),
-        "te1": config("text_encoder").get("hidden_size"),
-        "te2": config("text_encoder_2").get("hidden_size"),
-    }
-    return Info(base=_base(dims), dims=dims)
+    unet, text_encoder = config("unet"), config("text_encoder")
+    dims = _parts(
+        cross=_widths(unet.get("cross_attention_dim")),
+        te1=_widths(text_encoder.get("hidden_size")),
+        te2=_widths(config("text_encoder_2").get("hidden_size")),
+    )
+    return Info(
+        base=_base(dims),
+        dims=dims,
+        text_encoder_layers=text_encoder.get("num_hidden_layers"),
+        unet_in_channels=unet.get("in_channels"),
+    )

@@ -9,12 +9,23 @@ import base64
 import binascii
 import io
 import warnings
+from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
 from picserve import errors
 
-__all__ = ["FORMATS", "MAX_PIXELS", "RESIZE_MODES", "decode", "fit", "mask_for", "strip_data_uri"]
+__all__ = [
+    "FORMATS",
+    "MAX_PIXELS",
+    "RESIZE_MODES",
+    "Placement",
+    "decode",
+    "fit",
+    "mask_for",
+    "placement",
+    "strip_data_uri",
+]
 
 FORMATS = ("PNG", "JPEG", "WEBP")
 #: largest input accepted: 2560² at 4× covers any legitimate reference image, and stops decompression bombs
@@ -57,33 +68,77 @@ def decode(text: str, field: str) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a source image goes in a width×height frame under one resize mode: pure geometry, no pixels.
+
+    The `box` of the source (in source pixels, fractional for a centred crop) is resized to `size` and
+    pasted at `offset`; any band of the frame left around it is filled by stretching its edge pixels.
+    """
+
+    box: tuple[float, float, float, float]
+    size: tuple[int, int]
+    offset: tuple[int, int]
+
+
+def placement(src_width: int, src_height: int, width: int, height: int, mode: str) -> Placement:
+    """The A1111 resize mode `mode` as geometry; every part is non-empty and inside the frame.
+
+    JustResize stretches the whole source. CropAndResize covers the frame: the centred part of the source
+    with the frame's aspect ratio is cut out, then resized (so no intermediate image is ever larger than
+    the frame). ResizeAndFill fits the whole source inside the frame, at least 1 px each way.
+    """
+    if src_width < 1 or src_height < 1 or width < 1 or height < 1:
+        raise ValueError(f"empty size: {src_width}x{src_height} into {width}x{height}")
+    full = (0.0, 0.0, float(src_width), float(src_height))
+    frame_is_wider = width * src_height > height * src_width  # compare ratios in integers: exact
+    if mode == "JustResize" or (width * src_height == height * src_width and mode == "CropAndResize"):
+        return Placement(full, (width, height), (0, 0))
+    if mode == "CropAndResize":
+        if frame_is_wider:  # the full source width; a centred band of its height
+            kept = src_width * height / width
+            top = (src_height - kept) / 2
+            return Placement((0.0, top, float(src_width), top + kept), (width, height), (0, 0))
+        kept = src_height * width / height
+        left = (src_width - kept) / 2
+        return Placement((left, 0.0, left + kept, float(src_height)), (width, height), (0, 0))
+    if mode != "ResizeAndFill":
+        raise ValueError(f"unknown resize mode {mode!r} (one of {', '.join(RESIZE_MODES)})")
+    if frame_is_wider:  # full height; the width by the source's ratio, rounded half up, 1..width
+        w, h = min(width, max(1, (2 * height * src_width + src_height) // (2 * src_height))), height
+    else:
+        w, h = width, min(height, max(1, (2 * width * src_height + src_width) // (2 * src_width)))
+    return Placement(full, (w, h), ((width - w) // 2, (height - h) // 2))
+
+
 def fit(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
-    """Bring `image` to width×height the way A1111's resize modes do."""
+    """Bring `image` to exactly width×height the way A1111's resize modes do (see `placement`)."""
     image = image.convert("RGB")
-    if mode == "JustResize" or image.size == (width, height):
-        return image.resize((width, height), Image.Resampling.LANCZOS)
-    ratio, src_ratio = width / height, image.width / image.height
-    if mode == "CropAndResize":  # cover the target, centre-crop the overflow
-        w, h = (width, round(width / src_ratio)) if ratio > src_ratio else (round(height * src_ratio), height)
-        resized = image.resize((w, h), Image.Resampling.LANCZOS)
-        left, top = (w - width) // 2, (h - height) // 2
-        return resized.crop((left, top, left + width, top + height))
-    # ResizeAndFill: fit inside, then stretch the edge rows/columns over the empty bands
-    w, h = (round(height * src_ratio), height) if ratio > src_ratio else (width, round(width / src_ratio))
-    w, h = max(1, w), max(1, h)
-    resized = image.resize((w, h), Image.Resampling.LANCZOS)
+    place = placement(image.width, image.height, width, height, mode)
+    resized = image.resize(place.size, Image.Resampling.LANCZOS, box=place.box)
+    if place.size == (width, height):
+        return resized
     out = Image.new("RGB", (width, height))
-    left, top = (width - w) // 2, (height - h) // 2
-    out.paste(resized, (left, top))
-    if w < width:
-        out.paste(resized.crop((0, 0, 1, h)).resize((left, h)), (0, top))
-        right = width - left - w
-        out.paste(resized.crop((w - 1, 0, w, h)).resize((right, h)), (left + w, top))
-    elif h < height:
-        out.paste(resized.crop((0, 0, w, 1)).resize((w, top)), (left, 0))
-        bottom = height - top - h
-        out.paste(resized.crop((0, h - 1, w, h)).resize((w, bottom)), (left, top + h))
+    out.paste(resized, place.offset)
+    _fill_bands(out, place.offset, place.size)
     return out
+
+
+def _fill_bands(out: Image.Image, offset: tuple[int, int], size: tuple[int, int]) -> None:
+    """ResizeAndFill: stretch the pasted image's edge columns, then edge rows, over the empty bands.
+
+    A band may be 0 px wide (a frame one pixel wider than the fitted image): it is skipped.
+    """
+    (left, top), (w, h), (width, height) = offset, size, out.size
+    right, bottom = width - left - w, height - top - h
+    if left > 0:
+        out.paste(out.crop((left, top, left + 1, top + h)).resize((left, h)), (0, top))
+    if right > 0:
+        out.paste(out.crop((left + w - 1, top, left + w, top + h)).resize((right, h)), (left + w, top))
+    if top > 0:
+        out.paste(out.crop((0, top, width, top + 1)).resize((width, top)), (0, 0))
+    if bottom > 0:
+        out.paste(out.crop((0, top + h - 1, width, top + h)).resize((width, bottom)), (0, top + h))
 
 
 def mask_for(mask: Image.Image, width: int, height: int, mode: str) -> Image.Image:

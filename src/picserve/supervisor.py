@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -10,11 +11,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from picserve.config import Settings
 
-__all__ = ["database", "serve", "spawn_worker"]
+__all__ = ["Backoff", "Supervisor", "database", "die_with_parent", "exit_reason", "serve", "spawn_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -34,49 +36,165 @@ def database(settings: Settings) -> Iterator[str]:
         server.stop()
 
 
-def spawn_worker(settings: Settings, database_url: str, index: int = 0) -> subprocess.Popen:
+def spawn_worker(settings: Settings, database_url: str, index: int = 0) -> subprocess.Popen[bytes]:
+    """Start `picserve worker --name worker-INDEX`, tied to this process (see `die_with_parent`)."""
     env = {**os.environ, **settings.to_env(), "PICSERVE_DATABASE_URL": database_url}
-    return subprocess.Popen(
-        [sys.executable, "-m", "picserve", "worker", "--name", f"worker-{index}"], env=env, preexec_fn=_die_with_parent
-    )
+    command = [sys.executable, "-m", "picserve", "worker", "--name", f"worker-{index}"]
+    return subprocess.Popen([*command, "--supervisor-pid", str(os.getpid())], env=env)
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM when `serve` dies, even by SIGKILL, so no worker is orphaned."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def die_with_parent(supervisor_pid: int) -> None:
+    """Linux: in a worker `serve` started, get SIGTERM when `serve` dies, even by SIGKILL, so no worker is orphaned.
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    The worker's first act (not a `preexec_fn`, which is unsafe in a process with threads).
+    PR_SET_PDEATHSIG fires when the *thread* that forked us exits, not only the process: the
+    supervisor starts every worker from its one watcher thread, which outlives them. If `serve` died
+    before this call, the signal would never come: then the parent is already another process, and
+    the worker leaves at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): this worker may outlive serve", ctypes.get_errno())
+    if os.getppid() != supervisor_pid:
+        log.warning("the supervisor (pid %d) is gone: not starting", supervisor_pid)
+        raise SystemExit(0)
 
 
-class _Supervisor:
-    """Keeps `count` worker children alive until stopped; a crashed worker is started again."""
+def exit_reason(returncode: int) -> str:
+    """`exited with code 1`, `was killed by SIGKILL`: a `Popen.returncode` in words."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"was killed by {name}"
 
-    def __init__(self, settings: Settings, database_url: str, count: int):
-        self.settings, self.database_url = settings, database_url
-        self.children = [spawn_worker(settings, database_url, i) for i in range(count)]
+
+@dataclass
+class Backoff:
+    """The delay before a crashed worker is started again.
+
+    `first` seconds after a crash, doubling with each crash that follows a short run, up to `cap`;
+    a worker that ran `reset_after` seconds or more before crashing starts over at `first`.
+    """
+
+    first: float = 1.0
+    cap: float = 60.0
+    reset_after: float = 60.0
+    crashes: int = 0  # consecutive crashes after short runs
+
+    def next_delay(self, ran_for: float) -> float:
+        """The delay after a crash of a worker that ran `ran_for` seconds; counts the crash."""
+        if ran_for >= self.reset_after:
+            self.crashes = 0
+        delay = min(self.cap, self.first * 2.0 ** min(self.crashes, 64))
+        self.crashes += 1
+        return delay
+
+
+@dataclass
+class _Slot:
+    """One worker position: its process (None while it waits to restart) and its crash history."""
+
+    index: int
+    backoff: Backoff
+    child: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restart_at: float = 0.0
+
+
+class Supervisor:
+    """Keeps `count` children alive until stopped; a crashed one is started again after a backoff.
+
+    `spawn(index)` starts child `index` (`worker-INDEX` in the logs). One thread starts them all,
+    watches them, and stops them: the thread their parent-death signal is tied to.
+    """
+
+    def __init__(
+        self,
+        spawn: Callable[[int], subprocess.Popen[bytes]],
+        count: int,
+        *,
+        backoff: Callable[[], Backoff] = Backoff,
+        poll_interval: float = 1.0,
+    ):
+        self._spawn, self._poll = spawn, poll_interval
+        self._slots = [_Slot(i, backoff()) for i in range(count)]
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._stop_timeout = 30.0
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="picserve-supervisor", daemon=True)
         self._thread.start()
+        self._started.wait()  # the first children are started (or scheduled again) before serving
 
-    def _watch(self) -> None:
-        while not self._stop.wait(2.0):
-            for i, child in enumerate(self.children):
-                if child.poll() is not None and not self._stop.is_set():
-                    log.warning("worker-%d exited with %s; starting it again", i, child.returncode)
-                    self.children[i] = spawn_worker(self.settings, self.database_url, i)
+    @property
+    def children(self) -> list[subprocess.Popen[bytes]]:
+        """The children running now (a crashed one waiting for its restart is not here)."""
+        return [slot.child for slot in self._slots if slot.child is not None]
 
     def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to every child, `timeout` seconds for them to exit, then SIGKILL to the rest."""
+        self._stop_timeout = timeout
         self._stop.set()
-        for child in self.children:
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            for slot in self._slots:
+                self._start(slot)
+            self._started.set()
+            while not self._stop.is_set():
+                now = time.monotonic()
+                for slot in self._slots:
+                    self._check(slot, now)
+                waits = [slot.restart_at - now for slot in self._slots if slot.child is None]
+                self._stop.wait(max(0.0, min([self._poll, *waits])))
+        except Exception:
+            log.exception("the worker supervisor failed; stopping the workers")
+        finally:
+            self._started.set()
+            self._terminate(self._stop_timeout)
+
+    def _start(self, slot: _Slot) -> None:
+        slot.started_at = time.monotonic()
+        try:
+            slot.child = self._spawn(slot.index)
+        except OSError as exc:
+            delay = slot.backoff.next_delay(0.0)
+            slot.restart_at = time.monotonic() + delay
+            log.error("worker-%d could not be started (%s); trying again in %g s", slot.index, exc, delay)
+
+    def _check(self, slot: _Slot, now: float) -> None:
+        if slot.child is None:
+            if now >= slot.restart_at:
+                self._start(slot)
+            return
+        returncode = slot.child.poll()
+        if returncode is None:
+            return
+        ran_for = now - slot.started_at
+        delay = slot.backoff.next_delay(ran_for)
+        slot.child, slot.restart_at = None, now + delay
+        log.warning(
+            "worker-%d %s after %.0f s; starting it again in %g s", slot.index, exit_reason(returncode), ran_for, delay
+        )
+
+    def _terminate(self, timeout: float) -> None:
+        children = self.children
+        for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for child in self.children:
+        for child in children:
             try:
                 child.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                log.warning("worker pid %d did not stop in %g s: killing it", child.pid, timeout)
                 child.kill()
                 child.wait()
 
@@ -98,7 +216,7 @@ def serve(settings: Settings) -> None:
     # clean exit, so the workers and the embedded database below are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with database(settings) as url:
-        supervisor = _Supervisor(settings, url, settings.workers)
+        supervisor = Supervisor(functools.partial(spawn_worker, settings, url), settings.workers)
         try:
             uvicorn.run(
                 create_app(settings.evolve(database_url=url)),

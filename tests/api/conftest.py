@@ -73,6 +73,7 @@ def stack(settings) -> Iterator[Stack]:
     store = MemoryStore(settings.result_ttl_seconds)
     services = Services.build(settings, repo=repo, store=store)
     with TestClient(create_app(settings, services)) as api:
+        api.portal.call(repo.app.open_async)  # binds the in-memory connector to the app's event loop
         yield Stack(api=api, repo=repo, store=store, settings=settings)
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from picserve import errors
 from picserve.engine.fake import FakeEngine
-from picserve.tasks import jobs
+from picserve.tasks import jobs, retention
 
 from .conftest import MODEL, request
 
@@ -155,3 +155,15 @@ def test_expired_results_are_gone(stack, client):
     stack.store.clock = lambda: 10**12  # far in the future
     assert stack.api.get(url).status_code == 404
     assert stack.api.get("/results/not-a-key.png").status_code == 404
+
+
+def test_ended_tasks_past_retention_are_deleted_with_their_files(stack, client):
+    done = client.generate_images_sdxl(**request())
+    stack.run_worker()
+    queued = client.generate_images_sdxl(**request())
+    assert len(stack.store) == 1
+    expired, deleted = stack.api.portal.call(retention.clean, stack.repo, stack.store, 0.0)
+    assert (expired, deleted) == (0, 1) and len(stack.store) == 0
+    with pytest.raises(errors.TaskNotFound):
+        client.list_tasks_details([done])
+    assert client.list_tasks_details([queued])[0]["Status"] == "Queuing"  # open tasks are kept

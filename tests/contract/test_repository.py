@@ -1,7 +1,10 @@
 """The `TaskRepository` contract, run against InMemoryRepository and PostgresRepository.
 
-Each test's body is `async def body(repo)`, run on a fresh repository by `run_with_repo` (conftest).
-Only what picserve.tasks.repository promises is checked here.
+Each test's body is `async def body(repo)`, run on a fresh repository by `run_with_repo` (conftest);
+the tests of the procrastinate jobs behind the tasks open a backend themselves (`backend_factory`).
+Only what picserve.tasks.repository promises is checked here: the guarded transitions, the credits,
+and the fencing of a worker's writes to its run (task, worker, attempt number), so a run superseded
+by a requeue can no longer write.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 import procrastinate
 import pytest
@@ -51,10 +55,17 @@ async def queued(repo: TaskRepository, public_key: str, cost: int = 1) -> str:
     return uid
 
 
-async def running(repo: TaskRepository, public_key: str, cost: int = 1) -> str:
-    uid = await queued(repo, public_key, cost)
-    assert await repo.mark_running(uid, "worker-1") == SPEC
-    return uid
+async def take(repo: TaskRepository, uid: str, worker: str = "worker-1") -> domain.Run:
+    """What a worker does with a queued task: mark it running, under a new run."""
+    taken = await repo.mark_running(uid, worker)
+    assert taken is not None
+    run, spec = taken
+    assert (run.task_uid, run.worker, spec) == (uid, worker, SPEC)
+    return run
+
+
+async def running(repo: TaskRepository, public_key: str, cost: int = 1) -> domain.Run:
+    return await take(repo, await queued(repo, public_key, cost))
 
 
 async def record(repo: TaskRepository, uid: str, public_key: str) -> domain.TaskRecord:
@@ -62,12 +73,24 @@ async def record(repo: TaskRepository, uid: str, public_key: str) -> domain.Task
     return found
 
 
-async def end_task(repo: TaskRepository, uid: str, end: Status) -> bool:
+async def end_task(repo: TaskRepository, run: domain.Run, end: Status) -> bool:
     if end == Status.FINISHED:
-        return await repo.finish_task(uid, ["a.png"], [1])
+        return await repo.finish_task(run, ["a.png"], [1])
     if end == Status.ERROR:
-        return await repo.fail_task(uid, 501, "boom")
-    return await repo.cancel_task(uid)
+        return await repo.fail_task(run, 501, "boom")
+    return await repo.cancel_run(run)
+
+
+async def refused_everything(repo: TaskRepository, run: domain.Run) -> bool:
+    """Whether every write of `run` is refused (each one is tried, whatever the others return)."""
+    outcomes = [
+        await repo.record_progress(run, 0.75),
+        await repo.finish_task(run, ["stale.png"], [9]),
+        await repo.fail_task(run, 500, "stale"),
+        await repo.cancel_run(run),
+        await repo.requeue_run(run),
+    ]
+    return outcomes == [False] * 5
 
 
 async def used(repo: TaskRepository, public_key: str) -> int:
@@ -142,7 +165,7 @@ def test_create_task_stores_a_queuing_task(run_with_repo: RunWithRepo) -> None:
         assert task.spec == SPEC
         assert task.cost == 7
         assert (task.progress, task.result_keys, task.seeds) == (0.0, (), ())
-        assert (task.error_code, task.error_message, task.worker) == (0, "", None)
+        assert (task.error_code, task.error_message, task.worker, task.attempt) == (0, "", None, 0)
         assert task.created_at is not None and task.created_at.tzinfo is not None
         assert task.started_at is None and task.finished_at is None
         assert await used(repo, key) == 0  # charged at finish, not before
@@ -169,13 +192,12 @@ def test_open_tasks_lists_queuing_and_running_oldest_first(run_with_repo: RunWit
         bob = (await repo.create_key("bob", 100)).public_key
         first = await queued(repo, alice)
         second = await running(repo, alice)
-        done = await running(repo, alice)
-        assert await repo.finish_task(done, ["r.png"], [1])
-        failed = await queued(repo, alice)
-        assert await repo.fail_task(failed, 501, "boom")
+        assert await repo.finish_task(await running(repo, alice), ["r.png"], [1])
+        assert await repo.fail_task(await running(repo, alice), 501, "boom")
+        await repo.request_cancel(await queued(repo, alice))
         third = await queued(repo, alice)
         await queued(repo, bob)
-        assert await repo.open_tasks(alice) == [first, second, third]
+        assert await repo.open_tasks(alice) == [first, second.task_uid, third]
         assert await repo.open_tasks(secrets.token_hex(16)) == []
 
     run_with_repo(body)
@@ -189,8 +211,7 @@ def test_queued_count_counts_queuing_tasks_of_every_key(run_with_repo: RunWithRe
         await queued(repo, alice)
         await queued(repo, bob)
         await running(repo, alice)
-        cancelled = await queued(repo, bob)
-        assert await repo.cancel_task(cancelled)
+        await repo.request_cancel(await queued(repo, bob))
         assert await repo.queued_count() == 2
 
     run_with_repo(body)
@@ -228,10 +249,13 @@ def test_open_tasks_count_as_spent(run_with_repo: RunWithRepo) -> None:
         first = await queued(repo, key, cost=6)
         with pytest.raises(errors.InsufficientCredits, match="costs 6 credits and 4 are available"):
             await repo.create_task(new_uid(), key, ACTION, SPEC, 6)
-        assert await repo.mark_running(first, "w")
+        run = await take(repo, first)
         with pytest.raises(errors.InsufficientCredits):  # running still holds its cost
             await repo.create_task(new_uid(), key, ACTION, SPEC, 6)
-        assert await repo.cancel_task(first)  # a cancelled task gives its credits back
+        assert await repo.requeue_run(run)
+        with pytest.raises(errors.InsufficientCredits):  # so does a task queued again
+            await repo.create_task(new_uid(), key, ACTION, SPEC, 6)
+        assert await repo.cancel_run(await take(repo, first))  # a cancelled task gives its credits back
         await queued(repo, key, cost=6)
 
     run_with_repo(body)
@@ -272,29 +296,29 @@ def test_mark_running_takes_a_queued_task_once(run_with_repo: RunWithRepo) -> No
     async def body(repo: TaskRepository) -> None:
         key = (await repo.create_key("alice", 100)).public_key
         uid = await queued(repo, key)
-        assert await repo.mark_running(uid, "worker-1") == SPEC
+        assert await repo.mark_running(uid, "worker-1") == (domain.Run(uid, "worker-1", 1), SPEC)
         assert await repo.mark_running(uid, "worker-2") is None
         task = await record(repo, uid, key)
-        assert (task.status, task.worker, task.progress) == (Status.RUNNING, "worker-1", 0.0)
+        assert (task.status, task.worker, task.attempt, task.progress) == (Status.RUNNING, "worker-1", 1, 0.0)
         assert task.started_at is not None and task.finished_at is None
         assert await repo.mark_running(new_uid(), "worker-1") is None
 
     run_with_repo(body)
 
 
-def test_record_progress_only_while_running(run_with_repo: RunWithRepo) -> None:
+def test_record_progress_only_for_the_current_run(run_with_repo: RunWithRepo) -> None:
     async def body(repo: TaskRepository) -> None:
         key = (await repo.create_key("alice", 100)).public_key
         uid = await queued(repo, key)
-        await repo.record_progress(uid, 0.25)
+        assert await repo.record_progress(domain.Run(uid, "worker-1", 1), 0.25) is False  # not taken yet
         assert (await record(repo, uid, key)).progress == 0.0
-        assert await repo.mark_running(uid, "w")
-        await repo.record_progress(uid, 0.5)
+        run = await take(repo, uid)
+        assert await repo.record_progress(run, 0.5) is True
         assert (await record(repo, uid, key)).progress == 0.5
-        assert await repo.finish_task(uid, ["r.png"], [1])
-        await repo.record_progress(uid, 0.25)
+        assert await repo.finish_task(run, ["r.png"], [1])
+        assert await repo.record_progress(run, 0.25) is False
         assert (await record(repo, uid, key)).progress == 1.0
-        await repo.record_progress(new_uid(), 0.5)  # unknown: ignored
+        assert await repo.record_progress(domain.Run(new_uid(), "worker-1", 1), 0.5) is False  # unknown
 
     run_with_repo(body)
 
@@ -302,71 +326,82 @@ def test_record_progress_only_while_running(run_with_repo: RunWithRepo) -> None:
 def test_finish_task_charges_exactly_once(run_with_repo: RunWithRepo) -> None:
     async def body(repo: TaskRepository) -> None:
         key = (await repo.create_key("alice", 100)).public_key
-        uid = await running(repo, key, cost=30)
-        assert await repo.finish_task(uid, ["a.png", "b.png"], [1234, 1235]) is True
-        task = await record(repo, uid, key)
+        run = await running(repo, key, cost=30)
+        assert await repo.finish_task(run, ["a.png", "b.png"], [1234, 1235]) is True
+        task = await record(repo, run.task_uid, key)
         assert (task.status, task.progress) == (Status.FINISHED, 1.0)
         assert (task.result_keys, task.seeds) == (("a.png", "b.png"), (1234, 1235))
         assert (task.error_code, task.error_message) == (0, "")
         assert task.finished_at is not None
         assert await used(repo, key) == 30
-        assert await repo.finish_task(uid, ["c.png"], [9]) is False
+        assert await repo.finish_task(run, ["c.png"], [9]) is False
         assert await used(repo, key) == 30
-        assert (await record(repo, uid, key)).result_keys == ("a.png", "b.png")
+        assert (await record(repo, run.task_uid, key)).result_keys == ("a.png", "b.png")
 
     run_with_repo(body)
 
 
-def test_finish_task_needs_a_running_task(run_with_repo: RunWithRepo) -> None:
+def test_worker_writes_need_a_running_task(run_with_repo: RunWithRepo) -> None:
     async def body(repo: TaskRepository) -> None:
         key = (await repo.create_key("alice", 100)).public_key
         uid = await queued(repo, key, cost=30)
-        assert await repo.finish_task(uid, ["a.png"], [1]) is False
-        assert (await record(repo, uid, key)).status == Status.QUEUING
-        assert await repo.finish_task(new_uid(), ["a.png"], [1]) is False
+        before = await record(repo, uid, key)
+        assert await refused_everything(repo, domain.Run(uid, "worker-1", 1))  # a run it never had
+        assert await record(repo, uid, key) == before
+        assert await refused_everything(repo, domain.Run(new_uid(), "worker-1", 1))
         assert await used(repo, key) == 0
 
     run_with_repo(body)
 
 
-@pytest.mark.parametrize("start", [Status.QUEUING, Status.RUNNING])
-def test_fail_task_from_an_open_status(run_with_repo: RunWithRepo, start: Status) -> None:
+def test_fail_task_ends_the_run_with_an_error(run_with_repo: RunWithRepo) -> None:
     async def body(repo: TaskRepository) -> None:
         key = (await repo.create_key("alice", 100)).public_key
-        uid = await (queued if start == Status.QUEUING else running)(repo, key, 30)
-        assert await repo.fail_task(uid, 520, "disk full") is True
-        task = await record(repo, uid, key)
+        run = await running(repo, key, cost=30)
+        assert await repo.fail_task(run, 520, "disk full") is True
+        task = await record(repo, run.task_uid, key)
         assert (task.status, task.error_code, task.error_message) == (Status.ERROR, 520, "disk full")
         assert task.finished_at is not None
-        assert await repo.fail_task(uid, 500, "again") is False
-        assert (await record(repo, uid, key)).error_message == "disk full"
+        assert await repo.fail_task(run, 500, "again") is False
+        assert (await record(repo, run.task_uid, key)).error_message == "disk full"
         assert await used(repo, key) == 0
 
     run_with_repo(body)
 
 
-@pytest.mark.parametrize("start", [Status.QUEUING, Status.RUNNING])
-def test_cancel_task_from_an_open_status_is_never_charged(run_with_repo: RunWithRepo, start: Status) -> None:
+def test_cancel_run_ends_a_running_task_and_is_never_charged(run_with_repo: RunWithRepo) -> None:
     async def body(repo: TaskRepository) -> None:
         key = (await repo.create_key("alice", 100)).public_key
-        uid = await (queued if start == Status.QUEUING else running)(repo, key, 30)
-        assert await repo.cancel_task(uid) is True
-        task = await record(repo, uid, key)
+        run = await running(repo, key, cost=30)
+        assert await repo.cancel_run(run) is True
+        task = await record(repo, run.task_uid, key)
         assert (task.status, task.error_code, task.error_message) == (Status.CANCELED, 510, "Task was cancelled")
         assert task.finished_at is not None
-        assert await repo.cancel_task(uid) is False
+        assert await repo.cancel_run(run) is False
+        assert await repo.open_tasks(key) == []
         assert await used(repo, key) == 0
 
     run_with_repo(body)
 
 
-def test_finish_task_after_cancel_task_is_refused_and_not_charged(run_with_repo: RunWithRepo) -> None:
+def test_cancel_run_of_a_queued_task_is_refused(run_with_repo: RunWithRepo) -> None:
     async def body(repo: TaskRepository) -> None:
         key = (await repo.create_key("alice", 100)).public_key
-        uid = await running(repo, key, cost=30)
-        assert await repo.cancel_task(uid)
-        assert await repo.finish_task(uid, ["a.png"], [1]) is False
-        task = await record(repo, uid, key)
+        run = await running(repo, key)
+        assert await repo.requeue_run(run)  # the task is Queuing again: `run` is not running it
+        assert await repo.cancel_run(run) is False
+        assert (await record(repo, run.task_uid, key)).status == Status.QUEUING
+
+    run_with_repo(body)
+
+
+def test_finish_task_after_cancel_run_is_refused_and_not_charged(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        run = await running(repo, key, cost=30)
+        assert await repo.cancel_run(run)
+        assert await repo.finish_task(run, ["a.png"], [1]) is False
+        task = await record(repo, run.task_uid, key)
         assert (task.status, task.result_keys) == (Status.CANCELED, ())
         assert await used(repo, key) == 0
 
@@ -377,17 +412,87 @@ def test_finish_task_after_cancel_task_is_refused_and_not_charged(run_with_repo:
 def test_a_terminal_task_never_changes(run_with_repo: RunWithRepo, end: Status) -> None:
     async def body(repo: TaskRepository) -> None:
         key = (await repo.create_key("alice", 100)).public_key
-        uid = await running(repo, key, cost=30)
-        assert await end_task(repo, uid, end)
-        before = await record(repo, uid, key)
-        assert await repo.mark_running(uid, "w") is None
-        assert await repo.finish_task(uid, ["b.png"], [2]) is False
-        assert await repo.fail_task(uid, 500, "late") is False
-        assert await repo.cancel_task(uid) is False
-        await repo.record_progress(uid, 0.5)
-        await repo.request_cancel(uid)
-        assert await record(repo, uid, key) == before
+        run = await running(repo, key, cost=30)
+        assert await end_task(repo, run, end)
+        before = await record(repo, run.task_uid, key)
+        assert await repo.mark_running(run.task_uid, "w") is None
+        assert await refused_everything(repo, run)
+        await repo.request_cancel(run.task_uid)
+        assert await record(repo, run.task_uid, key) == before
         assert await used(repo, key) == (30 if end == Status.FINISHED else 0)
+
+    run_with_repo(body)
+
+
+def test_delete_ended_before_removes_only_tasks_that_ended_before_the_cutoff(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        finished, failed = await running(repo, key), await running(repo, key)
+        assert await repo.finish_task(finished, ["f1.png", "f2.png"], [1, 2])
+        assert await repo.fail_task(failed, 501, "boom")
+        open_uids = [(await running(repo, key)).task_uid, await queued(repo, key)]
+        assert await repo.delete_ended_before(datetime.now(UTC) - timedelta(hours=1)) == []
+        keys = await repo.delete_ended_before(datetime.now(UTC) + timedelta(seconds=1))
+        assert sorted(keys) == ["f1.png", "f2.png"]
+        assert await repo.get_many([finished.task_uid, failed.task_uid], key) == []
+        assert sorted(t.task_uid for t in await repo.get_many(open_uids, key)) == sorted(open_uids)
+        assert await used(repo, key) == 1  # deleting a task never gives its charge back
+
+    run_with_repo(body)
+
+
+# --- runs: attempts, requeue and fencing ----------------------------------------------------------
+
+
+def test_requeue_run_queues_the_task_again_under_a_new_attempt(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        run1 = await running(repo, key, cost=30)
+        assert run1.attempt == 1
+        assert await repo.record_progress(run1, 0.5)
+        assert await repo.requeue_run(run1) is True
+        task = await record(repo, run1.task_uid, key)
+        assert (task.status, task.worker, task.progress, task.attempt) == (Status.QUEUING, None, 0.0, 1)
+        assert await repo.open_tasks(key) == [run1.task_uid]
+        assert await repo.queued_count() == 1
+        run2 = await take(repo, run1.task_uid, "worker-2")
+        assert run2 == domain.Run(run1.task_uid, "worker-2", 2)
+        task = await record(repo, run1.task_uid, key)
+        assert (task.status, task.worker, task.attempt) == (Status.RUNNING, "worker-2", 2)
+        assert await used(repo, key) == 0  # charged at finish, not before
+
+    run_with_repo(body)
+
+
+def test_a_superseded_run_is_refused_and_the_current_one_finishes(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        run1 = await running(repo, key, cost=30)
+        assert await repo.requeue_run(run1)
+        run2 = await take(repo, run1.task_uid, "worker-2")
+        before = await record(repo, run1.task_uid, key)
+        assert await refused_everything(repo, run1)
+        assert await record(repo, run1.task_uid, key) == before
+        assert (before.status, before.worker) == (Status.RUNNING, "worker-2")
+        assert await used(repo, key) == 0
+        assert await repo.finish_task(run2, ["a.png"], [1]) is True
+        assert (await record(repo, run1.task_uid, key)).status == Status.FINISHED
+        assert await used(repo, key) == 30
+
+    run_with_repo(body)
+
+
+def test_a_run_with_the_wrong_worker_or_attempt_is_refused(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        run = await running(repo, key, cost=30)
+        before = await record(repo, run.task_uid, key)
+        assert await refused_everything(repo, domain.Run(run.task_uid, "worker-2", run.attempt))
+        assert await refused_everything(repo, domain.Run(run.task_uid, run.worker, run.attempt + 1))
+        assert await record(repo, run.task_uid, key) == before
+        assert await used(repo, key) == 0
+        assert await repo.finish_task(run, ["a.png"], [1]) is True
+        assert await used(repo, key) == 30
 
     run_with_repo(body)
 
@@ -401,7 +506,8 @@ def test_request_cancel_of_a_queued_task_cancels_it_now(run_with_repo: RunWithRe
         uid = await queued(repo, key, cost=30)
         await repo.request_cancel(uid)
         task = await record(repo, uid, key)
-        assert (task.status, task.error_code) == (Status.CANCELED, 510)
+        assert (task.status, task.error_code, task.error_message) == (Status.CANCELED, 510, "Task was cancelled")
+        assert task.finished_at is not None
         assert await repo.mark_running(uid, "w") is None  # its job, if it ever ran, would skip it
         assert await repo.open_tasks(key) == []
         assert await used(repo, key) == 0
@@ -412,10 +518,11 @@ def test_request_cancel_of_a_queued_task_cancels_it_now(run_with_repo: RunWithRe
 def test_request_cancel_of_a_running_task_leaves_it_to_the_worker(run_with_repo: RunWithRepo) -> None:
     async def body(repo: TaskRepository) -> None:
         key = (await repo.create_key("alice", 100)).public_key
-        uid = await running(repo, key, cost=30)
-        await repo.request_cancel(uid)
-        assert (await record(repo, uid, key)).status == Status.RUNNING
-        assert await repo.cancel_task(uid)  # what the worker writes at its next step
+        run = await running(repo, key, cost=30)
+        await repo.request_cancel(run.task_uid)
+        assert (await record(repo, run.task_uid, key)).status == Status.RUNNING
+        assert await repo.cancel_run(run)  # what the worker writes at its next step
+        assert await used(repo, key) == 0
 
     run_with_repo(body)
 
@@ -434,6 +541,19 @@ async def jobs_of(app: procrastinate.App, uid: str) -> list[procrastinate.jobs.J
     """The generation jobs deferred for task `uid` (the repository does not expose job ids)."""
     listed = await app.job_manager.list_jobs_async(task=jobs.TASK_NAME)
     return [job for job in listed if job.task_kwargs == {"task_uid": uid}]
+
+
+async def fetch(app: procrastinate.App, uid: str) -> procrastinate.jobs.Job:
+    """What a worker does first: take the next generation job (here, the one of task `uid`)."""
+    manager = app.job_manager
+    job = await manager.fetch_job(queues=[jobs.QUEUE], worker_id=await manager.register_worker())
+    assert job is not None and job.id is not None and job.task_kwargs == {"task_uid": uid}
+    return job
+
+
+async def job_by_id(app: procrastinate.App, job_id: int | None) -> procrastinate.jobs.Job:
+    (job,) = await app.job_manager.list_jobs_async(id=job_id)
+    return job
 
 
 def test_create_task_enqueues_one_job(backend_factory: BackendFactory) -> None:
@@ -462,16 +582,79 @@ def test_request_cancel_of_a_queued_task_cancels_its_job(backend_factory: Backen
 def test_request_cancel_of_a_running_task_asks_its_job_to_abort(backend_factory: BackendFactory) -> None:
     async def main() -> None:
         async with backend_factory() as backend:
-            manager = backend.app.job_manager
             key = (await backend.repo.create_key("alice", 100)).public_key
             uid = await queued(backend.repo, key)
             # what a worker does: take the job, then the task
-            worker_id = await manager.register_worker()
-            job = await manager.fetch_job(queues=[jobs.QUEUE], worker_id=worker_id)
-            assert job is not None and job.id is not None and job.task_kwargs == {"task_uid": uid}
-            assert await backend.repo.mark_running(uid, "worker-1") == SPEC
+            job = await fetch(backend.app, uid)
+            run = await take(backend.repo, uid)
+            assert await backend.repo.record_progress(run, 0.5)
             await backend.repo.request_cancel(uid)
-            (after,) = await manager.list_jobs_async(id=job.id)
+            after = await job_by_id(backend.app, job.id)
             assert (after.status, after.abort_requested) == ("doing", True)
+
+    asyncio.run(main())
+
+
+def test_request_cancel_of_a_task_just_taken_asks_its_job_to_abort(backend_factory: BackendFactory) -> None:
+    async def main() -> None:
+        async with backend_factory() as backend:
+            key = (await backend.repo.create_key("alice", 100)).public_key
+            uid = await queued(backend.repo, key)
+            job = await fetch(backend.app, uid)
+            run = await take(backend.repo, uid)  # taken: no progress written yet
+            await backend.repo.request_cancel(uid)
+            after = await job_by_id(backend.app, job.id)
+            assert (after.status, after.abort_requested) == ("doing", True)
+            assert await backend.repo.cancel_run(run)  # the worker acknowledges the abort
+
+    asyncio.run(main())
+
+
+def test_request_cancel_racing_mark_running_is_never_lost(backend_factory: BackendFactory) -> None:
+    async def main() -> None:
+        async with backend_factory() as backend:
+            key = (await backend.repo.create_key("alice", 100)).public_key
+            uid = await queued(backend.repo, key)
+            job = await fetch(backend.app, uid)
+            taken, _ = await asyncio.gather(
+                backend.repo.mark_running(uid, "worker-1"), backend.repo.request_cancel(uid)
+            )
+            task = await record(backend.repo, uid, key)
+            if taken is None:  # the cancel came first: the worker finds the task cancelled
+                assert task.status == Status.CANCELED
+            else:  # the worker came first: its job is asked to abort
+                assert task.status == Status.RUNNING
+                assert (await job_by_id(backend.app, job.id)).abort_requested
+
+    asyncio.run(main())
+
+
+def test_requeue_run_defers_a_new_job(backend_factory: BackendFactory) -> None:
+    async def main() -> None:
+        async with backend_factory() as backend:
+            key = (await backend.repo.create_key("alice", 100)).public_key
+            uid = await queued(backend.repo, key)
+            first = await fetch(backend.app, uid)
+            assert await backend.repo.requeue_run(await take(backend.repo, uid))
+            listed = await jobs_of(backend.app, uid)
+            assert len(listed) == 2
+            (new,) = [job for job in listed if job.id != first.id]
+            assert (new.queue, new.status) == (jobs.QUEUE, "todo")
+
+    asyncio.run(main())
+
+
+def test_request_cancel_after_a_requeue_asks_the_new_job_to_abort(backend_factory: BackendFactory) -> None:
+    async def main() -> None:
+        async with backend_factory() as backend:
+            key = (await backend.repo.create_key("alice", 100)).public_key
+            uid = await queued(backend.repo, key)
+            await fetch(backend.app, uid)
+            assert await backend.repo.requeue_run(await take(backend.repo, uid))
+            second = await fetch(backend.app, uid)
+            run2 = await take(backend.repo, uid, "worker-2")
+            await backend.repo.request_cancel(uid)
+            assert (await job_by_id(backend.app, second.id)).abort_requested
+            assert await backend.repo.cancel_run(run2)
 
     asyncio.run(main())

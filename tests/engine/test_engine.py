@@ -59,7 +59,8 @@ def test_large_batches_run_in_chunks(engine):
     finally:
         engine.max_chunk = chunk
     assert len(out.images) == 5 and out.seeds == [7, 8, 9, 10, 11]
-    assert steps == pytest.approx([i / 9 for i in range(1, 10)])
+    # 0 once the model is loaded, then each chunk: its start, then its three steps (3 chunks × 3 steps)
+    assert steps == pytest.approx([0.0, *(p for c in range(3) for p in [c / 3] + [(3 * c + i) / 9 for i in (1, 2, 3)])])
 
 
 def test_sizes_not_multiple_of_8_are_exact(engine):
@@ -73,11 +74,15 @@ def test_every_sampler_runs_and_reproduces(engine, sampler):
     assert engine.generate(spec).pngs() == engine.generate(spec).pngs()
 
 
-def test_clip_skip_changes_the_output_and_is_bounded(engine):
+def test_clip_skip_changes_the_output(engine):
     base = pixels(engine.generate(domain.GenerationSpec(**SMALL)))
     skipped = pixels(engine.generate(domain.GenerationSpec(**{**SMALL, "clip_skip": 2})))
     assert np.abs(base - skipped).max() > 0
-    with pytest.raises(errors.GenerationError, match="ClipSkip 9 is deeper"):
+
+
+def test_clip_skip_deeper_than_the_encoder_is_a_broken_caller_contract(engine):
+    # The API refuses it before queueing (ParamError, from the file's header): the engine only asserts.
+    with pytest.raises(AssertionError, match="ClipSkip 9 is deeper"):
         engine.generate(domain.GenerationSpec(**{**SMALL, "clip_skip": 9}))
 
 
@@ -92,7 +97,7 @@ def test_cfg_and_negative_prompt_matter(engine):
 def test_step_callback_reports_and_cancels(engine):
     seen = []
     engine.generate(domain.GenerationSpec(**SMALL), seen.append)
-    assert seen == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert seen == pytest.approx([0.0, 0.0, 1 / 3, 2 / 3, 1.0])  # model loaded, denoising starts, 3 steps
 
     def cancel(progress):
         if progress > 0.5:
@@ -102,6 +107,65 @@ def test_step_callback_reports_and_cancels(engine):
         engine.generate(domain.GenerationSpec(**SMALL), cancel)
     # the cached pipeline still works afterwards
     assert engine.generate(domain.GenerationSpec(**SMALL)).images
+
+
+def test_a_cancel_during_the_model_load_stops_before_denoising(engine):
+    seen = []
+
+    def cancel(progress):
+        seen.append(progress)
+        raise errors.TaskCanceled()
+
+    with pytest.raises(errors.TaskCanceled):
+        engine.generate(domain.GenerationSpec(**{**SMALL, "seed": 99}), cancel)
+    assert seen == [0.0]  # the first call comes right after the load: no step ran
+
+
+def test_a_cancel_between_chunks_stops_before_the_next_chunk(engine):
+    chunk = engine.max_chunk
+    engine.max_chunk = 2
+    seen = []
+
+    def cancel_at_second_chunk(progress):
+        seen.append(progress)
+        if len(seen) == 6:  # load, chunk 1 start, its 3 steps, then chunk 2's start
+            raise errors.TaskCanceled()
+
+    try:
+        with pytest.raises(errors.TaskCanceled):
+            engine.generate(domain.GenerationSpec(**{**SMALL, "batch_size": 5}), cancel_at_second_chunk)
+    finally:
+        engine.max_chunk = chunk
+    assert seen == pytest.approx([0.0, 0.0, 1 / 9, 2 / 9, 3 / 9, 3 / 9])  # no step of chunk 2 ran
+    assert engine.generate(domain.GenerationSpec(**SMALL)).images
+
+
+def test_one_generation_at_a_time(engine):
+    import threading
+
+    inside, release = threading.Event(), threading.Event()
+    second_started = []
+
+    def hold(progress):
+        inside.set()
+        assert release.wait(30)
+
+    def note(progress):
+        second_started.append(progress)
+
+    first = threading.Thread(target=engine.generate, args=(domain.GenerationSpec(**SMALL), hold))
+    first.start()
+    try:
+        assert inside.wait(60)
+        second = threading.Thread(target=engine.generate, args=(domain.GenerationSpec(**SMALL), note))
+        second.start()
+        second.join(0.5)
+        assert second.is_alive() and second_started == []  # waiting for the first generation's lock
+    finally:
+        release.set()
+        first.join(60)
+    second.join(60)
+    assert not second.is_alive() and second_started[-1] == 1.0
 
 
 def test_png_carries_a1111_parameters(engine):

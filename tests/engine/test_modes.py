@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from picserve import domain, errors
+from picserve import domain
 from picserve.engine import prompts, tiling, tiny
 
 BASE = {"model_code": tiny.TINY_CODE, "prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 10, "seed": 3}
@@ -74,9 +74,28 @@ def test_inpainting_keeps_every_unmasked_pixel(engine, model, size):
     assert np.abs(arr(out)[~keep] - arr(source)[~keep]).mean() > 1
 
 
-def test_inpaint_model_needs_a_mask(engine):
-    with pytest.raises(errors.GenerationError, match="inpainting model"):
+def test_inpaint_model_without_a_mask_is_a_broken_caller_contract(engine):
+    # The API refuses it before queueing (ParamError, from the UNet's input channels): the engine only asserts.
+    with pytest.raises(AssertionError, match="inpainting model"):
         run(engine, model_code=tiny.TINY_INPAINT_CODE)
+
+
+@pytest.mark.parametrize("mode", ["JustResize", "CropAndResize", "ResizeAndFill"])
+@pytest.mark.parametrize(("source", "size"), [((126, 128), (64, 64)), ((128, 126), (64, 64)), ((1, 300), (96, 64))])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_img2img_and_inpainting_take_awkward_ratios(engine, mode, source, size, with_mask):
+    # One pixel narrower than the frame after fitting once failed in the worker (a 0-wide fill band).
+    out = run(
+        engine,
+        init_image=b64(gradient(*source)),
+        mask_image=b64(square_mask(*source)) if with_mask else None,
+        strength=0.5,
+        resize_mode=mode,
+        steps=2,
+        width=size[0],
+        height=size[1],
+    )
+    assert out.images[0].size == size
 
 
 def _conv_modes(pipe):

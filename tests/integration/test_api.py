@@ -2,7 +2,9 @@
 
 import json
 import os
+import shutil
 import time
+import uuid
 from io import BytesIO
 
 import pytest
@@ -174,15 +176,21 @@ def test_credits_are_reserved_then_charged(make_client, run_worker):
     assert (balance["TotalCredits"], balance["UsedCredits"]) == (3, 2)
 
 
-def test_runtime_failure_is_reported_and_not_charged(make_client, run_worker):
+def test_runtime_failure_is_reported_and_not_charged(make_client, run_worker, models_dir):
+    # A LoRA that was there at submit and is gone when the task runs: a failure only the run can meet.
+    code = f"vanishing-{uuid.uuid4().hex[:8]}"
+    path = models_dir / "lora" / f"{code}.safetensors"
+    shutil.copy(models_dir / "lora" / "kohya-0.safetensors", path)
     client = make_client()
-    uid = client.generate_images_sdxl(
-        **tiny_request(MainModel={"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 6, "ClipSkip": 9}})
-    )
+    try:
+        uid = client.generate_images_sdxl(**tiny_request(SubModelList=[{"ModelCode": code}]))
+    finally:
+        path.unlink()
+    time.sleep(2.5)  # past the catalog's rescan interval: the worker sees the folder as it is now
     run_worker()
     detail = client.list_tasks_details([uid])[0]
-    assert detail["Status"] == "Error" and detail["ErrorCode"] == 501
-    assert "ClipSkip 9 is deeper than this model's text encoder" in detail["ErrorMassage"]
+    assert detail["Status"] == "Error" and detail["ErrorCode"] == 501, detail
+    assert code in detail["ErrorMassage"]
     assert detail["ConsumeApiPoint"] == 0 and client.get_credit_balance()["UsedCredits"] == 0
 
 

@@ -116,6 +116,15 @@ def test_a_mask_of_another_size_is_resized(generate):
     assert np.array_equal(out[keep], np.asarray(gradient(), dtype=np.int16)[keep])
 
 
+@pytest.mark.parametrize("mode", ["JustResize", "CropAndResize", "ResizeAndFill"])
+def test_awkward_image_ratios_generate(generate, mode):
+    # 126×128 fits a 64×64 frame 63 px wide: a 0 px band once failed in the worker (ValueError, 501)
+    for source, mask in ((gradient(126, 128), None), (gradient(128, 126), square_mask(128, 126))):
+        images = [b64(source)] + ([b64(mask)] if mask is not None else [])
+        result = generate(ImageAndMaskList=images, Image2Image={"ImageIndex": 0, "ResizeMode": mode})
+        assert result.detail["Status"] == "Finished" and result.images[0].shape == (64, 64, 3)
+
+
 def test_tiling(generate):
     (plain,) = generate().images
     (tiled,) = generate(Tiling=True).images
@@ -139,6 +148,14 @@ def gif() -> str:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
+        (
+            {"ImageAndMaskList": [b64(gradient())] * 5, "Image2Image": {"ImageIndex": 0}},
+            "ImageAndMaskList: must hold at most 4 entries",
+        ),
+        (
+            {"ImageAndMaskList": [b64(gradient()), b64(square_mask()), gif()], "Image2Image": {"ImageIndex": 0}},
+            "ImageAndMaskList[2]: no index refers to this entry",
+        ),
         (
             {"ImageAndMaskList": ["@@not-base64@@"], "Image2Image": {"ImageIndex": 0}},
             "ImageAndMaskList[0]: not valid base64",
@@ -171,6 +188,37 @@ def gif() -> str:
     ],
 )
 def test_bad_images_are_refused_before_queueing(make_client, fields, message):
+    client = make_client()
+    with pytest.raises(errors.ParamError) as info:
+        client.generate_images_sdxl(**tiny_request(**fields))
+    assert info.value.message.startswith(message), info.value.message
+    assert client.list_running_tasks() == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"MainModel": {"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 6, "ClipSkip": 5}}},
+            "MainModel.InferenceParams.ClipSkip: must be between 1 and 4 for model 'picserve-tiny' (got 5)",
+        ),
+        (
+            {"MainModel": {"ModelCode": "picserve-tiny-inpaint"}},
+            "MainModel.ModelCode 'picserve-tiny-inpaint' is an inpainting model (9-channel UNet): "
+            "send an image and a mask",
+        ),
+        (
+            {
+                "MainModel": {"ModelCode": "picserve-tiny-inpaint-diffusers"},
+                "ImageAndMaskList": [b64(gradient())],
+                "Image2Image": {"ImageIndex": 0},
+            },
+            "MainModel.ModelCode 'picserve-tiny-inpaint-diffusers' is an inpainting model",
+        ),
+    ],
+)
+def test_model_limits_are_refused_before_queueing(make_client, fields, message):
+    # ClipSkip depth and inpainting models come from the model files' headers: once 501s in the worker.
     client = make_client()
     with pytest.raises(errors.ParamError) as info:
         client.generate_images_sdxl(**tiny_request(**fields))

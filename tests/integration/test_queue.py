@@ -32,9 +32,9 @@ def status(client, uid):
     return client.list_tasks_details([uid])[0]
 
 
-def worker_process(settings, *extra):
-    env = {**os.environ, **settings.to_env(), "PICSERVE_LOG_LEVEL": "warning"}
-    return subprocess.Popen([sys.executable, "-m", "picserve", "worker", *extra], env=env)
+def worker_process(settings, *extra, log_level="warning", stderr=None):
+    env = {**os.environ, **settings.to_env(), "PICSERVE_LOG_LEVEL": log_level}
+    return subprocess.Popen([sys.executable, "-m", "picserve", "worker", *extra], env=env, stderr=stderr)
 
 
 def test_cancel_a_running_task_at_its_next_step(make_client, run_worker):
@@ -105,3 +105,36 @@ def test_a_killed_workers_task_runs_again(settings, api, make_client, run_worker
     detail = status(client, uid)
     assert detail["Status"] == "Finished" and len(detail["ImgList"]) == 1
     assert client.get_credit_balance()["UsedCredits"] == detail["ConsumeApiPoint"]
+
+
+def test_a_frozen_worker_that_thaws_writes_nothing(settings, api, make_client, tmp_path):
+    # A worker frozen past the heartbeat timeout (SIGSTOP: a GC pause, a stalled disk) loses its task
+    # to another worker. When it thaws it finishes its generation, but its run was superseded: its
+    # result is refused, its files are deleted, and the task keeps the second run's images.
+    client = make_client()
+    uid = client.generate_images_sdxl(**tiny_request(**SLOW))
+    log = tmp_path / "frozen.log"
+    with open(log, "w") as stderr:
+        frozen = worker_process(settings, "--name", "frozen", log_level="info", stderr=stderr)
+    rescuer = None
+    try:
+        wait_for(lambda: status(client, uid)["Progress"] > 0, timeout=120, every=0.5)
+        frozen.send_signal(signal.SIGSTOP)
+        wait_for(lambda: status(client, uid)["Status"] == "Queuing", timeout=30)  # the API's sweeper
+        rescuer = worker_process(settings, "--name", "rescuer")
+        # Poll slowly: on two cores, a busy poller starves the rescuer's OpenMP threads.
+        wait_for(lambda: status(client, uid)["Status"] == "Finished", timeout=180, every=1.0)
+        frozen.send_signal(signal.SIGCONT)
+        wait_for(lambda: "superseded" in log.read_text(), timeout=180, every=1.0)
+    finally:
+        for process in (frozen, rescuer):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.terminate()
+                process.wait(60)
+    detail = status(client, uid)
+    assert detail["Status"] == "Finished" and len(detail["ImgList"]) == 1
+    assert client.get_credit_balance()["UsedCredits"] == detail["ConsumeApiPoint"]
+    kept = {url.rsplit("/", 1)[1] for url in detail["ImgList"]}
+    assert {p.name for p in settings.results_dir.glob("*.png")} == kept  # the frozen run's file is gone
+    assert "attempt 1 by frozen was superseded" in log.read_text()

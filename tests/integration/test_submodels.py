@@ -23,6 +23,11 @@ def test_list_models_reports_sub_models_and_their_fit(make_client):
     )
     assert models["EmbeddingModels"]["emb-a"]["CompatibleMainModels"]
     assert models["HypernetworkModels"]["hyper-a"]["InferenceParams"] == {"LoraWeight": 1}
+    # every tiny sub-model fits both tiny mains (by every width, with both text encoders), but the SD 1.5 LoRA
+    for field in ("LoraModels", "EmbeddingModels", "HypernetworkModels"):
+        for code, model in models[field].items():
+            fits = {"picserve-tiny", "picserve-tiny-diffusers"} <= set(model["CompatibleMainModels"])
+            assert fits == (code != "sd15-style"), (code, model["CompatibleMainModels"])
 
 
 def test_loras_hypernetworks_and_weights(generate):
@@ -67,7 +72,8 @@ def test_embeddings_load_from_the_list_or_the_prompt(generate):
         (
             {"ModelCode": "sd15-style"},
             232,
-            "SubModelList[0].ModelCode 'sd15-style' is a SD1 lora and does not fit main model 'picserve-tiny'",
+            "SubModelList[0].ModelCode 'sd15-style' is a SD1 lora and does not fit main model 'picserve-tiny' "
+            "(custom (cross-attention 96)): its UNet cross-attention width is 768, the main model's is 96",
         ),
         ({"ModelCode": "nope"}, 231, "SubModelList[0].ModelCode 'nope' is not a LoRA, embedding or hypernetwork"),
         (

@@ -1,4 +1,15 @@
-from tests.headers import write_header
+import pytest
+
+from tests.headers import (
+    SD1_EMBEDDING,
+    SD1_LORA,
+    SD1_LORA_TEXT_ONLY,
+    SDXL_LORA,
+    SDXL_LORA_UNET_ONLY,
+    SDXL_MAIN,
+    sdxl_main,
+    write_header,
+)
 
 
 def test_model_inspection_without_torch(tmp_path):
@@ -42,3 +53,128 @@ def test_model_inspection_without_torch(tmp_path):
     with zipfile.ZipFile(evil, "w") as z:
         z.writestr("archive/data.pkl", b"cos\nsystem\n(S'touch /tmp/pwned'\ntR.")
     assert "not allowed" in modelinfo.inspect("hypernetwork", evil).problem
+
+
+def _sdxl_main():
+    from picserve import modelinfo
+
+    return modelinfo.Info(base="SDXL", dims={"cross": (2048,), "te1": (768,), "te2": (1280,)})
+
+
+def test_an_sd1_embedding_does_not_fit_sdxl(tmp_path):
+    from picserve import modelinfo
+
+    emb = modelinfo.inspect("embedding", write_header(tmp_path / "sd1.safetensors", SD1_EMBEDDING))
+    assert emb.base == "SD1" and emb.dims == {"te1": (768,)}
+    reason = modelinfo.misfit(_sdxl_main(), emb, "embedding")
+    assert reason is not None and "no clip_g vectors" in reason and "1280 wide" in reason
+    assert not modelinfo.compatible(_sdxl_main(), emb, "embedding")
+
+
+@pytest.mark.parametrize(
+    ("shapes", "fits", "words"),
+    [
+        ({"clip_l": (2, 768), "clip_g": (2, 1280)}, True, None),
+        ({"clip_l": (2, 768)}, False, "no clip_g vectors"),
+        ({"clip_g": (2, 1280)}, False, "no clip_l vectors"),
+        (
+            {"clip_l": (2, 768), "clip_g": (2, 1288)},
+            False,
+            "second text encoder width is 1288, the main model's is 1280",
+        ),
+    ],
+)
+def test_an_sdxl_embedding_needs_both_text_encoders_at_their_widths(tmp_path, shapes, fits, words):
+    from picserve import modelinfo
+
+    emb = modelinfo.inspect("embedding", write_header(tmp_path / "e.safetensors", shapes))
+    reason = modelinfo.misfit(_sdxl_main(), emb, "embedding")
+    assert (reason is None) == fits and modelinfo.compatible(_sdxl_main(), emb, "embedding") == fits
+    assert words is None or words in reason
+
+
+@pytest.mark.parametrize(
+    ("shapes", "words"),
+    [
+        (SDXL_LORA, None),
+        (SDXL_LORA_UNET_ONLY, None),  # UNet-only SDXL LoRAs are common and fine
+        (SD1_LORA, "UNet cross-attention width is 768, the main model's is 2048"),
+        (SD1_LORA_TEXT_ONLY, "none for the second text encoder (OpenCLIP-G, 1280 wide)"),
+        # every width counts, not the first found: one SD1-wide to_v among SDXL ones does not fit
+        (
+            {
+                **SDXL_LORA,
+                "lora_unet_output_blocks_0_1_transformer_blocks_0_attn2_to_v.lora_down.weight": (4, 768),
+            },
+            "UNet cross-attention widths are 768 and 2048",
+        ),
+        (
+            {**SDXL_LORA, "lora_te2_text_model_encoder_layers_3_self_attn_out_proj.lora_down.weight": (4, 1024)},
+            "second text encoder widths are 1024 and 1280",
+        ),
+    ],
+)
+def test_a_lora_fits_by_every_width_and_every_text_encoder(tmp_path, shapes, words):
+    from picserve import modelinfo
+
+    lora = modelinfo.inspect("lora", write_header(tmp_path / "l.safetensors", shapes))
+    reason = modelinfo.misfit(_sdxl_main(), lora, "lora")
+    if words is None:
+        assert reason is None, reason
+    else:
+        assert reason is not None and words in reason, reason
+
+
+def test_the_tiny_models_widths_fit_their_sub_models(tmp_path):
+    """The tiny SDXL of the models tier (cross 96, text encoders 32 and 64), as header-only files."""
+    import json
+
+    from picserve import modelinfo
+
+    folder = tmp_path / "tiny"
+    for sub, config in {
+        "unet": {"cross_attention_dim": 96, "in_channels": 4},
+        "text_encoder": {"hidden_size": 32, "num_hidden_layers": 4},
+        "text_encoder_2": {"hidden_size": 64, "num_hidden_layers": 10},
+    }.items():
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "config.json").write_text(json.dumps(config))
+    main = modelinfo.inspect("main", folder)
+    assert (main.dims, main.text_encoder_layers, main.unet_in_channels) == (
+        {"cross": (96,), "te1": (32,), "te2": (64,)},
+        4,
+        4,
+    )
+    kohya = {
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": (4, 96),
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 32),
+        "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 64),
+    }
+    peft = {
+        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": (4, 96),
+        "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": (4, 32),
+        "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": (4, 64),
+    }
+    for name, shapes in (("kohya", kohya), ("peft", peft)):
+        assert (
+            modelinfo.misfit(
+                main, modelinfo.inspect("lora", write_header(tmp_path / f"{name}.safetensors", shapes)), "lora"
+            )
+            is None
+        )
+    emb = modelinfo.inspect(
+        "embedding", write_header(tmp_path / "e.safetensors", {"clip_l": (2, 32), "clip_g": (2, 64)})
+    )
+    assert modelinfo.compatible(main, emb, "embedding")
+    sd15 = modelinfo.inspect("lora", write_header(tmp_path / "sd15.safetensors", {**SD1_LORA, **SD1_LORA_TEXT_ONLY}))
+    assert not modelinfo.compatible(main, sd15, "lora")
+
+
+@pytest.mark.parametrize(("layers", "channels"), [(12, 4), (6, 9)])
+def test_main_model_clip_depth_and_unet_channels_from_the_header(tmp_path, layers, channels):
+    from picserve import modelinfo
+
+    info = modelinfo.inspect("main", write_header(tmp_path / "m.safetensors", sdxl_main(layers, channels)))
+    assert (info.base, info.text_encoder_layers, info.unet_in_channels) == ("SDXL", layers, channels)
+    bare = modelinfo.inspect("main", write_header(tmp_path / "bare.safetensors", SDXL_MAIN))
+    assert (bare.text_encoder_layers, bare.unet_in_channels) == (None, None)  # not known: not checked

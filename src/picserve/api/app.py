@@ -15,9 +15,8 @@ from picserve import __version__
 from picserve.api import endpoint
 from picserve.api.services import Services
 from picserve.config import Settings
-from picserve.storage.base import Store
 from picserve.storage.disk import DiskStore
-from picserve.tasks import database, recovery
+from picserve.tasks import database, recovery, retention
 from picserve.translate.prompts import PromptTranslator
 
 __all__ = ["create_app", "services_of"]
@@ -39,7 +38,11 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                 if not settings.database_url:
                     raise RuntimeError("create_app needs settings.database_url or injected services")
                 db = await stack.enter_async_context(
-                    database.open_database(settings.database_url, max_size=settings.api_db_connections)
+                    database.open_database(
+                        settings.database_url,
+                        max_size=settings.api_db_connections,
+                        idle_transaction_timeout=2 * settings.stalled_after,
+                    )
                 )
                 chosen = Services.build(
                     settings,
@@ -52,7 +55,10 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             app.state.services = chosen
             if chosen.translator is not None:
                 background.append(asyncio.create_task(asyncio.to_thread(chosen.translator.warm_up)))
-            background.append(asyncio.create_task(_expire_forever(chosen.store, settings.result_cleanup_interval)))
+            cleanup = retention.clean_forever(
+                chosen.repo, chosen.store, settings.task_retention, settings.result_cleanup_interval
+            )
+            background.append(asyncio.create_task(cleanup))
             try:
                 yield
             finally:
@@ -84,14 +90,3 @@ def services_of(app: FastAPI) -> Services:
     through which an embedding program or a test reaches the key repository, the store and the rest."""
     services: Services = app.state.services
     return services
-
-
-async def _expire_forever(store: Store, every: float) -> None:
-    while True:
-        try:
-            removed = await asyncio.to_thread(store.expire)
-            if removed:
-                log.info("removed %d expired results", removed)
-        except Exception:
-            log.exception("result expiry failed")
-        await asyncio.sleep(every)

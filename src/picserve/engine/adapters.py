@@ -5,6 +5,10 @@ state dicts stay cached in memory (up to `max_cached_files`), so going from one 
 next changes only what differs: adapters already loaded are re-weighted with `set_adapters`, and a
 request with no LoRA disables them, which gives the base model's output bit for bit. Embeddings and
 hypernetworks are applied for one request and always removed after it.
+
+Each sub-model goes on all or nothing: diffusers loads a LoRA's UNet, te1 and te2 parts, and an
+embedding's `clip_l` and `clip_g` parts, one after the other, and keeps the first when a later one fails;
+here the parts already applied are taken back, and the failure is a `GenerationError` naming the file.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,15 +63,22 @@ class Adapters:
 
     @contextlib.contextmanager
     def applied(self, model: loader.LoadedModel, sub_models: tuple[domain.SubModel, ...]) -> Iterator[None]:
-        """Everything `sub_models` asks for, on `model`, for one request."""
+        """Everything `sub_models` asks for, on `model`, for one request.
+
+        Each sub-model goes on all or nothing: one that fails half-way (a LoRA whose second text encoder
+        part does not fit, an embedding whose `clip_g` part does not) takes back the parts it had applied
+        and raises a `GenerationError` naming it. Embeddings and hypernetworks come off when the block
+        ends, however it ends; LoRAs stay loaded but only the next request's set is enabled.
+        """
         resolved = [self._resolve(sub) for sub in sub_models]
         self._set_loras(model, [sub for sub in resolved if sub.kind == "lora"])
-        with (
-            self._embeddings(model.base, [sub for sub in resolved if sub.kind == "embedding"]),
-            hypernetwork.applied(
-                model.base.unet, [(self._file(sub), sub.weight) for sub in resolved if sub.kind == "hypernetwork"]
-            ),
-        ):
+        pipe = model.base
+        with contextlib.ExitStack() as stack:  # unwinds in reverse, every exit even when one raises
+            for emb in (sub for sub in resolved if sub.kind == "embedding"):
+                stack.enter_context(self._embedding(pipe, emb))
+            width = pipe.unet.config.cross_attention_dim
+            networks = [(self._hypernetwork(sub, width), sub.weight) for sub in resolved if sub.kind == "hypernetwork"]
+            stack.enter_context(hypernetwork.applied(pipe.unet, networks))
             yield
 
     # --- files ------------------------------------------------------------------------------------
@@ -103,14 +114,9 @@ class Adapters:
             name = _adapter_name(lora.code)
             if model.loras.get(name) != lora.version:
                 if name in model.loras:
-                    pipe.delete_adapters([name])
                     del model.loras[name]
-                with warnings.catch_warnings():  # peft: "Already found a peft_config attribute" is expected
-                    warnings.simplefilter("ignore")
-                    try:
-                        pipe.load_lora_weights(dict(self._file(lora)), adapter_name=name)
-                    except (ValueError, KeyError, RuntimeError) as exc:
-                        raise errors.GenerationError(f"LoRA {lora.code!r} could not be applied: {exc}") from exc
+                _delete_adapter(pipe, name)  # an older version of the file, or anything left under the name
+                self._load_lora(pipe, lora, name)
                 model.loras[name] = lora.version
             model.loras.move_to_end(name)
         # Least recently used adapters beyond the bound leave; the ones this request needs stay.
@@ -121,42 +127,113 @@ class Adapters:
         pipe.enable_lora()
         pipe.set_adapters([_adapter_name(lora.code) for lora in loras], adapter_weights=[lora.weight for lora in loras])
 
+    def _load_lora(self, pipe: Any, lora: _Resolved, name: str) -> None:
+        """Load one LoRA into the UNet and both text encoders, all or nothing.
+
+        diffusers loads the parts one after the other and leaves those already loaded when a later one
+        fails (a te2 tensor of the wrong shape fails after the UNet and te1 took theirs): whatever the
+        adapter got is deleted again before the error goes on.
+        """
+        state = dict(self._file(lora))  # diffusers pops keys from the dict it is given
+        with warnings.catch_warnings():  # peft: "Already found a peft_config attribute" is expected
+            warnings.simplefilter("ignore")
+            try:
+                pipe.load_lora_weights(state, adapter_name=name)
+            except BaseException as exc:
+                _delete_adapter(pipe, name)
+                if _is_out_of_memory(exc) or not isinstance(exc, Exception):
+                    raise
+                raise errors.GenerationError(f"LoRA {lora.code!r} could not be applied: {exc}") from exc
+
     # --- embeddings ---------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _embeddings(self, pipe: Any, embeddings: list[_Resolved]) -> Iterator[None]:
-        loaded_tokens: list[list[str]] = []  # per embedding, every token it added
-        try:
-            for emb in embeddings:
-                vectors = self._file(emb)
-                for key, tokenizer, encoder in (
-                    ("clip_l", pipe.tokenizer, pipe.text_encoder),
-                    ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2),
-                ):
-                    if key not in vectors:
-                        raise errors.GenerationError(f"embedding {emb.code!r} has no {key} vectors (not SDXL)")
-                    pipe.load_textual_inversion(vectors[key], token=emb.code, tokenizer=tokenizer, text_encoder=encoder)
-                count = vectors["clip_l"].shape[0]
-                # diffusers names the extra vectors token_1, token_2…; all must go to unload completely.
-                loaded_tokens.append([emb.code] + [f"{emb.code}_{i}" for i in range(1, count)])
+    def _embedding(self, pipe: Any, emb: _Resolved) -> Iterator[None]:
+        """One SDXL embedding: `clip_l` into the first tokenizer and text encoder, `clip_g` into the second.
+
+        All or nothing, and removed when the block ends: each part takes back what it added, in reverse.
+        """
+        vectors = self._file(emb)
+        parts = (("clip_l", pipe.tokenizer, pipe.text_encoder), ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2))
+        for key, _, _ in parts:  # checked before anything is touched
+            if not isinstance(vectors, Mapping) or not isinstance(vectors.get(key), torch.Tensor):
+                raise errors.GenerationError(f"embedding {emb.code!r} has no {key} vectors (not SDXL)")
+        with contextlib.ExitStack() as stack:
+            for key, tokenizer, encoder in parts:
+                stack.enter_context(_textual_inversion(pipe, emb.code, key, vectors[key], tokenizer, encoder))
             yield
-        finally:
-            for tokens in reversed(loaded_tokens):
-                for tokenizer, encoder in (
-                    (pipe.tokenizer, pipe.text_encoder),
-                    (pipe.tokenizer_2, pipe.text_encoder_2),
-                ):
-                    pipe.unload_textual_inversion(tokens=tokens, tokenizer=tokenizer, text_encoder=encoder)
+
+    # --- hypernetworks ------------------------------------------------------------------------------
+    def _hypernetwork(self, sub: _Resolved, width: int) -> hypernetwork.Hypernetwork:
+        """A hypernetwork's modules, checked on a context of the UNet's width: one whose layers do not
+        chain fails here, naming it, rather than in the middle of denoising."""
+        modules: hypernetwork.Hypernetwork = self._file(sub)
+        for module in modules.get(width, ()):  # a network without this width does nothing (A1111)
+            parameter = next(module.parameters())
+            probe = torch.zeros(1, 1, width, device=parameter.device, dtype=parameter.dtype)
+            try:
+                with torch.no_grad():
+                    shape = module(probe).shape
+            except Exception as exc:
+                if _is_out_of_memory(exc):
+                    raise
+                raise errors.GenerationError(f"hypernetwork {sub.code!r} could not be applied: {exc}") from exc
+            if shape != probe.shape:
+                raise errors.GenerationError(
+                    f"hypernetwork {sub.code!r} could not be applied: its {width}-wide modules output {shape[-1]}"
+                )
+        return modules
+
+
+def _delete_adapter(pipe: Any, name: str) -> None:
+    """Delete the LoRA adapter `name` from every component that holds it (none may)."""
+    if any(name in names for names in pipe.get_list_adapters().values()):
+        pipe.delete_adapters([name])
+
+
+@contextlib.contextmanager
+def _textual_inversion(pipe: Any, code: str, key: str, vectors: Any, tokenizer: Any, encoder: Any) -> Iterator[None]:
+    """`vectors` as the token `code` (and `code_1`, `code_2`… for the extra rows) in one tokenizer and
+    text encoder; on failure, and when the block ends, both are as they were before."""
+    vocabulary, rows = len(tokenizer), encoder.get_input_embeddings().weight.shape[0]
+    try:
+        pipe.load_textual_inversion(vectors, token=code, tokenizer=tokenizer, text_encoder=encoder)
+    except BaseException as exc:
+        _restore_vocabulary(pipe, tokenizer, encoder, vocabulary, rows)
+        if _is_out_of_memory(exc) or not isinstance(exc, Exception):
+            raise
+        raise errors.GenerationError(f"embedding {code!r} could not be applied ({key}): {exc}") from exc
+    try:
+        yield
+    finally:
+        _restore_vocabulary(pipe, tokenizer, encoder, vocabulary, rows)
+
+
+def _restore_vocabulary(pipe: Any, tokenizer: Any, encoder: Any, vocabulary: int, rows: int) -> None:
+    """Remove the tokens added to `tokenizer` beyond its first `vocabulary` (and their embedding rows),
+    and bring the encoder's embedding matrix back to `rows`."""
+    added = [token.content for token_id, token in tokenizer.added_tokens_decoder.items() if token_id >= vocabulary]
+    if added:
+        pipe.unload_textual_inversion(tokens=added, tokenizer=tokenizer, text_encoder=encoder)
+    if encoder.get_input_embeddings().weight.shape[0] != rows:  # resized, then failed before adding tokens
+        encoder.resize_token_embeddings(rows)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    # left as they are: the engine turns them into its own "out of memory" error and frees the cache
+    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError))
 
 
 def _read(sub: _Resolved) -> Any:
     """A state dict (LoRA, embedding), or a hypernetwork's modules."""
-    if sub.kind == "hypernetwork":
-        return hypernetwork.load(sub.path)
     try:
+        if sub.kind == "hypernetwork":
+            return hypernetwork.load(sub.path)
         if sub.path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(sub.path))
         return torch.load(sub.path, map_location="cpu", weights_only=True)  # never an arbitrary unpickle
-    except Exception as exc:
+    except errors.GenerationError:
+        raise
+    except Exception as exc:  # a damaged file, or a hypernetwork whose layers cannot be built
         raise errors.GenerationError(f"{sub.kind} {sub.code!r} could not be read: {exc}") from exc

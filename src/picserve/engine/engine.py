@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,12 @@ _TILED_VAE_PIXELS = 1280 * 1280
 
 
 class Engine:
-    """SDXL generations on one device (a `base.GenerationEngine`). Not thread-safe: one worker drives one.
+    """SDXL generations on one device (a `base.GenerationEngine`), one at a time.
+
+    A generation changes the shared pipeline while it runs (its scheduler, the LoRAs, embeddings and
+    hypernetworks applied, seamless tiling, VAE tiling), so two at once on one engine would corrupt each
+    other. The worker drives an engine from a single thread; `generate` also holds a lock for the whole
+    generation as a backstop, so a second caller waits instead.
 
     Args:
         catalog: the models folder the model codes of requests are looked up in.
@@ -48,6 +54,8 @@ class Engine:
         self.adapters = adapters.Adapters(catalog, max_loras=max_loras, max_cached_files=max_cached_files)
         #: images denoised together; larger batches run in chunks of this size to bound memory
         self.max_chunk = max(1, max_chunk)
+        #: held for a whole generation: one at a time per engine (see the class docstring)
+        self._generating = threading.Lock()
 
     def holdings(self) -> dict[str, list[str]]:
         """Main models and LoRAs in memory: a hint for sending jobs to the worker that already has them."""
@@ -55,23 +63,32 @@ class Engine:
         return {"main": [m.code for m in models], "lora": [name for m in models for name in m.loras]}
 
     def generate(self, spec: domain.GenerationSpec, on_step: StepCallback | None = None) -> Generated:
-        try:
-            return self._generate(spec, on_step)
-        except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-            if self.pipelines.device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise errors.GenerationError(
-                f"out of memory generating {spec.batch_size}×{spec.width}×{spec.height}: lower the size or BatchSize"
-            ) from exc
+        """Images for `spec`, which the API has checked against the model (`to_spec`).
 
-    def _generate(self, spec: domain.GenerationSpec, on_step: StepCallback | None) -> Generated:
+        `on_step` is called after every denoising step, and also once the model is loaded and before
+        each chunk of the batch, so that a cancel (it raises TaskCanceled) stops before more work.
+        """
+        with self._generating:
+            try:
+                return self._generate(spec, on_step or _no_progress)
+            except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+                if self.pipelines.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                raise errors.GenerationError(
+                    f"out of memory generating {spec.batch_size}×{spec.width}×{spec.height}: "
+                    "lower the size or BatchSize"
+                ) from exc
+
+    def _generate(self, spec: domain.GenerationSpec, on_step: StepCallback) -> Generated:
         # 1. The pipeline for the mode (txt2img, img2img, inpaint share one loaded model) and a fresh scheduler.
+        #    Loading can take long: a cancel that came meanwhile stops here. The API has checked the model
+        #    against the request (to_spec): an inpainting model gets a mask, ClipSkip is within its encoder.
         model = self.pipelines.get(spec.model_code)
-        if model.is_inpaint and spec.mode != "inpaint":
-            raise errors.GenerationError(f"{spec.model_code!r} is an inpainting model: send an image and a mask")
+        on_step(0.0)
+        assert not model.is_inpaint or spec.mode == "inpaint", f"{spec.model_code!r} is an inpainting model: no mask"
         pipe = model.pipeline(spec.mode)
         pipe.scheduler = samplers.make_scheduler(spec.sampler, model.scheduler_config, spec.seed)
-        _check_clip_skip(pipe, spec.clip_skip)
+        _assert_clip_skip_fits(pipe, spec.clip_skip)
 
         # 2. SDXL works on multiples of 8 px: generate at the next one, resize to the exact request at the end.
         width, height = _ceil8(spec.width), _ceil8(spec.height)
@@ -112,6 +129,8 @@ class Engine:
             # 6. Denoise in chunks of the batch; image i uses seed + i, from a CPU generator (same on any device).
             with tiling.seamless(pipe, spec.tiling), tiling.tiled_vae(pipe, tile_vae):
                 for chunk_index, chunk_seeds in enumerate(seed_chunks):
+                    # before denoising starts, and between chunks: a cancel stops before the next chunk
+                    on_step(chunk_index / len(seed_chunks))
 
                     def step_end(
                         step_pipe: Any,
@@ -120,8 +139,7 @@ class Engine:
                         kwargs: dict[str, Any],
                         chunk_index: int = chunk_index,
                     ) -> dict[str, Any]:
-                        if on_step is not None:
-                            on_step((chunk_index + (step + 1) / max(1, step_pipe.num_timesteps)) / len(seed_chunks))
+                        on_step((chunk_index + (step + 1) / max(1, step_pipe.num_timesteps)) / len(seed_chunks))
                         return kwargs
 
                     output = pipe(
@@ -161,13 +179,15 @@ def _ceil8(n: int) -> int:
     return (n + 7) // 8 * 8
 
 
-def _check_clip_skip(pipe: Any, clip_skip: int) -> None:
-    # ClipSkip n reads hidden_states[-(n + 1)]: at most as deep as the encoder's layer count.
+def _no_progress(progress: float) -> None:
+    """The step callback when the caller passes none."""
+
+
+def _assert_clip_skip_fits(pipe: Any, clip_skip: int) -> None:
+    # ClipSkip n reads hidden_states[-(n + 1)]: at most as deep as the encoder's layer count. The API
+    # refuses a deeper one before queueing (to_spec, from the model file's header).
     layers = pipe.text_encoder.config.num_hidden_layers
-    if clip_skip > layers:
-        raise errors.GenerationError(
-            f"InferenceParams.ClipSkip {clip_skip} is deeper than this model's text encoder (1..{layers})"
-        )
+    assert clip_skip <= layers, f"ClipSkip {clip_skip} is deeper than this model's text encoder (1..{layers})"
 
 
 def _listed(spec: domain.GenerationSpec, kind: str, weighted: bool) -> str | None:

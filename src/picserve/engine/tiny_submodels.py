@@ -16,7 +16,16 @@ from safetensors.torch import save_file
 
 from picserve.engine import checkpoint, tiny
 
-__all__ = ["write_embedding", "write_hypernetwork", "write_lora_kohya", "write_lora_peft", "write_lora_sd1"]
+__all__ = [
+    "write_broken_embedding",
+    "write_broken_hypernetwork",
+    "write_broken_lora",
+    "write_embedding",
+    "write_hypernetwork",
+    "write_lora_kohya",
+    "write_lora_peft",
+    "write_lora_sd1",
+]
 
 _ATTENTION = (".to_q", ".to_k", ".to_v", ".to_out.0")
 _TEXT = (".q_proj", ".k_proj", ".v_proj", ".out_proj")
@@ -129,6 +138,34 @@ def write_embedding(folder: Path, code: str, vectors: int = 2, seed: int = 0) ->
     return path
 
 
+def write_broken_embedding(folder: Path, code: str, vectors: int = 2, seed: int = 0, clip_g: bool = True) -> Path:
+    """An SDXL embedding whose `clip_l` part is valid but whose `clip_g` part cannot load: rows 8 wider than
+    the second text encoder's (or, with `clip_g=False`, no `clip_g` at all)."""
+    generator = torch.Generator().manual_seed(seed)
+    pipe = _pipe()
+    state = {"clip_l": torch.randn(vectors, pipe.text_encoder.config.hidden_size, generator=generator)}
+    if clip_g:
+        state["clip_g"] = torch.randn(vectors, pipe.text_encoder_2.config.hidden_size + 8, generator=generator)
+    path = Path(folder) / f"{code}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+def write_broken_lora(folder: Path, code: str, seed: int = 0, rank: int = 4) -> Path:
+    """A kohya LoRA whose UNet and te1 keys are valid but whose first te2 `lora_down` is 8 columns too wide:
+    it fails only after the earlier parts have loaded."""
+    from safetensors.torch import load_file
+
+    path = write_lora_kohya(folder, code, seed=seed, rank=rank)
+    state = load_file(str(path))
+    key = next(k for k in sorted(state) if k.startswith("lora_te2_") and k.endswith(".lora_down.weight"))
+    down = state[key]
+    state[key] = torch.cat([down, torch.zeros(down.shape[0], 8)], dim=1)
+    save_file(state, str(path))
+    return path
+
+
 def write_hypernetwork(folder: Path, code: str, seed: int = 0, context_dim: int | None = None) -> Path:
     """An A1111 hypernetwork `.pt`: per context width, two MLPs (keys, values), layer structure 1-2-1."""
     generator = torch.Generator().manual_seed(seed)
@@ -158,5 +195,17 @@ def write_hypernetwork(folder: Path, code: str, seed: int = 0, context_dim: int 
     }
     path = Path(folder) / f"{code}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data, path)
+    return path
+
+
+def write_broken_hypernetwork(folder: Path, code: str, seed: int = 0) -> Path:
+    """An A1111 hypernetwork of the UNet's context width whose keys MLP does not chain: its second linear
+    takes 8 more inputs than the first gives. It loads, and fails on its first context."""
+    path = write_hypernetwork(folder, code, seed=seed)
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    width = next(key for key in data if isinstance(key, int))
+    keys_mlp = data[width][0]
+    keys_mlp["linear.2.weight"] = torch.zeros(width, keys_mlp["linear.2.weight"].shape[1] + 8)
     torch.save(data, path)
     return path

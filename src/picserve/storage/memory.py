@@ -41,6 +41,11 @@ class MemoryStore:
     def url(self, key: str, base_url: str) -> str:
         return f"{base_url.rstrip('/')}/results/{key}"
 
+    def __len__(self) -> int:
+        """How many results it holds, expired or not (tests check that nothing is left behind)."""
+        with self._lock:
+            return len(self._items)
+
     def expire(self) -> int:
         cutoff = self.clock() - self.ttl
         with self._lock:

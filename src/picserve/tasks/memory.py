@@ -118,32 +118,47 @@ class InMemoryRepository:
     async def request_cancel(self, task_uid: str) -> None:
         async with self._lock:  # waits for a create_task of this uid to have its job id
             job_id = self._job_ids.get(task_uid)
-        task = self._tasks.get(task_uid)
-        if task is None or job_id is None:
+        if job_id is None:
             return
         # No await between the status read and the guarded write: the worker cannot slip in.
-        if self._cancel(task_uid, domain.TaskStatus.QUEUING):
+        if self._task_in(task_uid, domain.TaskStatus.QUEUING) is not None and self._cancel(task_uid):
             await self.app.job_manager.cancel_job_by_id_async(job_id, abort=False)
-        elif task.status is domain.TaskStatus.RUNNING:
+        elif self._task_in(task_uid, domain.TaskStatus.RUNNING) is not None:
             await self.app.job_manager.cancel_job_by_id_async(job_id, abort=True)
 
-    # --- the worker side (transitions) -----------------------------------------------------------
-    async def mark_running(self, task_uid: str, worker: str) -> domain.GenerationSpec | None:
+    async def delete_ended_before(self, cutoff: datetime) -> list[str]:
+        ended = [t for t in self._tasks.values() if t.status not in _OPEN and t.finished_at and t.finished_at < cutoff]
+        for task in ended:
+            del self._tasks[task.task_uid]
+            self._job_ids.pop(task.task_uid, None)
+        return [key for task in ended for key in task.result_keys]
+
+    # --- the worker side (fenced transitions) -----------------------------------------------------
+    async def mark_running(self, task_uid: str, worker: str) -> tuple[domain.Run, domain.GenerationSpec] | None:
         task = self._task_in(task_uid, domain.TaskStatus.QUEUING)
         if task is None:
             return None
+        run = domain.Run(task_uid, worker, task.attempt + 1)
         self._save(
-            dataclasses.replace(task, status=domain.TaskStatus.RUNNING, worker=worker, started_at=_now(), progress=0.0)
+            dataclasses.replace(
+                task,
+                status=domain.TaskStatus.RUNNING,
+                worker=worker,
+                attempt=run.attempt,
+                started_at=_now(),
+                progress=0.0,
+            )
         )
-        return task.spec
+        return run, task.spec
 
-    async def record_progress(self, task_uid: str, progress: float) -> None:
-        task = self._task_in(task_uid, domain.TaskStatus.RUNNING)
+    async def record_progress(self, run: domain.Run, progress: float) -> bool:
+        task = self._current(run)
         if task is not None:
             self._save(dataclasses.replace(task, progress=progress))
+        return task is not None
 
-    async def finish_task(self, task_uid: str, result_keys: Sequence[str], seeds: Sequence[int]) -> bool:
-        task = self._task_in(task_uid, domain.TaskStatus.RUNNING)
+    async def finish_task(self, run: domain.Run, result_keys: Sequence[str], seeds: Sequence[int]) -> bool:
+        task = self._current(run)
         if task is None:
             return False
         self._save(
@@ -161,11 +176,19 @@ class InMemoryRepository:
             self._keys[task.public_key] = dataclasses.replace(account, used_credits=account.used_credits + task.cost)
         return True
 
-    async def fail_task(self, task_uid: str, code: int, message: str) -> bool:
-        return self._end(task_uid, _OPEN, domain.TaskStatus.ERROR, code, message)
+    async def fail_task(self, run: domain.Run, code: int, message: str) -> bool:
+        return self._current(run) is not None and self._end(run.task_uid, domain.TaskStatus.ERROR, code, message)
 
-    async def cancel_task(self, task_uid: str) -> bool:
-        return self._cancel(task_uid, *_OPEN)
+    async def cancel_run(self, run: domain.Run) -> bool:
+        return self._current(run) is not None and self._cancel(run.task_uid)
+
+    async def requeue_run(self, run: domain.Run) -> bool:
+        task = self._current(run)
+        if task is None:
+            return False
+        self._save(dataclasses.replace(task, status=domain.TaskStatus.QUEUING, worker=None, progress=0.0))
+        self._job_ids[run.task_uid] = await self.app.tasks[jobs.TASK_NAME].defer_async(task_uid=run.task_uid)
+        return True
 
     # --- helpers ------------------------------------------------------------------------------
     def _available(self, public_key: str) -> int:
@@ -184,20 +207,17 @@ class InMemoryRepository:
     def _save(self, task: domain.TaskRecord) -> None:
         self._tasks[task.task_uid] = task
 
-    def _cancel(self, task_uid: str, *expected: domain.TaskStatus) -> bool:
-        code = errors.TaskCanceled.ret_code
-        return self._end(task_uid, expected, domain.TaskStatus.CANCELED, code, "Task was cancelled")
+    def _current(self, run: domain.Run) -> domain.TaskRecord | None:
+        """The run's task when it is Running under this very run: the fence of every worker write."""
+        task = self._task_in(run.task_uid, domain.TaskStatus.RUNNING)
+        return task if task is not None and (task.worker, task.attempt) == (run.worker, run.attempt) else None
 
-    def _end(
-        self,
-        task_uid: str,
-        expected: tuple[domain.TaskStatus, ...],
-        status: domain.TaskStatus,
-        code: int,
-        message: str,
-    ) -> bool:
-        """An `expected` task → the terminal `status` with its ErrorCode and message (never charged)."""
-        task = self._task_in(task_uid, *expected)
+    def _cancel(self, task_uid: str) -> bool:
+        return self._end(task_uid, domain.TaskStatus.CANCELED, errors.TaskCanceled.ret_code, "Task was cancelled")
+
+    def _end(self, task_uid: str, status: domain.TaskStatus, code: int, message: str) -> bool:
+        """An open task → the terminal `status` with its ErrorCode and message (never charged)."""
+        task = self._task_in(task_uid, *_OPEN)
         if task is None:
             return False
         self._save(dataclasses.replace(task, status=status, error_code=code, error_message=message, finished_at=_now()))

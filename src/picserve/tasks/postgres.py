@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from importlib import resources
+from datetime import datetime
 from typing import Any
 
 import procrastinate
@@ -23,6 +23,15 @@ from picserve.tasks import jobs
 __all__ = ["PostgresRepository"]
 
 _OPEN = ["Queuing", "Running"]
+_CANCELED_MESSAGE = "Task was cancelled"
+#: the guard of every write a worker makes: the task is Running under this very run
+_RUN = "task_uid = %s AND status = 'Running' AND worker = %s AND attempt = %s"
+
+
+def _of(run: domain.Run) -> tuple[str, str, int]:
+    """The parameters of `_RUN`."""
+    return (run.task_uid, run.worker, run.attempt)
+
 
 Row = dict[str, Any]
 
@@ -33,9 +42,6 @@ class PostgresRepository:
     def __init__(self, pool: AsyncConnectionPool[Any], app: procrastinate.App) -> None:
         self.pool = pool
         self.app = app
-
-    async def apply_schema(self, conn: AsyncConnection[Any]) -> None:
-        await conn.execute(resources.files("picserve.tasks").joinpath("sql/schema.sql").read_text())
 
     async def _one(self, query: str, params: Sequence[Any] = ()) -> Row | None:
         async with self.pool.connection() as conn:
@@ -94,9 +100,13 @@ class PostgresRepository:
                 "VALUES (%s, %s, %s, 'Queuing', %s, %s)",
                 (task_uid, public_key, action, Jsonb(spec.to_dict()), cost),
             )
-            job = self.app.tasks[jobs.TASK_NAME].configure(connection=conn)
-            job_id = await job.defer_async(task_uid=task_uid)
-            await conn.execute("UPDATE picserve_tasks SET job_id = %s WHERE task_uid = %s", (job_id, task_uid))
+            await self._defer(conn, task_uid)
+
+    async def _defer(self, conn: AsyncConnection[Any], task_uid: str) -> None:
+        """Queue the task's job in the caller's transaction and point the task at it."""
+        job = self.app.tasks[jobs.TASK_NAME].configure(connection=conn)
+        job_id = await job.defer_async(task_uid=task_uid)
+        await conn.execute("UPDATE picserve_tasks SET job_id = %s WHERE task_uid = %s", (job_id, task_uid))
 
     async def queued_count(self) -> int:
         row = await self._one("SELECT count(*) AS n FROM picserve_tasks WHERE status = 'Queuing'")
@@ -117,55 +127,84 @@ class PostgresRepository:
         return [r["task_uid"] for r in rows]
 
     async def request_cancel(self, task_uid: str) -> None:
-        row = await self._one("SELECT status, job_id FROM picserve_tasks WHERE task_uid = %s", (task_uid,))
-        if row is None or row["job_id"] is None:
+        # A queued task is cancelled by its row: a worker that fetches its job finds it no longer queued.
+        row = await self._one(
+            "UPDATE picserve_tasks SET status = 'Canceled', error_code = 510, error_message = %s, "
+            "finished_at = now() WHERE task_uid = %s AND status = 'Queuing' RETURNING job_id",
+            (_CANCELED_MESSAGE, task_uid),
+        )
+        if row is not None:
+            if row["job_id"] is not None:
+                await self.app.job_manager.cancel_job_by_id_async(row["job_id"], abort=False)
             return
-        if row["status"] == "Queuing" and await self.cancel_task(task_uid):
-            await self.app.job_manager.cancel_job_by_id_async(row["job_id"], abort=False)
-        elif row["status"] == "Running":
+        # Not queued (any more): if a worker has it, ask its job to abort. Read after the update, so a
+        # task taken between the two statements is seen Running and still stops.
+        row = await self._one(
+            "SELECT job_id FROM picserve_tasks WHERE task_uid = %s AND status = 'Running'", (task_uid,)
+        )
+        if row is not None and row["job_id"] is not None:
             await self.app.job_manager.cancel_job_by_id_async(row["job_id"], abort=True)
 
-    # --- the worker side (transitions) -----------------------------------------------------------
-    async def mark_running(self, task_uid: str, worker: str) -> domain.GenerationSpec | None:
+    async def delete_ended_before(self, cutoff: datetime) -> list[str]:
+        rows = await self._all(
+            "DELETE FROM picserve_tasks WHERE finished_at < %s AND status <> ALL(%s) RETURNING result_keys",
+            (cutoff, _OPEN),
+        )
+        return [key for row in rows for key in row["result_keys"] or ()]
+
+    # --- the worker side (fenced transitions) -----------------------------------------------------
+    async def mark_running(self, task_uid: str, worker: str) -> tuple[domain.Run, domain.GenerationSpec] | None:
         row = await self._one(
-            "UPDATE picserve_tasks SET status = 'Running', worker = %s, started_at = now(), progress = 0 "
-            "WHERE task_uid = %s AND status = 'Queuing' RETURNING spec",
+            "UPDATE picserve_tasks SET status = 'Running', worker = %s, started_at = now(), progress = 0, "
+            "attempt = attempt + 1 WHERE task_uid = %s AND status = 'Queuing' RETURNING spec, attempt",
             (worker, task_uid),
         )
-        return domain.GenerationSpec.from_json(row["spec"]) if row else None
+        if row is None:
+            return None
+        return domain.Run(task_uid, worker, row["attempt"]), domain.GenerationSpec.from_json(row["spec"])
 
-    async def record_progress(self, task_uid: str, progress: float) -> None:
-        await self._one(
-            "UPDATE picserve_tasks SET progress = %s WHERE task_uid = %s AND status = 'Running' RETURNING 1",
-            (progress, task_uid),
+    async def record_progress(self, run: domain.Run, progress: float) -> bool:
+        row = await self._one(
+            f"UPDATE picserve_tasks SET progress = %s WHERE {_RUN} RETURNING 1", (progress, *_of(run))
         )
+        return row is not None
 
-    async def finish_task(self, task_uid: str, result_keys: Sequence[str], seeds: Sequence[int]) -> bool:
+    async def finish_task(self, run: domain.Run, result_keys: Sequence[str], seeds: Sequence[int]) -> bool:
         row = await self._one(
             "WITH done AS (UPDATE picserve_tasks SET status = 'Finished', progress = 1, result_keys = %s, "
-            "  seeds = %s, finished_at = now() WHERE task_uid = %s AND status = 'Running' "
-            "  RETURNING public_key, cost) "
+            f"  seeds = %s, finished_at = now() WHERE {_RUN} RETURNING public_key, cost) "
             "UPDATE picserve_keys k SET used_credits = k.used_credits + done.cost FROM done "
             "WHERE k.public_key = done.public_key RETURNING 1",
-            (list(result_keys), list(seeds), task_uid),
+            (list(result_keys), list(seeds), *_of(run)),
         )
         return row is not None
 
-    async def fail_task(self, task_uid: str, code: int, message: str) -> bool:
+    async def fail_task(self, run: domain.Run, code: int, message: str) -> bool:
         row = await self._one(
             "UPDATE picserve_tasks SET status = 'Error', error_code = %s, error_message = %s, finished_at = now() "
-            "WHERE task_uid = %s AND status = ANY(%s) RETURNING 1",
-            (code, message, task_uid, _OPEN),
+            f"WHERE {_RUN} RETURNING 1",
+            (code, message, *_of(run)),
         )
         return row is not None
 
-    async def cancel_task(self, task_uid: str) -> bool:
+    async def cancel_run(self, run: domain.Run) -> bool:
         row = await self._one(
-            "UPDATE picserve_tasks SET status = 'Canceled', error_code = 510, error_message = 'Task was cancelled', "
-            "finished_at = now() WHERE task_uid = %s AND status = ANY(%s) RETURNING 1",
-            (task_uid, _OPEN),
+            "UPDATE picserve_tasks SET status = 'Canceled', error_code = 510, error_message = %s, "
+            f"finished_at = now() WHERE {_RUN} RETURNING 1",
+            (_CANCELED_MESSAGE, *_of(run)),
         )
         return row is not None
+
+    async def requeue_run(self, run: domain.Run) -> bool:
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                f"UPDATE picserve_tasks SET status = 'Queuing', worker = NULL, progress = 0 WHERE {_RUN} RETURNING 1",
+                _of(run),
+            )
+            if await cur.fetchone() is None:
+                return False
+            await self._defer(conn, run.task_uid)
+            return True
 
     # --- recovery (PostgreSQL only: procrastinate's stalled jobs) ---------------------------------
     async def requeue_job(self, job_id: int) -> str | None:

@@ -5,17 +5,23 @@ Two implementations pass one contract suite (tests/contract/test_repository.py):
 `memory.InMemoryRepository` (dicts + a procrastinate App on any connector, for tests).
 
 Status changes are guarded: each names the status it expects, and returns False (or None) when the
-task is not in it, so two writers racing on one task can never both win.
+task is not in it, so two writers racing on one task can never both win. A worker's writes are also
+fenced: `mark_running` starts a `Run` (task, worker, attempt number) and every later write of that
+worker names it, so a worker whose run was superseded (it froze past the heartbeat timeout, the task
+was queued again and another worker took it) gets its writes refused.
 
-    Queuing ──mark_running──► Running ──finish_task──► Finished   (charged here, once)
-       │                        ├──fail_task──► Error
-       └──cancel_task───────────┴──cancel_task──► Canceled
-    Running ──requeue──► Queuing   (its worker died; PostgreSQL recovery only)
+    Queuing ──mark_running──► Running(run) ──finish_task(run)──► Finished   (charged here, once)
+       │                        ├──fail_task(run)──► Error
+       │                        ├──cancel_run(run)──► Canceled   (the worker acknowledges an abort)
+       │                        └──requeue_run(run)──► Queuing   (shutdown: a new job, a new run later)
+       └──request_cancel──► Canceled
+    Running ──requeue_job──► Queuing   (its worker died; PostgreSQL recovery only)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
 from picserve import domain
@@ -71,26 +77,39 @@ class TaskRepository(Protocol):
 
     async def request_cancel(self, task_uid: str) -> None:
         """A client's cancel: a Queuing task becomes Canceled now and its job never runs; a Running
-        task's job is asked to abort (the worker writes Canceled at its next step). No-op otherwise."""
+        task's job is asked to abort (its worker writes Canceled at the next step). A task taken by a
+        worker while this runs is still asked to abort: a cancel is never lost. No-op otherwise."""
         ...
 
-    # --- the worker side (transitions) -----------------------------------------------------------
-    async def mark_running(self, task_uid: str, worker: str) -> domain.GenerationSpec | None:
-        """Queuing → Running; the task's spec, or None when it is not Queuing (cancelled, or taken)."""
+    async def delete_ended_before(self, cutoff: datetime) -> list[str]:
+        """Delete the tasks that ended (Finished, Error, Canceled) before `cutoff`; the result keys they
+        held, for the caller to delete from the store."""
         ...
 
-    async def record_progress(self, task_uid: str, progress: float) -> None:
-        """The fraction done (0..1) of a Running task; ignored for a task in any other status."""
+    # --- the worker side (fenced transitions) -----------------------------------------------------
+    async def mark_running(self, task_uid: str, worker: str) -> tuple[domain.Run, domain.GenerationSpec] | None:
+        """Queuing → Running under a new attempt number; the run and the task's spec, or None when the
+        task is not Queuing (cancelled, or taken by another worker)."""
         ...
 
-    async def finish_task(self, task_uid: str, result_keys: Sequence[str], seeds: Sequence[int]) -> bool:
-        """Running → Finished with its results, and its cost charged to its key, in one step."""
+    async def record_progress(self, run: domain.Run, progress: float) -> bool:
+        """The fraction done (0..1) of the run's task; False when `run` is not the task's current run."""
         ...
 
-    async def fail_task(self, task_uid: str, code: int, message: str) -> bool:
-        """Queuing or Running → Error with a task ErrorCode and message."""
+    async def finish_task(self, run: domain.Run, result_keys: Sequence[str], seeds: Sequence[int]) -> bool:
+        """Running → Finished with its results, and its cost charged to its key, in one step; False
+        (nothing written, nothing charged) when `run` is not the task's current run."""
         ...
 
-    async def cancel_task(self, task_uid: str) -> bool:
-        """Queuing or Running → Canceled (ErrorCode 510). Never charged."""
+    async def fail_task(self, run: domain.Run, code: int, message: str) -> bool:
+        """Running → Error with a task ErrorCode and message, for the current run only."""
+        ...
+
+    async def cancel_run(self, run: domain.Run) -> bool:
+        """Running → Canceled (ErrorCode 510), for the current run only. Never charged."""
+        ...
+
+    async def requeue_run(self, run: domain.Run) -> bool:
+        """Running → Queuing with a new job, for the current run only: the task runs again later (a
+        worker shutting down hands its task back)."""
         ...

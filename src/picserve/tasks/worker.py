@@ -48,7 +48,9 @@ async def run_worker(
     """
     name = name or f"{socket.gethostname()}:{os.getpid()}:{settings.device}"
     engine = engine or build_engine(settings)
-    async with database.open_database(database_url, max_size=settings.worker_db_connections) as db:
+    async with database.open_database(
+        database_url, max_size=settings.worker_db_connections, idle_transaction_timeout=2 * settings.stalled_after
+    ) as db:
         runtime = jobs.WorkerRuntime(
             repo=db.repo,
             engine=engine,
@@ -61,10 +63,15 @@ async def run_worker(
             await work(db.app, runtime, settings, burst=burst)
         finally:
             sweeper.cancel()
+            runtime.engine_thread.close()
 
 
 async def work(app: procrastinate.App, runtime: jobs.WorkerRuntime, settings: Settings, burst: bool = False) -> None:
-    """Run generation jobs of `app` (any connector) with `runtime`, one at a time."""
+    """Run generation jobs of `app` (any connector) with `runtime`, one at a time.
+
+    On SIGTERM/SIGINT (or cancellation) the running task gets `settings.shutdown_grace` seconds to
+    finish; then its job is aborted and the task queued again (never marked Canceled).
+    """
     log.info("worker %s ready", runtime.name)
     await app.run_worker_async(
         queues=[jobs.QUEUE],
@@ -77,4 +84,5 @@ async def work(app: procrastinate.App, runtime: jobs.WorkerRuntime, settings: Se
         install_signal_handlers=not burst,
         wait=not burst,
         abort_job_polling_interval=1.0,
+        shutdown_graceful_timeout=settings.shutdown_grace,
     )

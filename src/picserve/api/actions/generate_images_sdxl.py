@@ -18,9 +18,15 @@ from picserve.protocol import messages
 from picserve.protocol.envelope import Envelope
 from picserve.translate.prompts import PromptTranslator
 
-__all__ = ["handle", "to_spec"]
+__all__ = ["MAX_IMAGES", "MAX_IMAGES_BASE64_CHARS", "handle", "to_spec"]
 
 _DEFAULTS = {"Steps": 10, "Sampler": "Euler", "ClipSkip": 1, "CFGScale": 7.5}
+
+#: entries of ImageAndMaskList: PICPIK sends an image and its mask; every entry must be referenced
+MAX_IMAGES = 4
+#: the ImageAndMaskList entries' combined length in base64 characters (about 36 MB of image files),
+#: checked before anything is decoded
+MAX_IMAGES_BASE64_CHARS = 48 * 1024 * 1024
 
 
 async def handle(services: Services, account: domain.Account, envelope: Envelope, base_url: str) -> dict[str, Any]:
@@ -66,7 +72,9 @@ def to_spec(
         )
 
     steps = int(params["Steps"])
+    _check_clip_skip(int(params["ClipSkip"]), entry)
     images = _reference_images(request, steps)
+    _check_inpainting_model(entry, images)
     sub_models = _sub_models(request.SubModelList or [], entry, catalog)
     loras = [catalog.get("lora", s.code) for s in sub_models if s.kind == "lora"]
 
@@ -103,14 +111,33 @@ def to_spec(
     )
 
 
+def _check_clip_skip(clip_skip: int, main: catalog_module.Entry) -> None:
+    """ClipSkip n reads the text encoder's hidden state −(n + 1): at most as deep as its layer count."""
+    layers = main.info.text_encoder_layers
+    if layers is not None and clip_skip > layers:
+        raise errors.ParamError(
+            f"MainModel.InferenceParams.ClipSkip: must be between 1 and {layers} for model {main.code!r} "
+            f"(got {clip_skip})"
+        )
+
+
+def _check_inpainting_model(main: catalog_module.Entry, images: dict[str, Any]) -> None:
+    """An inpainting model (9-channel UNet) generates only from an image and its mask."""
+    if main.info.unet_in_channels == 9 and images.get("mask_image") is None:
+        raise errors.ParamError(
+            f"MainModel.ModelCode {main.code!r} is an inpainting model (9-channel UNet): send an image and a mask "
+            "(ImageAndMaskList with Image2Image.ImageIndex, and the mask in the next entry or at Image2Image.MaskIndex)"
+        )
+
+
 def _reference_images(request: messages.GenerateImagesSDXL, steps: int) -> dict[str, Any]:
     """Image2Image → the image (and mask) it points at, each decoded once here so bad input never queues.
 
     The mask (white = repaint) is `Image2Image.MaskIndex` when given, else the entry right after the image.
+    Cheap checks first (count, total size, indexes, every entry used); only then the two entries are decoded.
     """
     images = request.ImageAndMaskList or []
-    for index, text in enumerate(images):
-        reference_images.decode(text, f"ImageAndMaskList[{index}]")
+    _check_image_list_size(images)
     i2i = request.Image2Image
     if i2i is None:
         if images:
@@ -122,19 +149,51 @@ def _reference_images(request: messages.GenerateImagesSDXL, steps: int) -> dict[
                 f"Image2Image.{name} {given} is out of range: ImageAndMaskList has "
                 f"{len(images)} entries (indexes 0..{len(images) - 1})"
             )
+    if i2i.MaskIndex is not None and i2i.MaskIndex == i2i.ImageIndex:
+        raise errors.ParamError(
+            f"Image2Image.MaskIndex {i2i.MaskIndex} is the ImageIndex: the mask must be another ImageAndMaskList entry"
+        )
     if int(steps * i2i.ReferStrength) < 1:
         raise errors.ParamError(
             f"Image2Image.ReferStrength {i2i.ReferStrength:g} × Steps {steps} leaves no denoising step: "
             "their product must be at least 1"
         )
     mask_index = i2i.MaskIndex if i2i.MaskIndex is not None else i2i.ImageIndex + 1
-    has_mask = mask_index < len(images) and mask_index != i2i.ImageIndex
+    has_mask = mask_index < len(images)
+    _check_every_entry_used(len(images), i2i.ImageIndex, mask_index if has_mask else None)
+    reference_images.decode(images[i2i.ImageIndex], f"ImageAndMaskList[{i2i.ImageIndex}]")
+    if has_mask:
+        reference_images.decode(images[mask_index], f"ImageAndMaskList[{mask_index}]")
     return {
         "init_image": reference_images.strip_data_uri(images[i2i.ImageIndex]),
         "mask_image": reference_images.strip_data_uri(images[mask_index]) if has_mask else None,
         "strength": i2i.ReferStrength,
         "resize_mode": i2i.ResizeMode,
     }
+
+
+def _check_image_list_size(images: list[str]) -> None:
+    """At most MAX_IMAGES entries of at most MAX_IMAGES_BASE64_CHARS in all, before any decoding."""
+    if len(images) > MAX_IMAGES:
+        raise errors.ParamError(
+            f"ImageAndMaskList: must hold at most {MAX_IMAGES} entries, an image and its mask (got {len(images)})"
+        )
+    total = sum(len(text) for text in images)
+    if total > MAX_IMAGES_BASE64_CHARS:
+        raise errors.ParamError(
+            f"ImageAndMaskList: the images must total at most {MAX_IMAGES_BASE64_CHARS} base64 characters (got {total})"
+        )
+
+
+def _check_every_entry_used(count: int, image_index: int, mask_index: int | None) -> None:
+    """An entry no index refers to would be ignored: it is refused instead."""
+    unused = [i for i in range(count) if i not in (image_index, mask_index)]
+    if unused:
+        mask = f"the mask is entry {mask_index}" if mask_index is not None else "there is no mask"
+        raise errors.ParamError(
+            f"ImageAndMaskList[{unused[0]}]: no index refers to this entry (Image2Image.ImageIndex is "
+            f"{image_index}; {mask}); send only the image and its mask"
+        )
 
 
 def _sub_models(
@@ -169,10 +228,12 @@ def _sub_models(
 def _check_fits(field: str, sub: catalog_module.Entry, main: catalog_module.Entry) -> None:
     if sub.info.problem:
         raise errors.IncompatibleModel(f"{field} {sub.code!r} cannot be used: {sub.info.problem}")
-    if not modelinfo.compatible(main.info, sub.info, sub.kind):
+    # The same test as ListModels' CompatibleMainModels: every width, and every part the main model needs.
+    reason = modelinfo.misfit(main.info, sub.info, sub.kind)
+    if reason is not None:
         raise errors.IncompatibleModel(
             f"{field} {sub.code!r} is a {sub.info.base} {sub.kind} and does not fit main model {main.code!r} "
-            f"({main.info.base}): its tensor shapes differ"
+            f"({main.info.base}): {reason}"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from picserve import catalog as catalog_module
@@ -20,8 +21,13 @@ _REPLY_FIELDS = {
 
 
 async def handle(services: Services, account: domain.Account, envelope: Envelope, base_url: str) -> dict[str, Any]:
+    # A catalog scan reads the header of every new or changed model file: disk work, off the event loop.
+    return await asyncio.to_thread(_models, services.catalog)
+
+
+def _models(catalog: catalog_module.Catalog) -> dict[str, Any]:
     return {
-        field: {code: _model(entry, services.catalog) for code, entry in services.catalog.entries(kind).items()}
+        field: {code: _model(entry, catalog) for code, entry in catalog.entries(kind).items()}
         for kind, field in _REPLY_FIELDS.items()
     }
 

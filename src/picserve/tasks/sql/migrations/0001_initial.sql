@@ -1,5 +1,7 @@
--- picserve's own tables, beside procrastinate's in the same database.
-CREATE TABLE IF NOT EXISTS picserve_keys (
+-- picserve's own tables, beside procrastinate's in the same database: the layout of the first
+-- release. A database made by that release (before migrations were recorded) has these already and
+-- gets this migration recorded without running it.
+CREATE TABLE picserve_keys (
     public_key    text PRIMARY KEY,
     private_key   text NOT NULL,
     name          text NOT NULL DEFAULT '',
@@ -10,7 +12,7 @@ CREATE TABLE IF NOT EXISTS picserve_keys (
     created_at    timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE TABLE IF NOT EXISTS picserve_tasks (
+CREATE TABLE picserve_tasks (
     task_uid      text PRIMARY KEY,
     public_key    text NOT NULL REFERENCES picserve_keys (public_key),
     action        text NOT NULL,
@@ -29,5 +31,5 @@ CREATE TABLE IF NOT EXISTS picserve_tasks (
     finished_at   timestamptz
 );
 
-CREATE INDEX IF NOT EXISTS picserve_tasks_key_status ON picserve_tasks (public_key, status);
-CREATE INDEX IF NOT EXISTS picserve_tasks_job ON picserve_tasks (job_id);
+CREATE INDEX picserve_tasks_key_status ON picserve_tasks (public_key, status);
+CREATE INDEX picserve_tasks_job ON picserve_tasks (job_id);

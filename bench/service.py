@@ -1,0 +1,135 @@
+"""Per-task time through `picserve serve` against the same generation on the engine in one process.
+
+The service run is what a client sees: `picserve serve` (API + one worker, embedded PostgreSQL) in a
+subprocess, a queue of N tasks submitted at once through the SDK, polled as a client polls, until the
+last one finishes. The baseline is the engine alone in this process: the same N generations (and PNG
+encodings) back to back. Both warm up first (one task), so model loading is not counted.
+
+    python bench/service.py [--tasks 12] [--size 256] [--steps 20] [--poll 0.5]
+
+Prints a Markdown row; docs/performance.md keeps the measured numbers (and the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def engine_seconds(models_dir: Path, tasks: int, size: int, steps: int) -> float:
+    """Seconds per task for the engine alone, one process, one thread making every torch call."""
+    from picserve import catalog, domain
+    from picserve.engine import tiny
+    from picserve.engine.engine import Engine
+
+    engine = Engine(catalog.Catalog(models_dir), device="cpu", cache_dir=models_dir / ".cache")
+    spec = domain.GenerationSpec(
+        model_code=tiny.TINY_CODE, prompt="a photo of a cat", width=size, height=size, steps=steps, seed=1
+    )
+    engine.generate(spec).pngs()  # load and warm up
+    start = time.perf_counter()
+    for i in range(tasks):
+        engine.generate(spec.evolve(seed=i)).pngs()
+    return (time.perf_counter() - start) / tasks
+
+
+def service_seconds(models_dir: Path, tasks: int, size: int, steps: int, poll: float) -> float:
+    """Seconds per task through `picserve serve`, submitted at once and polled like a client."""
+    from picserve.engine import tiny
+    from picserve.sdk import Client
+
+    data_dir = Path(tempfile.mkdtemp(prefix="picserve-bench-"))
+    env = {**os.environ, "PICSERVE_LOG_LEVEL": "warning", "PICSERVE_DEVICE": "cpu"}
+    common = ["--data-dir", str(data_dir)]
+    created = subprocess.run(
+        [sys.executable, "-m", "picserve", "keys", "create", "--credits", "10000000", *common],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    keys = json.loads(created.stdout)
+    port = _free_port()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "picserve", "serve", "--port", str(port), "--models-dir", str(models_dir), *common],
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    request = {
+        "MainModel": {"ModelCode": tiny.TINY_CODE, "InferenceParams": {"Steps": steps}},
+        "PositivePrompts": ["a photo of a cat"],
+        "Width": size,
+        "Height": size,
+        "TranslatePrompts": False,
+    }
+    try:
+        _wait_healthy(base)
+        with Client(base, keys["PublicKey"], keys["PrivateKey"]) as client:
+            client.wait(client.generate_images_sdxl(**request, Seed=0), poll=poll)  # load and warm up
+            start = time.perf_counter()
+            uids = [client.generate_images_sdxl(**request, Seed=i) for i in range(tasks)]
+            while True:
+                details = client.list_tasks_details(uids)
+                if all(d["Status"] in ("Finished", "Error", "Canceled") for d in details):
+                    break
+                time.sleep(poll)
+            elapsed = time.perf_counter() - start
+            bad = [d for d in details if d["Status"] != "Finished"]
+            if bad:
+                raise SystemExit(f"{len(bad)} tasks did not finish: {bad[0]['ErrorMassage']}")
+        return elapsed / tasks
+    finally:
+        serve.terminate()
+        serve.wait(60)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_healthy(base: str, timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("picserve serve did not become healthy")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=12)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--poll", type=float, default=0.5, help="seconds between two client polls")
+    parser.add_argument("--models-dir", type=Path, default=Path(".bench-models"))
+    args = parser.parse_args()
+
+    from picserve.engine import tiny
+
+    tiny.write_model(args.models_dir)
+    served = service_seconds(args.models_dir, args.tasks, args.size, args.steps, args.poll)
+    alone = engine_seconds(args.models_dir, args.tasks, args.size, args.steps)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print("| tasks | size | steps | engine alone, s/task | through `picserve serve`, s/task | ratio |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {args.tasks} | {args.size}² | {args.steps} | {alone:.3f} | {served:.3f} | {served / alone:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""What is kept and for how long: expired result files, and ended tasks past their retention.
+
+Every API process runs `clean_forever`; each step is idempotent, so several processes sweeping the
+same database and store do no harm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+
+from picserve.storage.base import Store
+from picserve.tasks.repository import TaskRepository
+
+__all__ = ["clean", "clean_forever"]
+
+log = logging.getLogger(__name__)
+
+
+async def clean(repo: TaskRepository, store: Store, task_retention: float) -> tuple[int, int]:
+    """Delete expired result files, then the tasks that ended more than `task_retention` seconds ago
+    together with their files; returns (results expired, tasks deleted)."""
+    expired = await asyncio.to_thread(store.expire)
+    cutoff = datetime.now(UTC) - timedelta(seconds=task_retention)
+    keys = await repo.delete_ended_before(cutoff)
+    for key in keys:
+        await asyncio.to_thread(store.delete, key)
+    return expired, len(keys)
+
+
+async def clean_forever(repo: TaskRepository, store: Store, task_retention: float, every: float) -> None:
+    while True:
+        try:
+            expired, deleted = await clean(repo, store, task_retention)
+            if expired or deleted:
+                log.info("removed %d expired results and the files of %d tasks past retention", expired, deleted)
+        except Exception:
+            log.exception("cleanup failed")
+        await asyncio.sleep(every)
