@@ -65,6 +65,10 @@ class GenerationSpec:
     #: img2img / inpainting: the reference image and its mask (white = repaint), base64 as received
     init_image: str | None = None
     mask_image: str | None = None
+    #: where the image and mask wait in the store while the task is queued (tasks/references.py):
+    #: a queued task's row holds these keys instead of the base64
+    init_image_key: str | None = None
+    mask_image_key: str | None = None
     #: denoising strength for img2img and inpainting (PICPIK's ReferStrength)
     strength: float = 0.5
     #: how the reference image is brought to width×height: JustResize, CropAndResize or ResizeAndFill
@@ -77,7 +81,9 @@ class GenerationSpec:
     @property
     def mode(self) -> str:
         """txt2img, img2img or inpaint: the pipeline this request needs."""
-        return "inpaint" if self.mask_image else "img2img" if self.init_image else "txt2img"
+        if self.mask_image or self.mask_image_key:
+            return "inpaint"
+        return "img2img" if self.init_image or self.init_image_key else "txt2img"
 
     @property
     def seeds(self) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 
@@ -167,3 +168,31 @@ def test_ended_tasks_past_retention_are_deleted_with_their_files(stack, client):
     with pytest.raises(errors.TaskNotFound):
         client.list_tasks_details([done])
     assert client.list_tasks_details([queued])[0]["Status"] == "Queuing"  # open tasks are kept
+
+
+def png_b64(width: int = 40, height: int = 30, colour: str = "red") -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_reference_images_wait_in_the_store_not_in_the_task_row(stack, client):
+    fields = {"ImageAndMaskList": [png_b64(), png_b64(colour="white")], "Image2Image": {"ImageIndex": 0}}
+    uid = client.generate_images_sdxl(**request(**fields))
+    (record,) = stack.api.portal.call(stack.repo.get_many, [uid], client.public_key)
+    assert record.spec.init_image is None and record.spec.mask_image is None  # the row stays small
+    assert record.spec.mode == "inpaint" and len(stack.store) == 2
+    assert stack.api.get(f"/results/{record.spec.init_image_key}").status_code == 404  # inputs are not served
+
+    engine = stack.run_worker()
+    assert engine.calls[0].init_image == png_b64() and engine.calls[0].mask_image == png_b64(colour="white")
+    assert client.list_tasks_details([uid])[0]["Status"] == "Finished"
+    assert len(stack.store) == 1  # the result; the task's references were deleted when it ended
+
+
+def test_a_cancelled_queued_tasks_references_go_with_it(stack, client):
+    uid = client.generate_images_sdxl(**request(ImageAndMaskList=[png_b64()], Image2Image={"ImageIndex": 0}))
+    client.cancel_task([uid])
+    assert len(stack.store) == 1
+    stack.api.portal.call(retention.clean, stack.repo, stack.store, 0.0)
+    assert len(stack.store) == 0

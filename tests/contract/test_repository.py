@@ -432,8 +432,10 @@ def test_delete_ended_before_removes_only_tasks_that_ended_before_the_cutoff(run
         assert await repo.fail_task(failed, 501, "boom")
         open_uids = [(await running(repo, key)).task_uid, await queued(repo, key)]
         assert await repo.delete_ended_before(datetime.now(UTC) - timedelta(hours=1)) == []
-        keys = await repo.delete_ended_before(datetime.now(UTC) + timedelta(seconds=1))
-        assert sorted(keys) == ["f1.png", "f2.png"]
+        deleted = await repo.delete_ended_before(datetime.now(UTC) + timedelta(seconds=1))
+        assert sorted(t.task_uid for t in deleted) == sorted([finished.task_uid, failed.task_uid])
+        assert sorted(key for t in deleted for key in t.result_keys) == ["f1.png", "f2.png"]
+        assert all(t.spec == SPEC for t in deleted)
         assert await repo.get_many([finished.task_uid, failed.task_uid], key) == []
         assert sorted(t.task_uid for t in await repo.get_many(open_uids, key)) == sorted(open_uids)
         assert await used(repo, key) == 1  # deleting a task never gives its charge back

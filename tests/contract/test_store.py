@@ -60,6 +60,15 @@ def test_an_entry_older_than_the_ttl_expires(subject: StoreUnderTest) -> None:
     assert subject.store.get(fresh) == b"fresh"
 
 
+def test_a_task_input_never_expires_until_deleted(subject: StoreUnderTest) -> None:
+    ref = subject.store.put(b"reference image", ".ref")
+    assert ref.endswith(".ref")
+    subject.age(ref, TTL * 10)
+    assert subject.store.expire() == 0
+    assert subject.store.get(ref) == b"reference image"
+    assert subject.store.delete(ref) and subject.store.get(ref) is None
+
+
 def test_expire_on_an_empty_store_removes_nothing(subject: StoreUnderTest) -> None:
     assert subject.store.expire() == 0
 

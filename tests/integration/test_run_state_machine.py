@@ -133,9 +133,9 @@ def run_protocol(url: str) -> None:
             super().__init__()
             self.control = Controller(url)
             self.repo = self.control.db.repo
-            self.service = TaskService(self.repo, credit_divisor=1, max_queued=1000)
-            self.account = self.control.call(self.repo.create_key, "machine", 10**9)
             self.store = MemoryStore(3600)
+            self.service = TaskService(self.repo, self.store, credit_divisor=1, max_queued=1000)
+            self.account = self.control.call(self.repo.create_key, "machine", 10**9)
             self.workers: list[WorkerThread] = []
             self.uids: list[str] = []
             self.ended: dict[str, domain.TaskStatus] = {}

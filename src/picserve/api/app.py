@@ -73,7 +73,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     @app.get("/results/{key}")
     async def result(key: str, request: Request) -> Response:
-        data = await asyncio.to_thread(services_of(request.app).store.get, key)
+        # only results are served: a task's inputs (`.ref`) never leave the server
+        data = await asyncio.to_thread(services_of(request.app).store.get, key) if key.endswith(".png") else None
         if data is None:
             return JSONResponse({"Message": "result not found or expired"}, status_code=404)
         return Response(data, media_type="image/png")

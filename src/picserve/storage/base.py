@@ -12,10 +12,12 @@ __all__ = ["Store"]
 
 
 class Store(Protocol):
-    """Result files behind unguessable keys that stop working `ttl` seconds after they were written."""
+    """Files behind unguessable keys. Results (`.png`) stop working `ttl` seconds after they were
+    written; task inputs (`.ref`, see tasks/references.py) stay until they are deleted."""
 
     def put(self, data: bytes, suffix: str = ".png") -> str:
-        """Store `data` under a new unguessable key and return the key; StorageError when it cannot."""
+        """Store `data` under a new unguessable key ending in `suffix` (`.png` or `.ref`) and return the
+        key; StorageError when it cannot."""
         ...
 
     def get(self, key: str) -> bytes | None:
@@ -31,5 +33,5 @@ class Store(Protocol):
         ...
 
     def expire(self) -> int:
-        """Remove every expired result; how many were removed."""
+        """Remove every expired result (never a `.ref` input); how many were removed."""
         ...

@@ -15,7 +15,7 @@ from picserve import errors
 
 __all__ = ["DiskStore"]
 
-_KEY = re.compile(r"^[A-Za-z0-9_-]{16,64}\.png$")
+_KEY = re.compile(r"^[A-Za-z0-9_-]{16,64}\.(png|ref)$")
 
 
 class DiskStore:
@@ -43,7 +43,7 @@ class DiskStore:
         if path is None:
             return None
         try:
-            if time.time() - path.stat().st_mtime >= self.ttl:
+            if key.endswith(".png") and time.time() - path.stat().st_mtime >= self.ttl:
                 return None
             return path.read_bytes()
         except OSError:  # unknown, or removed by expire() meanwhile

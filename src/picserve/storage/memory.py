@@ -32,7 +32,7 @@ class MemoryStore:
         if item is None:
             return None
         data, written = item
-        return data if self.clock() - written < self.ttl else None
+        return data if not key.endswith(".png") or self.clock() - written < self.ttl else None
 
     def delete(self, key: str) -> bool:
         with self._lock:
@@ -49,7 +49,7 @@ class MemoryStore:
     def expire(self) -> int:
         cutoff = self.clock() - self.ttl
         with self._lock:
-            expired = [key for key, (_, written) in self._items.items() if written < cutoff]
+            expired = [k for k, (_, written) in self._items.items() if k.endswith(".png") and written < cutoff]
             for key in expired:
                 del self._items[key]
         return len(expired)

@@ -29,6 +29,7 @@ from procrastinate.job_context import AbortReason
 from picserve import domain, errors
 from picserve.engine.base import GenerationEngine, StepCallback
 from picserve.storage.base import Store
+from picserve.tasks import references
 from picserve.tasks.engine_thread import EngineThread
 from picserve.tasks.repository import TaskRepository
 
@@ -117,7 +118,7 @@ async def run_generation(context: procrastinate.JobContext, task_uid: str) -> No
         outcome = _aborted(context)  # the engine thread has returned: _execute waited for it
         raise
     finally:
-        await asyncio.shield(_apply(runtime, run, outcome))
+        await asyncio.shield(_apply(runtime, run, spec, outcome))
 
 
 async def _execute(
@@ -133,6 +134,7 @@ async def _execute(
         return generated.pngs(), generated.seeds
 
     try:
+        spec = await asyncio.to_thread(references.restore, spec, runtime.store)
         pngs, seeds = await _own_until_done(runtime.engine_thread.submit(generate))
     except errors.TaskCanceled:
         return _aborted(context)
@@ -197,9 +199,10 @@ def _aborted(context: procrastinate.JobContext) -> Outcome:
     return Requeued() if context.abort_reason() == AbortReason.SHUTDOWN else Canceled()
 
 
-async def _apply(runtime: WorkerRuntime, run: domain.Run, outcome: Outcome) -> None:
+async def _apply(runtime: WorkerRuntime, run: domain.Run, spec: domain.GenerationSpec, outcome: Outcome) -> None:
     """The one place a run's outcome is written. A superseded run's write is refused (its task was
-    queued again and another worker runs it now): its files are deleted and the refusal logged."""
+    queued again and another worker runs it now): its files are deleted and the refusal logged. A task
+    that ended has its reference images deleted; a requeued one keeps them for its next run."""
     repo = runtime.repo
     if isinstance(outcome, Finished):
         written = await repo.finish_task(run, outcome.keys, outcome.seeds)
@@ -212,6 +215,8 @@ async def _apply(runtime: WorkerRuntime, run: domain.Run, outcome: Outcome) -> N
     else:
         written = await repo.requeue_run(run)
     name = type(outcome).__name__.lower()
+    if written and not isinstance(outcome, Requeued):
+        await asyncio.to_thread(references.drop, spec, runtime.store)
     if written:
         # What this worker now holds: the hint a queue policy routes jobs by (read on the engine thread).
         holdings = await runtime.engine_thread.call(runtime.engine.holdings)

@@ -126,12 +126,12 @@ class InMemoryRepository:
         elif self._task_in(task_uid, domain.TaskStatus.RUNNING) is not None:
             await self.app.job_manager.cancel_job_by_id_async(job_id, abort=True)
 
-    async def delete_ended_before(self, cutoff: datetime) -> list[str]:
+    async def delete_ended_before(self, cutoff: datetime) -> list[domain.TaskRecord]:
         ended = [t for t in self._tasks.values() if t.status not in _OPEN and t.finished_at and t.finished_at < cutoff]
         for task in ended:
             del self._tasks[task.task_uid]
             self._job_ids.pop(task.task_uid, None)
-        return [key for task in ended for key in task.result_keys]
+        return ended
 
     # --- the worker side (fenced transitions) -----------------------------------------------------
     async def mark_running(self, task_uid: str, worker: str) -> tuple[domain.Run, domain.GenerationSpec] | None:

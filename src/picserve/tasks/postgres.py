@@ -145,12 +145,11 @@ class PostgresRepository:
         if row is not None and row["job_id"] is not None:
             await self.app.job_manager.cancel_job_by_id_async(row["job_id"], abort=True)
 
-    async def delete_ended_before(self, cutoff: datetime) -> list[str]:
+    async def delete_ended_before(self, cutoff: datetime) -> list[domain.TaskRecord]:
         rows = await self._all(
-            "DELETE FROM picserve_tasks WHERE finished_at < %s AND status <> ALL(%s) RETURNING result_keys",
-            (cutoff, _OPEN),
+            "DELETE FROM picserve_tasks WHERE finished_at < %s AND status <> ALL(%s) RETURNING *", (cutoff, _OPEN)
         )
-        return [key for row in rows for key in row["result_keys"] or ()]
+        return [domain.TaskRecord.from_row(row) for row in rows]
 
     # --- the worker side (fenced transitions) -----------------------------------------------------
     async def mark_running(self, task_uid: str, worker: str) -> tuple[domain.Run, domain.GenerationSpec] | None:

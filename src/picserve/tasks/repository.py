@@ -81,9 +81,9 @@ class TaskRepository(Protocol):
         worker while this runs is still asked to abort: a cancel is never lost. No-op otherwise."""
         ...
 
-    async def delete_ended_before(self, cutoff: datetime) -> list[str]:
-        """Delete the tasks that ended (Finished, Error, Canceled) before `cutoff`; the result keys they
-        held, for the caller to delete from the store."""
+    async def delete_ended_before(self, cutoff: datetime) -> list[domain.TaskRecord]:
+        """Delete the tasks that ended (Finished, Error, Canceled) before `cutoff`; returns them, for the
+        caller to delete their files from the store."""
         ...
 
     # --- the worker side (fenced transitions) -----------------------------------------------------

@@ -11,6 +11,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from picserve.storage.base import Store
+from picserve.tasks import references
 from picserve.tasks.repository import TaskRepository
 
 __all__ = ["clean", "clean_forever"]
@@ -20,13 +21,15 @@ log = logging.getLogger(__name__)
 
 async def clean(repo: TaskRepository, store: Store, task_retention: float) -> tuple[int, int]:
     """Delete expired result files, then the tasks that ended more than `task_retention` seconds ago
-    together with their files; returns (results expired, tasks deleted)."""
+    together with their files (results, and the references of tasks that never ran); returns
+    (results expired, tasks deleted)."""
     expired = await asyncio.to_thread(store.expire)
     cutoff = datetime.now(UTC) - timedelta(seconds=task_retention)
-    keys = await repo.delete_ended_before(cutoff)
-    for key in keys:
-        await asyncio.to_thread(store.delete, key)
-    return expired, len(keys)
+    deleted = await repo.delete_ended_before(cutoff)
+    for task in deleted:
+        for key in [*task.result_keys, *references.keys(task.spec)]:
+            await asyncio.to_thread(store.delete, key)
+    return expired, len(deleted)
 
 
 async def clean_forever(repo: TaskRepository, store: Store, task_retention: float, every: float) -> None:

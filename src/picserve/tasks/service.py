@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 
 from picserve import domain, errors
-from picserve.tasks import xid
+from picserve.storage.base import Store
+from picserve.tasks import references, xid
 from picserve.tasks.repository import TaskRepository
 
 __all__ = ["TaskService", "cost_of"]
@@ -18,8 +20,10 @@ def cost_of(spec: domain.GenerationSpec, divisor: int) -> int:
 
 
 class TaskService:
-    def __init__(self, repo: TaskRepository, credit_divisor: int, max_queued: int) -> None:
+    def __init__(self, repo: TaskRepository, store: Store, credit_divisor: int, max_queued: int) -> None:
         self.repo = repo
+        #: where a task's reference images wait while it is queued
+        self.store = store
         self.credit_divisor = credit_divisor
         self.max_queued = max_queued
 
@@ -28,7 +32,14 @@ class TaskService:
         if await self.repo.queued_count() >= self.max_queued:
             raise errors.ServerBusy(f"the queue holds {self.max_queued} tasks already; retry later")
         task_uid = xid.new_xid()
-        await self.repo.create_task(task_uid, account.public_key, action, spec, cost_of(spec, self.credit_divisor))
+        stashed = await asyncio.to_thread(references.stash, spec, self.store)
+        try:
+            await self.repo.create_task(
+                task_uid, account.public_key, action, stashed, cost_of(spec, self.credit_divisor)
+            )
+        except BaseException:
+            await asyncio.to_thread(references.drop, stashed, self.store)
+            raise
         return task_uid
 
     async def get_many(self, account: domain.Account, task_uids: Sequence[str]) -> list[domain.TaskRecord]:
