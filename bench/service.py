@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ def engine_seconds(models_dir: Path, tasks: int, size: int, steps: int) -> float
 
 def service_seconds(models_dir: Path, tasks: int, size: int, steps: int, poll: float) -> float:
     """Seconds per task through `picserve serve`, submitted at once and polled like a client."""
+    from picserve import demo
     from picserve.engine import tiny
     from picserve.sdk import Client
 
@@ -59,7 +59,7 @@ def service_seconds(models_dir: Path, tasks: int, size: int, steps: int, poll: f
         check=True,
     )
     keys = json.loads(created.stdout)
-    port = _free_port()
+    port = demo.free_port()
     serve = subprocess.Popen(
         [sys.executable, "-m", "picserve", "serve", "--port", str(port), "--models-dir", str(models_dir), *common],
         env=env,
@@ -73,7 +73,7 @@ def service_seconds(models_dir: Path, tasks: int, size: int, steps: int, poll: f
         "TranslatePrompts": False,
     }
     try:
-        _wait_healthy(base)
+        demo.wait_healthy(base, serve)
         with Client(base, keys["PublicKey"], keys["PrivateKey"]) as client:
             client.wait(client.generate_images_sdxl(**request, Seed=0), poll=poll)  # load and warm up
             start = time.perf_counter()
@@ -91,26 +91,6 @@ def service_seconds(models_dir: Path, tasks: int, size: int, steps: int, poll: f
     finally:
         serve.terminate()
         serve.wait(60)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_healthy(base: str, timeout: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("picserve serve did not become healthy")
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from picserve import errors, supervisor
 from picserve.config import Settings
 from picserve.sdk import Client
 
-__all__ = ["run"]
+__all__ = ["free_port", "run", "wait_healthy"]
 
 
 def run(
@@ -46,7 +46,7 @@ def run(
     if catalog.get("main", model) is None:
         raise SystemExit(f"no main model {model!r} in {settings.models_dir / 'main'}")
 
-    port = _free_port()
+    port = free_port()
     with supervisor.database(settings) as url:
         account = asyncio.run(_create_key(url))
         env = {
@@ -60,7 +60,7 @@ def run(
         service = subprocess.Popen([sys.executable, "-m", "picserve", "serve"], env=env)
         try:
             base = f"http://127.0.0.1:{port}"
-            _wait_healthy(base, service)
+            wait_healthy(base, service)
             with Client(base, account.public_key, account.private_key) as client:
                 uid = _submit(
                     client,
@@ -100,13 +100,15 @@ async def _create_key(url: str):
         return await db.repo.create_key("demo", 100_000)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
-def _wait_healthy(base: str, service: subprocess.Popen, timeout: float = 120) -> None:
+def wait_healthy(base: str, service: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    """Wait until `picserve serve` at `base` answers /healthz; SystemExit when it exits or never does."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if service.poll() is not None:
