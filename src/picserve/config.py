@@ -66,9 +66,9 @@ class Settings:
     max_queued_tasks: int = 1000
     #: worker heartbeat seconds; a worker silent for stalled_after seconds has its task re-run
     heartbeat_interval: float = 5.0
+    stalled_after: float = 30.0
     #: seconds a stopping worker lets its running task go on; then it is stopped and queued again
     shutdown_grace: float = 20.0
-    stalled_after: float = 30.0
     #: largest request body accepted (images travel inline as base64)
     max_body_bytes: int = 64 * 1024 * 1024
     log_level: str = "info"

@@ -33,7 +33,6 @@ from picserve.tasks.service import TaskService
 T = TypeVar("T")
 
 STALLED_AFTER = 0.6
-TERMINAL = {domain.TaskStatus.FINISHED, domain.TaskStatus.ERROR, domain.TaskStatus.CANCELED}
 
 
 class Controller:
@@ -190,7 +189,7 @@ def run_protocol(url: str) -> None:
             for task in tasks:
                 if task.task_uid in self.ended:
                     assert task.status == self.ended[task.task_uid], f"an ended task changed: {task}"
-                elif task.status in TERMINAL:
+                elif task.status.is_terminal:
                     self.ended[task.task_uid] = task.status
                 if task.status is domain.TaskStatus.FINISHED:
                     assert len(task.result_keys) == task.spec.batch_size
@@ -211,7 +210,7 @@ def run_protocol(url: str) -> None:
                 self.control.call(worker.work, self.control.db.app, runtime, config, True)
                 tasks = self.tasks()
                 self.protocol_holds()
-                assert all(t.status in TERMINAL for t in tasks), [t.status for t in tasks]
+                assert all(t.status.is_terminal for t in tasks), [t.status for t in tasks]
                 kept = {key for t in tasks for key in t.result_keys}
                 assert len(self.store) == len(kept), "result files exist only for finished tasks"
                 assert all(self.store.get(key) is not None for key in kept)

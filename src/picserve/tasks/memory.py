@@ -127,7 +127,7 @@ class InMemoryRepository:
             await self.app.job_manager.cancel_job_by_id_async(job_id, abort=True)
 
     async def delete_ended_before(self, cutoff: datetime) -> list[domain.TaskRecord]:
-        ended = [t for t in self._tasks.values() if t.status not in _OPEN and t.finished_at and t.finished_at < cutoff]
+        ended = [t for t in self._tasks.values() if t.status.is_terminal and t.finished_at and t.finished_at < cutoff]
         for task in ended:
             del self._tasks[task.task_uid]
             self._job_ids.pop(task.task_uid, None)
