@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import socket
+import sys
 import uuid
 from pathlib import Path
 
@@ -42,6 +43,13 @@ def pytest_configure(config):
     # Never reach a model hub, and keep tokenizers from forking thread pools in test processes.
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_terminal_summary(terminalreporter):
+    # tests/api/test_fuzz.py: how many hostile requests were sent, and how long they took
+    fuzzing = sys.modules.get("tests.fuzzing")
+    if fuzzing is not None and fuzzing.TALLY.cases:
+        terminalreporter.write_line(fuzzing.TALLY.summary())
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,6 +7,9 @@
 
 A sidecar gives `Name`, `IsOfficial`, `TriggerWordList`, default `InferenceParams` and, for a single
 file whose widths are not SDXL base's, `Config`: the diffusers folder holding its configs. No torch here.
+
+A ModelCode is a plain file name (`is_plain_code`): lookups are in the scanned entries only, never a
+path built from what a client sent, so `../../etc/passwd` or `/abs` is simply not found.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from picserve import modelinfo
 
-__all__ = ["KINDS", "Catalog", "Entry"]
+__all__ = ["KINDS", "Catalog", "Entry", "is_plain_code"]
 
 KINDS = ("main", "lora", "embedding", "hypernetwork")
 _SUFFIXES = {
@@ -32,6 +35,13 @@ _SUFFIXES = {
 
 #: (kind, path, mtime_ns, size): one version of one file
 _FileVersion = tuple[str, str, int, int]
+#: characters no ModelCode holds: path separators (either OS's) and NUL
+_NOT_IN_CODES = frozenset("/\\\x00")
+
+
+def is_plain_code(code: str) -> bool:
+    """Whether `code` can name a model: a file name of at most 255 characters, not hidden, no separators."""
+    return 0 < len(code) <= 255 and not code.startswith(".") and _NOT_IN_CODES.isdisjoint(code)
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,9 @@ class Catalog:
             return self._entries[kind]
 
     def get(self, kind: str, code: str) -> Entry | None:
+        """The entry named `code`; None for an unknown code (and, without a scan, for one that is no plain name)."""
+        if not is_plain_code(code):
+            return None
         return self.entries(kind).get(code)
 
     def find_sub_model(self, code: str) -> list[Entry]:
@@ -109,7 +122,8 @@ class Catalog:
                 code = path.stem
             else:
                 continue
-            found.setdefault(code, self._entry(kind, code, path))
+            if is_plain_code(code):  # the same rule as lookups: what is listed can be asked for
+                found.setdefault(code, self._entry(kind, code, path))
         return found
 
     def _entry(self, kind: str, code: str, path: Path) -> Entry:

@@ -45,7 +45,8 @@ DatabaseUrl = typer.Option(None, "--database-url", help="external PostgreSQL; un
 def _settings(**flags: Any) -> Settings:
     settings = Settings.load(**flags)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for chatty in ("httpx", "procrastinate.blueprints"):
+    # psycopg.pool logs every failed connection attempt during a database outage: its errors are enough
+    for chatty in ("httpx", "procrastinate.blueprints", "psycopg.pool"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     return settings
 
@@ -100,13 +101,58 @@ def worker(
         asyncio.run(run_worker(settings, url, name, burst=burst))
 
 
+@app.command()
+def workers(
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per worker and line"),
+    everyone: bool = typer.Option(False, "--all", help="also the workers no longer heard from (not yet aged out)"),
+    data_dir: Path | None = DataDir,
+    database_url: str | None = DatabaseUrl,
+):
+    """List the live workers of the fleet: device, the models they hold, their counts, their task."""
+    import psycopg
+
+    from picserve.tasks import registry
+
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    try:
+        found = _with_connection(settings, lambda conn: registry.list_workers(conn, settings.stalled_after, everyone))
+    except psycopg.errors.UndefinedTable:
+        typer.echo("database: no worker registry yet (`picserve db upgrade` makes it; so does any worker)", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        for info in found:
+            typer.echo(json.dumps(info.to_json()))
+        return
+    header = ("NAME", "DEVICE", "GPU", "MODELS", "LORAS", "LOADS", "DONE", "CURRENT TASK", "LAST HEARTBEAT", "LIVE")
+    rows = [
+        (
+            w.name,
+            w.device,
+            w.gpu or "-",
+            ",".join(w.main_models) or "-",
+            str(len(w.loras)),
+            str(w.model_loads),
+            str(w.tasks_done),
+            w.current_task or "-",
+            w.last_heartbeat.isoformat(timespec="seconds"),
+            "yes" if w.live else "no",
+        )
+        for w in found
+    ]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    for row in (header, *rows):
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
 def _with_repo(settings: Settings, action: Callable[[TaskRepository], Awaitable[T]]) -> T:
     """Run `action` on the key and task repository of `settings`' database (embedded or external)."""
-    from picserve import supervisor
+    from picserve import keycipher, supervisor
     from picserve.tasks import database
 
+    cipher = keycipher.load(settings)
+
     async def run(url: str) -> T:
-        async with database.open_database(url, max_size=2) as db:
+        async with database.open_database(url, max_size=2, cipher=cipher) as db:
             return await action(db.repo)
 
     with supervisor.database(settings) as url:
@@ -157,23 +203,88 @@ def db_status(data_dir: Path | None = DataDir, database_url: str | None = Databa
         typer.echo(f"{item.version:04d}  {item.name:24}  {state}")
 
 
+MaxOpenTasks = typer.Option(
+    None, "--max-open-tasks", help="queued + running tasks this key may have: a number (0 = no cap) or 'default'"
+)
+MaxRequestsPerMinute = typer.Option(
+    None, "--max-requests-per-minute", help="requests per minute this key may send: a number (0 = none) or 'default'"
+)
+
+
+def _limit(option: str, given: str | None, current: int | None) -> int | None:
+    """A limit flag's value: None when not given (keep `current`), 'default' → None (the server's)."""
+    if given is None:
+        return current
+    if given.strip().lower() == "default":
+        return None
+    try:
+        value = int(given)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise typer.BadParameter(f"a number ≥ 0 or 'default' (got {given!r})", param_hint=option)
+    return value
+
+
 @keys_app.command("create")
 def keys_create(
     name: str = typer.Option("", help="a label for the key"),
     credits: int | None = typer.Option(None, help="credits granted [1000]"),
+    max_open_tasks: str | None = MaxOpenTasks,
+    max_requests_per_minute: str | None = MaxRequestsPerMinute,
     data_dir: Path | None = DataDir,
     database_url: str | None = DatabaseUrl,
 ):
-    """Create a key pair; prints {"PublicKey": …, "PrivateKey": …}."""
+    """Create a key pair; prints {"PublicKey": …, "PrivateKey": …} (the only time the private key is shown)."""
     settings = _settings(data_dir=data_dir, database_url=database_url)
     amount = settings.default_credits if credits is None else credits
-    account = _with_repo(settings, lambda repo: repo.create_key(name, amount))
+    open_cap = _limit("--max-open-tasks", max_open_tasks, None)
+    rate = _limit("--max-requests-per-minute", max_requests_per_minute, None)
+    account = _with_repo(settings, lambda repo: repo.create_key(name, amount, open_cap, rate))
     typer.echo(json.dumps({"PublicKey": account.public_key, "PrivateKey": account.private_key}))
+
+
+@keys_app.command("update")
+def keys_update(
+    public_key: str,
+    max_open_tasks: str | None = MaxOpenTasks,
+    max_requests_per_minute: str | None = MaxRequestsPerMinute,
+    priority: int | None = typer.Option(None, help="served before every key of a lower priority [0]"),
+    weight: float | None = typer.Option(
+        None, help="a number > 0: share among keys of equal priority (running tasks ÷ weight) [1]"
+    ),
+    data_dir: Path | None = DataDir,
+    database_url: str | None = DatabaseUrl,
+):
+    """Change a key's limits and scheduling; they apply from its next request (limits) or the next
+    fetch of a worker (priority, weight), on every node."""
+    if weight is not None and not 0 < weight < float("inf"):
+        raise typer.BadParameter(f"a number > 0 (got {weight!r})", param_hint="--weight")
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+
+    async def update(repo: TaskRepository) -> bool:
+        account = await repo.get_account(public_key)
+        if account is None:
+            return False
+        open_cap = _limit("--max-open-tasks", max_open_tasks, account.max_open_tasks)
+        rate = _limit("--max-requests-per-minute", max_requests_per_minute, account.max_requests_per_minute)
+        if priority is not None or weight is not None:
+            await repo.set_scheduling(
+                public_key,
+                account.priority if priority is None else priority,
+                account.weight if weight is None else weight,
+            )
+        return await repo.set_limits(public_key, open_cap, rate)
+
+    if not _with_repo(settings, update):
+        typer.echo(f"no key {public_key}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"updated {public_key}")
 
 
 @keys_app.command("list")
 def keys_list(data_dir: Path | None = DataDir, database_url: str | None = DatabaseUrl):
-    """List keys with their credits (private keys are not shown)."""
+    """List keys with their credits and limits (private keys are never shown; null = the server's limit)."""
     accounts = _with_repo(_settings(data_dir=data_dir, database_url=database_url), lambda repo: repo.list_keys())
     for a in accounts:
         typer.echo(
@@ -184,9 +295,43 @@ def keys_list(data_dir: Path | None = DataDir, database_url: str | None = Databa
                     "TotalCredits": a.total_credits,
                     "UsedCredits": a.used_credits,
                     "Revoked": a.revoked,
+                    "MaxOpenTasks": a.max_open_tasks,
+                    "MaxRequestsPerMinute": a.max_requests_per_minute,
+                    "Priority": a.priority,
+                    "Weight": a.weight,
                 }
             )
         )
+
+
+@keys_app.command("rotate-secret")
+def keys_rotate_secret(data_dir: Path | None = DataDir, database_url: str | None = DatabaseUrl):
+    """Re-seal every stored private key under a new server secret.
+
+    With the data folder's secret.key, the new secret is written first in it and the previous one kept
+    second (processes using the file pick it up by themselves). With PICSERVE_SECRET_KEY, the new value
+    to set on every process that reads keys is printed.
+    """
+    from picserve import keycipher, supervisor
+    from picserve.tasks import database
+
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    current = keycipher.load(settings)
+    rotated = keycipher.KeyCipher([keycipher.new_secret(), current.secrets[0]])
+
+    async def reseal(url: str) -> int:
+        async with database.open_database(url, max_size=2, cipher=current) as db:
+            return await db.repo.reseal_keys(rotated)
+
+    with supervisor.database(settings) as url:
+        if current.source is not None:  # the file first: a crash after it leaves every key readable
+            keycipher.write_secrets(current.source, rotated.secrets)
+        count = asyncio.run(reseal(url))
+    if current.source is not None:
+        typer.echo(f"re-sealed {count} keys; {current.source} holds the new secret (the previous one kept second)")
+    else:
+        typer.echo(f"re-sealed {count} keys; set on every API node and key command, then restart them:")
+        typer.echo(f"PICSERVE_SECRET_KEY={','.join(rotated.secrets)}")
 
 
 @keys_app.command("revoke")

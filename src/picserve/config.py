@@ -44,6 +44,10 @@ class Settings:
     device: str = "auto"
     #: base of the result URLs in ImgList; unset = the base URL each request came in on
     public_url: str | None = None
+    #: where results go: "disk" (the data folder, served by the API) or s3://bucket/prefix (presigned URLs)
+    storage: str | None = None
+    #: the S3 API endpoint for a non-AWS object store (MinIO, Ceph, R2, …); unset = AWS
+    s3_endpoint_url: str | None = None
     #: how long result images stay downloadable (PICPIK keeps them 24 h)
     result_ttl_seconds: int = 24 * 3600
     #: seconds an ended task (Finished, Error, Canceled) is kept before it is deleted with its files
@@ -67,10 +71,21 @@ class Settings:
     #: worker heartbeat seconds; a worker silent for stalled_after seconds has its task re-run
     heartbeat_interval: float = 5.0
     stalled_after: float = 30.0
+    #: seconds a queued task waits for a live worker that holds its main model before any free worker
+    #: takes it (and loads the model); 0 = no model affinity (fair share and queue order only)
+    affinity_wait: float = 5.0
     #: seconds a stopping worker lets its running task go on; then it is stopped and queued again
     shutdown_grace: float = 20.0
     #: largest request body accepted (images travel inline as base64)
     max_body_bytes: int = 64 * 1024 * 1024
+    #: open (queued + running) tasks one key may have; a key's own cap (`keys update`) overrides it; 0 = no cap
+    max_open_tasks: int = 100
+    #: requests per minute one key may send (every action, over all API nodes); per-key override; 0 = no limit
+    max_requests_per_minute: int = 600
+    #: seconds a GenerateImagesSDXL request_uuid is remembered: a resend within it gets the same TaskUID
+    idempotency_window: float = 24 * 3600
+    #: encrypts private keys at rest (Fernet keys, comma-separated, newest first); unset = <data_dir>/secret.key
+    secret_key: str | None = None
     log_level: str = "info"
 
     # Memory and size knobs. Each bounds what one process holds; the defaults suit one SDXL per GPU.
@@ -88,6 +103,8 @@ class Settings:
     api_db_connections: int = 10
     #: database connections of a worker process (the job, progress writes, heartbeats, the sweeper)
     worker_db_connections: int = 4
+    #: seconds a request waits for a database connection; then it is answered 290 (database unreachable)
+    db_wait_timeout: float = 3.0
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

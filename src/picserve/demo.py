@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from picserve import catalog as catalog_module
-from picserve import errors, supervisor
+from picserve import errors, keycipher, supervisor
 from picserve.config import Settings
 from picserve.sdk import Client
 
@@ -48,7 +48,7 @@ def run(
 
     port = free_port()
     with supervisor.database(settings) as url:
-        account = asyncio.run(_create_key(url))
+        account = asyncio.run(_create_key(url, keycipher.load(settings)))
         env = {
             **os.environ,
             **settings.to_env(),
@@ -93,10 +93,10 @@ def _submit(client: Client, **params) -> str:
         raise SystemExit(f"request refused (RetCode {exc.ret_code}): {exc.message}") from None
 
 
-async def _create_key(url: str):
+async def _create_key(url: str, cipher: keycipher.KeyCipher):
     from picserve.tasks import database
 
-    async with database.open_database(url, max_size=2) as db:
+    async with database.open_database(url, max_size=2, cipher=cipher) as db:
         return await db.repo.create_key("demo", 100_000)
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "SAMPLER_NAMES",
     "Account",
     "GenerationSpec",
+    "RequestId",
     "Run",
     "SubModel",
     "TaskRecord",
@@ -108,12 +109,31 @@ class Account:
     """An API key pair and its credit balance."""
 
     public_key: str
-    private_key: str
+    #: never printed: left out of repr, so a logged Account does not leak it
+    private_key: str = dataclasses.field(repr=False)
     name: str = ""
     total_credits: int = 0
     used_credits: int = 0
     expire_at: datetime | None = None
     revoked: bool = False
+    #: this key's own limits; None = the server's (PICSERVE_MAX_OPEN_TASKS, PICSERVE_MAX_REQUESTS_PER_MINUTE),
+    #: 0 = none
+    max_open_tasks: int | None = None
+    max_requests_per_minute: int | None = None
+    #: scheduling among keys (tasks/routing.py): a higher priority is served first, strictly; among
+    #: keys of equal priority, the one with the fewest running tasks per unit of weight
+    priority: int = 0
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class RequestId:
+    """What makes a submit idempotent: the client's request_uuid and a fingerprint of the signed
+    parameters. A resend with both equal within `window` seconds gets the first TaskUID back."""
+
+    request_uuid: str
+    fingerprint: str
+    window: float = 24 * 3600
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,17 @@
     │   ├── AuthError                  170  signature does not verify / signature missing
     │   │   └── UnknownKey             171  PublicKey unknown or revoked
     │   ├── UnknownAction              161  Action not served here
+    │   ├── IdempotencyConflict        162  request_uuid reused within 24 h with other parameters
     │   ├── TaskNotFound               230  TaskUID unknown to this key
     │   ├── ModelNotFound              231  ModelCode not in the models folder
     │   ├── IncompatibleModel          232  a sub-model that does not fit the main model (by tensor shapes)
-    │   └── InsufficientCredits        280  balance too low for the request
+    │   ├── InsufficientCredits        280  balance too low for the request
+    │   ├── TooManyOpenTasks           281  the key's cap on queued + running tasks is reached
+    │   └── RateLimited                282  the key's requests-per-minute limit is reached
     ├── ServerBusy                     290  queue full / database unreachable; retry later
     ├── GenerationError                501  a task failed at run time (reported in TaskDetail)
+    │   ├── OutOfMemory                502  the device ran out of memory, even one image at a time
+    │   ├── ModelLoadError             503  a model file vanished or could not be read after submit
     │   ├── TaskCanceled               510  the task was cancelled
     │   └── StorageError               520  a result could not be stored
     ├── PullError                           installing a translation model failed (CLI only)
@@ -54,6 +59,12 @@ class UnknownAction(ClientError):
     ret_code = 161
 
 
+class IdempotencyConflict(ClientError):
+    """This request_uuid was already used with other parameters."""
+
+    ret_code = 162
+
+
 class AuthError(ClientError):
     """Signature verification failed."""
 
@@ -90,6 +101,18 @@ class InsufficientCredits(ClientError):
     ret_code = 280
 
 
+class TooManyOpenTasks(ClientError):
+    """Too many open tasks for this key."""
+
+    ret_code = 281
+
+
+class RateLimited(ClientError):
+    """Too many requests for this key."""
+
+    ret_code = 282
+
+
 class ServerBusy(PicserveError):
     """Server busy, retry later."""
 
@@ -100,6 +123,18 @@ class GenerationError(PicserveError):
     """Generation failed."""
 
     ret_code = 501
+
+
+class OutOfMemory(GenerationError):
+    """The device ran out of memory."""
+
+    ret_code = 502
+
+
+class ModelLoadError(GenerationError):
+    """A model file could not be loaded."""
+
+    ret_code = 503
 
 
 class TaskCanceled(GenerationError):

@@ -1,14 +1,20 @@
 """Image inputs: decoding PICPIK's base64 fields safely, and A1111's resize modes. PIL only, no torch.
 
 Both sides use it: the API to refuse a bad image before queueing, the engine to prepare it.
+
+`decode` trusts nothing in the data: the format is read from the first bytes (PNG, JPEG or WebP;
+Pillow is never asked to guess among its other formats), the size from the header before any pixel is
+decoded (a small file may declare 100000×100000: a decompression bomb), animations are refused, and
+whatever Pillow raises on damaged data becomes a ParamError naming the entry.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
-import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps
@@ -32,6 +38,19 @@ FORMATS = ("PNG", "JPEG", "WEBP")
 MAX_PIXELS = 4 * 2560 * 2560
 RESIZE_MODES = ("JustResize", "CropAndResize", "ResizeAndFill")
 
+#: formats known by their first bytes, only to name them in a refusal
+_REFUSED_SIGNATURES = {
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"\x00\x00\x01\x00": "ICO",
+    b"8BPS": "PSD",
+}
+#: modes PNG, JPEG and WebP decode to that are not RGB(A) or 8-bit grey, and what they become
+_CONVERTED = {"1": "L", "P": "RGB", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "RGBX": "RGB"}
+
 
 def strip_data_uri(text: str) -> str:
     """`data:image/png;base64,AAAA` → `AAAA`; bare base64 is returned as it is."""
@@ -41,31 +60,80 @@ def strip_data_uri(text: str) -> str:
 
 
 def decode(text: str, field: str) -> Image.Image:
-    """Decode one base64 image (data URI or bare) fully; ParamError names `field` on any problem."""
+    """Decode one base64 image (data URI or bare) fully; ParamError names `field` on any problem.
+
+    The image comes back upright (EXIF orientation applied) in mode RGB, RGBA, L or LA: palettes,
+    CMYK, 1-bit and 16-bit grey are converted (16-bit scaled to 8, not clipped).
+    """
     if not isinstance(text, str) or not text:
         raise errors.ParamError(f"{field}: expected a base64 image (PNG, JPEG or WebP)")
+    if text.startswith("data:"):
+        header, comma, _ = text.partition(",")
+        if not comma or not header.lower().endswith(";base64"):
+            raise errors.ParamError(f"{field}: a data URI must carry base64, as in data:image/png;base64,…")
     try:
         raw = base64.b64decode(strip_data_uri(text), validate=True)
     except (binascii.Error, ValueError):
         raise errors.ParamError(f"{field}: not valid base64") from None
+    kind = _format_of(raw, field)
+    with _unreadable_as(field, kind):
+        image = Image.open(io.BytesIO(raw), formats=[kind])
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise errors.ParamError(f"{field}: the image is empty ({width}x{height})")
+        if width * height > MAX_PIXELS:
+            raise errors.ParamError(f"{field}: {width}x{height} is too large (at most {MAX_PIXELS} pixels)")
+        if getattr(image, "is_animated", False) and image.format != "MPO":  # MPO: a JPEG with a preview
+            raise errors.ParamError(f"{field}: animated images are not accepted (send a single frame)")
+        image.load()
+        return _normalized(ImageOps.exif_transpose(image), field)
+
+
+def _format_of(raw: bytes, field: str) -> str:
+    """PNG, JPEG or WEBP from the data's first bytes; ParamError for anything else."""
+    if raw.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if raw.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        return "WEBP"
+    if not raw:
+        raise errors.ParamError(f"{field}: the image is empty (no bytes)")
+    named = next((name for magic, name in _REFUSED_SIGNATURES.items() if raw.startswith(magic)), None)
+    if named:
+        raise errors.ParamError(f"{field}: {named} images are not accepted (use PNG, JPEG or WebP)")
+    raise errors.ParamError(f"{field}: not a readable PNG, JPEG or WebP image")
+
+
+@contextlib.contextmanager
+def _unreadable_as(field: str, kind: str) -> Iterator[None]:
+    """Pillow's failures on hostile data → ParamError.
+
+    Its decoders raise far more than OSError on damaged input (ValueError, SyntaxError, struct.error,
+    IndexError, EOFError, ZeroDivisionError, MemoryError…), and no list of them is promised: every
+    exception here is the data's fault, since the data is all this block works on.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw))
-            if image.format not in FORMATS:
-                raise errors.ParamError(f"{field}: {image.format} images are not accepted (use PNG, JPEG or WebP)")
-            if image.width * image.height > MAX_PIXELS:
-                raise errors.ParamError(
-                    f"{field}: {image.width}x{image.height} is too large (at most {MAX_PIXELS} pixels)"
-                )
-            image.load()
+        yield
     except errors.ParamError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise errors.ParamError(f"{field}: image too large (at most {MAX_PIXELS} pixels)") from None
-    except (OSError, ValueError, SyntaxError):
-        raise errors.ParamError(f"{field}: not a readable PNG, JPEG or WebP image") from None
-    return ImageOps.exif_transpose(image)
+    except Exception:
+        name = "WebP" if kind == "WEBP" else kind
+        raise errors.ParamError(f"{field}: not a readable {name} image (damaged or truncated)") from None
+
+
+def _normalized(image: Image.Image, field: str) -> Image.Image:
+    if image.mode in ("RGB", "RGBA", "L", "LA"):
+        return image
+    if image.mode.startswith("I"):  # 16-bit grey (I;16…) or 32-bit: keep the top 8 bits
+        return image.convert("I").point(lambda v: v / 256).convert("L")
+    if image.mode in ("P", "PA") and (image.mode == "PA" or "transparency" in image.info):
+        return image.convert("RGBA")
+    if image.mode in _CONVERTED:
+        return image.convert(_CONVERTED[image.mode])
+    raise errors.ParamError(f"{field}: images of mode {image.mode} are not accepted")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
+import os
 import time
 
 import pytest
@@ -19,6 +21,7 @@ from picserve.api.services import Services
 from picserve.sdk import Client
 from picserve.storage.memory import MemoryStore
 from picserve.tasks.memory import InMemoryRepository, in_memory_app
+from tests import fuzzing
 from tests.headers import (
     SD1_EMBEDDING,
     SD1_LORA_TEXT_ONLY,
@@ -219,3 +222,164 @@ def test_list_models_scans_off_the_event_loop(settings):
         models = Client("http://testserver", account.public_key, account.private_key, http=api).list_models()
     assert MODEL in models["MainModels"]
     assert watching.on_loop and not any(watching.on_loop)
+
+
+# --- strict wire types, end to end ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"TranslatePrompts": "yes"}, 'TranslatePrompts: must be a JSON bool (true or false), got the string "yes"'),
+        ({"Tiling": "true"}, 'Tiling: must be a JSON bool (true or false), got the string "true"'),
+        (
+            {"MainModel": main(MODEL, CFGScale=True)},
+            "MainModel.InferenceParams.CFGScale: must be a JSON number, got the bool true",
+        ),
+        ({"Seed": "7"}, 'Seed: must be a JSON integer (a number with no fractional part), got the string "7"'),
+        ({"Width": 64.5}, "Width: must be a JSON integer (a number with no fractional part), got the number 64.5"),
+        ({"Image2Image": {"ImageIndex": -1}}, "Image2Image.ImageIndex: must be at least 0 (got -1)"),
+        (
+            {"Image2Image": {"ImageIndex": 0}},
+            "Image2Image.ImageIndex 0 is out of range: ImageAndMaskList has 0 entries; send the image in it",
+        ),
+    ],
+)
+def test_wrong_types_are_refused(stack, client, fields, message):
+    assert refused(stack, client, 160, **fields) == message
+
+
+def test_an_integral_float_is_an_int_on_the_wire(stack, client):
+    # 64.0 and 64 sign alike (spec 2.2): a client whose JSON writes 64.0 is served
+    uid = client.generate_images_sdxl(**request(Width=64.0, Height=72.0, MainModel=main(MODEL, Steps=6.0)))
+    (spec,) = stack.run_worker().calls
+    assert (spec.width, spec.height, spec.steps) == (64, 72, 6) and client.list_tasks_details([uid])
+
+
+def post_signed(stack, client, action: str, **params) -> dict:
+    body = client.signed(action, **params)
+    return stack.api.post("/", content=json.dumps(body), headers={"content-type": "application/json"}).json()
+
+
+def test_nul_and_lone_surrogates_are_refused_before_the_signature(stack, client):
+    # NUL cannot be stored by PostgreSQL; a lone surrogate has no UTF-8 form, so it cannot even be signed
+    reply = post_signed(stack, client, "GenerateImagesSDXL", **request(PositivePrompts=["a\x00cat"]))
+    assert (reply["RetCode"], reply["Message"]) == (
+        160,
+        "PositivePrompts[0]: the string holds a NUL character (\\u0000); "
+        "every string must be valid Unicode without NUL",
+    )
+    body = {
+        "Action": "ListTasksDetails",
+        "PublicKey": client.public_key,
+        "TaskUIDList": ["\ud800"],
+        "Signature": "0" * 40,
+    }
+    reply = stack.api.post("/", content=json.dumps(body)).json()
+    assert reply["RetCode"] == 160 and reply["Message"].startswith("TaskUIDList[0]: the string holds a lone surrogate")
+    assert stack.api.portal.call(stack.repo.queued_count) == 0
+
+
+@pytest.mark.parametrize("action", ["ListModels", "ListRunningTasks", "GetCreditBalance"])
+def test_actions_without_fields_refuse_any(stack, client, action):
+    reply = post_signed(stack, client, action, Extra=1)
+    assert (reply["RetCode"], reply["Message"]) == (
+        160,
+        "Extra: unknown field; this action takes only Action, PublicKey, Signature and request_uuid",
+    )
+
+
+def test_task_uid_lists_hold_1_to_100(stack, client):
+    for params, message in [
+        ({"TaskUIDList": []}, "TaskUIDList: must hold 1 to 100 items (got 0)"),
+        ({"TaskUIDList": ["x"] * 101}, "TaskUIDList: must hold 1 to 100 items (got 101)"),
+        ({"TaskUIDList": "x"}, 'TaskUIDList: must be a JSON array, got the string "x"'),
+    ]:
+        for action in ("ListTasksDetails", "CancelTask"):
+            reply = post_signed(stack, client, action, **params)
+            assert (reply["RetCode"], reply["Message"]) == (160, message)
+
+
+# --- path-like ModelCodes never reach the file system ---------------------------------------------------
+PATH_LIKE = [
+    "../outside",
+    "../../outside",
+    "../models/main/fast-xl",
+    "main/fast-xl",
+    "/etc/passwd",
+    "C:\\outside",
+    ".",
+    "..",
+    f"{MODEL}.safetensors",
+    ".fast-xl",
+]
+
+
+@pytest.mark.parametrize("code", PATH_LIKE)
+def test_path_like_model_codes_are_not_found(stack, client, monkeypatch, tmp_path, code):
+    outside = write_header(tmp_path / "outside.safetensors", sdxl_main())  # a real model, outside the folder
+    touched: list[str] = []
+    for name in ("stat", "listdir", "scandir"):
+        real = getattr(os, name)
+        monkeypatch.setattr(
+            os, name, lambda path=".", *a, _real=real, **k: touched.append(str(path)) or _real(path, *a, **k)
+        )
+    message = refused(stack, client, 231, MainModel={"ModelCode": code})
+    assert message.startswith(f"MainModel.ModelCode {code!r} is not on this server")
+    message = refused(stack, client, 231, SubModelList=[{"ModelCode": code}])
+    assert message.startswith(f"SubModelList[0].ModelCode {code!r} is not a LoRA")
+    models = str(stack.settings.models_dir)
+    assert not [p for p in touched if str(tmp_path) in p and not p.startswith(models)], touched
+    assert str(outside) not in touched and "/etc/passwd" not in touched
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("x" * 256, "MainModel.ModelCode: must be at most 255 characters (got 256 characters)"),
+        ("", "MainModel.ModelCode: must not be empty"),
+        ("fast-xl\x00", "MainModel.ModelCode: the string holds a NUL character"),
+    ],
+)
+def test_model_codes_no_file_can_have_are_refused(stack, client, code, message):
+    reply = post_signed(stack, client, "GenerateImagesSDXL", **request(MainModel={"ModelCode": code}))
+    assert reply["RetCode"] == 160 and reply["Message"].startswith(message)
+
+
+# --- images, end to end: every refusal names the entry ----------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("gif", "ImageAndMaskList[0]: GIF images are not accepted (use PNG, JPEG or WebP)"),
+        ("bomb header 100000²", "ImageAndMaskList[0]: image too large (at most 26214400 pixels)"),
+        ("animated webp", "ImageAndMaskList[0]: animated images are not accepted (send a single frame)"),
+        ("truncated png", "ImageAndMaskList[0]: not a readable PNG image (damaged or truncated)"),
+        ("text", "ImageAndMaskList[0]: not a readable PNG, JPEG or WebP image"),
+    ],
+)
+def test_bad_images_are_refused_naming_the_entry(stack, client, name, message):
+    entry = dict(fuzzing.hostile_images())[name]
+    assert refused(stack, client, 160, ImageAndMaskList=[entry], Image2Image={"ImageIndex": 0}) == message
+    got = refused(stack, client, 160, ImageAndMaskList=[png(), entry], Image2Image={"ImageIndex": 0})
+    assert got == message.replace("[0]", "[1]")  # the mask is checked as well
+
+
+@pytest.mark.parametrize("name", ["cmyk jpeg", "16-bit png", "palette png", "webp"])
+def test_unusual_but_valid_images_are_used(stack, client, name):
+    entry = dict(fuzzing.hostile_images())[name]
+    uid = client.generate_images_sdxl(**request(ImageAndMaskList=[entry], Image2Image={"ImageIndex": 0}))
+    stack.run_worker()
+    assert client.list_tasks_details([uid])[0]["Status"] == "Finished"
+
+
+def test_prompts_are_bounded(stack, client) -> None:
+    from picserve.protocol import messages
+
+    long_part = "x" * (messages.MAX_PROMPT_CHARS + 1)
+    many = ["cat"] * (messages.MAX_PROMPT_PARTS + 1)
+    halves = ["y" * (messages.MAX_PROMPT_CHARS // 2)] * 2  # each part fits; joined with ", " they do not
+    for field, value, expected in [
+        ("PositivePrompts", [long_part], f"PositivePrompts[0]: must be at most {messages.MAX_PROMPT_CHARS} characters"),
+        ("NegativePrompts", many, f"NegativePrompts: must hold at most {messages.MAX_PROMPT_PARTS} items"),
+        ("PositivePrompts", halves, f"PositivePrompts: must total at most {messages.MAX_PROMPT_CHARS} characters"),
+    ]:
+        reply = stack.api.post("/", json=client.signed("GenerateImagesSDXL", **request(**{field: value}))).json()
+        assert reply["RetCode"] == 160 and reply["Message"].startswith(expected), reply

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ import pytest
 
 from picserve.storage.base import Store
 from picserve.tasks.repository import TaskRepository
+from tests.s3_server import age_s3_object, make_bucket, s3_endpoint
+
+__all__ = ["s3_endpoint"]  # a fixture, imported to be found here
 
 TTL = 3600
 
@@ -55,9 +59,10 @@ def backend_factory(request: pytest.FixtureRequest) -> BackendFactory:
 
     @asynccontextmanager
     async def open_postgres() -> AsyncIterator[Backend]:
+        from picserve.keycipher import KeyCipher
         from picserve.tasks import database
 
-        async with database.open_database(url) as db:
+        async with database.open_database(url, cipher=KeyCipher.generate()) as db:
             yield Backend(db.repo, db.app)
 
     return open_postgres
@@ -95,7 +100,7 @@ class StoreUnderTest:
     age: Callable[[str, float], None]
 
 
-@pytest.fixture(params=["disk", "memory"])
+@pytest.fixture(params=["disk", "memory", "s3"])
 def subject(request: pytest.FixtureRequest, tmp_path: Path) -> StoreUnderTest:
     if request.param == "disk":
         from picserve.storage.disk import DiskStore
@@ -108,6 +113,19 @@ def subject(request: pytest.FixtureRequest, tmp_path: Path) -> StoreUnderTest:
             os.utime(path, (written, written))
 
         return StoreUnderTest(disk, age_file)
+
+    if request.param == "s3":
+        from picserve.storage.s3 import S3Location, S3Store
+
+        endpoint = request.getfixturevalue("s3_endpoint")
+        bucket = f"contract-{secrets.token_hex(4)}"
+        make_bucket(endpoint, bucket)
+        s3 = S3Store(S3Location(bucket, "results/x"), TTL, endpoint_url=endpoint)
+
+        def age_object(key: str, seconds: float) -> None:  # S3 sets LastModified: moved back in moto's store
+            age_s3_object(bucket, s3.location.object_key(key), seconds)
+
+        return StoreUnderTest(s3, age_object)
 
     from picserve.storage.memory import MemoryStore
 

@@ -282,7 +282,7 @@ def test_concurrent_create_task_never_overspends(run_with_repo: RunWithRepo) -> 
         )
         refused = [o for o in outcomes if isinstance(o, BaseException)]
         assert len(refused) == 5 and all(isinstance(o, errors.InsufficientCredits) for o in refused)
-        accepted = [uid for uid, o in zip(uids, outcomes, strict=True) if o is None]
+        accepted = [uid for uid, o in zip(uids, outcomes, strict=True) if o == uid]
         assert sorted(await repo.open_tasks(key)) == sorted(accepted)
         assert await repo.queued_count() == 5
 
@@ -660,3 +660,21 @@ def test_request_cancel_after_a_requeue_asks_the_new_job_to_abort(backend_factor
             assert await backend.repo.cancel_run(run2)
 
     asyncio.run(main())
+
+
+def test_run_of_tells_the_status_and_the_run_that_last_took_the_task(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        uid = await queued(repo, key)
+        assert await repo.run_of(uid) == (Status.QUEUING, None)
+        run = await take(repo, uid, "worker-7")
+        assert await repo.run_of(uid) == (Status.RUNNING, run)
+        assert await repo.finish_task(run, ["a.png"], [1])
+        assert await repo.run_of(uid) == (Status.FINISHED, run)  # a lost reply can be checked afterwards
+        requeued = await queued(repo, key)
+        first = await take(repo, requeued)
+        assert await repo.requeue_run(first)
+        assert await repo.run_of(requeued) == (Status.QUEUING, None)
+        assert await repo.run_of(new_uid()) is None
+
+    run_with_repo(body)

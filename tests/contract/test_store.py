@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import secrets
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 
+from picserve.storage.s3 import S3Store
 from tests.contract.conftest import TTL, StoreUnderTest
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
@@ -76,4 +79,13 @@ def test_expire_on_an_empty_store_removes_nothing(subject: StoreUnderTest) -> No
 @pytest.mark.parametrize("base_url", ["http://127.0.0.1:8080", "http://127.0.0.1:8080/"])
 def test_url_is_under_results(subject: StoreUnderTest, base_url: str) -> None:
     key = subject.store.put(PNG)
-    assert subject.store.url(key, base_url) == f"http://127.0.0.1:8080/results/{key}"
+    url = subject.store.url(key, base_url)
+    if isinstance(subject.store, S3Store):  # a presigned GET, straight from the bucket, until the TTL ends
+        assert httpx.get(url).content == PNG
+        expires = int(parse_qs(urlsplit(url).query)["X-Amz-Expires"][0])
+        assert TTL - 5 <= expires <= TTL
+        older = subject.store.put(PNG)
+        subject.age(older, TTL - 600)
+        assert 590 <= int(parse_qs(urlsplit(subject.store.url(older, base_url)).query)["X-Amz-Expires"][0]) <= 600
+    else:
+        assert url == f"http://127.0.0.1:8080/results/{key}"

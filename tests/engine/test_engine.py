@@ -181,7 +181,8 @@ def test_png_carries_a1111_parameters(engine):
 
 
 def test_unknown_model_is_reported(engine):
-    with pytest.raises(errors.ModelNotFound):
+    # the API refuses an unknown model at submit; at run time it can only have vanished since
+    with pytest.raises(errors.ModelLoadError, match="no longer in the models folder"):
         engine.generate(domain.GenerationSpec(**{**SMALL, "model_code": "nope"}))
 
 

@@ -189,7 +189,7 @@ def test_runtime_failure_is_reported_and_not_charged(make_client, run_worker, mo
     time.sleep(2.5)  # past the catalog's rescan interval: the worker sees the folder as it is now
     run_worker()
     detail = client.list_tasks_details([uid])[0]
-    assert detail["Status"] == "Error" and detail["ErrorCode"] == 501, detail
+    assert detail["Status"] == "Error" and detail["ErrorCode"] == 503, detail  # ModelLoadError
     assert code in detail["ErrorMassage"]
     assert detail["ConsumeApiPoint"] == 0 and client.get_credit_balance()["UsedCredits"] == 0
 

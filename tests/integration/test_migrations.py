@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from picserve import cli
+from picserve.keycipher import KeyCipher
 from picserve.tasks import database, migrations
 
 #: `tasks/sql/schema.sql` of the first release, which `_ensure_schema` ran on every start before
@@ -138,7 +139,7 @@ def test_a_fresh_database_gets_every_migration_once(database_url):
 @pytest.mark.postgres
 def test_open_database_makes_both_schemas_on_a_fresh_database(database_url):
     async def body() -> None:
-        async with database.open_database(database_url, max_size=2) as db:
+        async with database.open_database(database_url, max_size=2, cipher=KeyCipher.generate()) as db:
             account = await db.repo.create_key("k", 10)
             assert (await db.repo.get_account(account.public_key)) is not None
 
@@ -165,12 +166,16 @@ def test_a_first_release_database_is_upgraded_in_place(database_url):
     )  # status wrote nothing
 
     async def open_and_read() -> None:
-        async with database.open_database(database_url, max_size=2) as db:
+        async with database.open_database(database_url, max_size=2, cipher=KeyCipher.generate()) as db:
             account = await db.repo.get_account("pub")
             assert account is not None
             assert (account.name, account.total_credits, account.used_credits) == ("old key", 500, 20)
 
     run(open_and_read())
+    # the first release stored private keys in plaintext: opening with the server secret sealed them
+    assert run(scalar(database_url, "SELECT private_key FROM picserve_keys WHERE public_key = 'pub'")).startswith(
+        "fernet:"
+    )
     assert run(scalar(database_url, "SELECT attempt FROM picserve_tasks WHERE task_uid = 't-old'")) == 0
     assert run(scalar(database_url, "SELECT spec->>'Width' FROM picserve_tasks WHERE task_uid = 't-old'")) == "64"
     assert run(recorded(database_url)) == {m.version: 1 for m in migrations.MIGRATIONS}

@@ -26,6 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from picserve import domain
 from picserve.config import Settings
 from picserve.engine.fake import FakeEngine
+from picserve.keycipher import KeyCipher
 from picserve.storage.memory import MemoryStore
 from picserve.tasks import database, jobs, recovery, worker
 from picserve.tasks.service import TaskService
@@ -33,6 +34,7 @@ from picserve.tasks.service import TaskService
 T = TypeVar("T")
 
 STALLED_AFTER = 0.6
+CIPHER = KeyCipher.generate()
 
 
 class Controller:
@@ -41,7 +43,9 @@ class Controller:
     def __init__(self, url: str) -> None:
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self._opened = database.open_database(url, max_size=4, idle_transaction_timeout=2 * STALLED_AFTER)
+        self._opened = database.open_database(
+            url, max_size=4, idle_transaction_timeout=2 * STALLED_AFTER, cipher=CIPHER
+        )
         self.db = self.call(self._opened.__aenter__)
 
     def call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
@@ -95,7 +99,9 @@ class WorkerThread:
 
     async def _work(self) -> None:
         self.main = asyncio.current_task()
-        async with database.open_database(self.url, max_size=4, idle_transaction_timeout=2 * STALLED_AFTER) as db:
+        async with database.open_database(
+            self.url, max_size=4, idle_transaction_timeout=2 * STALLED_AFTER, cipher=CIPHER
+        ) as db:
             runtime = jobs.WorkerRuntime(
                 repo=db.repo, engine=self.engine, store=self.store, name=self.name, progress_interval=0.0
             )

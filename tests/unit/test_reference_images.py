@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from picserve import reference_images
+from picserve import errors, reference_images
 from picserve.reference_images import RESIZE_MODES, fit, mask_for, placement
+from tests import fuzzing
 
 #: any source image picserve decodes (one side may be a single pixel) and any requested size
 SOURCE_SIDE = st.integers(1, 2560)
@@ -121,3 +124,77 @@ def test_unknown_mode_and_empty_sizes_are_refused():
         placement(10, 10, 64, 64, "Stretch")
     with pytest.raises(ValueError, match="empty size"):
         reference_images.placement(0, 10, 64, 64, "JustResize")
+
+
+# --- decode: hostile inputs are refused by name, good ones come back in a mode the engine uses ------------
+def _entry(name: str) -> str:
+    return dict(fuzzing.hostile_images())[name]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("gif", "GIF images are not accepted (use PNG, JPEG or WebP)"),
+        ("bmp", "BMP images are not accepted (use PNG, JPEG or WebP)"),
+        ("tiff", "TIFF images are not accepted (use PNG, JPEG or WebP)"),
+        ("gif as data URI", "GIF images are not accepted"),  # the data decides, not the data URI's type
+        ("text", "not a readable PNG, JPEG or WebP image"),
+        ("zeros", "not a readable PNG, JPEG or WebP image"),
+        ("10 MB of base64 zeros", "not a readable PNG, JPEG or WebP image"),
+        ("empty", "expected a base64 image (PNG, JPEG or WebP)"),
+        ("empty data URI", "the image is empty (no bytes)"),
+        ("animated png", "animated images are not accepted (send a single frame)"),
+        ("animated webp", "animated images are not accepted (send a single frame)"),
+        ("truncated png", "not a readable PNG image (damaged or truncated)"),
+        ("png bad crc", "not a readable PNG image (damaged or truncated)"),
+        ("zero-size png", "not a readable PNG image (damaged or truncated)"),
+        ("bomb header 100000²", "image too large (at most 26214400 pixels)"),
+        ("bomb 6000² grey", "6000x6000 is too large (at most 26214400 pixels)"),
+        ("jpeg claiming 60000²", "image too large (at most 26214400 pixels)"),  # Pillow's own bomb check
+        ("not base64", "not valid base64"),
+        ("base64 without padding", "not valid base64"),
+        ("base64 with newlines", "not valid base64"),
+        ("non-ASCII base64", "not valid base64"),
+        ("data URI without base64", "a data URI must carry base64, as in data:image/png;base64,…"),
+        ("data URI without comma", "a data URI must carry base64"),
+    ],
+)
+def test_hostile_images_are_refused_naming_the_entry(name, message):
+    with pytest.raises(errors.ParamError) as info:
+        reference_images.decode(_entry(name), "ImageAndMaskList[0]")
+    assert info.value.message.startswith(f"ImageAndMaskList[0]: {message}")
+
+
+def test_a_bomb_is_refused_before_its_pixels_are_decoded():
+    started = time.monotonic()
+    for name in ("bomb header 100000²", "bomb 6000² grey", "jpeg claiming 60000²"):
+        with pytest.raises(errors.ParamError, match="too large"):
+            reference_images.decode(_entry(name), "image")
+    assert time.monotonic() - started < 1  # decoding 36 MP alone would take longer
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [
+        ("png", "RGB"),
+        ("jpeg", "RGB"),
+        ("webp", "RGB"),
+        ("png as data URI", "RGB"),
+        ("mask", "L"),
+        ("la png", "LA"),
+        ("cmyk jpeg", "RGB"),
+        ("16-bit png", "L"),
+        ("palette png", "RGBA"),  # its transparency is kept
+        ("1-bit png", "L"),
+    ],
+)
+def test_accepted_images_come_back_in_a_mode_the_engine_uses(name, mode):
+    image = reference_images.decode(_entry(name), "image")
+    assert image.mode == mode and image.size == (8, 8)
+    assert fit(image, 64, 64, "JustResize").size == (64, 64)
+    assert mask_for(image, 64, 64, "JustResize").size == (64, 64)
+
+
+def test_16_bit_grey_is_scaled_not_clipped():
+    image = reference_images.decode(_entry("16-bit png"), "image")
+    assert image.getpixel((0, 0)) == 40000 // 256 and image.getpixel((1, 0)) == 0

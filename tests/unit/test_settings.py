@@ -29,6 +29,6 @@ def test_unknown_variable_is_reported_with_the_closest_setting(caplog):
 
 def test_every_setting_is_in_the_readme_table():
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    documented = set(re.findall(r"`(PICSERVE_[A-Z_]+)`", readme))
+    documented = set(re.findall(r"`(PICSERVE_[A-Z0-9_]+)`", readme))
     variables = [f"PICSERVE_{f.name.upper()}" for f in dataclasses.fields(Settings)]
     assert [name for name in variables if name not in documented] == []

@@ -11,11 +11,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from picserve import __version__
+from picserve import __version__, keycipher
 from picserve.api import endpoint
 from picserve.api.services import Services
 from picserve.config import Settings
-from picserve.storage.disk import DiskStore
+from picserve.storage.factory import open_store
 from picserve.tasks import database, recovery, retention
 from picserve.translate.prompts import PromptTranslator
 
@@ -42,12 +42,14 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                         settings.database_url,
                         max_size=settings.api_db_connections,
                         idle_transaction_timeout=2 * settings.stalled_after,
+                        cipher=keycipher.load(settings),
+                        wait_timeout=settings.db_wait_timeout,
                     )
                 )
                 chosen = Services.build(
                     settings,
                     repo=db.repo,
-                    store=DiskStore(settings.results_dir, settings.result_ttl_seconds),
+                    store=open_store(settings),
                     translator=PromptTranslator(settings.translation_dir),
                 )
                 sweep = recovery.sweep_forever(db, settings.stalled_after, settings.stalled_after / 3)

@@ -1,7 +1,8 @@
-"""Who is calling: the key store lookup, then the PICPIK signature check."""
+"""Who is calling: the key store lookup, the PICPIK signature check, then the key's request rate."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 from picserve import domain, errors
@@ -12,7 +13,14 @@ from picserve.tasks.repository import TaskRepository
 __all__ = ["authenticate"]
 
 
-async def authenticate(repo: TaskRepository, envelope: Envelope) -> domain.Account:
+async def authenticate(repo: TaskRepository, envelope: Envelope, requests_per_minute: int = 0) -> domain.Account:
+    """The account whose key signed `envelope`, once its request is counted against its rate (its own
+    `max_requests_per_minute`, else `requests_per_minute`; 0 = none).
+
+    The account is read afresh on every request, so a revocation (or a new limit) takes effect on the
+    next request on every API node. Only correctly signed requests are counted: nobody can spend
+    another key's rate without its private key. The signature is compared in constant time.
+    """
     account = await repo.get_account(envelope.public_key)
     if account is None or account.revoked:
         raise errors.UnknownKey(f"PublicKey {envelope.public_key!r} is unknown or revoked")
@@ -23,4 +31,12 @@ async def authenticate(repo: TaskRepository, envelope: Envelope) -> domain.Accou
             "Signature does not match: sign every field you send (request_uuid included), "
             "keys sorted, followed by your PrivateKey, with SHA-1"
         )
+    rate = account.max_requests_per_minute if account.max_requests_per_minute is not None else requests_per_minute
+    if rate > 0:
+        wait = await repo.take_request(account.public_key, rate)
+        if wait > 0:
+            raise errors.RateLimited(
+                f"this key may send {rate} requests per minute and has sent them: "
+                f"retry in {math.ceil(wait * 10) / 10:g} s"
+            )
     return account

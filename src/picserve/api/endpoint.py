@@ -1,10 +1,17 @@
-"""The one PICPIK endpoint. This is the only place where an exception becomes a RetCode."""
+"""The one PICPIK endpoint. This is the only place where an exception becomes a RetCode.
+
+The body is read within bounds: a `Content-Length` over `Settings.max_body_bytes` is refused before a
+byte of the body is read, and a body without one (chunked) is read until it passes the limit, no
+further. Either way the refusal is an ordinary reply (HTTP 200, RetCode 160); the server (uvicorn)
+then reads and discards whatever the client still sends, so a client that writes its whole body before
+reading gets the reply too, and nothing of that body is kept.
+"""
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
-from typing import Any
+from typing import Any, TypeGuard
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -13,6 +20,7 @@ from picserve import errors
 from picserve.api import auth
 from picserve.api.actions import ACTIONS
 from picserve.api.services import Services
+from picserve.protocol import envelope as envelope_module
 from picserve.protocol.envelope import Envelope, error_reply, ok_reply
 
 __all__ = ["handle"]
@@ -28,15 +36,15 @@ async def handle(services: Services, request: Request) -> JSONResponse:
         body = await _read_json(request, services.settings.max_body_bytes)
         if isinstance(body, dict):  # echo what we can, even when the rest is invalid
             given_action, given_uuid = body.get("Action"), body.get("request_uuid")
-            action = given_action if isinstance(given_action, str) else ""
-            request_uuid = given_uuid if isinstance(given_uuid, str) else None
+            action = given_action if _echoable(given_action) else ""
+            request_uuid = given_uuid if _echoable(given_uuid) else None
         envelope = Envelope.parse(body)
         handler = ACTIONS.get(envelope.action)
         if handler is None:
             raise errors.UnknownAction(
                 f"Action {envelope.action!r} is not served here; available: {', '.join(sorted(ACTIONS))}"
             )
-        account = await auth.authenticate(services.repo, envelope)
+        account = await auth.authenticate(services.repo, envelope, services.settings.max_requests_per_minute)
         fields = await handler(services, account, envelope, str(request.base_url))
         return JSONResponse(ok_reply(action, request_uuid, fields))
     except errors.PicserveError as exc:
@@ -46,15 +54,57 @@ async def handle(services: Services, request: Request) -> JSONResponse:
         return JSONResponse(error_reply(action, request_uuid, errors.PicserveError("internal server error")))
 
 
+def _echoable(value: Any) -> TypeGuard[str]:
+    # decode has already refused NUL and lone surrogates in every string: what is left is bounded here
+    return isinstance(value, str) and len(value) <= envelope_module.MAX_KEY_CHARS
+
+
+#: bodies larger than this are parsed off the event loop
+_THREAD_ABOVE = 1024 * 1024
+
+
 async def _read_json(request: Request, limit: int) -> Any:
-    raw = await request.body()
-    if len(raw) > limit:
-        raise errors.ParamError(f"the request body is {len(raw)} bytes; at most {limit} are accepted")
-    try:
-        return json.loads(raw, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
-        raise errors.ParamError(f"the request body is not valid JSON: {exc}") from None
+    """The body as JSON values: content type checked, size bounded while reading, then `envelope.decode`."""
+    _check_content_type(request.headers.get("content-type"))
+    raw = await _read_body(request, limit)
+    if len(raw) > _THREAD_ABOVE:
+        return await asyncio.to_thread(envelope_module.decode, raw)
+    return envelope_module.decode(raw)
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+def _check_content_type(value: str | None) -> None:
+    """JSON, as the spec says; a body sent without a Content-Type is read as JSON too."""
+    if value is None or not value.strip():
+        return
+    media_type, *parameters = (part.strip().lower() for part in value.split(";"))
+    charset = next((p.partition("=")[2].strip('"') for p in parameters if p.startswith("charset=")), "utf-8")
+    if media_type != "application/json" or charset not in ("utf-8", "utf8"):
+        raise errors.ParamError(
+            f"Content-Type: must be application/json (UTF-8), got {envelope_module.describe(value[:100])}"
+        )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """At most `limit` bytes of body, read as the ASGI messages come (so a disconnect is seen as one)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not (declared.isascii() and declared.isdigit()):
+            raise errors.ParamError(f"Content-Length: must be a number of bytes, got {declared[:40]!r}")
+        if len(declared) > 18 or int(declared) > limit:
+            raise errors.ParamError(
+                f"the request body is {int(declared[:18])}{'…' if len(declared) > 18 else ''} bytes; "
+                f"at most {limit} are accepted"
+            )
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise errors.ParamError("the client went away before its request body was complete")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise errors.ParamError(f"the request body is more than {limit} bytes; at most {limit} are accepted")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

@@ -39,7 +39,7 @@ class Services:
         return cls(
             settings=settings,
             repo=repo,
-            tasks=TaskService(repo, store, settings.credit_divisor, settings.max_queued_tasks),
+            tasks=TaskService(repo, store, settings.credit_divisor, settings.max_queued_tasks, settings.max_open_tasks),
             catalog=catalog or Catalog(settings.models_dir, ttl=settings.catalog_rescan_seconds),
             store=store,
             translator=translator,

@@ -8,7 +8,9 @@ hypernetworks are applied for one request and always removed after it.
 
 Each sub-model goes on all or nothing: diffusers loads a LoRA's UNet, te1 and te2 parts, and an
 embedding's `clip_l` and `clip_g` parts, one after the other, and keeps the first when a later one fails;
-here the parts already applied are taken back, and the failure is a `GenerationError` naming the file.
+here the parts already applied are taken back, and the failure is a `ModelLoadError` naming the sub-model
+and its file, and saying what to do (a file removed, damaged, or whose keys fit nothing of the model).
+Running out of memory is left to the engine (memory.py), after the same taking back.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ import torch
 
 from picserve import catalog as catalog_module
 from picserve import domain, errors
-from picserve.engine import hypernetwork, loader
+from picserve.engine import hypernetwork, loader, memory
 
 __all__ = ["Adapters"]
+
+_KIND_NAMES = {"lora": "LoRA", "embedding": "embedding", "hypernetwork": "hypernetwork"}
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class Adapters:
 
         Each sub-model goes on all or nothing: one that fails half-way (a LoRA whose second text encoder
         part does not fit, an embedding whose `clip_g` part does not) takes back the parts it had applied
-        and raises a `GenerationError` naming it. Embeddings and hypernetworks come off when the block
+        and raises a `ModelLoadError` naming it. Embeddings and hypernetworks come off when the block
         ends, however it ends; LoRAs stay loaded but only the next request's set is enabled.
         """
         resolved = [self._resolve(sub) for sub in sub_models]
@@ -84,10 +88,22 @@ class Adapters:
     # --- files ------------------------------------------------------------------------------------
     def _resolve(self, sub: domain.SubModel) -> _Resolved:
         entry = self.catalog.get(sub.kind, sub.code)
-        if entry is None:
-            raise errors.GenerationError(f"{sub.kind} {sub.code!r} is no longer in the models folder")
-        stat = entry.path.stat()
+        if entry is None:  # the API checked it when the task was submitted: it went away since
+            raise _failed(sub.kind, sub.code, "is no longer in the models folder", self._where(sub.kind))
+        try:
+            stat = entry.path.stat()
+        except OSError as exc:  # removed since the models folder was last scanned
+            raise _failed(
+                sub.kind,
+                sub.code,
+                f"could not be read ({loader.one_line(exc, self.catalog.models_dir)})",
+                self._where(sub.kind, entry.path),
+            ) from exc
         return _Resolved(sub.kind, sub.code, entry.path, sub.weight, (stat.st_mtime_ns, stat.st_size))
+
+    def _where(self, kind: str, path: Path | None = None) -> str:
+        """`models/lora/x.safetensors` (or `models/lora/`): where in the models folder, for messages."""
+        return f"{self.catalog.models_dir.name}/{kind}/{path.name if path else ''}"
 
     def _file(self, sub: _Resolved) -> Any:
         """A sub-model file's contents, from the bounded in-memory cache when possible."""
@@ -96,7 +112,7 @@ class Adapters:
             if key in self._file_contents:
                 self._file_contents.move_to_end(key)
                 return self._file_contents[key]
-        contents = _read(sub)
+        contents = _read(sub, self._where(sub.kind, sub.path), self.catalog.models_dir)
         with self._lock:
             self._file_contents[key] = contents
             while len(self._file_contents) > self.max_cached_files:
@@ -132,18 +148,30 @@ class Adapters:
 
         diffusers loads the parts one after the other and leaves those already loaded when a later one
         fails (a te2 tensor of the wrong shape fails after the UNet and te1 took theirs): whatever the
-        adapter got is deleted again before the error goes on.
+        adapter got is deleted again before the error goes on. A file whose keys match no layer of the
+        model loads nothing without a word from diffusers: that is an error here too.
         """
         state = dict(self._file(lora))  # diffusers pops keys from the dict it is given
+        keys = len(state)
         with warnings.catch_warnings():  # peft: "Already found a peft_config attribute" is expected
             warnings.simplefilter("ignore")
             try:
                 pipe.load_lora_weights(state, adapter_name=name)
             except BaseException as exc:
                 _delete_adapter(pipe, name)
-                if _is_out_of_memory(exc) or not isinstance(exc, Exception):
+                if memory.is_out_of_memory(exc) or not isinstance(exc, Exception):
                     raise
-                raise errors.GenerationError(f"LoRA {lora.code!r} could not be applied: {exc}") from exc
+                where = self._where("lora", lora.path)
+                raise _failed(
+                    "lora", lora.code, f"could not be applied: {loader.one_line(exc, self.catalog.models_dir)}", where
+                ) from exc
+        if not any(name in names for names in pipe.get_list_adapters().values()):
+            raise _failed(
+                "lora",
+                lora.code,
+                f"could not be applied: none of its {keys} keys matches a layer of this model",
+                self._where("lora", lora.path),
+            )
 
     # --- embeddings ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -154,12 +182,13 @@ class Adapters:
         """
         vectors = self._file(emb)
         parts = (("clip_l", pipe.tokenizer, pipe.text_encoder), ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2))
+        where = self._where("embedding", emb.path)
         for key, _, _ in parts:  # checked before anything is touched
             if not isinstance(vectors, Mapping) or not isinstance(vectors.get(key), torch.Tensor):
-                raise errors.GenerationError(f"embedding {emb.code!r} has no {key} vectors (not SDXL)")
+                raise _failed("embedding", emb.code, f"has no {key} vectors (not an SDXL embedding)", where)
         with contextlib.ExitStack() as stack:
             for key, tokenizer, encoder in parts:
-                stack.enter_context(_textual_inversion(pipe, emb.code, key, vectors[key], tokenizer, encoder))
+                stack.enter_context(_textual_inversion(pipe, emb.code, where, key, vectors[key], tokenizer, encoder))
             yield
 
     # --- hypernetworks ------------------------------------------------------------------------------
@@ -167,6 +196,7 @@ class Adapters:
         """A hypernetwork's modules, checked on a context of the UNet's width: one whose layers do not
         chain fails here, naming it, rather than in the middle of denoising."""
         modules: hypernetwork.Hypernetwork = self._file(sub)
+        where = self._where("hypernetwork", sub.path)
         for module in modules.get(width, ()):  # a network without this width does nothing (A1111)
             parameter = next(module.parameters())
             probe = torch.zeros(1, 1, width, device=parameter.device, dtype=parameter.dtype)
@@ -174,24 +204,45 @@ class Adapters:
                 with torch.no_grad():
                     shape = module(probe).shape
             except Exception as exc:
-                if _is_out_of_memory(exc):
+                if memory.is_out_of_memory(exc):
                     raise
-                raise errors.GenerationError(f"hypernetwork {sub.code!r} could not be applied: {exc}") from exc
+                raise _failed(
+                    "hypernetwork",
+                    sub.code,
+                    f"could not be applied: {loader.one_line(exc, self.catalog.models_dir)}",
+                    where,
+                ) from exc
             if shape != probe.shape:
-                raise errors.GenerationError(
-                    f"hypernetwork {sub.code!r} could not be applied: its {width}-wide modules output {shape[-1]}"
+                raise _failed(
+                    "hypernetwork",
+                    sub.code,
+                    f"could not be applied: its {width}-wide modules output {shape[-1]}",
+                    where,
                 )
         return modules
+
+
+def _failed(kind: str, code: str, what: str, where: str) -> errors.ModelLoadError:
+    """The error for a sub-model that cannot be used: what went wrong, and what the client and the operator
+    can do about it (the main model is left as it was)."""
+    return errors.ModelLoadError(
+        f"{_KIND_NAMES[kind]} {code!r} {what}; the main model was left unchanged. Submit the task without it, "
+        f"or ask the operator to restore or replace {where} (ListModels shows what is installed)"
+    )
 
 
 def _delete_adapter(pipe: Any, name: str) -> None:
     """Delete the LoRA adapter `name` from every component that holds it (none may)."""
     if any(name in names for names in pipe.get_list_adapters().values()):
-        pipe.delete_adapters([name])
+        with warnings.catch_warnings():  # peft: "Adapter … was active which is now deleted": set_adapters follows
+            warnings.simplefilter("ignore", UserWarning)
+            pipe.delete_adapters([name])
 
 
 @contextlib.contextmanager
-def _textual_inversion(pipe: Any, code: str, key: str, vectors: Any, tokenizer: Any, encoder: Any) -> Iterator[None]:
+def _textual_inversion(
+    pipe: Any, code: str, where: str, key: str, vectors: Any, tokenizer: Any, encoder: Any
+) -> Iterator[None]:
     """`vectors` as the token `code` (and `code_1`, `code_2`… for the extra rows) in one tokenizer and
     text encoder; on failure, and when the block ends, both are as they were before."""
     vocabulary, rows = len(tokenizer), encoder.get_input_embeddings().weight.shape[0]
@@ -199,9 +250,9 @@ def _textual_inversion(pipe: Any, code: str, key: str, vectors: Any, tokenizer: 
         pipe.load_textual_inversion(vectors, token=code, tokenizer=tokenizer, text_encoder=encoder)
     except BaseException as exc:
         _restore_vocabulary(pipe, tokenizer, encoder, vocabulary, rows)
-        if _is_out_of_memory(exc) or not isinstance(exc, Exception):
+        if memory.is_out_of_memory(exc) or not isinstance(exc, Exception):
             raise
-        raise errors.GenerationError(f"embedding {code!r} could not be applied ({key}): {exc}") from exc
+        raise _failed("embedding", code, f"could not be applied ({key}): {loader.one_line(exc)}", where) from exc
     try:
         yield
     finally:
@@ -218,12 +269,7 @@ def _restore_vocabulary(pipe: Any, tokenizer: Any, encoder: Any, vocabulary: int
         encoder.resize_token_embeddings(rows)
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    # left as they are: the engine turns them into its own "out of memory" error and frees the cache
-    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError))
-
-
-def _read(sub: _Resolved) -> Any:
+def _read(sub: _Resolved, where: str, models_dir: Path) -> Any:
     """A state dict (LoRA, embedding), or a hypernetwork's modules."""
     try:
         if sub.kind == "hypernetwork":
@@ -233,7 +279,7 @@ def _read(sub: _Resolved) -> Any:
 
             return load_file(str(sub.path))
         return torch.load(sub.path, map_location="cpu", weights_only=True)  # never an arbitrary unpickle
-    except errors.GenerationError:
-        raise
-    except Exception as exc:  # a damaged file, or a hypernetwork whose layers cannot be built
-        raise errors.GenerationError(f"{sub.kind} {sub.code!r} could not be read: {exc}") from exc
+    except Exception as exc:  # removed, damaged, or a hypernetwork whose layers cannot be built
+        if memory.is_out_of_memory(exc):
+            raise
+        raise _failed(sub.kind, sub.code, f"could not be read ({loader.one_line(exc, models_dir)})", where) from exc

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from picserve import __version__, domain, errors, reference_images
+from picserve import __version__, domain, reference_images
 from picserve import catalog as catalog_module
-from picserve.engine import adapters, loader, png, prompts, samplers, tiling
+from picserve.engine import adapters, loader, memory, png, prompts, samplers, tiling
 from picserve.engine.base import Generated, StepCallback
 
 __all__ = ["Engine", "Generated", "StepCallback"]
@@ -35,6 +36,7 @@ class Engine:
         cache_dir: where generated config folders (SDXL base configs for single-file checkpoints) are
             written; ``~/.cache/picserve`` when None.
         max_chunk: images denoised together; a larger batch runs in chunks of this size to bound memory.
+            A chunk that runs out of memory is retried once, one image at a time (see memory.py).
         max_loras: LoRAs kept loaded per main model between requests, least recently used evicted first.
         max_cached_files: sub-model files (LoRA, embedding, hypernetwork) whose contents stay in memory,
             least recently used dropped first.
@@ -67,17 +69,18 @@ class Engine:
 
         `on_step` is called after every denoising step, and also once the model is loaded and before
         each chunk of the batch, so that a cancel (it raises TaskCanceled) stops before more work.
+
+        Raises `errors.ModelLoadError` when the main model's or a sub-model's file cannot be read or
+        applied (the loaded models are left as they were), and `errors.OutOfMemory` when the device
+        runs out of memory, even one image at a time (memory is freed; the next generation can run).
         """
-        with self._generating:
-            try:
-                return self._generate(spec, on_step or _no_progress)
-            except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-                if self.pipelines.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                raise errors.GenerationError(
-                    f"out of memory generating {spec.batch_size}×{spec.width}×{spec.height}: "
-                    "lower the size or BatchSize"
-                ) from exc
+        with self._generating, memory.as_error(spec, self.pipelines.device.type, self._free_memory):
+            return self._generate(spec, on_step or _no_progress)
+
+    def _free_memory(self) -> None:
+        """Room for a retry: the other main models leave memory, then the allocator's cache is emptied."""
+        self.pipelines.unload_all(keep=self.pipelines.loaded[-1:])  # the model of this request stays
+        loader.free_memory(self.pipelines.device)
 
     def _generate(self, spec: domain.GenerationSpec, on_step: StepCallback) -> Generated:
         # 1. The pipeline for the mode (txt2img, img2img, inpaint share one loaded model) and a fresh scheduler.
@@ -118,8 +121,6 @@ class Engine:
             }
 
         seeds = spec.seeds
-        seed_chunks = [seeds[i : i + self.max_chunk] for i in range(0, len(seeds), self.max_chunk)]
-        results: list[Image.Image] = []
         tile_vae = width * height > _TILED_VAE_PIXELS and not spec.tiling  # tiled decoding would break the seams
         # 4. LoRAs, embeddings and hypernetworks for this request only; the model is restored afterwards.
         with self.adapters.applied(model, spec.sub_models), torch.inference_mode():
@@ -127,34 +128,29 @@ class Engine:
             conditioning = prompts.encode(pipe, spec.prompt, spec.negative_prompt, spec.clip_skip, spec.cfg_scale > 1)
 
             # 6. Denoise in chunks of the batch; image i uses seed + i, from a CPU generator (same on any device).
+            #    A chunk that runs out of memory is retried one image at a time (memory.run_in_chunks).
+            def denoise(chunk_seeds: list[int], on_chunk_step: Callable[[float], None]) -> list[Image.Image]:
+                def step_end(step_pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+                    on_chunk_step((step + 1) / max(1, step_pipe.num_timesteps))
+                    return kwargs
+
+                output = pipe(
+                    prompt_embeds=conditioning.embeds,
+                    pooled_prompt_embeds=conditioning.pooled,
+                    negative_prompt_embeds=conditioning.negative_embeds,
+                    negative_pooled_prompt_embeds=conditioning.negative_pooled,
+                    num_images_per_prompt=len(chunk_seeds),
+                    generator=[torch.Generator("cpu").manual_seed(s) for s in chunk_seeds],
+                    num_inference_steps=spec.steps,
+                    guidance_scale=spec.cfg_scale,
+                    callback_on_step_end=step_end,
+                    **mode_inputs,
+                )
+                images: list[Image.Image] = output.images
+                return images
+
             with tiling.seamless(pipe, spec.tiling), tiling.tiled_vae(pipe, tile_vae):
-                for chunk_index, chunk_seeds in enumerate(seed_chunks):
-                    # before denoising starts, and between chunks: a cancel stops before the next chunk
-                    on_step(chunk_index / len(seed_chunks))
-
-                    def step_end(
-                        step_pipe: Any,
-                        step: int,
-                        _timestep: Any,
-                        kwargs: dict[str, Any],
-                        chunk_index: int = chunk_index,
-                    ) -> dict[str, Any]:
-                        on_step((chunk_index + (step + 1) / max(1, step_pipe.num_timesteps)) / len(seed_chunks))
-                        return kwargs
-
-                    output = pipe(
-                        prompt_embeds=conditioning.embeds,
-                        pooled_prompt_embeds=conditioning.pooled,
-                        negative_prompt_embeds=conditioning.negative_embeds,
-                        negative_pooled_prompt_embeds=conditioning.negative_pooled,
-                        num_images_per_prompt=len(chunk_seeds),
-                        generator=[torch.Generator("cpu").manual_seed(s) for s in chunk_seeds],
-                        num_inference_steps=spec.steps,
-                        guidance_scale=spec.cfg_scale,
-                        callback_on_step_end=step_end,
-                        **mode_inputs,
-                    )
-                    results.extend(output.images)
+                results = memory.run_in_chunks(seeds, self.max_chunk, denoise, on_step, self._free_memory)
 
         # 7. Exact size; inpainting keeps every pixel outside the mask exactly; A1111 metadata.
         if results[0].size != (spec.width, spec.height):

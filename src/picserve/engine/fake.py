@@ -3,29 +3,44 @@
 It honours what the worker relies on: one `on_step` call per step (so cancellation stops it at the
 next step), images of the requested size and count, image i from seed + i (the same seed gives the
 same pixels), and A1111 `parameters` text. Its pixels are seeded noise, not a picture.
+
+It can also run out of memory the way a device does: give it `memory_pixels` and a chunk of the batch
+needing more (width × height × images) raises MemoryError when it starts. The batch then goes through
+the engine's own policy (memory.run_in_chunks: chunks of `max_chunk`, one retry one image at a time)
+and ends, as the real engine's does, in images or in `errors.OutOfMemory`.
 """
 
 from __future__ import annotations
 
+import gc
 import time
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 
 from picserve import domain
-from picserve.engine import png
+from picserve.engine import memory, png
 from picserve.engine.base import Generated, StepCallback
 
 __all__ = ["FakeEngine"]
 
 
 class FakeEngine:
-    """Seeded noise images; `step_seconds` makes each step take that long (to test cancel and progress)."""
+    """Seeded noise images; `step_seconds` makes each step take that long (to test cancel and progress).
 
-    def __init__(self, step_seconds: float = 0.0):
+    `max_chunk`: images denoised together (None: the whole batch at once). `memory_pixels`: the output
+    pixels a simulated GPU holds at once (None: unlimited); a chunk needing more runs out of memory.
+    """
+
+    def __init__(self, step_seconds: float = 0.0, max_chunk: int | None = None, memory_pixels: int | None = None):
         self.step_seconds = step_seconds
+        self.max_chunk = max_chunk
+        self.memory_pixels = memory_pixels
         #: every spec it was asked to generate, in order
         self.calls: list[domain.GenerationSpec] = []
+        #: the seeds of every chunk it started denoising, in order (those that ran out of memory too)
+        self.chunks: list[list[int]] = []
         self._loaded: list[str] = []
 
     def holdings(self) -> dict[str, list[str]]:
@@ -34,15 +49,29 @@ class FakeEngine:
     def generate(self, spec: domain.GenerationSpec, on_step: StepCallback | None = None) -> Generated:
         self.calls.append(spec)
         self._loaded = [spec.model_code]
-        for step in range(spec.steps):
-            if self.step_seconds:
-                time.sleep(self.step_seconds)
-            if on_step is not None:
-                on_step((step + 1) / spec.steps)
-        images = [_noise(seed, spec.width, spec.height) for seed in spec.seeds]
+
+        def denoise(seeds: list[int], on_chunk_step: Callable[[float], None]) -> list[Image.Image]:
+            self.chunks.append(seeds)
+            needed = len(seeds) * spec.width * spec.height
+            if self.memory_pixels is not None and needed > self.memory_pixels:
+                raise MemoryError(f"fake GPU: {needed} pixels do not fit in {self.memory_pixels}")
+            for step in range(spec.steps):
+                if self.step_seconds:
+                    time.sleep(self.step_seconds)
+                on_chunk_step((step + 1) / spec.steps)
+            return [_noise(seed, spec.width, spec.height) for seed in seeds]
+
+        with memory.as_error(spec, "cuda", gc.collect):
+            images = memory.run_in_chunks(
+                spec.seeds, self.max_chunk or spec.batch_size, denoise, on_step or _no_progress, gc.collect
+            )
         fields = {"Steps": spec.steps, "Size": f"{spec.width}x{spec.height}", "Model": spec.model_code}
         texts = [png.infotext(spec.prompt, spec.negative_prompt, {**fields, "Seed": seed}) for seed in spec.seeds]
         return Generated(images=images, seeds=spec.seeds, infotexts=texts)
+
+
+def _no_progress(progress: float) -> None:
+    """The step callback when the caller passes none."""
 
 
 def _noise(seed: int, width: int, height: int) -> Image.Image:

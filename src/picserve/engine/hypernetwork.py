@@ -16,8 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from picserve import errors
-
 __all__ = ["Hypernetwork", "HypernetworkModule", "applied", "load"]
 
 _ACTIVATIONS = {
@@ -71,11 +69,11 @@ Hypernetwork = dict[int, tuple[HypernetworkModule, HypernetworkModule]]
 
 
 def load(path: Path) -> Hypernetwork:
-    """An A1111 hypernetwork file's modules, per context width."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors of every kind
-        raise errors.GenerationError(f"hypernetwork {path.name} could not be read: {exc}") from exc
+    """An A1111 hypernetwork file's modules, per context width; what torch raises for a damaged file
+    (the caller names the sub-model in its error)."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict):
+        raise ValueError(f"not an A1111 hypernetwork (a {type(data).__name__}, not a dict)")
     activation = data.get("activation_func", "linear")
     activate_output = bool(data.get("activate_output", False))
 

@@ -2,6 +2,17 @@
 
 Requests forbid unknown fields: a field this server does not know is refused by name, never ignored.
 `InferenceParams` is the one open map (the spec says so): unknown keys in it pass, known ones are checked.
+
+Wire types are strict (pydantic's strict mode), as the spec's tables type them:
+
+* **Bool**: a JSON `true` or `false`; never `"true"`, `1` or null.
+* **Int**: a JSON number with no fractional part. `64.0` is the Int 64 (a JSON number has no separate
+  integer type, and the signature encodes both as `64`); `64.5`, `"64"` and `true` are not Ints.
+* **Float**: any JSON number (`7` and `7.5`); a bool is never a number.
+* **String**: a JSON string; a number is not a string.
+
+Each refusal names the field, the type expected and the value got:
+`Tiling: must be a JSON bool (true or false), got the string "true"`.
 """
 
 from __future__ import annotations
@@ -10,12 +21,14 @@ from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar, cast
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 from pydantic_core import ErrorDetails
 
 from picserve import errors
+from picserve.protocol.envelope import describe
 
 __all__ = [
+    "MAX_TASK_UIDS",
     "CancelTask",
     "Empty",
     "GenerateImagesSDXL",
@@ -25,29 +38,57 @@ __all__ = [
     "Model",
     "TaskDetail",
     "parse",
+    "shown",
 ]
 
 _MAX_SEED = 2147483647
+#: TaskUIDs one ListTasksDetails or CancelTask may name
+MAX_TASK_UIDS = 100
+#: a ModelCode is a file name in the models folder: at most 255 characters, as file systems allow
+_MAX_MODEL_CODE = 255
+
+
+def _integral_float(value: Any) -> Any:
+    """`64.0` → `64`: a JSON number with no fractional part is an Int (the signature cannot tell them apart)."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+#: the spec's Int (see the module doc); Float, Bool and String are plain annotations under strict mode
+Int = Annotated[int, BeforeValidator(_integral_float)]
+_ResizeMode = Annotated[str, Field(pattern="^(JustResize|CropAndResize|ResizeAndFill)$")]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=False)
 
 
 class InferenceParamsModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """The spec's table 4.2: every known key typed (and ranged where the spec gives a range)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
 
     LoraWeight: Annotated[float | None, Field(ge=-1, le=2)] = None
-    Steps: Annotated[int | None, Field(ge=6, le=100)] = None
+    Steps: Annotated[Int | None, Field(ge=6, le=100)] = None
     Sampler: str | None = None
-    ClipSkip: Annotated[int | None, Field(ge=1, le=12)] = None
+    ClipSkip: Annotated[Int | None, Field(ge=1, le=12)] = None
     CFGScale: Annotated[float | None, Field(ge=1, le=30)] = None
+    # ControlNet and preprocessor keys: no ControlNet here, but a client copying them through gets them checked
+    ControlWeight: float | None = None
+    StartingStep: Annotated[float | None, Field(ge=0, le=1)] = None
+    EndingStep: Annotated[float | None, Field(ge=0, le=1)] = None
+    ControlMode: str | None = None
+    ResizeMode: _ResizeMode | None = None
+    CannyLowThreshold: Int | None = None
+    CannyHighThreshold: Int | None = None
+    Resolution: Int | None = None
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
-    ModelCode: Annotated[str, Field(min_length=1)]
+    ModelCode: Annotated[str, StringConstraints(min_length=1, max_length=_MAX_MODEL_CODE)]
     Name: str | None = None
     IsOfficial: bool | None = None
     TriggerWordList: list[str] | None = None
@@ -55,36 +96,47 @@ class Model(BaseModel):
 
 
 class Image2ImageModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
-    ImageIndex: Annotated[int, Field(ge=0)]
+    ImageIndex: Annotated[Int, Field(ge=0)]
     ReferStrength: Annotated[float, Field(ge=0, le=1)] = 0.5
-    ResizeMode: Annotated[str, Field(pattern="^(JustResize|CropAndResize|ResizeAndFill)$")] = "ResizeAndFill"
+    ResizeMode: _ResizeMode = "ResizeAndFill"
     # picserve extension: where the inpainting mask is; without it, the entry after the image (if any)
-    MaskIndex: Annotated[int | None, Field(ge=0)] = None
+    MaskIndex: Annotated[Int | None, Field(ge=0)] = None
+
+
+#: a prompt list's parts, and the characters of all of them together (checked when they are joined):
+#: far beyond what SDXL reads (77-token chunks), and a bound on the translation work one request makes
+MAX_PROMPT_PARTS = 64
+MAX_PROMPT_CHARS = 4000
+_Prompt = Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS)]
 
 
 class GenerateImagesSDXL(_Request):
     MainModel: Model
     SubModelList: list[Model] | None = None
-    PositivePrompts: list[str] | None = None
-    NegativePrompts: list[str] | None = None
+    PositivePrompts: Annotated[list[_Prompt] | None, Field(max_length=MAX_PROMPT_PARTS)] = None
+    NegativePrompts: Annotated[list[_Prompt] | None, Field(max_length=MAX_PROMPT_PARTS)] = None
     TranslatePrompts: bool = True
-    Seed: Annotated[int, Field(ge=-1, le=_MAX_SEED)] = -1
-    Width: Annotated[int, Field(ge=64, le=2560)] = 1024
-    Height: Annotated[int, Field(ge=64, le=2560)] = 1024
-    BatchSize: Annotated[int, Field(ge=1, le=16)] = 1
+    Seed: Annotated[Int, Field(ge=-1, le=_MAX_SEED)] = -1
+    Width: Annotated[Int, Field(ge=64, le=2560)] = 1024
+    Height: Annotated[Int, Field(ge=64, le=2560)] = 1024
+    BatchSize: Annotated[Int, Field(ge=1, le=16)] = 1
     Image2Image: Image2ImageModel | None = None
     Tiling: bool = False
     ImageAndMaskList: list[str] | None = None
 
 
+#: a TaskUID is 20 characters (rs/xid); anything past 64 cannot be one, and is not looked up or echoed
+_TaskUID = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
 class ListTasksDetails(_Request):
-    TaskUIDList: Annotated[list[str], Field(min_length=1, max_length=100)]
+    TaskUIDList: Annotated[list[_TaskUID], Field(min_length=1, max_length=MAX_TASK_UIDS)]
 
 
 class CancelTask(_Request):
-    TaskUIDList: Annotated[list[str], Field(min_length=1, max_length=100)]
+    TaskUIDList: Annotated[list[_TaskUID], Field(min_length=1, max_length=MAX_TASK_UIDS)]
 
 
 class Empty(_Request):
@@ -116,38 +168,87 @@ _M = TypeVar("_M", bound=BaseModel)
 
 
 def parse(model: type[_M], params: Mapping[str, Any]) -> _M:
-    """Validate `params` as `model`; the first problem becomes a ParamError naming field and range."""
+    """Validate `params` as `model`; the first problem becomes a ParamError naming field, type or range."""
     try:
         return model.model_validate(params)
     except ValidationError as exc:
-        raise errors.ParamError(_describe(model, exc.errors()[0])) from None
+        raise errors.ParamError(_describe(model, exc.errors(include_url=False)[0])) from None
+
+
+#: what each of pydantic's type errors expected, in the spec's words
+_EXPECTED = {
+    "bool_type": "a JSON bool (true or false)",
+    "int_type": "a JSON integer (a number with no fractional part)",
+    "float_type": "a JSON number",
+    "string_type": "a JSON string",
+    "list_type": "a JSON array",
+    "model_type": "a JSON object",
+    "model_attributes_type": "a JSON object",
+    "dict_type": "a JSON object",
+}
 
 
 def _describe(model: type[BaseModel], error: ErrorDetails) -> str:
     loc = error.get("loc", ())
-    path = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
-    path = path or model.__name__
+    path = _path(loc) or model.__name__
     kind = error.get("type", "")
     got = error.get("input")
+    ctx: dict[str, Any] = error.get("ctx", {})
     if kind == "extra_forbidden":
-        return f"{path}: unknown field for {model.__name__}"
+        known = list(_model_at(model, loc[:-1]).model_fields)
+        if not known:
+            return f"{path}: unknown field; this action takes only Action, PublicKey, Signature and request_uuid"
+        return f"{path}: unknown field for {_path(loc[:-1]) or model.__name__} (known: {', '.join(known)})"
     if kind == "missing":
         return f"{path}: missing required field"
-    low, high = _bounds(model, loc)
+    if kind in _EXPECTED:
+        return f"{path}: must be {_EXPECTED[kind]}, got {describe(got)}"
+    metadata = _metadata(model, loc)
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        low = next((cast(float, m.ge) for m in metadata if isinstance(m, annotated_types.Ge)), None)
+        high = next((cast(float, m.le) for m in metadata if isinstance(m, annotated_types.Le)), None)
         if low is not None and high is not None:
-            return f"{path}: must be between {_number(low)} and {_number(high)} (got {got!r})"
+            return f"{path}: must be between {_number(low)} and {_number(high)} (got {shown(got)})"
         if low is not None:
-            return f"{path}: must be at least {_number(low)} (got {got!r})"
+            return f"{path}: must be at least {_number(low)} (got {shown(got)})"
         if high is not None:
-            return f"{path}: must be at most {_number(high)} (got {got!r})"
+            return f"{path}: must be at most {_number(high)} (got {shown(got)})"
     if kind in ("too_short", "too_long"):
-        ctx: dict[str, Any] = error.get("ctx", {})
-        return f"{path}: must hold {ctx.get('min_length', 1)} to {ctx.get('max_length', '…')} items"
+        low = next((m.min_length for m in metadata if isinstance(m, annotated_types.MinLen)), None)
+        high = next((m.max_length for m in metadata if isinstance(m, annotated_types.MaxLen)), None)
+        count = ctx.get("actual_length", len(got) if isinstance(got, list) else "?")
+        if low is not None and high is not None:
+            return f"{path}: must hold {low} to {high} items (got {count})"
+        if high is not None:
+            return f"{path}: must hold at most {high} items (got {count})"
+        return f"{path}: must hold at least {low if low is not None else 1} items (got {count})"
+    if kind == "string_too_short":
+        return f"{path}: must not be empty"
+    if kind == "string_too_long":
+        return f"{path}: must be at most {ctx.get('max_length')} characters (got {len(got)} characters)"
     if kind == "string_pattern_mismatch":
-        allowed = error.get("ctx", {}).get("pattern", "").strip("^$()").replace("|", ", ")
-        return f"{path}: must be one of {allowed} (got {got!r})"
-    return f"{path}: {error.get('msg', 'invalid value')} (got {got!r})"
+        allowed = str(ctx.get("pattern", "")).strip("^$()").replace("|", ", ")
+        return f"{path}: must be one of {allowed} (got {shown(got)})"
+    return f"{path}: {error.get('msg', 'invalid value')} (got {shown(got)})"
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    """`SubModelList[0].InferenceParams.LoraWeight`: a field path, every name clipped to a readable length."""
+    parts = (f"[{p}]" if isinstance(p, int) else f".{_clip(p, 60)}" for p in loc)
+    return "".join(parts).lstrip(".")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def shown(value: Any) -> str:
+    """A value in a range message: `63`, `0.5`, `'Stretch'`, a huge number or string clipped."""
+    if isinstance(value, int) and not isinstance(value, bool) and len(str(abs(value))) > 24:
+        return describe(value).removeprefix("the number ")
+    if isinstance(value, str):
+        return repr(_clip(value, 60))
+    return repr(value)
 
 
 def _number(value: float) -> str:
@@ -165,8 +266,22 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _bounds(model: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[float | None, float | None]:
-    """The ge/le bounds declared on the field at `loc`, to name the allowed range in messages."""
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """The model whose field `loc` leads to (for an unknown field: the model that does not know it)."""
+    current = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        info = current.model_fields.get(part)
+        inner = _model_in(info.annotation) if info is not None else None
+        if inner is None:
+            break
+        current = inner
+    return current
+
+
+def _metadata(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[Any]:
+    """The constraints (ge/le, min/max length) declared on the field at `loc`, to name them in messages."""
     current: Any = model
     info = None
     for part in loc:
@@ -174,11 +289,7 @@ def _bounds(model: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[float |
             continue
         fields = getattr(current, "model_fields", None)
         if not fields or part not in fields:
-            return None, None
+            return []
         info = fields[part]
         current = _model_in(info.annotation)
-    if info is None:
-        return None, None
-    low = next((cast(float, m.ge) for m in info.metadata if isinstance(m, annotated_types.Ge)), None)
-    high = next((cast(float, m.le) for m in info.metadata if isinstance(m, annotated_types.Le)), None)
-    return low, high
+    return list(info.metadata) if info is not None else []

@@ -5,6 +5,10 @@ floats in plain decimal (never exponent form), lists concatenated, maps sorted r
 the empty string. `verify` also accepts the vendor Python signer's `str(float)` rendering, which
 writes tiny floats in exponent form (`1e-05`), so clients built on it are not refused.
 
+What cannot be signed (NaN, infinities, a string with a lone surrogate, which has no UTF-8 form)
+raises ValueError in `sign` and fails `verify`; the server refuses such bodies before either runs
+(`envelope.decode`).
+
 >>> sign({"Action": "ListModels", "PublicKey": "abcdefg"}, "123456")
 '4a20bc1141494035f6aaaad13224c94c5a8bc3a5'
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -35,6 +40,8 @@ def encode(value: Any, float_format: Callable[[float], str] = _plain_float) -> s
     if value is None:
         return ""
     if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value} cannot be signed: JSON has no NaN or Infinity")
         if value == int(value):
             return str(int(value))
         return float_format(value)
@@ -58,12 +65,15 @@ def sign(params: dict[str, Any], private_key: str) -> str:
 def verify(params: dict[str, Any], private_key: str) -> bool:
     """Whether `params["Signature"]` signs `params` with `private_key`."""
     given = params.get("Signature")
-    if not isinstance(given, str) or not given:
+    # compare_digest raises TypeError on non-ASCII text: such a signature is no hex digest anyway
+    if not isinstance(given, str) or not given or not given.isascii():
         return False
     given = given.lower()
     for float_format in (_plain_float, _python_float):
-        text = string_to_sign(params, float_format) + private_key
-        expected = hashlib.sha1(text.encode("utf-8")).hexdigest()
-        if hmac.compare_digest(expected, given):
+        try:
+            text = (string_to_sign(params, float_format) + private_key).encode("utf-8")
+        except (ValueError, RecursionError):  # not signable (see the module doc), so not signed
+            return False
+        if hmac.compare_digest(hashlib.sha1(text).hexdigest(), given):
             return True
     return False

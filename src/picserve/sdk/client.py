@@ -43,10 +43,13 @@ class Client:
         private_key: str,
         *,
         timeout: float = 60.0,
+        retries: int = 2,
         transport: httpx.BaseTransport | None = None,
         http: httpx.Client | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        #: resends of a request that failed in transit (see `call`)
+        self.retries = retries
         self.public_key = public_key
         self._private_key = private_key
         self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
@@ -62,20 +65,34 @@ class Client:
     ) -> None:
         self.close()
 
-    def signed(self, action: str, **params: Any) -> dict[str, Any]:
-        """The request body for `action` with `params` (None values left out), signed."""
+    def signed(self, action: str, request_uuid: str | None = None, **params: Any) -> dict[str, Any]:
+        """The request body for `action` with `params` (None values left out), signed, under
+        `request_uuid` (a new one by default)."""
         body = {
             "Action": action,
             "PublicKey": self.public_key,
-            "request_uuid": str(uuid.uuid4()),
+            "request_uuid": request_uuid or str(uuid.uuid4()),
             **{k: v for k, v in params.items() if v is not None},
         }
         body["Signature"] = signature.sign(body, self._private_key)
         return body
 
     def call(self, action: str, **params: Any) -> dict[str, Any]:
-        """Send one signed action; returns the reply, or raises the PicserveError its RetCode names."""
-        response = self._request("POST", "/", json=self.signed(action, **params))
+        """Send one signed action; returns the reply, or raises the PicserveError its RetCode names.
+
+        A request that fails in transit (connection refused or reset, timeout) is resent as it was,
+        same request_uuid and all, up to `retries` times: a resent GenerateImagesSDXL gets the TaskUID
+        of the one the server may already have accepted, so a retry never makes a second task.
+        """
+        body = self.signed(action, **params)
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._request("POST", "/", json=body)
+                break
+            except errors.TransportError as exc:
+                if attempt == self.retries or not isinstance(exc.__cause__, httpx.TransportError):
+                    raise
+                time.sleep(min(0.25 * 2**attempt, 4.0))
         try:
             reply = response.json()
         except ValueError:

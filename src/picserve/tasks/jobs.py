@@ -12,6 +12,11 @@ The run is a protocol (cog's worker and `Done`, InvokeAI's one thread per device
 4. The run ends in one typed outcome — `Finished`, `Failed`, `Canceled` (a client's cancel) or
    `Requeued` (the worker is shutting down) — applied by `_apply` alone. Every write names the run: a
    superseded run's write is refused, and the files it stored are deleted.
+5. A database outage does not end a run. Taking the task and writing its outcome are retried by the
+   worker's `Retry` until the database answers again (a running generation just goes on meanwhile);
+   progress writes are best effort and dropped while it is away. A statement whose connection broke
+   after it was sent may have been applied: a write refused on its retry is then not taken for a
+   superseded run's (its files are kept, the log says so).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -31,6 +37,7 @@ from picserve.engine.base import GenerationEngine, StepCallback
 from picserve.storage.base import Store
 from picserve.tasks import references
 from picserve.tasks.engine_thread import EngineThread
+from picserve.tasks.registry import WorkerRegistry
 from picserve.tasks.repository import TaskRepository
 
 __all__ = [
@@ -42,8 +49,10 @@ __all__ = [
     "Finished",
     "Outcome",
     "Requeued",
+    "Retry",
     "WorkerRuntime",
     "register",
+    "root_cause",
     "run_generation",
 ]
 
@@ -56,6 +65,93 @@ TASK_NAME = "picserve.run_generation"
 
 #: what a client reads when a task fails for a reason of ours; the traceback goes to the worker's log
 INTERNAL_ERROR = "internal error while generating; the server log has the details (task {task_uid})"
+
+
+def _server_busy(exc: BaseException) -> bool:
+    return isinstance(exc, errors.ServerBusy)
+
+
+def _always(exc: BaseException) -> bool:
+    return True
+
+
+class Retry:
+    """Runs a worker's database statement again while the database is unreachable, until it answers.
+
+    `transient(exc)` says whether a failure means "unreachable, try again" (the repository's
+    ServerBusy by default; the worker passes `database.unreachable`, which also knows psycopg's and
+    procrastinate's errors) and `maybe_applied(exc)` whether the statement may have been applied all
+    the same (its connection broke after it was sent; by default, always). Waits grow from
+    `first_delay` to `max_delay` seconds; each attempt also waits up to the pool's timeout for a
+    connection. Once `stop(grace)` is called (the worker is shutting down) failures are retried for
+    `grace` more seconds only, then raised — at once for a statement run with `patient=False`, which
+    is not worth waiting for (fetching the next job, say). What a stopping worker could not write, the
+    stalled-worker sweep recovers: its task is queued again once its heartbeats stop.
+    """
+
+    def __init__(
+        self,
+        transient: Callable[[BaseException], bool] = _server_busy,
+        maybe_applied: Callable[[BaseException], bool] = _always,
+        first_delay: float = 0.2,
+        max_delay: float = 2.0,
+    ) -> None:
+        self.transient = transient
+        self.maybe_applied = maybe_applied
+        self.first_delay = first_delay
+        self.max_delay = max_delay
+        self._give_up_at: float | None = None
+
+    def stop(self, grace: float) -> None:
+        """From now on, give up on a failure `grace` seconds from now (the earliest call wins)."""
+        if self._give_up_at is None:
+            self._give_up_at = time.monotonic() + grace
+
+    @property
+    def stopping(self) -> bool:
+        return self._give_up_at is not None
+
+    async def run(self, what: str, attempt: Callable[[], Awaitable[T]], *, patient: bool = True) -> T:
+        """`attempt()`'s result, attempted as often as the database is unreachable."""
+        result, _ = await self.run_tracked(what, attempt, patient=patient)
+        return result
+
+    async def run_tracked(
+        self, what: str, attempt: Callable[[], Awaitable[T]], *, patient: bool = True
+    ) -> tuple[T, bool]:
+        """`attempt()`'s result, and whether a failed attempt before it may have been applied."""
+        delay, failed_at, maybe_applied = self.first_delay, 0.0, False
+        while True:
+            try:
+                result = await attempt()
+            except Exception as exc:
+                if not self.transient(exc):
+                    raise
+                now = time.monotonic()
+                if self._give_up_at is not None and (now >= self._give_up_at or not patient):
+                    log.warning("%s: database still unreachable while stopping; giving up (%s)", what, root_cause(exc))
+                    raise
+                maybe_applied = maybe_applied or self.maybe_applied(exc)
+                if not failed_at:
+                    failed_at = now
+                    log.warning("%s: database unreachable (%s); retrying until it answers", what, root_cause(exc))
+                else:
+                    log.debug("%s: database still unreachable (%s)", what, root_cause(exc))
+                if self._give_up_at is not None:
+                    delay = min(delay, max(0.0, self._give_up_at - now))
+                await asyncio.sleep(delay)
+                delay = min(self.max_delay, delay * 2)
+                continue
+            if failed_at:
+                log.info("%s: done after the database was unreachable for %.1f s", what, time.monotonic() - failed_at)
+            return result, maybe_applied
+
+
+def root_cause(exc: BaseException) -> str:
+    """The innermost cause of `exc`, in one line."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
 
 
 @dataclass
@@ -71,6 +167,11 @@ class WorkerRuntime:
     progress_interval: float = 0.5
     #: the one thread every engine call runs on (see engine_thread.py for why)
     engine_thread: EngineThread = field(default_factory=EngineThread)
+    #: how the run's database writes wait out an outage (the worker passes a PostgreSQL-aware one)
+    retry: Retry = field(default_factory=Retry)
+    #: the worker's row in the registry, told after every job what the engine holds (None: no registry,
+    #: as on the in-memory queue)
+    registry: WorkerRegistry | None = None
 
 
 def register(app: procrastinate.App) -> procrastinate.App:
@@ -106,11 +207,45 @@ Outcome = Finished | Failed | Canceled | Requeued
 
 async def run_generation(context: procrastinate.JobContext, task_uid: str) -> None:
     runtime: WorkerRuntime = context.additional_context["picserve"]
-    started = await runtime.repo.mark_running(task_uid, runtime.name)
+    ran: list[domain.GenerationSpec] = []  # the spec, once the task is taken
+    if runtime.registry is not None:
+        runtime.registry.job_started(task_uid)
+    try:
+        await _run(context, runtime, task_uid, ran)
+    finally:
+        if runtime.registry is not None:
+            await asyncio.shield(_report(runtime, ran[0].model_code if ran else None))
+
+
+async def _report(runtime: WorkerRuntime, model_code: str | None) -> None:
+    """After every job (run or skipped): what the engine holds now and the counts, to the registry
+    (read on the engine thread, which the job has handed back)."""
+    assert runtime.registry is not None
+    try:
+        holdings = await runtime.engine_thread.call(runtime.engine.holdings)
+    except Exception:
+        log.exception("could not read what the engine holds")
+        return
+    await runtime.registry.job_done(model_code, holdings)
+
+
+async def _run(
+    context: procrastinate.JobContext, runtime: WorkerRuntime, task_uid: str, ran: list[domain.GenerationSpec]
+) -> None:
+    started, maybe_applied = await runtime.retry.run_tracked(
+        f"task {task_uid}: starting", lambda: runtime.repo.mark_running(task_uid, runtime.name)
+    )
     if started is None:
-        log.info("task %s is no longer queued; skipping", task_uid)
+        if maybe_applied:
+            # The first try may have started the run and lost its reply: the task would stay Running
+            # under this worker's name with no job behind it. Read who holds it; if it is this worker,
+            # hand the task back to the queue (a new job, a new run).
+            await _hand_back_lost_start(runtime, task_uid)
+        else:
+            log.info("task %s is no longer queued; skipping", task_uid)
         return
     run, spec = started
+    ran.append(spec)
     outcome: Outcome = Failed(500, INTERNAL_ERROR.format(task_uid=task_uid))
     try:
         outcome = await _execute(context, runtime, run, spec)
@@ -182,16 +317,28 @@ def _step_callback(context: procrastinate.JobContext, runtime: WorkerRuntime, ru
     the job is asked to abort, and writes progress at most every `progress_interval` seconds."""
     loop = asyncio.get_running_loop()
     last_write = [float("-inf")]
+    writing: list[concurrent.futures.Future[None]] = []
 
     def on_step(progress: float) -> None:
         if context.should_abort():
             raise errors.TaskCanceled()
         now = time.monotonic()
-        if now - last_write[0] >= runtime.progress_interval:
+        # one write at a time: while the database is away, writes are dropped rather than piled up
+        if now - last_write[0] >= runtime.progress_interval and not (writing and not writing[0].done()):
             last_write[0] = now
-            asyncio.run_coroutine_threadsafe(runtime.repo.record_progress(run, progress), loop)
+            writing[:] = [asyncio.run_coroutine_threadsafe(_write_progress(runtime, run, progress), loop)]
 
     return on_step
+
+
+async def _write_progress(runtime: WorkerRuntime, run: domain.Run, progress: float) -> None:
+    """Best effort: a progress write the database cannot take now is dropped; the next one catches up."""
+    try:
+        await runtime.repo.record_progress(run, progress)
+    except errors.ServerBusy as exc:
+        log.debug("task %s: progress not written: %s", run.task_uid, exc)
+    except Exception:
+        log.exception("task %s: progress not written", run.task_uid)
 
 
 def _aborted(context: procrastinate.JobContext) -> Outcome:
@@ -204,21 +351,21 @@ async def _apply(runtime: WorkerRuntime, run: domain.Run, spec: domain.Generatio
     queued again and another worker runs it now): its files are deleted and the refusal logged. A task
     that ended has its reference images deleted; a requeued one keeps them for its next run."""
     repo = runtime.repo
-    if isinstance(outcome, Finished):
-        written = await repo.finish_task(run, outcome.keys, outcome.seeds)
-        if not written:
-            await _delete(runtime.store, outcome.keys)
-    elif isinstance(outcome, Failed):
-        written = await repo.fail_task(run, outcome.code, outcome.message)
-    elif isinstance(outcome, Canceled):
-        written = await repo.cancel_run(run)
-    else:
-        written = await repo.requeue_run(run)
     name = type(outcome).__name__.lower()
+    written, maybe_applied = await runtime.retry.run_tracked(
+        f"task {run.task_uid}: writing {name}", lambda: _write(repo, run, outcome)
+    )
+    if not written and maybe_applied:
+        # A try whose connection broke may have written it, and this refusal be our own write seen
+        # again: the task's state says which.
+        state = await runtime.retry.run(f"task {run.task_uid}: reading its run", lambda: repo.run_of(run.task_uid))
+        written = state is not None and state == (_STATUS_OF[type(outcome)], run)
+    if isinstance(outcome, Finished) and not written:
+        await _delete(runtime.store, outcome.keys)
     if written and not isinstance(outcome, Requeued):
         await asyncio.to_thread(references.drop, spec, runtime.store)
     if written:
-        # What this worker now holds: the hint a queue policy routes jobs by (read on the engine thread).
+        # What this worker now holds (read on the engine thread); the registry records it too (routing).
         holdings = await runtime.engine_thread.call(runtime.engine.holdings)
         log.info("task %s %s (attempt %d); worker holds %s", run.task_uid, name, run.attempt, holdings)
     else:
@@ -229,6 +376,40 @@ async def _apply(runtime: WorkerRuntime, run: domain.Run, spec: domain.Generatio
             run.worker,
             name,
         )
+
+
+#: the status each outcome leaves its task in (a requeued task is Queuing with no run: never matched)
+_STATUS_OF: dict[type, domain.TaskStatus] = {
+    Finished: domain.TaskStatus.FINISHED,
+    Failed: domain.TaskStatus.ERROR,
+    Canceled: domain.TaskStatus.CANCELED,
+    Requeued: domain.TaskStatus.QUEUING,
+}
+
+
+async def _hand_back_lost_start(runtime: WorkerRuntime, task_uid: str) -> None:
+    """After a start whose reply was lost: if this worker holds the task, queue it again."""
+    state = await runtime.retry.run(f"task {task_uid}: reading its run", lambda: runtime.repo.run_of(task_uid))
+    if state is None or state[0] is not domain.TaskStatus.RUNNING or state[1] is None:
+        log.info("task %s is no longer queued; skipping", task_uid)
+        return
+    run = state[1]
+    if run.worker != runtime.name:
+        log.info("task %s was taken by %s; skipping", task_uid, run.worker)
+        return
+    requeued = await runtime.retry.run(f"task {task_uid}: queueing it again", lambda: runtime.repo.requeue_run(run))
+    log.warning("task %s: its start's reply was lost; handed back to the queue (%s)", task_uid, requeued)
+
+
+def _write(repo: TaskRepository, run: domain.Run, outcome: Outcome) -> Awaitable[bool]:
+    """The statement that writes `outcome`: True when written, False when the run was superseded."""
+    if isinstance(outcome, Finished):
+        return repo.finish_task(run, outcome.keys, outcome.seeds)
+    if isinstance(outcome, Failed):
+        return repo.fail_task(run, outcome.code, outcome.message)
+    if isinstance(outcome, Canceled):
+        return repo.cancel_run(run)
+    return repo.requeue_run(run)
 
 
 async def _delete(store: Store, keys: list[str]) -> None:

@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
-from collections.abc import Sequence
-from datetime import UTC, datetime
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 
 import procrastinate
 import procrastinate.testing
 
 from picserve import domain, errors
-from picserve.tasks import jobs
+from picserve.tasks import jobs, repository
 
 __all__ = ["InMemoryRepository", "in_memory_app"]
 
@@ -42,17 +43,29 @@ def _now() -> datetime:
 class InMemoryRepository:
     """Keys and tasks in dicts; each task's job deferred on `app`, which must have the job registered."""
 
-    def __init__(self, app: procrastinate.App) -> None:
+    def __init__(self, app: procrastinate.App, clock: Callable[[], float] = time.monotonic) -> None:
         self.app = app
         self._keys: dict[str, domain.Account] = {}  # insertion order = oldest first
         self._tasks: dict[str, domain.TaskRecord] = {}  # insertion order = oldest first
         self._job_ids: dict[str, int] = {}
+        #: (public key, request_uuid) → (fingerprint, task_uid, when)
+        self._requests: dict[tuple[str, str], tuple[str, str, datetime]] = {}
+        #: public key → GCRA's theoretical arrival time of its next request, on `clock`
+        self._rate_tat: dict[str, float] = {}
+        self._clock = clock
         self._lock = asyncio.Lock()
 
     # --- keys -------------------------------------------------------------------------------
-    async def create_key(self, name: str, credits: int) -> domain.Account:
+    async def create_key(
+        self, name: str, credits: int, max_open_tasks: int | None = None, max_requests_per_minute: int | None = None
+    ) -> domain.Account:
         account = domain.Account(
-            public_key=secrets.token_hex(16), private_key=secrets.token_hex(24), name=name, total_credits=credits
+            public_key=secrets.token_hex(16),
+            private_key=secrets.token_hex(24),
+            name=name,
+            total_credits=credits,
+            max_open_tasks=max_open_tasks,
+            max_requests_per_minute=max_requests_per_minute,
         )
         self._keys[account.public_key] = account
         return account
@@ -77,13 +90,65 @@ class InMemoryRepository:
         self._keys[public_key] = dataclasses.replace(account, total_credits=account.total_credits + credits)
         return True
 
+    async def set_limits(
+        self, public_key: str, max_open_tasks: int | None, max_requests_per_minute: int | None
+    ) -> bool:
+        account = self._keys.get(public_key)
+        if account is None:
+            return False
+        self._keys[public_key] = dataclasses.replace(
+            account, max_open_tasks=max_open_tasks, max_requests_per_minute=max_requests_per_minute
+        )
+        return True
+
+    async def set_scheduling(self, public_key: str, priority: int, weight: float) -> bool:
+        repository.check_weight(weight)
+        account = self._keys.get(public_key)
+        if account is None:
+            return False
+        self._keys[public_key] = dataclasses.replace(account, priority=priority, weight=weight)
+        return True
+
+    async def take_request(self, public_key: str, per_minute: int) -> float:
+        now, interval = self._clock(), 60.0 / per_minute
+        due = max(self._rate_tat.get(public_key, now), now) + interval
+        wait = due - 60.0 - now
+        if wait > 0:
+            return wait
+        self._rate_tat[public_key] = due
+        return 0.0
+
     # --- the API side ---------------------------------------------------------------------------
+    async def find_request(self, public_key: str, request: domain.RequestId) -> str | None:
+        found = self._requests.get((public_key, request.request_uuid))
+        if found is None or found[2] < _now() - timedelta(seconds=request.window):
+            return None
+        fingerprint, task_uid, _ = found
+        if fingerprint != request.fingerprint:
+            raise repository.idempotency_conflict(request.request_uuid, task_uid)
+        return task_uid
+
     async def create_task(
-        self, task_uid: str, public_key: str, action: str, spec: domain.GenerationSpec, cost: int
-    ) -> None:
+        self,
+        task_uid: str,
+        public_key: str,
+        action: str,
+        spec: domain.GenerationSpec,
+        cost: int,
+        *,
+        max_open_tasks: int = 0,
+        request: domain.RequestId | None = None,
+    ) -> str:
         async with self._lock:
             if task_uid in self._tasks:
                 raise ValueError(f"task {task_uid} already exists")
+            if request is not None:
+                earlier = await self.find_request(public_key, request)
+                if earlier is not None:
+                    return earlier
+            open_count = sum(1 for t in self._tasks.values() if t.public_key == public_key and t.status in _OPEN)
+            if max_open_tasks and open_count >= max_open_tasks:
+                raise repository.too_many_open_tasks(open_count, max_open_tasks)
             available = self._available(public_key)
             if available < cost:
                 raise errors.InsufficientCredits(
@@ -104,6 +169,9 @@ class InMemoryRepository:
                 del self._tasks[task_uid]  # all or nothing, as PostgreSQL's rollback
                 raise
             self._job_ids[task_uid] = job_id
+            if request is not None:
+                self._requests[(public_key, request.request_uuid)] = (request.fingerprint, task_uid, _now())
+            return task_uid
 
     async def queued_count(self) -> int:
         return sum(1 for t in self._tasks.values() if t.status is domain.TaskStatus.QUEUING)
@@ -131,6 +199,8 @@ class InMemoryRepository:
         for task in ended:
             del self._tasks[task.task_uid]
             self._job_ids.pop(task.task_uid, None)
+        gone = {t.task_uid for t in ended}
+        self._requests = {k: v for k, v in self._requests.items() if v[1] not in gone}
         return ended
 
     # --- the worker side (fenced transitions) -----------------------------------------------------
@@ -150,6 +220,12 @@ class InMemoryRepository:
             )
         )
         return run, task.spec
+
+    async def run_of(self, task_uid: str) -> tuple[domain.TaskStatus, domain.Run | None] | None:
+        task = self._tasks.get(task_uid)
+        if task is None:
+            return None
+        return task.status, domain.Run(task_uid, task.worker, task.attempt) if task.worker is not None else None
 
     async def record_progress(self, run: domain.Run, progress: float) -> bool:
         task = self._current(run)

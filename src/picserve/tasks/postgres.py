@@ -7,18 +7,23 @@ in one transaction, so an accepted TaskUID is never lost and never queued twice.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import procrastinate
+import procrastinate.exceptions
+import psycopg
+import psycopg_pool
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from picserve import domain, errors
-from picserve.tasks import jobs
+from picserve.keycipher import KeyCipher
+from picserve.tasks import jobs, registry, repository
 
 __all__ = ["PostgresRepository"]
 
@@ -35,42 +40,96 @@ def _of(run: domain.Run) -> tuple[str, str, int]:
 
 Row = dict[str, Any]
 
+#: what the database being unreachable looks like: no connection within the pool's timeout, a
+#: connection lost mid-statement, the server shutting down (procrastinate wraps the same)
+_UNREACHABLE = (psycopg.OperationalError, psycopg_pool.PoolTimeout, procrastinate.exceptions.ConnectorException)
+
+
+def _busy(exc: BaseException) -> errors.ServerBusy:
+    return errors.ServerBusy(f"database unreachable ({type(exc).__name__}); retry later")
+
 
 class PostgresRepository:
-    """Keys and tasks on a psycopg pool; jobs on the procrastinate `app` that shares it."""
+    """Keys and tasks on a psycopg pool; jobs on the procrastinate `app` that shares it.
 
-    def __init__(self, pool: AsyncConnectionPool[Any], app: procrastinate.App) -> None:
+    Private keys are stored sealed by `cipher` (keycipher.py). A repository opened without one (a GPU
+    worker, which never reads keys) refuses to create or read them.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool[Any], app: procrastinate.App, cipher: KeyCipher | None = None) -> None:
         self.pool = pool
         self.app = app
+        self.cipher = cipher
 
-    async def _one(self, query: str, params: Sequence[Any] = ()) -> Row | None:
-        async with self.pool.connection() as conn:
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A pooled connection; the database being unreachable (no connection within the pool's
+        timeout, a connection lost mid-statement, the server shutting down) becomes ServerBusy, which
+        callers answer with RetCode 290 and workers retry."""
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except _UNREACHABLE as exc:
+            raise _busy(exc) from exc
+
+    async def _one(self, query: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Row | None:
+        async with self._connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(query, params)
             row: Row | None = await cur.fetchone()
             return row
 
     async def _all(self, query: str, params: Sequence[Any] = ()) -> list[Row]:
-        async with self.pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(query, params)
             rows: list[Row] = await cur.fetchall()
             return rows
 
     # --- keys -------------------------------------------------------------------------------
-    async def create_key(self, name: str, credits: int) -> domain.Account:
+    def _cipher(self) -> KeyCipher:
+        if self.cipher is None:
+            raise errors.PicserveError("this process was opened without the server secret: it cannot read keys")
+        return self.cipher
+
+    def _account(self, row: Row) -> domain.Account:
+        return domain.Account(
+            public_key=row["public_key"],
+            private_key=self._cipher().open(row["private_key"]),
+            name=row["name"],
+            total_credits=row["total_credits"],
+            used_credits=row["used_credits"],
+            expire_at=row["expire_at"],
+            revoked=row["revoked"],
+            max_open_tasks=row["max_open_tasks"],
+            max_requests_per_minute=row["max_requests_per_minute"],
+            priority=row["priority"],
+            weight=row["weight"],
+        )
+
+    async def create_key(
+        self, name: str, credits: int, max_open_tasks: int | None = None, max_requests_per_minute: int | None = None
+    ) -> domain.Account:
+        private_key = secrets.token_hex(24)
         row = await self._one(
-            "INSERT INTO picserve_keys (public_key, private_key, name, total_credits) "
-            "VALUES (%s, %s, %s, %s) RETURNING *",
-            (secrets.token_hex(16), secrets.token_hex(24), name, credits),
+            "INSERT INTO picserve_keys (public_key, private_key, name, total_credits, max_open_tasks, "
+            "max_requests_per_minute) VALUES (%s, %s, %s, %s, %s, %s) RETURNING *",
+            (
+                secrets.token_hex(16),
+                self._cipher().seal(private_key),
+                name,
+                credits,
+                max_open_tasks,
+                max_requests_per_minute,
+            ),
         )
         assert row is not None  # INSERT … RETURNING always returns the row
-        return _account(row)
+        return self._account(row)
 
     async def list_keys(self) -> list[domain.Account]:
-        return [_account(r) for r in await self._all("SELECT * FROM picserve_keys ORDER BY created_at")]
+        return [self._account(r) for r in await self._all("SELECT * FROM picserve_keys ORDER BY created_at")]
 
     async def get_account(self, public_key: str) -> domain.Account | None:
         row = await self._one("SELECT * FROM picserve_keys WHERE public_key = %s", (public_key,))
-        return _account(row) if row else None
+        return self._account(row) if row else None
 
     async def revoke_key(self, public_key: str) -> bool:
         row = await self._one(
@@ -85,22 +144,127 @@ class PostgresRepository:
         )
         return row is not None
 
+    async def set_limits(
+        self, public_key: str, max_open_tasks: int | None, max_requests_per_minute: int | None
+    ) -> bool:
+        row = await self._one(
+            "UPDATE picserve_keys SET max_open_tasks = %s, max_requests_per_minute = %s WHERE public_key = %s "
+            "RETURNING 1",
+            (max_open_tasks, max_requests_per_minute, public_key),
+        )
+        return row is not None
+
+    async def set_scheduling(self, public_key: str, priority: int, weight: float) -> bool:
+        repository.check_weight(weight)
+        row = await self._one(
+            "UPDATE picserve_keys SET priority = %s, weight = %s WHERE public_key = %s RETURNING 1",
+            (priority, weight, public_key),
+        )
+        return row is not None
+
+    async def take_request(self, public_key: str, per_minute: int) -> float:
+        # GCRA in one guarded upsert: the request passes when the key's next arrival time, pushed by
+        # one interval, is at most a minute ahead of now. Refused, nothing is written.
+        params = {"key": public_key, "interval": 60.0 / per_minute}
+        row = await self._one(
+            "INSERT INTO picserve_rate_limits AS r (public_key, tat) "
+            "VALUES (%(key)s, now() + make_interval(secs => %(interval)s)) "
+            "ON CONFLICT (public_key) DO UPDATE SET tat = greatest(r.tat, now()) + make_interval(secs => %(interval)s) "
+            "WHERE greatest(r.tat, now()) + make_interval(secs => %(interval)s) <= now() + interval '60 seconds' "
+            "RETURNING 1",
+            params,
+        )
+        if row is not None:
+            return 0.0
+        row = await self._one(
+            "SELECT extract(epoch FROM greatest(tat, now()) + make_interval(secs => %(interval)s) "
+            "  - interval '60 seconds' - now())::float AS wait FROM picserve_rate_limits WHERE public_key = %(key)s",
+            params,
+        )
+        return max(float(row["wait"]), 0.001) if row else 0.0
+
+    async def seal_keys(self) -> int:
+        """Seal every private key still stored in plaintext (a database from before sealing); the count."""
+        cipher = self._cipher()
+        sealed = 0
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                "SELECT public_key, private_key FROM picserve_keys WHERE private_key NOT LIKE 'fernet:%%' FOR UPDATE"
+            )
+            for row in await cur.fetchall():
+                await conn.execute(
+                    "UPDATE picserve_keys SET private_key = %s WHERE public_key = %s",
+                    (cipher.seal(row["private_key"]), row["public_key"]),
+                )
+                sealed += 1
+        return sealed
+
+    async def reseal_keys(self, new: KeyCipher) -> int:
+        """Re-seal every private key under `new`'s newest secret (`new` must open them all); the count."""
+        resealed = 0
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                "SELECT public_key, private_key FROM picserve_keys FOR UPDATE"
+            )
+            for row in await cur.fetchall():
+                await conn.execute(
+                    "UPDATE picserve_keys SET private_key = %s WHERE public_key = %s",
+                    (new.reseal(row["private_key"]), row["public_key"]),
+                )
+                resealed += 1
+        return resealed
+
     # --- the API side ---------------------------------------------------------------------------
+    async def find_request(self, public_key: str, request: domain.RequestId) -> str | None:
+        async with self._connection() as conn:
+            return await _find_request(conn, public_key, request)
+
     async def create_task(
-        self, task_uid: str, public_key: str, action: str, spec: domain.GenerationSpec, cost: int
-    ) -> None:
-        async with self.pool.connection() as conn, conn.transaction():
-            available = await _lock_balance(conn, public_key)
+        self,
+        task_uid: str,
+        public_key: str,
+        action: str,
+        spec: domain.GenerationSpec,
+        cost: int,
+        *,
+        max_open_tasks: int = 0,
+        request: domain.RequestId | None = None,
+    ) -> str:
+        async with self._connection() as conn, conn.transaction():
+            open_count, available = await _lock_balance(conn, public_key)
+            if request is not None:
+                earlier = await _find_request(conn, public_key, request)
+                if earlier is not None:
+                    return earlier
+            if max_open_tasks and open_count >= max_open_tasks:
+                raise repository.too_many_open_tasks(open_count, max_open_tasks)
             if available < cost:
                 raise errors.InsufficientCredits(
                     f"this request costs {cost} credits and {max(available, 0)} are available"
                 )
+            # model_code and loras: what the workers' fetch routes the task by (routing.py)
             await conn.execute(
-                "INSERT INTO picserve_tasks (task_uid, public_key, action, status, spec, cost) "
-                "VALUES (%s, %s, %s, 'Queuing', %s, %s)",
-                (task_uid, public_key, action, Jsonb(spec.to_dict()), cost),
+                "INSERT INTO picserve_tasks (task_uid, public_key, action, status, spec, cost, model_code, loras) "
+                "VALUES (%s, %s, %s, 'Queuing', %s, %s, %s, %s)",
+                (
+                    task_uid,
+                    public_key,
+                    action,
+                    Jsonb(spec.to_dict()),
+                    cost,
+                    spec.model_code,
+                    registry.lora_keys([s.code for s in spec.sub_models if s.kind == "lora"]),
+                ),
             )
+            if request is not None:  # replaces a row of this request_uuid older than the window
+                await conn.execute(
+                    "INSERT INTO picserve_requests (public_key, request_uuid, fingerprint, task_uid) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (public_key, request_uuid) DO UPDATE "
+                    "SET fingerprint = EXCLUDED.fingerprint, task_uid = EXCLUDED.task_uid, created_at = now()",
+                    (public_key, request.request_uuid, request.fingerprint, task_uid),
+                )
             await self._defer(conn, task_uid)
+            return task_uid
 
     async def _defer(self, conn: AsyncConnection[Any], task_uid: str) -> None:
         """Queue the task's job in the caller's transaction and point the task at it."""
@@ -135,7 +299,7 @@ class PostgresRepository:
         )
         if row is not None:
             if row["job_id"] is not None:
-                await self.app.job_manager.cancel_job_by_id_async(row["job_id"], abort=False)
+                await self._cancel_job(row["job_id"], abort=False)
             return
         # Not queued (any more): if a worker has it, ask its job to abort. Read after the update, so a
         # task taken between the two statements is seen Running and still stops.
@@ -143,7 +307,14 @@ class PostgresRepository:
             "SELECT job_id FROM picserve_tasks WHERE task_uid = %s AND status = 'Running'", (task_uid,)
         )
         if row is not None and row["job_id"] is not None:
-            await self.app.job_manager.cancel_job_by_id_async(row["job_id"], abort=True)
+            await self._cancel_job(row["job_id"], abort=True)
+
+    async def _cancel_job(self, job_id: int, abort: bool) -> None:
+        """procrastinate's cancel of `job_id`, with an unreachable database as ServerBusy (as `_connection`)."""
+        try:
+            await self.app.job_manager.cancel_job_by_id_async(job_id, abort=abort)
+        except _UNREACHABLE as exc:
+            raise _busy(exc) from exc
 
     async def delete_ended_before(self, cutoff: datetime) -> list[domain.TaskRecord]:
         rows = await self._all(
@@ -161,6 +332,13 @@ class PostgresRepository:
         if row is None:
             return None
         return domain.Run(task_uid, worker, row["attempt"]), domain.GenerationSpec.from_json(row["spec"])
+
+    async def run_of(self, task_uid: str) -> tuple[domain.TaskStatus, domain.Run | None] | None:
+        row = await self._one("SELECT status, worker, attempt FROM picserve_tasks WHERE task_uid = %s", (task_uid,))
+        if row is None:
+            return None
+        run = domain.Run(task_uid, row["worker"], row["attempt"]) if row["worker"] is not None else None
+        return domain.TaskStatus(row["status"]), run
 
     async def record_progress(self, run: domain.Run, progress: float) -> bool:
         row = await self._one(
@@ -195,7 +373,7 @@ class PostgresRepository:
         return row is not None
 
     async def requeue_run(self, run: domain.Run) -> bool:
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             cur = await conn.execute(
                 f"UPDATE picserve_tasks SET status = 'Queuing', worker = NULL, progress = 0 WHERE {_RUN} RETURNING 1",
                 _of(run),
@@ -206,18 +384,40 @@ class PostgresRepository:
             return True
 
     # --- recovery (PostgreSQL only: procrastinate's stalled jobs) ---------------------------------
-    async def requeue_job(self, job_id: int) -> str | None:
-        """Running → Queuing for the task of a job whose worker died, so the retried job can take it."""
-        row = await self._one(
-            "UPDATE picserve_tasks SET status = 'Queuing', worker = NULL, progress = 0 "
-            "WHERE job_id = %s AND status = 'Running' RETURNING task_uid",
-            (job_id,),
-        )
-        return row["task_uid"] if row else None
+    async def requeue_job(self, job_id: int) -> tuple[bool, str | None]:
+        """End the stalled job `job_id` (its worker died) and, when its task is Running under it, queue
+        the task again under a new job, in one transaction. Returns whether this call ended the job
+        (False: another sweeper did, or it is no longer `doing`) and the TaskUID queued again.
+
+        A new job, never the same one retried: a worker that only froze may thaw and finish its job,
+        and procrastinate's finish accepts a job that is back in `todo` — it would delete the retried
+        job, and the task would wait forever for a job that no longer exists. The frozen worker's own
+        writes are refused by the run fence; its finish of the ended job is refused by procrastinate.
+        """
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE procrastinate_jobs SET status = 'failed', abort_requested = false, attempts = attempts + 1 "
+                "WHERE id = %s AND status = 'doing' RETURNING id",
+                (job_id,),
+            )
+            if await cur.fetchone() is None:
+                return False, None
+            cur = await conn.execute(
+                "UPDATE picserve_tasks SET status = 'Queuing', worker = NULL, progress = 0 "
+                "WHERE job_id = %s AND status = 'Running' RETURNING task_uid",
+                (job_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return True, None
+            task_uid: str = row[0]
+            await self._defer(conn, task_uid)
+            return True, task_uid
 
 
-async def _lock_balance(conn: AsyncConnection[Any], public_key: str) -> int:
-    """Credits still available to `public_key`, counting open tasks as spent; locks the key row first.
+async def _lock_balance(conn: AsyncConnection[Any], public_key: str) -> tuple[int, int]:
+    """The key's open tasks and its credits still available (open tasks count as spent); locks the key
+    row first, which serialises the submits of one key.
 
     Two statements on purpose: a statement reads the snapshot it started with, so a balance summed in
     the locking statement itself would miss the tasks that the transaction it waited for inserted, and
@@ -225,23 +425,26 @@ async def _lock_balance(conn: AsyncConnection[Any], public_key: str) -> int:
     """
     await conn.execute("SELECT 1 FROM picserve_keys WHERE public_key = %s FOR UPDATE", (public_key,))
     cur = await conn.cursor(row_factory=dict_row).execute(
-        "SELECT k.total_credits - k.used_credits - COALESCE("
-        "  (SELECT sum(cost) FROM picserve_tasks t WHERE t.public_key = k.public_key"
-        "   AND t.status = ANY(%s)), 0) AS available "
-        "FROM picserve_keys k WHERE k.public_key = %s",
+        "SELECT o.n AS open_count, k.total_credits - k.used_credits - o.cost AS available "
+        "FROM picserve_keys k, LATERAL (SELECT count(*) AS n, COALESCE(sum(cost), 0) AS cost "
+        "  FROM picserve_tasks t WHERE t.public_key = k.public_key AND t.status = ANY(%s)) o "
+        "WHERE k.public_key = %s",
         (_OPEN, public_key),
     )
     row: DictRow | None = await cur.fetchone()
-    return int(row["available"]) if row else 0
+    return (int(row["open_count"]), int(row["available"])) if row else (0, 0)
 
 
-def _account(row: Row) -> domain.Account:
-    return domain.Account(
-        public_key=row["public_key"],
-        private_key=row["private_key"],
-        name=row["name"],
-        total_credits=row["total_credits"],
-        used_credits=row["used_credits"],
-        expire_at=row["expire_at"],
-        revoked=row["revoked"],
+async def _find_request(conn: AsyncConnection[Any], public_key: str, request: domain.RequestId) -> str | None:
+    cur = await conn.cursor(row_factory=dict_row).execute(
+        "SELECT fingerprint, task_uid FROM picserve_requests WHERE public_key = %s AND request_uuid = %s "
+        "AND created_at > now() - make_interval(secs => %s)",
+        (public_key, request.request_uuid, request.window),
     )
+    row: DictRow | None = await cur.fetchone()
+    if row is None:
+        return None
+    if row["fingerprint"] != request.fingerprint:
+        raise repository.idempotency_conflict(request.request_uuid, row["task_uid"])
+    task_uid: str = row["task_uid"]
+    return task_uid

@@ -15,7 +15,7 @@ was queued again and another worker took it) gets its writes refused.
        │                        ├──cancel_run(run)──► Canceled   (the worker acknowledges an abort)
        │                        └──requeue_run(run)──► Queuing   (shutdown: a new job, a new run later)
        └──request_cancel──► Canceled
-    Running ──requeue_job──► Queuing   (its worker died; PostgreSQL recovery only)
+    Running ──requeue_job──► Queuing   (its worker died: a new job; PostgreSQL recovery only)
 """
 
 from __future__ import annotations
@@ -24,15 +24,17 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from picserve import domain
+from picserve import domain, errors
 
-__all__ = ["TaskRepository"]
+__all__ = ["TaskRepository", "check_weight", "idempotency_conflict", "too_many_open_tasks"]
 
 
 class TaskRepository(Protocol):
     # --- keys -------------------------------------------------------------------------------
-    async def create_key(self, name: str, credits: int) -> domain.Account:
-        """A new key pair with `credits` total credits."""
+    async def create_key(
+        self, name: str, credits: int, max_open_tasks: int | None = None, max_requests_per_minute: int | None = None
+    ) -> domain.Account:
+        """A new key pair with `credits` total credits and its own limits (None = the server's)."""
         ...
 
     async def list_keys(self) -> list[domain.Account]:
@@ -40,7 +42,8 @@ class TaskRepository(Protocol):
         ...
 
     async def get_account(self, public_key: str) -> domain.Account | None:
-        """The key's account (revoked ones included), or None."""
+        """The key's account (revoked ones included), or None. Read afresh on every call: a revocation
+        or a new limit takes effect on the next request, on every API node."""
         ...
 
     async def revoke_key(self, public_key: str) -> bool:
@@ -51,15 +54,54 @@ class TaskRepository(Protocol):
         """Add to the key's total credits; False when there is no such key."""
         ...
 
-    # --- the API side ---------------------------------------------------------------------------
-    async def create_task(
-        self, task_uid: str, public_key: str, action: str, spec: domain.GenerationSpec, cost: int
-    ) -> None:
-        """Insert a Queuing task and enqueue its job, atomically.
+    async def set_limits(
+        self, public_key: str, max_open_tasks: int | None, max_requests_per_minute: int | None
+    ) -> bool:
+        """Set the key's own limits (None = the server's, 0 = none); False when there is no such key."""
+        ...
 
-        Raises InsufficientCredits, writing nothing, when the key's available credits (total − used −
-        the cost of its open tasks) are fewer than `cost`. Two concurrent calls never both spend the
-        same credits.
+    async def set_scheduling(self, public_key: str, priority: int, weight: float) -> bool:
+        """Set the key's scheduling (tasks/routing.py): `priority` (higher first, strictly; default 0)
+        and `weight` (> 0: its share among keys of equal priority; default 1); False when there is no
+        such key. Raises ValueError for a weight ≤ 0."""
+        ...
+
+    async def take_request(self, public_key: str, per_minute: int) -> float:
+        """Count one request of the key against a rate of `per_minute` (> 0) shared by every API node:
+        0.0 when it is within the rate, else the seconds until the next one will be (not counted).
+
+        A token bucket of `per_minute` tokens refilled continuously, kept as GCRA's one timestamp
+        (the key's theoretical arrival time): a burst of up to `per_minute` requests passes, then one
+        per 60/`per_minute` seconds.
+        """
+        ...
+
+    # --- the API side ---------------------------------------------------------------------------
+    async def find_request(self, public_key: str, request: domain.RequestId) -> str | None:
+        """The TaskUID created for the key's `request.request_uuid` within `request.window` seconds, or
+        None. Raises IdempotencyConflict when that task was made from other parameters."""
+        ...
+
+    async def create_task(
+        self,
+        task_uid: str,
+        public_key: str,
+        action: str,
+        spec: domain.GenerationSpec,
+        cost: int,
+        *,
+        max_open_tasks: int = 0,
+        request: domain.RequestId | None = None,
+    ) -> str:
+        """Insert a Queuing task and enqueue its job, atomically; returns its TaskUID.
+
+        With `request`, a resend of a request already accepted (same request_uuid and fingerprint
+        within the window) writes nothing and returns the first task's TaskUID; the same request_uuid
+        with another fingerprint raises IdempotencyConflict. Otherwise, writing nothing, it raises
+        TooManyOpenTasks when the key has `max_open_tasks` (> 0) Queuing or Running tasks, and
+        InsufficientCredits when the key's available credits (total − used − the cost of its open
+        tasks) are fewer than `cost`. Concurrent calls for one key are serialised: two never spend the
+        same credits, pass the cap together, or both create a task for one request_uuid.
         """
         ...
 
@@ -92,6 +134,12 @@ class TaskRepository(Protocol):
         task is not Queuing (cancelled, or taken by another worker)."""
         ...
 
+    async def run_of(self, task_uid: str) -> tuple[domain.TaskStatus, domain.Run | None] | None:
+        """The task's status and the run that last took it (None once it is queued again, or never
+        taken); None for an unknown task. What a worker reads to learn whether a write whose reply
+        was lost (the connection broke mid-statement) was applied."""
+        ...
+
     async def record_progress(self, run: domain.Run, progress: float) -> bool:
         """The fraction done (0..1) of the run's task; False when `run` is not the task's current run."""
         ...
@@ -113,3 +161,25 @@ class TaskRepository(Protocol):
         """Running → Queuing with a new job, for the current run only: the task runs again later (a
         worker shutting down hands its task back)."""
         ...
+
+
+def check_weight(weight: float) -> None:
+    """A key's scheduling weight must be a positive number."""
+    if not weight > 0 or weight == float("inf"):
+        raise ValueError(f"a key's weight must be a number > 0 (got {weight!r})")
+
+
+def idempotency_conflict(request_uuid: str, task_uid: str) -> errors.IdempotencyConflict:
+    """The refusal of a request_uuid reused with other parameters (every implementation words it so)."""
+    return errors.IdempotencyConflict(
+        f"request_uuid {request_uuid!r} was already used for task {task_uid} with other parameters: a retry "
+        "must resend the same request; a new request needs a new request_uuid"
+    )
+
+
+def too_many_open_tasks(open_count: int, cap: int) -> errors.TooManyOpenTasks:
+    """The refusal of a key at its cap of open tasks."""
+    return errors.TooManyOpenTasks(
+        f"this key has {open_count} open tasks (queued or running) and may have at most {cap}: "
+        "retry when one of them has ended (poll ListTasksDetails)"
+    )

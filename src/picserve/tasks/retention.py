@@ -1,7 +1,8 @@
 """What is kept and for how long: expired result files, and ended tasks past their retention.
 
 Every API process runs `clean_forever`; each step is idempotent, so several processes sweeping the
-same database and store do no harm.
+same database and store do no harm. A sweep that fails (the database unreachable, say) is logged and
+the next one comes on time: the loop never ends before its process.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
+from picserve import errors
 from picserve.storage.base import Store
 from picserve.tasks import references
 from picserve.tasks.repository import TaskRepository
@@ -38,6 +40,8 @@ async def clean_forever(repo: TaskRepository, store: Store, task_retention: floa
             expired, deleted = await clean(repo, store, task_retention)
             if expired or deleted:
                 log.info("removed %d expired results and the files of %d tasks past retention", expired, deleted)
+        except errors.ServerBusy as exc:  # the database unreachable: nothing to fix here, try next time
+            log.warning("cleanup skipped: %s; next in %g s", exc, every)
         except Exception:
             log.exception("cleanup failed")
         await asyncio.sleep(every)

@@ -20,27 +20,52 @@ def cost_of(spec: domain.GenerationSpec, divisor: int) -> int:
 
 
 class TaskService:
-    def __init__(self, repo: TaskRepository, store: Store, credit_divisor: int, max_queued: int) -> None:
+    def __init__(
+        self, repo: TaskRepository, store: Store, credit_divisor: int, max_queued: int, max_open_tasks: int = 0
+    ) -> None:
         self.repo = repo
         #: where a task's reference images wait while it is queued
         self.store = store
         self.credit_divisor = credit_divisor
         self.max_queued = max_queued
+        #: open tasks a key may have unless it has its own cap; 0 = no cap
+        self.max_open_tasks = max_open_tasks
 
-    async def submit(self, account: domain.Account, action: str, spec: domain.GenerationSpec) -> str:
-        """Queue a task for `spec`; its TaskUID is durable once this returns."""
+    async def find_repeat(self, account: domain.Account, request: domain.RequestId | None) -> str | None:
+        """The TaskUID already made for `request` (a client's resend), or None; IdempotencyConflict
+        when its request_uuid was used with other parameters. Checked before any work on the request."""
+        return None if request is None else await self.repo.find_request(account.public_key, request)
+
+    async def submit(
+        self,
+        account: domain.Account,
+        action: str,
+        spec: domain.GenerationSpec,
+        request: domain.RequestId | None = None,
+    ) -> str:
+        """Queue a task for `spec`; its TaskUID is durable once this returns. A resend of `request`
+        gets the first TaskUID back, without a second task or charge."""
         if await self.repo.queued_count() >= self.max_queued:
             raise errors.ServerBusy(f"the queue holds {self.max_queued} tasks already; retry later")
+        cap = account.max_open_tasks if account.max_open_tasks is not None else self.max_open_tasks
         task_uid = xid.new_xid()
         stashed = await asyncio.to_thread(references.stash, spec, self.store)
         try:
-            await self.repo.create_task(
-                task_uid, account.public_key, action, stashed, cost_of(spec, self.credit_divisor)
+            created = await self.repo.create_task(
+                task_uid,
+                account.public_key,
+                action,
+                stashed,
+                cost_of(spec, self.credit_divisor),
+                max_open_tasks=cap,
+                request=request,
             )
         except BaseException:
             await asyncio.to_thread(references.drop, stashed, self.store)
             raise
-        return task_uid
+        if created != task_uid:  # a resend that raced its first copy: that one's task stands
+            await asyncio.to_thread(references.drop, stashed, self.store)
+        return created
 
     async def get_many(self, account: domain.Account, task_uids: Sequence[str]) -> list[domain.TaskRecord]:
         """The caller's tasks in the order asked; TaskNotFound names the first that is not theirs."""

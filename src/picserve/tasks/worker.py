@@ -1,23 +1,49 @@
-"""A worker process: one engine on one device, taking generation jobs from the queue."""
+"""A worker process: one engine on one device, taking generation jobs from the queue.
+
+A database outage does not stop a worker (database.py's docstring has the whole design): its App runs
+on `database.ResilientConnector` and its run writes go through `jobs.Retry`, so it waits for the
+database with its running task going on, and carries on when it is back. Should procrastinate's loop
+end on an error all the same, `work` starts it again in this process; `picserve serve` restarting
+the whole worker process is only the last resort.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 import procrastinate
+from procrastinate.worker import Worker
 
 from picserve.catalog import Catalog
 from picserve.config import Settings
 from picserve.engine.base import GenerationEngine
-from picserve.storage.disk import DiskStore
-from picserve.tasks import database, jobs, recovery
+from picserve.storage.factory import open_store
+from picserve.supervisor import Backoff
+from picserve.tasks import database, jobs, recovery, registry, routing
 
 __all__ = ["build_engine", "run_worker", "work"]
 
 log = logging.getLogger(__name__)
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: seconds a stopping worker keeps retrying its database writes beyond the shutdown grace
+_STOP_MARGIN = 5.0
+
+
+class _Loop(Protocol):
+    """What `work` uses of a procrastinate Worker (whose methods are not annotated)."""
+
+    def run(self) -> Coroutine[Any, Any, None]: ...
+
+    def stop(self) -> None: ...
 
 
 def build_engine(settings: Settings) -> GenerationEngine:
@@ -45,44 +71,159 @@ async def run_worker(
     """Take jobs from the database until stopped (SIGTERM/SIGINT finish the running job first).
 
     `burst` stops once the queue is empty; `engine` replaces the diffusers engine (e.g. a FakeEngine).
+    The worker's jobs run on an App of their own whose connector waits out database outages and
+    fetches with picserve's routing (routing.py; a burst worker, which must drain the queue, without
+    model affinity); the stalled-worker sweep uses the plain one, so that it sees an outage instead of
+    waiting it out. The worker keeps its row in the registry (registry.py) from start to clean exit.
     """
     name = name or f"{socket.gethostname()}:{os.getpid()}:{settings.device}"
     engine = engine or build_engine(settings)
+    retry = database.worker_retry()
+    affinity_wait = 0.0 if burst else settings.affinity_wait
+    settings = settings.evolve(affinity_wait=affinity_wait)
     async with database.open_database(
-        database_url, max_size=settings.worker_db_connections, idle_transaction_timeout=2 * settings.stalled_after
+        database_url,
+        max_size=settings.worker_db_connections,
+        idle_transaction_timeout=2 * settings.stalled_after,
+        wait_timeout=settings.db_wait_timeout,
     ) as db:
+        route = routing.Routing(worker=name, affinity_wait=affinity_wait, live_after=settings.stalled_after)
+        app = database.make_app(database_url, database.ResilientConnector(retry, route))
+        await app.open_async(db.pool)
+        device, gpu, gpu_memory = registry.describe_device(settings.device)
+        roster = registry.WorkerRegistry(
+            db.pool, name, device, model_slots=settings.max_loaded_models, gpu=gpu, gpu_memory=gpu_memory
+        )
         runtime = jobs.WorkerRuntime(
             repo=db.repo,
             engine=engine,
-            store=DiskStore(settings.results_dir, settings.result_ttl_seconds),
+            store=open_store(settings),
             name=name,
             progress_interval=settings.progress_interval,
+            retry=retry,
+            registry=roster,
         )
+        await roster.register(await runtime.engine_thread.call(engine.holdings))
         sweeper = asyncio.create_task(recovery.sweep_forever(db, settings.stalled_after, settings.stalled_after / 3))
+        beater = asyncio.create_task(_beat_forever(roster, settings.heartbeat_interval))
         try:
-            await work(db.app, runtime, settings, burst=burst)
+            await work(app, runtime, settings, burst=burst)
         finally:
             sweeper.cancel()
+            beater.cancel()
             runtime.engine_thread.close()
+            await app.close_async()
+            await asyncio.shield(roster.unregister())
+
+
+async def _beat_forever(roster: registry.WorkerRegistry, every: float) -> None:
+    """The registry heartbeat (best effort: a failed one is logged by the registry)."""
+    while True:
+        await asyncio.sleep(every)
+        await roster.heartbeat()
 
 
 async def work(app: procrastinate.App, runtime: jobs.WorkerRuntime, settings: Settings, burst: bool = False) -> None:
     """Run generation jobs of `app` (any connector) with `runtime`, one at a time.
 
     On SIGTERM/SIGINT (or cancellation) the running task gets `settings.shutdown_grace` seconds to
-    finish; then its job is aborted and the task queued again (never marked Canceled).
+    finish; then its job is aborted and the task queued again (never marked Canceled). A second signal
+    has its default effect. Database writes still failing `_STOP_MARGIN` seconds after the grace are
+    given up (the stalled-worker sweep queues the task again once this worker's heartbeats stop).
+
+    If procrastinate's loop ends on an error (not a stop), it is started again after a backoff (1 s,
+    doubling to 30 s; a loop that ran a minute starts over at 1 s), in this process, as a newly
+    registered procrastinate worker. In `burst` mode (the queue drained once, no signal handling) an
+    error is raised instead.
     """
     log.info("worker %s ready", runtime.name)
-    await app.run_worker_async(
-        queues=[jobs.QUEUE],
-        name=runtime.name,
-        concurrency=1,
-        additional_context={"picserve": runtime},
-        update_heartbeat_interval=settings.heartbeat_interval,
-        stalled_worker_timeout=settings.stalled_after,
-        delete_jobs="successful",
-        install_signal_handlers=not burst,
-        wait=not burst,
-        abort_job_polling_interval=1.0,
-        shutdown_graceful_timeout=settings.shutdown_grace,
-    )
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    current: list[_Loop] = []
+
+    def stop() -> None:
+        if not stopped.is_set():
+            log.info("worker %s stopping", runtime.name)
+        stopped.set()
+        runtime.retry.stop(settings.shutdown_grace + _STOP_MARGIN)
+        for each in current:
+            each.stop()
+        _uninstall_signal_handlers(loop)  # a second signal: the default (procrastinate's behaviour too)
+
+    handlers = not burst and _install_signal_handlers(loop, stop)
+    backoff = Backoff(first=1.0, cap=30.0, reset_after=60.0)
+    try:
+        while True:
+            worker: _Loop = Worker(
+                app=app,
+                queues=[jobs.QUEUE],
+                name=runtime.name,
+                concurrency=1,
+                additional_context={"picserve": runtime},
+                update_heartbeat_interval=settings.heartbeat_interval,
+                stalled_worker_timeout=settings.stalled_after,
+                delete_jobs="successful",
+                install_signal_handlers=False,
+                wait=not burst,
+                # a job held back for its model's holder is free for anyone after the wait, unannounced
+                fetch_job_polling_interval=routing.poll_interval(settings.affinity_wait),
+                abort_job_polling_interval=1.0,
+                shutdown_graceful_timeout=settings.shutdown_grace,
+            )
+            current[:] = [worker]
+            started = loop.time()
+            running = asyncio.create_task(worker.run(), name=f"procrastinate worker {runtime.name}")
+            try:
+                # shielded: a cancellation first sets the retry deadline (stop), then reaches the loop
+                await asyncio.shield(running)
+                return
+            except asyncio.CancelledError:
+                stop()
+                running.cancel()  # procrastinate's own graceful shutdown: the running job gets its grace
+                await asyncio.wait([running])
+                raise
+            except Exception as exc:
+                if burst:
+                    raise
+                if stopped.is_set():
+                    if database.unreachable(exc):
+                        log.warning(
+                            "worker %s stopped with the database unreachable (%s)", runtime.name, jobs.root_cause(exc)
+                        )
+                        return
+                    raise
+                delay = backoff.next_delay(loop.time() - started)
+                log.warning(
+                    "worker %s: procrastinate's loop ended (%s); starting it again in %g s",
+                    runtime.name,
+                    jobs.root_cause(exc),
+                    delay,
+                    exc_info=not database.unreachable(exc),
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), delay)
+            if stopped.is_set():
+                return
+    finally:
+        current.clear()
+        if handlers:
+            _uninstall_signal_handlers(loop)
+
+
+def _install_signal_handlers(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> bool:
+    """SIGINT and SIGTERM call `handler` on `loop`; False where signals cannot be handled (not the main
+    thread, as when a test runs the worker in the API's event loop)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        for sig in _SIGNALS:
+            loop.add_signal_handler(sig, handler)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return False
+    return True
+
+
+def _uninstall_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
+    for sig in _SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(sig)

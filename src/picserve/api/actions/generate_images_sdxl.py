@@ -13,6 +13,7 @@ from typing import Any
 
 from picserve import catalog as catalog_module
 from picserve import domain, errors, modelinfo, reference_images
+from picserve.api import idempotency
 from picserve.api.services import Services
 from picserve.protocol import messages
 from picserve.protocol.envelope import Envelope
@@ -30,12 +31,17 @@ MAX_IMAGES_BASE64_CHARS = 48 * 1024 * 1024
 
 
 async def handle(services: Services, account: domain.Account, envelope: Envelope, base_url: str) -> dict[str, Any]:
+    # A resend of a request already accepted (api/idempotency.py) is answered before any other work.
+    request_id = idempotency.request_id(envelope, services.settings.idempotency_window)
+    repeat = await services.tasks.find_repeat(account, request_id)
+    if repeat is not None:
+        return {"TaskUID": repeat}
     request = messages.parse(messages.GenerateImagesSDXL, envelope.params)
     # Detection, translation and image decoding are CPU work: off the event loop.
     spec = await asyncio.to_thread(
         to_spec, request, services.catalog, services.translator, services.settings.append_trigger_words
     )
-    return {"TaskUID": await services.tasks.submit(account, envelope.action, spec)}
+    return {"TaskUID": await services.tasks.submit(account, envelope.action, spec, request_id)}
 
 
 def to_spec(
@@ -67,7 +73,7 @@ def to_spec(
     sampler = domain.canonical_sampler(str(params["Sampler"]))
     if sampler is None:
         raise errors.ParamError(
-            f"MainModel.InferenceParams.Sampler: unknown sampler {params['Sampler']!r}; "
+            f"MainModel.InferenceParams.Sampler: unknown sampler {messages.shown(params['Sampler'])}; "
             f"valid: {', '.join(domain.SAMPLER_NAMES)}"
         )
 
@@ -78,7 +84,8 @@ def to_spec(
     sub_models = _sub_models(request.SubModelList or [], entry, catalog)
     loras = [catalog.get("lora", s.code) for s in sub_models if s.kind == "lora"]
 
-    original, original_negative = _join(request.PositivePrompts), _join(request.NegativePrompts)
+    original = _join(request.PositivePrompts, "PositivePrompts")
+    original_negative = _join(request.NegativePrompts, "NegativePrompts")
     prompt, negative = original, original_negative
     warnings: list[str] = []
     if request.TranslatePrompts and translator is not None:
@@ -144,9 +151,14 @@ def _reference_images(request: messages.GenerateImagesSDXL, steps: int) -> dict[
             raise errors.ParamError("ImageAndMaskList: images were sent but no Image2Image refers to them")
         return {}
     for name, given in (("ImageIndex", i2i.ImageIndex), ("MaskIndex", i2i.MaskIndex)):
+        if given is not None and not images:
+            raise errors.ParamError(
+                f"Image2Image.{name} {messages.shown(given)} is out of range: ImageAndMaskList has 0 entries; "
+                "send the image in it"
+            )
         if given is not None and given >= len(images):
             raise errors.ParamError(
-                f"Image2Image.{name} {given} is out of range: ImageAndMaskList has "
+                f"Image2Image.{name} {messages.shown(given)} is out of range: ImageAndMaskList has "
                 f"{len(images)} entries (indexes 0..{len(images) - 1})"
             )
     if i2i.MaskIndex is not None and i2i.MaskIndex == i2i.ImageIndex:
@@ -265,9 +277,14 @@ def _first(*values):
     return next(v for v in values if v is not None)
 
 
-def _join(prompts: list[str] | None) -> str:
+def _join(prompts: list[str] | None, field: str) -> str:
     # A1111 takes one prompt string; PICPIK's list parts are joined as comma-separated tags.
-    return ", ".join(p.strip() for p in prompts or () if p and p.strip())
+    joined = ", ".join(p.strip() for p in prompts or () if p and p.strip())
+    if len(joined) > messages.MAX_PROMPT_CHARS:
+        raise errors.ParamError(
+            f"{field}: must total at most {messages.MAX_PROMPT_CHARS} characters once joined (got {len(joined)})"
+        )
+    return joined
 
 
 def _translated(

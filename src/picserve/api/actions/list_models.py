@@ -8,6 +8,7 @@ from typing import Any
 from picserve import catalog as catalog_module
 from picserve import domain
 from picserve.api.services import Services
+from picserve.protocol import messages
 from picserve.protocol.envelope import Envelope
 
 __all__ = ["handle"]
@@ -21,6 +22,7 @@ _REPLY_FIELDS = {
 
 
 async def handle(services: Services, account: domain.Account, envelope: Envelope, base_url: str) -> dict[str, Any]:
+    messages.parse(messages.Empty, envelope.params)  # common fields only: anything else is refused by name
     # A catalog scan reads the header of every new or changed model file: disk work, off the event loop.
     return await asyncio.to_thread(_models, services.catalog)
 

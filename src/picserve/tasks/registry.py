@@ -1,0 +1,287 @@
+"""The worker registry (`picserve_workers`): which workers there are, what each holds and does.
+
+Every worker process keeps one row, named by its worker name: where it runs (host, pid, device, GPU
+model and memory), the main models and LoRAs its engine holds, its counts (tasks run, model loads
+since it started), the task it runs, and a heartbeat. It writes the row when it starts, after every
+task (what the engine holds then) and every `heartbeat_interval` seconds (the heartbeat alone), and
+deletes it on a clean exit. The fetch (routing.py) reads the row to route jobs by model and writes
+the task it hands out, with the model the worker is about to load.
+
+A worker silent for `stalled_after` seconds is not live: `picserve workers` leaves it out and the
+fetch no longer keeps jobs for its models. The stalled-worker sweep deletes rows silent for
+`AGE_OUT` × `stalled_after` (a killed worker never deletes its own). Every write here is best effort:
+while the database is away a worker goes on without them (its heartbeat writes the row again, whole,
+if it was aged out meanwhile).
+
+LoRAs are named as the engine's adapters are (`engine/adapters.py`: 'lora_' + the code with non-word
+characters as '_'), without the prefix: `lora_key(code)`, which create_task also writes on the task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, LiteralString
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+__all__ = [
+    "AGE_OUT",
+    "WorkerInfo",
+    "WorkerRegistry",
+    "describe_device",
+    "list_workers",
+    "lora_key",
+    "lora_keys",
+    "prune",
+]
+
+log = logging.getLogger(__name__)
+
+#: a worker silent for this many times `stalled_after` is deleted from the registry by the sweep
+AGE_OUT = 10
+_ADAPTER_PREFIX = "lora_"
+
+
+def lora_key(code: str) -> str:
+    """A LoRA's ModelCode as the registry and the fetch name it: the engine's adapter name, unprefixed."""
+    return re.sub(r"\W", "_", code)
+
+
+def lora_keys(codes: Sequence[str]) -> list[str]:
+    """`lora_key` of each, sorted and distinct: a task's LoRA set."""
+    return sorted({lora_key(code) for code in codes})
+
+
+def _held_loras(names: Sequence[str]) -> list[str]:
+    return sorted({name.removeprefix(_ADAPTER_PREFIX) for name in names})
+
+
+def describe_device(device: str) -> tuple[str, str | None, int | None]:
+    """(device, GPU model, GPU memory in bytes) of a worker. The GPU is read through torch, and only
+    when the worker's engine has imported it already: a worker with a fake engine never loads torch."""
+    torch: Any = sys.modules.get("torch")
+    if torch is None:
+        return device, None, None
+    try:
+        resolved = device
+        if device == "auto":
+            resolved = "cuda" if torch.cuda.is_available() else "cpu"
+        if resolved.startswith("cuda") and torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(torch.device(resolved))
+            return resolved, str(props.name), int(props.total_memory)
+        return resolved, None, None
+    except Exception:  # a broken driver must not stop the worker from registering
+        log.warning("could not read the properties of device %s", device, exc_info=True)
+        return device, None, None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One row of the registry, as `picserve workers` shows it."""
+
+    name: str
+    host: str
+    pid: int
+    device: str
+    gpu: str | None
+    gpu_memory: int | None
+    main_models: tuple[str, ...]
+    loras: tuple[str, ...]
+    tasks_done: int
+    model_loads: int
+    current_task: str | None
+    current_model: str | None
+    started_at: datetime
+    last_heartbeat: datetime
+    #: heard from within `stalled_after` seconds
+    live: bool
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> WorkerInfo:
+        return cls(
+            name=row["name"],
+            host=row["host"],
+            pid=row["pid"],
+            device=row["device"],
+            gpu=row["gpu"],
+            gpu_memory=row["gpu_memory"],
+            main_models=tuple(row["main_models"]),
+            loras=tuple(row["loras"]),
+            tasks_done=row["tasks_done"],
+            model_loads=row["model_loads"],
+            current_task=row["current_task"],
+            current_model=row["current_model"],
+            started_at=row["started_at"],
+            last_heartbeat=row["last_heartbeat"],
+            live=row["live"],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The row in the CLI's JSON form (PascalCase like the rest of its output, times in ISO 8601)."""
+        return {
+            "Name": self.name,
+            "Host": self.host,
+            "Pid": self.pid,
+            "Device": self.device,
+            "GPU": self.gpu,
+            "GPUMemory": self.gpu_memory,
+            "Models": list(self.main_models),
+            "Loras": list(self.loras),
+            "TasksDone": self.tasks_done,
+            "ModelLoads": self.model_loads,
+            "CurrentTask": self.current_task,
+            "CurrentModel": self.current_model,
+            "StartedAt": self.started_at.isoformat(),
+            "LastHeartbeat": self.last_heartbeat.isoformat(),
+            "Live": self.live,
+        }
+
+
+_COLUMNS = (
+    "name, host, pid, device, gpu, gpu_memory, main_models, loras, model_slots, tasks_done, model_loads, "
+    "current_task, started_at"
+)
+_VALUES = (
+    "%(name)s, %(host)s, %(pid)s, %(device)s, %(gpu)s, %(gpu_memory)s, %(main_models)s, %(loras)s, "
+    "%(model_slots)s, %(tasks_done)s, %(model_loads)s, %(current_task)s, %(started_at)s"
+)
+#: the whole row, as this process knows it (on start and after every task)
+_WRITE = (
+    f"INSERT INTO picserve_workers ({_COLUMNS}) VALUES ({_VALUES}) ON CONFLICT (name) DO UPDATE SET "
+    "host = EXCLUDED.host, pid = EXCLUDED.pid, device = EXCLUDED.device, gpu = EXCLUDED.gpu, "
+    "gpu_memory = EXCLUDED.gpu_memory, main_models = EXCLUDED.main_models, loras = EXCLUDED.loras, "
+    "model_slots = EXCLUDED.model_slots, tasks_done = EXCLUDED.tasks_done, model_loads = EXCLUDED.model_loads, "
+    "current_task = EXCLUDED.current_task, current_model = NULL, started_at = EXCLUDED.started_at, "
+    "last_heartbeat = now()"
+)
+#: the heartbeat alone (the fetch writes the row's current task and holdings in between); the whole
+#: row when it is missing (aged out during a long outage)
+_BEAT = (
+    f"INSERT INTO picserve_workers ({_COLUMNS}) VALUES ({_VALUES}) "
+    "ON CONFLICT (name) DO UPDATE SET last_heartbeat = now()"
+)
+
+
+class WorkerRegistry:
+    """One worker's row in the registry, on `pool`; its counts kept in this process.
+
+    `model_slots`: the main models its engine keeps loaded (PICSERVE_MAX_LOADED_MODELS), which the
+    fetch uses to predict what taking a task of another model evicts.
+    """
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        name: str,
+        device: str,
+        model_slots: int = 1,
+        gpu: str | None = None,
+        gpu_memory: int | None = None,
+    ) -> None:
+        self.pool = pool
+        self.name = name
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.device = device
+        self.gpu = gpu
+        self.gpu_memory = gpu_memory
+        self.model_slots = model_slots
+        self.started_at = datetime.now(UTC)
+        self.main_models: list[str] = []
+        self.loras: list[str] = []
+        self.tasks_done = 0
+        self.model_loads = 0
+        self.current_task: str | None = None
+
+    async def register(self, holdings: Mapping[str, Sequence[str]]) -> None:
+        """The worker starts: its whole row, with what its engine holds (often nothing yet)."""
+        self._hold(holdings)
+        self.started_at = datetime.now(UTC)
+        await self._run("registering", _WRITE, self._row())
+
+    def job_started(self, task_uid: str) -> None:
+        """The worker runs `task_uid` now (the fetch wrote it to the row already)."""
+        self.current_task = task_uid
+
+    async def job_done(self, model_code: str | None, holdings: Mapping[str, Sequence[str]]) -> None:
+        """The worker's job ended: what its engine holds now, and its counts. `model_code`: the main
+        model of the task it ran (None when it skipped the job): a load is counted when that model was
+        not held before the task and is now."""
+        before = set(self.main_models)
+        self._hold(holdings)
+        if model_code is not None:
+            self.tasks_done += 1
+            if model_code not in before and model_code in self.main_models:
+                self.model_loads += 1
+        self.current_task = None
+        await self._run("writing", _WRITE, self._row())
+
+    async def heartbeat(self) -> None:
+        await self._run("heartbeat", _BEAT, self._row())
+
+    async def unregister(self) -> None:
+        """The worker exits cleanly: its row goes."""
+        await self._run("unregistering", "DELETE FROM picserve_workers WHERE name = %(name)s", {"name": self.name})
+
+    def _hold(self, holdings: Mapping[str, Sequence[str]]) -> None:
+        self.main_models = list(dict.fromkeys(holdings.get("main", ())))
+        self.loras = _held_loras(holdings.get("lora", ()))
+
+    def _row(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "host": self.host,
+            "pid": self.pid,
+            "device": self.device,
+            "gpu": self.gpu,
+            "gpu_memory": self.gpu_memory,
+            "main_models": self.main_models,
+            "loras": self.loras,
+            "model_slots": self.model_slots,
+            "tasks_done": self.tasks_done,
+            "model_loads": self.model_loads,
+            "current_task": self.current_task,
+            "started_at": self.started_at,
+        }
+
+    async def _run(self, what: str, query: LiteralString, params: Mapping[str, Any]) -> None:
+        try:
+            async with self._connection() as conn:
+                await conn.execute(query, params)
+        except Exception as exc:  # best effort: the database may be away; the next write catches up
+            log.warning("worker %s: registry %s failed (%s)", self.name, what, exc)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        async with self.pool.connection() as conn:
+            yield conn
+
+
+async def list_workers(conn: AsyncConnection[Any], live_after: float, everyone: bool = False) -> list[WorkerInfo]:
+    """The registry's workers by name: the live ones (heard from within `live_after` seconds), or with
+    `everyone` the silent ones too (not yet aged out)."""
+    cur = await conn.cursor(row_factory=dict_row).execute(
+        "SELECT *, last_heartbeat > now() - make_interval(secs => %(live_after)s) AS live FROM picserve_workers "
+        "WHERE %(everyone)s OR last_heartbeat > now() - make_interval(secs => %(live_after)s) ORDER BY name",
+        {"live_after": live_after, "everyone": everyone},
+    )
+    return [WorkerInfo.from_row(row) for row in await cur.fetchall()]
+
+
+async def prune(conn: AsyncConnection[Any], older_than: float) -> list[str]:
+    """Delete the workers silent for `older_than` seconds; their names."""
+    cur = await conn.execute(
+        "DELETE FROM picserve_workers WHERE last_heartbeat < now() - make_interval(secs => %s) RETURNING name",
+        (older_than,),
+    )
+    return [str(row[0]) for row in await cur.fetchall()]
