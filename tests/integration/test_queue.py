@@ -1,5 +1,6 @@
 """Durability and concurrency: cancel while running, several worker processes, restarts, killed workers."""
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import threading
 import time
 
+import pytest
 from fastapi.testclient import TestClient
 
 from picserve.api.app import create_app, services_of
@@ -138,3 +140,36 @@ def test_a_frozen_worker_that_thaws_writes_nothing(settings, api, make_client, t
     kept = {url.rsplit("/", 1)[1] for url in detail["ImgList"]}
     assert {p.name for p in settings.results_dir.glob("*.png")} == kept  # the frozen run's file is gone
     assert "attempt 1 by frozen was superseded" in log.read_text()
+
+
+@pytest.mark.parametrize("started", [True, False], ids=["running", "taken-not-started"])
+def test_a_stalled_job_is_ended_and_its_task_queued_under_a_new_job(database_url, started):
+    """The sweep never retries the stalled job itself: a worker that only froze could thaw and finish it,
+    and procrastinate's finish deletes a job back in `todo`. A worker that died between taking the job
+    and starting its task leaves the task Queuing: it is queued again all the same."""
+    import psycopg
+
+    from picserve import domain
+    from picserve.keycipher import KeyCipher
+    from picserve.tasks import database
+
+    async def body() -> None:
+        async with database.open_database(database_url, max_size=2, cipher=KeyCipher.generate()) as db:
+            key = (await db.repo.create_key("k", 100)).public_key
+            uid = "t-stalled"
+            await db.repo.create_task(
+                uid, key, "GenerateImagesSDXL", domain.GenerationSpec(model_code="m", prompt=""), 1
+            )
+            with psycopg.connect(database_url, autocommit=True) as conn:  # a worker took the job, then died
+                [(old_job,)] = conn.execute("UPDATE procrastinate_jobs SET status = 'doing' RETURNING id").fetchall()
+            if started:
+                assert await db.repo.mark_running(uid, "dead-worker") is not None
+            assert await db.repo.requeue_job(old_job) == (True, uid)
+            assert await db.repo.requeue_job(old_job) == (False, None)  # a second sweeper does nothing
+            with psycopg.connect(database_url) as conn:
+                jobs = dict(conn.execute("SELECT id, status FROM procrastinate_jobs").fetchall())
+                [(status, job_id)] = conn.execute("SELECT status, job_id FROM picserve_tasks").fetchall()
+            assert status == "Queuing" and job_id != old_job
+            assert jobs == {old_job: "failed", job_id: "todo"}
+
+    asyncio.run(body())

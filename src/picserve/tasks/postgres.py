@@ -385,8 +385,9 @@ class PostgresRepository:
 
     # --- recovery (PostgreSQL only: procrastinate's stalled jobs) ---------------------------------
     async def requeue_job(self, job_id: int) -> tuple[bool, str | None]:
-        """End the stalled job `job_id` (its worker died) and, when its task is Running under it, queue
-        the task again under a new job, in one transaction. Returns whether this call ended the job
+        """End the stalled job `job_id` (its worker died) and, when its task is still open under it (Running,
+        or Queuing: the worker died between taking the job and starting the task), queue the task again
+        under a new job, in one transaction. Returns whether this call ended the job
         (False: another sweeper did, or it is no longer `doing`) and the TaskUID queued again.
 
         A new job, never the same one retried: a worker that only froze may thaw and finish its job,
@@ -404,11 +405,11 @@ class PostgresRepository:
                 return False, None
             cur = await conn.execute(
                 "UPDATE picserve_tasks SET status = 'Queuing', worker = NULL, progress = 0 "
-                "WHERE job_id = %s AND status = 'Running' RETURNING task_uid",
+                "WHERE job_id = %s AND status IN ('Running', 'Queuing') RETURNING task_uid",
                 (job_id,),
             )
             row = await cur.fetchone()
-            if row is None:
+            if row is None:  # its task ended (or was deleted): nothing to run again
                 return True, None
             task_uid: str = row[0]
             await self._defer(conn, task_uid)
