@@ -20,6 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3_server import s3_endpoint
+
+__all__ = ["s3_endpoint"]  # a fixture of the whole suite, imported to be found here
+
 _TIER_MARKS = {
     "engine": ("models",),
     "translate": ("models",),
@@ -91,6 +95,17 @@ def models_dir(request) -> Path:
     sidecar = {"Name": "Kohya one", "TriggerWordList": ["sidecarword"], "InferenceParams": {"LoraWeight": 0.5}}
     (root / "lora" / "kohya-1.json").write_text(json.dumps(sidecar))
     return root
+
+
+@pytest.fixture
+def report(capsys):
+    """`report(message)`: a figure for the CI log (not captured)."""
+
+    def write(message: str) -> None:
+        with capsys.disabled():
+            print(f"\n{message}")  # noqa: T201 (the figures belong in the CI log)
+
+    return write
 
 
 @pytest.fixture(scope="session")

@@ -20,9 +20,7 @@ import pytest
 
 from picserve.storage.base import Store
 from picserve.tasks.repository import TaskRepository
-from tests.s3_server import age_s3_object, make_bucket, s3_endpoint
-
-__all__ = ["s3_endpoint"]  # a fixture, imported to be found here
+from tests.s3_server import age_s3_object, make_bucket
 
 TTL = 3600
 

@@ -165,17 +165,6 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 
 @pytest.fixture
-def report(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
-    """`report(message)`: a figure for the CI log (not captured)."""
-
-    def write(message: str) -> None:
-        with capsys.disabled():
-            print(f"\n{message}")  # noqa: T201 (the figures belong in the CI log)
-
-    return write
-
-
-@pytest.fixture
 def fleet(settings: Settings) -> Callable[[Callable[[Fleet], Awaitable[None]]], None]:
     """`fleet(body)`: awaits `body(fleet)` in a new event loop; every worker is stopped afterwards."""
 

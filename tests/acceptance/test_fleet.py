@@ -1,0 +1,332 @@
+"""A fleet as an operator runs one: separate processes on one PostgreSQL and one S3 store.
+
+Debian's PostgreSQL (tests/pg_server.py, `initdb` + `pg_ctl` on 127.0.0.1), moto's S3 server on
+127.0.0.1, two API processes (`picserve serve --workers 0`) and three worker processes
+(`picserve worker`, the tiny SDXL on the CPU, one main model in memory each, as on a GPU that fits
+one SDXL). Two keys send 60 tasks over two main models through both APIs: key A's backlog of 40
+first, then key B's 20. Mid-run one worker is killed (SIGKILL, as a lost machine). Run twice, with
+model affinity on (PICSERVE_AFFINITY_WAIT) and off, it shows: every task finishes exactly once
+(one successful job and one written outcome each, charged once; only the killed worker's task ran a
+second time), affinity makes far fewer model loads (both counts printed, from the worker registry),
+key B's first task starts at one of the next free workers instead of behind key A's backlog, and
+every image is downloaded from a presigned S3 URL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from PIL import Image
+from psycopg.rows import dict_row
+
+from picserve.demo import free_port, wait_healthy
+from picserve.sdk import Client
+from tests.pg_server import DebianPostgres, skip_reason
+from tests.s3_server import make_bucket
+
+_SKIP = skip_reason()
+pytestmark = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
+
+WORKERS = 3
+A_TASKS, B_TASKS = 40, 20
+MODELS = ("picserve-tiny", "picserve-tiny-diffusers")  # a single file and a diffusers folder
+#: a worker silent this long has its task run again elsewhere
+STALLED_AFTER = 3.0
+#: how long a task waits for a worker holding its model (about twice a tiny model's load here)
+AFFINITY_WAIT = 3.0
+#: the worker is killed once this many of the phase's tasks finished
+KILL_AFTER = 20
+BUCKET = "fleet-results"
+
+
+def request(model: str, seed: int) -> dict[str, Any]:
+    return {
+        "MainModel": {"ModelCode": model, "InferenceParams": {"Steps": 6}},
+        "PositivePrompts": [f"a lighthouse, variation {seed}"],
+        "Width": 64,
+        "Height": 64,
+        "Seed": seed,
+    }
+
+
+def rows(url: str, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout:g} s")
+
+
+@dataclass
+class Fleet:
+    url: str
+    env: dict[str, str]
+    logs: Path
+    stack: ExitStack
+    apis: list[str] = field(default_factory=list)
+    workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("wb")
+        self.stack.callback(log.close)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "picserve", *args], env=env or self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        self.stack.callback(stop, process)
+        return process
+
+    def api(self, index: int) -> str:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        serve = self.spawn(f"api{index}", "serve", "--port", str(port), "--workers", "0")
+        wait_healthy(base, serve, timeout=120)
+        self.apis.append(base)
+        return base
+
+    def start_workers(self, label: str, affinity_wait: float) -> list[str]:
+        env = {**self.env, "PICSERVE_AFFINITY_WAIT": str(affinity_wait)}
+        names = [f"{label}-w{n}" for n in range(WORKERS)]
+        for name in names:
+            self.workers[name] = self.spawn(name, "worker", "--name", name, "--device", "cpu", env=env)
+        wait_for(lambda: len(self.registry(label)) == WORKERS, 180, f"{WORKERS} {label} workers registered")
+        return names
+
+    def registry(self, label: str) -> dict[str, dict[str, Any]]:
+        found = rows(self.url, "SELECT * FROM picserve_workers WHERE name LIKE %(p)s", {"p": f"{label}-w%"})
+        return {row["name"]: row for row in found}
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(
+            f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+            for log in sorted(self.logs.glob("*.log"))
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@dataclass
+class Phase:
+    label: str
+    loads: int
+    b_position: int
+    killed: str
+    killed_task: str
+    attempts: dict[str, int]
+    seconds: float
+
+
+@pytest.fixture
+def fleet(models_dir: Path, s3_endpoint: str, tmp_path: Path) -> Iterator[Fleet]:
+    make_bucket(s3_endpoint, BUCKET)
+    with DebianPostgres() as postgres, ExitStack() as stack:
+        with psycopg.connect(postgres.url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE picserve")
+        url = postgres.url.rsplit("/", 1)[0] + "/picserve"
+        env = {
+            **os.environ,
+            "PICSERVE_DATABASE_URL": url,
+            "PICSERVE_DATA_DIR": str(tmp_path / "data"),
+            "PICSERVE_MODELS_DIR": str(models_dir),
+            "PICSERVE_STORAGE": f"s3://{BUCKET}/results",
+            "PICSERVE_S3_ENDPOINT_URL": s3_endpoint,
+            "PICSERVE_HEARTBEAT_INTERVAL": "0.5",
+            "PICSERVE_STALLED_AFTER": str(STALLED_AFTER),
+            "PICSERVE_PROGRESS_INTERVAL": "0.5",
+            "PICSERVE_MAX_LOADED_MODELS": "1",
+            "PICSERVE_MAX_OPEN_TASKS": "0",
+            "PICSERVE_MAX_REQUESTS_PER_MINUTE": "0",
+            "PICSERVE_LOG_LEVEL": "info",
+            "OMP_NUM_THREADS": "1",  # five processes on a small machine: no thread oversubscription
+        }
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        yield Fleet(url, env, logs, stack)
+
+
+def make_key(fleet: Fleet, name: str) -> dict[str, str]:
+    made = subprocess.run(
+        [sys.executable, "-m", "picserve", "keys", "create", "--name", name, "--credits", "1000000"],
+        env=fleet.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    key: dict[str, str] = json.loads(made.stdout)
+    return key
+
+
+@contextmanager
+def clients(fleet: Fleet, key: dict[str, str]) -> Iterator[list[Client]]:
+    """One SDK client of `key` per API process."""
+    made = [Client(base, key["PublicKey"], key["PrivateKey"], timeout=30) for base in fleet.apis]
+    try:
+        yield made
+    finally:
+        for client in made:
+            client.close()
+
+
+def run_phase(fleet: Fleet, label: str, affinity_wait: float, a: list[Client], b: list[Client]) -> Phase:
+    """60 tasks (A's 40, then B's 20; models in pairs) through both APIs on 3 fresh workers, one of
+    them killed mid-run; checked to the end. Returns what the phase measured."""
+    names = fleet.start_workers(label, affinity_wait)
+    started = time.monotonic()
+    plan = [(a, i) for i in range(A_TASKS)] + [(b, i) for i in range(B_TASKS)]
+    uids = [
+        # alternate the APIs; models in pairs (X X Y Y …) so queue order alone switches models often
+        client[n % 2].generate_images_sdxl(**request(MODELS[(n // 2) % 2], n))
+        for n, (client, _) in enumerate(plan)
+    ]
+    b_first = uids[A_TASKS]
+
+    def tasks() -> dict[str, dict[str, Any]]:
+        found = rows(fleet.url, "SELECT * FROM picserve_tasks WHERE task_uid = ANY(%(u)s)", {"u": uids})
+        return {row["task_uid"]: row for row in found}
+
+    def finished() -> int:
+        return sum(row["status"] == "Finished" for row in tasks().values())
+
+    # Kill a worker in the middle of a task, once a third of the tasks are done.
+    wait_for(lambda: finished() >= KILL_AFTER, 300, f"{KILL_AFTER} tasks of {label} finished")
+    running = wait_for(
+        lambda: [row for row in tasks().values() if row["status"] == "Running" and row["worker"] in names],
+        60,
+        "a task part-way through",
+        every=0.05,
+    )
+    victim, killed_task = running[0]["worker"], running[0]["task_uid"]
+    fleet.workers[victim].send_signal(signal.SIGKILL)
+    fleet.workers[victim].wait(10)
+    registry = fleet.registry(label)
+    killed_loads = registry[victim]["model_loads"] if victim in registry else 0
+
+    def ended() -> bool:
+        return all(row["status"] in ("Finished", "Error", "Canceled") for row in tasks().values())
+
+    try:
+        wait_for(ended, 400, f"all 60 tasks of {label} ended", every=0.5)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{fleet.log_tail()}") from exc
+    seconds = time.monotonic() - started
+    registry = fleet.registry(label)
+    live = [name for name in names if name != victim]
+    assert set(live) <= set(registry), f"a live worker left the registry: {sorted(registry)}"
+    loads = killed_loads + sum(registry[name]["model_loads"] for name in live)
+    for name in live:
+        stop(fleet.workers[name])
+        assert fleet.workers[name].returncode == 0, f"{name} exited with {fleet.workers[name].returncode}"
+
+    final = tasks()
+    # All 60 finished, exactly once: one successful job each, and only the killed task ran twice.
+    assert {uid: row["status"] for uid, row in final.items()} == dict.fromkeys(uids, "Finished"), fleet.log_tail()
+    attempts = {uid: row["attempt"] for uid, row in final.items()}
+    assert {uid: n for uid, n in attempts.items() if n != 1}.keys() <= {killed_task}
+    assert final[killed_task]["worker"] != victim, "the killed worker's task was not run again elsewhere"
+    # procrastinate deletes succeeded jobs; the workers' logs say which ran to the end, and where
+    finishes = Counter[str]()
+    successes = Counter[str]()
+    for name in names:
+        text = (fleet.logs / f"{name}.log").read_text(errors="replace")
+        finishes.update(re.findall(r"task (\w+) finished \(attempt \d+\)", text))
+        successes.update(re.findall(r"task_uid='(\w+)'\) ended with status: Success", text))
+    assert finishes == successes == Counter(uids), "a task finished more (or less) than once"
+    assert {row["worker"] for row in final.values()} <= set(names)
+
+    # Key B's first task started at one of the next free workers, not behind A's backlog.
+    mine = final[b_first]
+    b_position = 1 + sum(
+        1
+        for row in final.values()
+        if row["started_at"] is not None and mine["created_at"] < row["started_at"] < mine["started_at"]
+    )
+    return Phase(label, loads, b_position, victim, killed_task, attempts, seconds)
+
+
+def check_results(fleet: Fleet, s3_endpoint: str, client: Client, uids: list[str]) -> int:
+    """Every image of `uids` downloads from a presigned URL of the S3 store; returns the count."""
+    count = 0
+    with httpx.Client(timeout=30) as http:
+        for start in range(0, len(uids), 50):
+            for detail in client.list_tasks_details(uids[start : start + 50]):
+                assert detail["Status"] == "Finished"
+                for url in detail["ImgList"]:
+                    assert url.startswith(f"{s3_endpoint}/{BUCKET}/results/"), url
+                    assert "X-Amz-Signature=" in url and "X-Amz-Expires=" in url, url
+                    got = http.get(url)
+                    assert got.status_code == 200, (url, got.status_code)
+                    assert Image.open(BytesIO(got.content)).size == (64, 64)
+                    count += 1
+    assert not (Path(fleet.env["PICSERVE_DATA_DIR"]) / "results").exists() or not any(
+        (Path(fleet.env["PICSERVE_DATA_DIR"]) / "results").iterdir()
+    ), "results were written to the data folder"
+    return count
+
+
+def used_credits(url: str, public_key: str) -> int:
+    found = rows(url, "SELECT used_credits FROM picserve_keys WHERE public_key = %(k)s", {"k": public_key})
+    return int(found[0]["used_credits"])
+
+
+def test_a_fleet_of_two_apis_and_three_workers_routes_by_model_and_survives_a_killed_worker(
+    fleet: Fleet, s3_endpoint: str, report: Callable[[str], None]
+) -> None:
+    for index in range(2):
+        fleet.api(index)
+    key_a, key_b = make_key(fleet, "a"), make_key(fleet, "b")
+    phases: dict[str, Phase] = {}
+    with clients(fleet, key_a) as a, clients(fleet, key_b) as b:
+        for label, wait in (("affinity", AFFINITY_WAIT), ("fifo", 0.0)):
+            phases[label] = run_phase(fleet, label, wait, a, b)
+        all_tasks = rows(fleet.url, "SELECT task_uid, public_key, cost FROM picserve_tasks")
+        assert len(all_tasks) == 2 * (A_TASKS + B_TASKS)
+        for key, client in ((key_a, a[1]), (key_b, b[0])):
+            mine = [row for row in all_tasks if row["public_key"] == key["PublicKey"]]
+            # charged once per task: the killed run was not charged again
+            assert used_credits(fleet.url, key["PublicKey"]) == sum(row["cost"] for row in mine)
+            images = check_results(fleet, s3_endpoint, client, [row["task_uid"] for row in mine])
+            assert images == len(mine)
+
+    on, off = phases["affinity"], phases["fifo"]
+    for phase in (on, off):
+        report(
+            f"fleet, affinity {'on' if phase is on else 'off'}: 60 tasks in {phase.seconds:.1f} s on 3 workers "
+            f"(one killed mid-task, its task run again: attempts {phase.attempts[phase.killed_task]}); "
+            f"{phase.loads} model loads; key B's first task, queued behind 40 of key A, was task {phase.b_position} "
+            "to start after it was queued"
+        )
+    assert on.loads * 3 <= off.loads, (on.loads, off.loads)
+    assert on.b_position <= WORKERS + 1, on.b_position
+    assert off.b_position <= WORKERS + 1, off.b_position
