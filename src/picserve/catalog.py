@@ -4,9 +4,14 @@
     models/main/NAME/                 diffusers folder (model_index.json inside)
     models/lora/NAME.safetensors      models/embedding/NAME.{safetensors,pt,bin}
     models/hypernetwork/NAME.pt       each may have a sidecar NAME.json
+    models/vae/NAME.safetensors       a VAE (original or diffusers layout), or NAME/ a diffusers VAE folder
 
 A sidecar gives `Name`, `IsOfficial`, `TriggerWordList`, default `InferenceParams` and, for a single
-file whose widths are not SDXL base's, `Config`: the diffusers folder holding its configs. No torch here.
+file whose widths are not SDXL base's, `Config`: the diffusers folder holding its configs. A main model's
+sidecar may also name a VAE of models/vae (`Vae`; else the catalog's default VAE, when one is set; `"Vae":
+null` keeps the checkpoint's own) and declare v-prediction (`"Prediction": "v"`, `"ZeroTerminalSNR": true`)
+for a file that has no `v_pred`/`ztsnr` keys. A VAE is per main model, never a per-request sub-model.
+No torch here.
 
 A ModelCode is a plain file name (`is_plain_code`): lookups are in the scanned entries only, never a
 path built from what a client sent, so `../../etc/passwd` or `/abs` is simply not found.
@@ -14,23 +19,30 @@ path built from what a client sent, so `../../etc/passwd` or `/abs` is simply no
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from picserve import modelinfo
 
-__all__ = ["KINDS", "Catalog", "Entry", "is_plain_code"]
+if TYPE_CHECKING:
+    from picserve.config import Settings
 
-KINDS = ("main", "lora", "embedding", "hypernetwork")
+__all__ = ["KINDS", "SUB_MODEL_KINDS", "Catalog", "Entry", "is_plain_code"]
+
+KINDS = ("main", "lora", "embedding", "hypernetwork", "vae")
+#: the kinds a request's SubModelList names
+SUB_MODEL_KINDS = ("lora", "embedding", "hypernetwork")
 _SUFFIXES = {
     "main": (".safetensors",),
     "lora": (".safetensors",),
     "embedding": (".safetensors", ".pt", ".bin"),
     "hypernetwork": (".pt", ".safetensors"),
+    "vae": (".safetensors",),
 }
 
 #: (kind, path, mtime_ns, size): one version of one file
@@ -57,6 +69,12 @@ class Entry:
     config: Path | None = None
     #: what the file's tensor shapes say: base model family and widths (see modelinfo)
     info: modelinfo.Info = field(default_factory=modelinfo.Info)
+    #: main models: the code of the VAE in models/vae it decodes with (None: the checkpoint's own)
+    vae: str | None = None
+    #: main models: "v" (v-prediction) or "epsilon": the sidecar's `Prediction`, else what the file says
+    prediction: str = "epsilon"
+    #: main models: trained with zero terminal SNR (sidecar `ZeroTerminalSNR`, else the file's `ztsnr` key)
+    zero_terminal_snr: bool = False
 
     @property
     def is_single_file(self) -> bool:
@@ -66,17 +84,25 @@ class Entry:
 class Catalog:
     """Scans the models folder; rescans at most every `ttl` seconds so new files appear without restart.
 
-    `ttl` 0 rescans on every lookup.
+    `ttl` 0 rescans on every lookup. `default_vae`: the VAE code of main models whose sidecar names none.
     """
 
-    def __init__(self, models_dir: Path, ttl: float = 2.0) -> None:
+    def __init__(self, models_dir: Path, ttl: float = 2.0, default_vae: str | None = None) -> None:
         self.models_dir = Path(models_dir)
         self._ttl = ttl
+        self.default_vae = default_vae or None
         self._lock = threading.Lock()
         self._scanned_at = float("-inf")
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}  # kind → code → entry
         self._infos: dict[_FileVersion, modelinfo.Info] = {}  # files are read once per version
         self._seen: set[_FileVersion] = set()  # the file versions met by the scan under way
+
+    @classmethod
+    def of(cls, settings: Settings, ttl: float | None = None) -> Catalog:
+        """The catalog of `settings`' models folder, with its default VAE; `ttl`: the rescan interval
+        (default: settings.catalog_rescan_seconds)."""
+        rescan = settings.catalog_rescan_seconds if ttl is None else ttl
+        return cls(settings.models_dir, ttl=rescan, default_vae=settings.default_vae)
 
     def entries(self, kind: str) -> dict[str, Entry]:
         """Model code → entry, for one of KINDS."""
@@ -96,7 +122,7 @@ class Catalog:
 
     def find_sub_model(self, code: str) -> list[Entry]:
         """Every LoRA, embedding or hypernetwork named `code` (more than one means the name is ambiguous)."""
-        return [e for kind in KINDS[1:] if (e := self.get(kind, code)) is not None]
+        return [e for kind in SUB_MODEL_KINDS if (e := self.get(kind, code)) is not None]
 
     def compatible_mains(self, entry: Entry) -> list[str]:
         """The codes of the main models a sub-model fits, by tensor widths (see modelinfo.compatible)."""
@@ -115,7 +141,8 @@ class Catalog:
             if path.name.startswith("."):
                 continue
             if path.is_dir():
-                if kind != "main" or not (path / "model_index.json").exists():
+                marker = {"main": "model_index.json", "vae": "config.json"}.get(kind)
+                if marker is None or not (path / marker).exists():
                     continue
                 code = path.name
             elif path.suffix.lower() in _SUFFIXES[kind]:
@@ -136,6 +163,14 @@ class Catalog:
                 meta = {}
         config = meta.get("Config")
         info = self._inspect(kind, path if not config else path.parent / config)
+        if kind == "main" and config and path.is_file():  # what only the file itself says
+            own = self._inspect(kind, path)
+            info = dataclasses.replace(
+                info,
+                prediction=own.prediction or info.prediction,
+                zero_terminal_snr=own.zero_terminal_snr or info.zero_terminal_snr,
+                storage_dtype=own.storage_dtype,
+            )
         words = meta.get("TriggerWordList")
         return Entry(
             kind=kind,
@@ -147,7 +182,18 @@ class Catalog:
             inference_params=dict(meta.get("InferenceParams") or {}),
             config=(path.parent / config) if config else None,
             info=info,
+            **(self._main_fields(meta, info) if kind == "main" else {}),
         )
+
+    def _main_fields(self, meta: dict[str, Any], info: modelinfo.Info) -> dict[str, Any]:
+        """A main model's VAE and prediction type: its sidecar's word, else what its file says."""
+        vae = (str(meta["Vae"] or "") or None) if "Vae" in meta else self.default_vae
+        prediction = str(meta.get("Prediction") or info.prediction or "epsilon").lower()
+        return {
+            "vae": vae,
+            "prediction": "v" if prediction in ("v", "v_prediction") else "epsilon",
+            "zero_terminal_snr": bool(meta.get("ZeroTerminalSNR", info.zero_terminal_snr)),
+        }
 
     def _inspect(self, kind: str, path: Path) -> modelinfo.Info:
         try:

@@ -56,14 +56,17 @@ class Settings:
     credit_divisor: int = 1024 * 1024
     #: credits a key gets when created without --credits
     default_credits: int = 1000
-    #: append a LoRA's TriggerWordList to the prompt when its words are not there yet
-    append_trigger_words: bool = True
+    #: append a LoRA's TriggerWordList to the prompt when its words are not there yet (off by default:
+    #: a LoRA at weight 0 must give the base image, as in A1111; ListModels reports the words for clients)
+    append_trigger_words: bool = False
     #: where LANG-en translation models live (default: <models_dir>/translate)
     translation_models: Path | None = None
     #: the Argos package index `picserve models pull-translation` reads
     translation_index_url: str | None = None
     #: loaded main models kept in memory by a worker
     max_loaded_models: int = 1
+    #: the VAE (a code in <models_dir>/vae) of main models whose sidecar names none; unset = their own
+    default_vae: str | None = None
     #: minimum seconds between two progress writes of one task
     progress_interval: float = 0.5
     #: queued tasks above which new requests get ServerBusy

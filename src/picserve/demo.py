@@ -37,7 +37,7 @@ def run(
     seed: int,
     out: Path,
 ) -> Iterator[str]:
-    catalog = catalog_module.Catalog(settings.models_dir, ttl=0)
+    catalog = catalog_module.Catalog.of(settings, ttl=0)
     if model is None:
         from picserve.engine import tiny
 

@@ -150,7 +150,7 @@ class StorageError(GenerationError):
 
 
 class PullError(PicserveError):
-    """Installing the translation model failed."""
+    """Installing a model (`models pull-translation`, `models add`) failed."""
 
 
 class SDKError(PicserveError):

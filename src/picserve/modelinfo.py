@@ -9,12 +9,16 @@ when every width it has, in every part, is the main model's, and it has every pa
 (an SDXL embedding: vectors for both text encoders; a LoRA touching the text encoders: both of them).
 
 For main models it also reads what the API checks before queueing: the depth of the first text encoder
-(the deepest ClipSkip) and the UNet's input channels (9: an inpainting model).
+(the deepest ClipSkip) and the UNet's input channels (9: an inpainting model); whether it is a
+v-prediction / zero-terminal-SNR model (the `v_pred` and `ztsnr` keys NoobAI-XL v-pred files carry, or a
+diffusers folder's scheduler config); and its storage dtype. For VAEs: their latent channels, which must
+be the main model's.
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import json
 import pickle
 import re
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-__all__ = ["Info", "compatible", "inspect", "misfit"]
+__all__ = ["Info", "allowed_global", "compatible", "inspect", "misfit", "read_shapes", "trigger_words"]
 
 _BASES = {2048: "SDXL", 768: "SD1", 1024: "SD2"}
 
@@ -52,6 +56,14 @@ class Info:
     text_encoder_layers: int | None = None
     #: main models: the UNet's input channels, 4, or 9 for an inpainting model (None: not known)
     unet_in_channels: int | None = None
+    #: main models: "v" (v-prediction: a `v_pred` key, as NoobAI-XL v-pred files carry, or a diffusers
+    #: scheduler config's v_prediction), "epsilon", or None when a single file does not say (epsilon)
+    prediction: str | None = None
+    #: main models: trained with zero terminal SNR (a `ztsnr` key, or rescale_betas_zero_snr); None: not said
+    zero_terminal_snr: bool | None = None
+    #: the storage dtype of most of a safetensors file's tensors, as torch names it ("float16",
+    #: "bfloat16", "float8_e4m3fn", …); None for other files and folders
+    storage_dtype: str | None = None
 
 
 def compatible(main: Info, sub: Info, kind: str) -> bool:
@@ -68,6 +80,11 @@ def misfit(main: Info, sub: Info, kind: str) -> str | None:
     """
     if sub.problem:
         return sub.problem
+    if kind == "vae":  # decoded with the main model's VAE config: the latent channels must be the same
+        have, need = _widths(sub.dims.get("latent")), _widths(main.dims.get("latent"))
+        if have and need and set(have) != set(need):
+            return f"it decodes {_listed(have)}-channel latents, the main model makes {_listed(need)}-channel ones"
+        return None
     if kind == "hypernetwork":
         contexts, cross = _widths(sub.dims.get("contexts")), _widths(main.dims.get("cross"))
         if contexts and cross and not set(cross) <= set(contexts):
@@ -124,7 +141,7 @@ def inspect(kind: str, path: Path) -> Info:
     """What the file (or diffusers folder) at `path`, a model of `kind`, is; never raises for a bad file."""
     try:
         if path.is_dir():
-            return _diffusers_folder(path)
+            return _diffusers_vae_folder(path) if kind == "vae" else _diffusers_folder(path)
         shapes, metadata = _read(path)
     except (
         OSError,
@@ -137,7 +154,13 @@ def inspect(kind: str, path: Path) -> Info:
         StopIteration,
     ) as exc:
         return Info(problem=f"unreadable {path.suffix} file: {exc}")
-    dims_of = {"main": _main_dims, "lora": _lora_dims, "embedding": _embedding_dims, "hypernetwork": _hypernetwork_dims}
+    dims_of = {
+        "main": _main_dims,
+        "lora": _lora_dims,
+        "embedding": _embedding_dims,
+        "hypernetwork": _hypernetwork_dims,
+        "vae": _vae_dims,
+    }
     dims = dims_of[kind](shapes)
     if kind == "main":
         return Info(
@@ -145,7 +168,12 @@ def inspect(kind: str, path: Path) -> Info:
             dims=dims,
             text_encoder_layers=_layer_count(shapes),
             unet_in_channels=_first(shapes, r"^model\.diffusion_model\.input_blocks\.0\.0\.weight$", 1),
+            prediction="v" if "v_pred" in shapes else None,
+            zero_terminal_snr=True if "ztsnr" in shapes else None,
+            storage_dtype=_storage_dtype(path),
         )
+    if kind == "vae":
+        return Info(dims=dims, storage_dtype=_storage_dtype(path))
     return Info(base=_base(dims), dims=dims, trigger_words=_trigger_words(metadata) if kind == "lora" else ())
 
 
@@ -166,6 +194,28 @@ def _base(dims: dict[str, Any]) -> str:
     if cross is None:
         return "unknown"
     return _BASES.get(cross) or f"custom (cross-attention {cross})"
+
+
+def read_shapes(path: Path) -> tuple[Shapes, dict[str, str]]:
+    """Every tensor's name → shape and the safetensors `__metadata__` ({} for a pickle), as `inspect` reads them.
+
+    Raises what reading raises for a bad file (OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, …).
+    """
+    return _read(path)
+
+
+def trigger_words(metadata: dict[str, str]) -> tuple[str, ...]:
+    """A LoRA's trigger words from its kohya training metadata (`ss_tag_frequency`), as the catalog reads them."""
+    return _trigger_words(metadata)
+
+
+def allowed_global(module: str, name: str) -> bool:
+    """Whether a model file's pickle may name `module.name`: one of the few names the shape reader knows."""
+    try:
+        _ShapeUnpickler(io.BytesIO()).find_class(module, name)
+    except pickle.UnpicklingError:
+        return False
+    return True
 
 
 # --- reading shapes ---------------------------------------------------------------------------
@@ -266,7 +316,40 @@ def _main_dims(shapes: Shapes) -> dict[str, Any]:
         cross=_all(shapes, r"attn2\.to_[kv]\.weight$", 1),
         te1=_all(shapes, te1, 1),
         te2=_all(shapes, r"embedders\.1\.model\.token_embedding\.weight$", 1),
+        latent=_all(shapes, r"^first_stage_model\.decoder\.conv_in\.weight$", 1),
     )
+
+
+def _vae_dims(shapes: Shapes) -> dict[str, Any]:
+    # `decoder.conv_in` takes the latents, in the original (LDM) layout and in diffusers' alike
+    return _parts(latent=_all(shapes, r"^(first_stage_model\.|vae\.)?decoder\.conv_in\.weight$", 1))
+
+
+#: safetensors dtype names → torch's
+_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+}
+
+
+def _storage_dtype(path: Path) -> str | None:
+    """The dtype most of a safetensors file's floating-point tensors are stored in (torch's name for it)."""
+    if path.suffix != ".safetensors":
+        return None
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length)) if length <= 100_000_000 else {}
+    except (OSError, ValueError, struct.error):
+        return None
+    counts = collections.Counter(
+        str(v["dtype"]) for k, v in header.items() if k != "__metadata__" and str(v.get("dtype")) in _DTYPES
+    )
+    return _DTYPES[counts.most_common(1)[0][0]] if counts else None
 
 
 def _layer_count(shapes: Shapes) -> int | None:
@@ -279,16 +362,33 @@ def _layer_count(shapes: Shapes) -> int | None:
 
 
 def _lora_dims(shapes: Shapes) -> dict[str, Any]:
-    # kohya: lora_unet_…attn2_to_k.lora_down.weight; diffusers/PEFT: unet.….attn2.to_k.lora_A.weight.
-    # The input width of every attention projection: to_k/to_v of attn2 take the cross-attention width,
-    # q/k/v/out_proj of a text encoder take its width. kohya's `lora_te_` is a one-encoder model's (SD1/SD2).
-    down = r"(lora_down|lora_A|lora\.down|lora_linear_layer\.down)\.weight$"
-    projection = r".*[._](q|k|v|out)_proj[._].*" + down
+    # kohya: lora_unet_…attn2_to_k.lora_down.weight; diffusers/PEFT: unet.….attn2.to_k.lora_A.weight;
+    # LyCORIS: …hada_w1_b, …lokr_w1/lokr_w2 (or their _b factors), …diff. The input width of every
+    # attention projection: to_k/to_v of attn2 take the cross-attention width, q/k/v/out_proj of a text
+    # encoder take its width. kohya's `lora_te_` is a one-encoder model's (SD1/SD2).
+    projection = r"[._](q|k|v|out)_proj[._]"
     return _parts(
-        cross=_all(shapes, r"attn2[._]to_[kv][._].*" + down, -1),
-        te1=_all(shapes, r"(^lora_te1_|^text_encoder\.|^lora_te_)" + projection, -1),
-        te2=_all(shapes, r"(^lora_te2_|^text_encoder_2\.)" + projection, -1),
+        cross=_input_widths(shapes, r"attn2[._]to_[kv][._]"),
+        te1=_input_widths(shapes, r"^(lora_te1_|text_encoder\.|lora_te_).*" + projection),
+        te2=_input_widths(shapes, r"^(lora_te2_|text_encoder_2\.).*" + projection),
     )
+
+
+#: the tensors of a LoRA-like layer whose last axis is the layer's input width
+_INPUT_SIDE = r"((lora_down|lora_A|lora\.down|lora_linear_layer\.down)\.weight|hada_w[12]_b|diff)$"
+
+
+def _input_widths(shapes: Shapes, layer: str) -> tuple[int, ...]:
+    """Every distinct input width of the linear layers matching `layer`, smallest first. A LoKr layer's
+    ΔW is w1 ⊗ w2: its input width is the product of its two factors' (each whole or its `_b` half)."""
+    regex, lokr = re.compile(layer + r".*" + _INPUT_SIDE), re.compile(layer + r".*lokr_w([12])(_b)?$")
+    widths = {s[-1] for k, s in shapes.items() if len(s) == 2 and regex.search(k)}
+    factors: dict[str, dict[str, int]] = {}
+    for key, shape in shapes.items():
+        if len(shape) == 2 and (match := lokr.search(key)):
+            factors.setdefault(key[: match.start()], {})[match.group(1)] = shape[-1]
+    widths |= {sides["1"] * sides["2"] for sides in factors.values() if len(sides) == 2}
+    return tuple(sorted(widths))
 
 
 def _embedding_dims(shapes: Shapes) -> dict[str, Any]:
@@ -328,10 +428,22 @@ def _diffusers_folder(path: Path) -> Info:
         cross=_widths(unet.get("cross_attention_dim")),
         te1=_widths(text_encoder.get("hidden_size")),
         te2=_widths(config("text_encoder_2").get("hidden_size")),
+        latent=_widths(config("vae").get("latent_channels")),
     )
+    scheduler_file = path / "scheduler" / "scheduler_config.json"
+    scheduler = json.loads(scheduler_file.read_text()) if scheduler_file.exists() else {}
+    prediction = scheduler.get("prediction_type")
     return Info(
         base=_base(dims),
         dims=dims,
         text_encoder_layers=text_encoder.get("num_hidden_layers"),
         unet_in_channels=unet.get("in_channels"),
+        prediction={"v_prediction": "v", "epsilon": "epsilon"}.get(prediction) if prediction else None,
+        zero_terminal_snr=scheduler.get("rescale_betas_zero_snr"),
     )
+
+
+def _diffusers_vae_folder(path: Path) -> Info:
+    """A diffusers AutoencoderKL folder (config.json and its weights)."""
+    config = json.loads((path / "config.json").read_text())
+    return Info(dims=_parts(latent=_widths(config.get("latent_channels"))))

@@ -48,13 +48,21 @@ def test_loras_hypernetworks_and_weights(generate):
     assert np.array_equal(again, base)
 
 
-def test_trigger_words_and_sidecar_defaults(generate):
+def test_trigger_words_are_not_appended_and_sidecar_defaults_apply(generate):
     (text,) = generate(PositivePrompts=["a cat"], SubModelList=[{"ModelCode": "kohya-trigger"}]).texts
-    assert text.splitlines()[0] == "a cat, inkstyle"
-    (text,) = generate(PositivePrompts=["an inkstyle cat"], SubModelList=[{"ModelCode": "kohya-trigger"}]).texts
-    assert text.splitlines()[0] == "an inkstyle cat"  # already there: not appended twice
+    assert text.splitlines()[0] == "a cat"  # PICSERVE_APPEND_TRIGGER_WORDS is off by default
     (text,) = generate(PositivePrompts=["a cat"], SubModelList=[{"ModelCode": "kohya-1"}]).texts
-    assert text.splitlines()[0] == "a cat, sidecarword" and "LoRA: kohya-1:0.5" in text
+    assert text.splitlines()[0] == "a cat" and "LoRA: kohya-1:0.5" in text
+
+
+def test_a_lora_at_weight_zero_gives_the_base_image_exactly(generate):
+    base = generate(PositivePrompts=["a cat"])
+    for code in ("kohya-trigger", "kohya-0", "peft-0"):
+        zero = generate(
+            PositivePrompts=["a cat"], SubModelList=[{"ModelCode": code, "InferenceParams": {"LoraWeight": 0}}]
+        )
+        assert np.array_equal(zero.images[0], base.images[0]), code
+        assert zero.texts[0].splitlines()[0] == "a cat"
 
 
 def test_embeddings_load_from_the_list_or_the_prompt(generate):

@@ -178,3 +178,39 @@ def test_main_model_clip_depth_and_unet_channels_from_the_header(tmp_path, layer
     assert (info.base, info.text_encoder_layers, info.unet_in_channels) == ("SDXL", layers, channels)
     bare = modelinfo.inspect("main", write_header(tmp_path / "bare.safetensors", SDXL_MAIN))
     assert (bare.text_encoder_layers, bare.unet_in_channels) == (None, None)  # not known: not checked
+
+
+@pytest.mark.parametrize(
+    ("shapes", "base"),
+    [
+        # LoHa: hada_w?_b is (rank, input width)
+        ({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.hada_w1_b": (4, 768)}, "SD1"),
+        ({"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_v.hada_w2_b": (4, 2048)}, "SDXL"),
+        # LoKr: ΔW = w1 ⊗ w2, input width = product of the factors' (whole or `_b` half)
+        (
+            {
+                "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lokr_w1": (4, 8),
+                "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lokr_w2_b": (4, 96),
+            },
+            "SD1",
+        ),
+        (
+            {
+                "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lokr_w1_b": (4, 16),
+                "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lokr_w2": (40, 128),
+            },
+            "SDXL",
+        ),
+        # full: diff is the weight's shape
+        ({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.diff": (320, 1024)}, "SD2"),
+        # PEFT DoRA: lora_A like any PEFT LoRA
+        ({"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": (4, 2048)}, "SDXL"),
+    ],
+)
+def test_lycoris_files_tell_their_base_model_and_an_sd1_one_does_not_fit_sdxl(tmp_path, shapes, base):
+    from picserve import modelinfo
+
+    info = modelinfo.inspect("lora", write_header(tmp_path / "x.safetensors", shapes))
+    main = modelinfo.inspect("main", write_header(tmp_path / "main.safetensors", SDXL_MAIN))
+    assert info.base == base
+    assert modelinfo.compatible(main, info, "lora") == (base == "SDXL")

@@ -40,7 +40,7 @@ class Services:
             settings=settings,
             repo=repo,
             tasks=TaskService(repo, store, settings.credit_divisor, settings.max_queued_tasks, settings.max_open_tasks),
-            catalog=catalog or Catalog(settings.models_dir, ttl=settings.catalog_rescan_seconds),
+            catalog=catalog or Catalog.of(settings),
             store=store,
             translator=translator,
         )

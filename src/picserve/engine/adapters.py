@@ -1,5 +1,10 @@
 """Sub-models on a loaded main model: LoRAs, textual-inversion embeddings, hypernetworks.
 
+Two LoRA mechanisms: plain LoRAs (kohya or diffusers/PEFT layout, linear layers) become PEFT adapters
+through diffusers' loader; LyCORIS files (LoCon on convs, LoHa, LoKr, full) and kohya-layout DoRA are
+patched into the weights by lycoris.py (why: its docstring). A LoRA or hypernetwork at weight 0 is not
+applied at all, so the image is the base model's bit for bit.
+
 LoRAs stay loaded between requests (up to `max_loras` per model, least recently used evicted) and their
 state dicts stay cached in memory (up to `max_cached_files`), so going from one request's LoRA set to the
 next changes only what differs: adapters already loaded are re-weighted with `set_adapters`, and a
@@ -19,6 +24,7 @@ import contextlib
 import re
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -29,7 +35,7 @@ import torch
 
 from picserve import catalog as catalog_module
 from picserve import domain, errors
-from picserve.engine import hypernetwork, loader, memory
+from picserve.engine import hypernetwork, loader, lycoris, memory
 
 __all__ = ["Adapters"]
 
@@ -64,6 +70,8 @@ class Adapters:
         # (path, version) → the file's contents: a state dict, or a hypernetwork's modules
         self._file_contents: OrderedDict[tuple[str, tuple[int, int]], Any] = OrderedDict()
         self._lock = threading.Lock()
+        #: the LyCORIS files patched into each loaded model (gone with the model)
+        self._patchers: weakref.WeakKeyDictionary[loader.LoadedModel, lycoris.Patcher] = weakref.WeakKeyDictionary()
 
     @contextlib.contextmanager
     def applied(self, model: loader.LoadedModel, sub_models: tuple[domain.SubModel, ...]) -> Iterator[None]:
@@ -74,8 +82,12 @@ class Adapters:
         and raises a `ModelLoadError` naming it. Embeddings and hypernetworks come off when the block
         ends, however it ends; LoRAs stay loaded but only the next request's set is enabled.
         """
-        resolved = [self._resolve(sub) for sub in sub_models]
-        self._set_loras(model, [sub for sub in resolved if sub.kind == "lora"])
+        # weight 0: not applied at all (a DoRA or a hypernetwork at 0 would still change the image)
+        resolved = [self._resolve(sub) for sub in sub_models if sub.kind == "embedding" or sub.weight != 0]
+        loras = [sub for sub in resolved if sub.kind == "lora"]
+        patched = [sub for sub in loras if self._is_patched(model, sub)]
+        self._set_loras(model, [sub for sub in loras if sub not in patched])
+        self._patch(model, patched)
         pipe = model.base
         with contextlib.ExitStack() as stack:  # unwinds in reverse, every exit even when one raises
             for emb in (sub for sub in resolved if sub.kind == "embedding"):
@@ -173,6 +185,43 @@ class Adapters:
                 self._where("lora", lora.path),
             )
 
+    # --- LyCORIS ------------------------------------------------------------------------------------
+    def _is_patched(self, model: loader.LoadedModel, sub: _Resolved) -> bool:
+        """Whether a LoRA file is patched in (lycoris.py) rather than loaded as a PEFT adapter. A file
+        that cannot be read takes its older version's adapter with it (a replaced file that is damaged)."""
+        try:
+            return lycoris.is_lycoris(self._file(sub))
+        except errors.ModelLoadError:
+            name = _adapter_name(sub.code)
+            if name in model.loras and model.loras[name] != sub.version:
+                del model.loras[name]
+                _delete_adapter(model.base, name)
+            raise
+
+    def _patch(self, model: loader.LoadedModel, files: list[_Resolved]) -> None:
+        """The model's weights patched with exactly `files` (the base weights when there are none)."""
+        patcher = self._patchers.get(model)
+        if patcher is None:
+            if not files:
+                return
+            patcher = self._patchers[model] = lycoris.Patcher(model.base)
+        by_id = {_file_id(sub): sub for sub in files}
+        try:
+            patcher.apply(
+                [
+                    (ident, lycoris.kohya_layout(self._file(sub), _peft_alphas(sub.path)), sub.weight)
+                    for ident, sub in by_id.items()
+                ]
+            )
+        except lycoris.PatchError as exc:
+            sub = by_id[exc.file]
+            raise _failed("lora", sub.code, f"could not be applied: {exc}", self._where("lora", sub.path)) from exc
+
+    def patched(self, model: loader.LoadedModel) -> list[str]:
+        """The LyCORIS files patched into `model` now, named as LoRA adapters are."""
+        patcher = self._patchers.get(model)
+        return [_adapter_name(ident.split("\0")[0]) for ident, _ in patcher.applied] if patcher else []
+
     # --- embeddings ---------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _embedding(self, pipe: Any, emb: _Resolved) -> Iterator[None]:
@@ -220,6 +269,24 @@ class Adapters:
                     where,
                 )
         return modules
+
+
+def _peft_alphas(path: Path) -> dict[str, float]:
+    """PEFT's lora_alpha per component, from a diffusers-written file's metadata (none: {})."""
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return lycoris.peft_alphas(f.metadata())
+    except Exception:  # read a moment ago: a file replaced since is read again next time
+        return {}
+
+
+def _file_id(sub: _Resolved) -> str:
+    """A LyCORIS file and its version: the code, then what changes when the file is replaced."""
+    return f"{sub.code}\0{sub.path}\0{sub.version}"
 
 
 def _failed(kind: str, code: str, what: str, where: str) -> errors.ModelLoadError:

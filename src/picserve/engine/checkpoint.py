@@ -1,4 +1,5 @@
-"""Export a diffusers SDXL pipeline as one original-layout (SGM) `.safetensors` checkpoint.
+"""Export a diffusers SDXL pipeline as one original-layout (SGM) `.safetensors` checkpoint, or its VAE
+alone as a standalone original-layout VAE file.
 
 This is the layout users download from model sites and that `from_single_file` reads. picserve uses it
 to give its tiny test model the same single-file loading path as a real checkpoint. The key tables
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-__all__ = ["export_single_file", "sgm_state_dict"]
+__all__ = ["export_single_file", "export_vae", "sgm_state_dict", "sgm_unet_key", "vae_state_dict"]
 
 _RESNET = (
     ("norm1", "in_layers.0"),
@@ -169,6 +170,13 @@ def _convert_open_clip(state: StateDict) -> StateDict:
     return out
 
 
+def sgm_unet_key(key: str, config: dict[str, Any]) -> str:
+    """A diffusers UNet parameter's name (`down_blocks.1.attentions.0.proj_in.weight`) in the original
+    SGM layout, without the `model.diffusion_model.` prefix (`input_blocks.4.1.proj_in.weight`)."""
+    (renamed,) = _convert_unet({key: torch.empty(0)}, config)
+    return renamed.removeprefix("model.diffusion_model.")
+
+
 def sgm_state_dict(pipe: Any) -> StateDict:
     """The pipeline's weights under original SDXL (SGM) key names."""
     state: StateDict = {}
@@ -177,6 +185,20 @@ def sgm_state_dict(pipe: Any) -> StateDict:
     state.update(_convert_clip_l(pipe.text_encoder.state_dict()))
     state.update(_convert_open_clip(pipe.text_encoder_2.state_dict()))
     return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def vae_state_dict(vae: Any) -> StateDict:
+    """An AutoencoderKL's weights under original (LDM) key names, as a standalone VAE file has them
+    (`decoder.conv_out.weight`, no `first_stage_model.` prefix)."""
+    state = _convert_vae(vae.state_dict(), dict(vae.config))
+    return {k.removeprefix("first_stage_model."): v.detach().contiguous() for k, v in state.items()}
+
+
+def export_vae(vae: Any, path: Path) -> Path:
+    """Write an AutoencoderKL as a standalone original-layout `.safetensors` VAE (as users download them)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(vae_state_dict(vae), str(path))
+    return path
 
 
 def export_single_file(pipe: Any, path: Path) -> Path:

@@ -62,7 +62,10 @@ class Engine:
     def holdings(self) -> dict[str, list[str]]:
         """Main models and LoRAs in memory: a hint for sending jobs to the worker that already has them."""
         models = self.pipelines.models()
-        return {"main": [m.code for m in models], "lora": [name for m in models for name in m.loras]}
+        return {
+            "main": [m.code for m in models],
+            "lora": [name for m in models for name in [*m.loras, *self.adapters.patched(m)]],
+        }
 
     def generate(self, spec: domain.GenerationSpec, on_step: StepCallback | None = None) -> Generated:
         """Images for `spec`, which the API has checked against the model (`to_spec`).

@@ -7,6 +7,12 @@ A model file removed or damaged after the task was accepted is a `ModelLoadError
 and says what the operator should do; a model that fails to load is never cached (the cache holds only
 models that loaded completely). Running out of memory while loading unloads the other models and tries
 once more, then is an `OutOfMemory`.
+
+What users download loads as such: a v-prediction checkpoint (its `v_pred`/`ztsnr` keys, or its sidecar's
+`Prediction`/`ZeroTerminalSNR`, read by the catalog) gets the scheduler config diffusers documents for it
+(samplers.prediction_config); fp16, bf16 and fp8 (e4m3fn, e5m2) single files are upcast to the compute
+dtype by diffusers' own loaders (checked by tests/engine/test_model_files.py); a main model whose sidecar
+(or PICSERVE_DEFAULT_VAE) names a VAE of models/vae decodes with it, built on the model's own VAE config.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ from typing import Any
 import torch
 
 from picserve import catalog as catalog_module
-from picserve import errors
-from picserve.engine import memory, sdxl_base
+from picserve import errors, modelinfo
+from picserve.engine import memory, samplers, sdxl_base
 
 __all__ = ["LoadedModel", "PipelineCache", "free_memory", "one_line", "resolve_device"]
 
@@ -57,12 +63,14 @@ def free_memory(device: torch.device) -> None:
 class LoadedModel:
     """One main model in memory: its txt2img pipeline and the img2img/inpaint ones sharing its modules."""
 
-    def __init__(self, code: str, pipe: Any) -> None:
+    def __init__(self, code: str, pipe: Any, recipe: tuple[Any, ...] = ()) -> None:
         self.code = code
         #: the StableDiffusionXLPipeline (txt2img) that owns the model's modules
         self.base = pipe
-        #: the model's own scheduler config, from which each request's sampler is built
+        #: the model's own scheduler config (its prediction type applied), from which each request's sampler is built
         self.scheduler_config: dict[str, Any] = dict(pipe.scheduler.config)
+        #: what of the catalog entry it was loaded with: its VAE and prediction type (see `_recipe`)
+        self.recipe = recipe
         #: PEFT adapter name → file version (mtime_ns, size) of the LoRAs loaded into this model (see adapters.py)
         self.loras: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._derived_pipelines: dict[str, Any] = {}  # mode → img2img/inpaint pipeline sharing `base`'s modules
@@ -124,17 +132,22 @@ class PipelineCache:
         it does not fit in memory even with every other model unloaded.
         """
         with self._lock:
-            if code in self._models_by_code:
-                self._models_by_code.move_to_end(code)
-                return self._models_by_code[code]
             entry = self.catalog.get("main", code)
+            loaded = self._models_by_code.get(code)
+            if loaded is not None and (entry is None or loaded.recipe == _recipe(entry)):
+                self._models_by_code.move_to_end(code)
+                return loaded
             if entry is None:  # the API checked it when the task was submitted: it went away since
                 raise errors.ModelLoadError(
                     f"MainModel {code!r} is no longer in the models folder (it was removed or renamed after the "
                     "task was accepted); the operator should restore it; ListModels shows what is installed"
                 )
+            if loaded is not None:  # its sidecar now names another VAE or prediction type: load it anew
+                log.info("main model %s changed its VAE or prediction type; loading it again", code)
+                del self._models_by_code[code]
+                free_memory(self.device)
             self._unload(len(self._models_by_code) - self.max_loaded + 1)
-            model = LoadedModel(code, self._load_making_room(entry))
+            model = LoadedModel(code, self._load_making_room(entry), _recipe(entry))
             self._models_by_code[code] = model
             return model
 
@@ -192,10 +205,17 @@ class PipelineCache:
                         f"MainModel {entry.code!r}: its config folder {self._relative(config)} is missing; the "
                         "operator should restore it, or correct the Config in the model's sidecar JSON"
                     )
+                if entry.vae:  # built on the model's own VAE config, passed to the pipeline in place of its VAE
+                    options["vae"] = self._vae(entry, config)
                 pipe = StableDiffusionXLPipeline.from_single_file(str(entry.path), config=str(config), **options)
             else:
+                if entry.vae:
+                    options["vae"] = self._vae(entry, entry.path)
                 pipe = StableDiffusionXLPipeline.from_pretrained(str(entry.path), **options)
             pipe.set_progress_bar_config(disable=True)
+            # v-prediction, zero terminal SNR: every request's sampler is built from this config
+            prediction = samplers.prediction_config(entry.prediction == "v", entry.zero_terminal_snr)
+            pipe.scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, **prediction})
             return pipe.to(self.device)
         except errors.PicserveError:
             raise
@@ -207,6 +227,43 @@ class PipelineCache:
             raise errors.ModelLoadError(
                 f"MainModel {entry.code!r}: the {kind} {where} could not be read ({reason}); "
                 "the operator should restore or replace it; ListModels shows what is installed"
+            ) from exc
+
+    def _vae(self, entry: catalog_module.Entry, config: Path) -> Any:
+        """The VAE that `entry`'s sidecar (or the default) names, built on the VAE config of the folder
+        `config` (the main model's own: its latent scaling stays the model's); ModelLoadError when it is
+        not installed, does not fit the model, or cannot be read."""
+        from diffusers import AutoencoderKL
+
+        code = str(entry.vae)
+        named_by = "PICSERVE_DEFAULT_VAE" if code == self.catalog.default_vae else "the Vae of its sidecar JSON"
+        vae = self.catalog.get("vae", code)
+        if vae is None:
+            raise errors.ModelLoadError(
+                f"MainModel {entry.code!r} decodes with the VAE {code!r} ({named_by}), which is not installed: "
+                f"{self._relative(self.catalog.models_dir / 'vae')} has no {code}.safetensors nor {code}/; the "
+                'operator should install it there, or name another VAE ("Vae": null keeps the checkpoint\'s own)'
+            )
+        where = self._relative(vae.path)
+        if (why := modelinfo.misfit(entry.info, vae.info, "vae")) is not None:
+            raise errors.ModelLoadError(
+                f"MainModel {entry.code!r}: the VAE {where} ({named_by}) does not fit it: {why}; the operator "
+                "should name a VAE made for this model"
+            )
+        options = {"dtype": self.dtype, "local_files_only": True}
+        try:
+            if not vae.path.exists():  # diffusers would take a missing path for a hub repo id
+                raise FileNotFoundError("it is missing")
+            if vae.path.is_dir():
+                return AutoencoderKL.from_pretrained(str(vae.path), **options)
+            return AutoencoderKL.from_single_file(str(vae.path), config=str(config), subfolder="vae", **options)
+        except Exception as exc:  # a damaged file, or widths other than the model's VAE config
+            if memory.is_out_of_memory(exc):
+                raise
+            reason = one_line(exc, self.catalog.models_dir)
+            raise errors.ModelLoadError(
+                f"MainModel {entry.code!r}: the VAE {where} ({named_by}) could not be loaded for it ({reason}); "
+                "the operator should restore or replace it, or name another VAE"
             ) from exc
 
     def _relative(self, path: Path) -> str:
@@ -236,6 +293,11 @@ def one_line(exc: BaseException, models_dir: Path | None = None) -> str:
 
     outer, first = text(exc, 200), text(root, 200)
     return outer if root is exc or first in outer else f"{outer}: {first}"
+
+
+def _recipe(entry: catalog_module.Entry) -> tuple[Any, ...]:
+    """What of a main model's catalog entry a loaded pipeline depends on besides its file."""
+    return (entry.vae, entry.prediction, entry.zero_terminal_snr)
 
 
 def _is_inpaint(path: Path) -> bool:

@@ -51,7 +51,7 @@ def build_engine(settings: Settings) -> GenerationEngine:
     from picserve.engine.engine import Engine  # torch is imported by workers only
 
     return Engine(
-        Catalog(settings.models_dir, ttl=settings.catalog_rescan_seconds),
+        Catalog.of(settings),
         device=settings.device,
         max_loaded=settings.max_loaded_models,
         cache_dir=settings.data_dir / "cache",

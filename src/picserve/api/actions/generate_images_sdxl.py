@@ -48,7 +48,7 @@ def to_spec(
     request: messages.GenerateImagesSDXL,
     catalog: catalog_module.Catalog,
     translator: PromptTranslator | None = None,
-    append_trigger_words: bool = True,
+    append_trigger_words: bool = False,
 ) -> domain.GenerationSpec:
     code = request.MainModel.ModelCode
     entry = catalog.get("main", code)
@@ -82,7 +82,8 @@ def to_spec(
     images = _reference_images(request, steps)
     _check_inpainting_model(entry, images)
     sub_models = _sub_models(request.SubModelList or [], entry, catalog)
-    loras = [catalog.get("lora", s.code) for s in sub_models if s.kind == "lora"]
+    # a LoRA at weight 0 changes nothing, not even the prompt: the engine skips it too (the base image)
+    loras = [catalog.get("lora", s.code) for s in sub_models if s.kind == "lora" and s.weight != 0]
 
     original = _join(request.PositivePrompts, "PositivePrompts")
     original_negative = _join(request.NegativePrompts, "NegativePrompts")

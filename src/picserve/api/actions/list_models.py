@@ -1,4 +1,11 @@
-"""ListModels: the models folder as PICPIK `Model` maps keyed by ModelCode."""
+"""ListModels: the models folder as PICPIK `Model` maps keyed by ModelCode.
+
+Besides PICPIK's fields, picserve extensions that an unchanged PICPIK client ignores: `BaseModel` (what
+the tensor shapes say), `StorageDtype` (float16, bfloat16, float8_e4m3fn, … of a .safetensors file), for
+main models `Prediction` ("epsilon" or "v"), `ZeroTerminalSNR` and `Vae` (the VAE of models/vae it decodes
+with; null: the checkpoint's own), for sub-models and VAEs `CompatibleMainModels`, and `VaeModels`, the
+installed VAEs (a VAE is per main model, not named in requests).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ _REPLY_FIELDS = {
     "lora": "LoraModels",
     "embedding": "EmbeddingModels",
     "hypernetwork": "HypernetworkModels",
+    "vae": "VaeModels",  # picserve extension
 }
 
 
@@ -42,7 +50,13 @@ def _model(entry: catalog_module.Entry, catalog: catalog_module.Catalog) -> dict
         "TriggerWordList": list(entry.trigger_words),
         "BaseModel": entry.info.base,
     }  # picserve extension: what the tensor shapes say
+    if entry.info.storage_dtype:  # picserve extension: how a .safetensors file stores its weights
+        model["StorageDtype"] = entry.info.storage_dtype
     if entry.kind == "main":
+        # picserve extensions: how its sampler is configured, and the VAE it decodes with
+        model["Prediction"] = entry.prediction
+        model["ZeroTerminalSNR"] = entry.zero_terminal_snr
+        model["Vae"] = entry.vae
         model["InferenceParams"] = {
             "Steps": 10,
             "Sampler": "Euler",
