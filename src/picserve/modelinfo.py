@@ -174,7 +174,30 @@ def inspect(kind: str, path: Path) -> Info:
         )
     if kind == "vae":
         return Info(dims=dims, storage_dtype=_storage_dtype(path))
+    if kind == "lora" and (problem := _lora_layout_problem(shapes)):
+        return Info(problem=problem)
     return Info(base=_base(dims), dims=dims, trigger_words=_trigger_words(metadata) if kind == "lora" else ())
+
+
+#: the tensor names of every LoRA-like layout picserve applies (engine/adapters.py, engine/lycoris.py)
+_LORA_TENSORS = re.compile(
+    r"[._](lora_down|lora_up|lora_mid|lora_A|lora_B|lora\.(down|up)|lora_linear_layer\.(down|up)|lora_magnitude_vector"
+    r"|hada_w[12]_[ab]|hada_t[12]|lokr_w[12](_[ab])?|lokr_t2|diff|diff_b|dora_scale|alpha)(\.weight)?$"
+)
+#: LyCORIS algorithms picserve does not apply, by a tensor name only they have
+_UNSUPPORTED = {"OFT/BOFT": re.compile(r"[._](oft_blocks|oft_diag|oft_r)$"), "(IA)³": re.compile(r"[._]on_input$")}
+
+
+def _lora_layout_problem(shapes: Shapes) -> str | None:
+    """Why a file in lora/ is none of the layouts picserve applies, or None."""
+    for algorithm, pattern in _UNSUPPORTED.items():
+        if any(pattern.search(k) for k in shapes):
+            return f"a LyCORIS {algorithm} file, which picserve does not apply (LoRA, LoCon, LoHa, LoKr, full, DoRA)"
+    unknown = sorted(k for k in shapes if not _LORA_TENSORS.search(k))
+    if shapes and len(unknown) == len(shapes):
+        shown = ", ".join(unknown[:3]) + (f" … ({len(unknown) - 3} more)" if len(unknown) > 3 else "")
+        return f"none of its {len(shapes)} tensors is of a LoRA layout picserve knows ({shown})"
+    return None
 
 
 def _base(dims: dict[str, Any]) -> str:
@@ -226,7 +249,11 @@ def _read(path: Path) -> tuple[Shapes, dict[str, str]]:
             if length > 100_000_000:
                 raise ValueError("header too large")
             header = json.loads(f.read(length))
+            data = f.seek(0, 2) - 8 - length
         metadata = header.pop("__metadata__", {}) or {}
+        end = max((v["data_offsets"][1] for v in header.values()), default=0)
+        if end > data:  # a download cut short: refused before a worker tries to load it
+            raise ValueError(f"truncated: its tensors need {end} bytes of data, the file holds {max(data, 0)}")
         return {k: tuple(v["shape"]) for k, v in header.items()}, metadata
     return _flatten(_load_pickle(path)), {}
 

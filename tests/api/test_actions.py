@@ -18,6 +18,7 @@ from picserve.sdk import Client
 from picserve.storage.memory import MemoryStore
 from picserve.tasks import jobs, retention
 from picserve.tasks.memory import InMemoryRepository, in_memory_app
+from tests.headers import write_header
 
 from .conftest import MODEL, request
 
@@ -217,3 +218,29 @@ def test_a_cancelled_queued_tasks_references_go_with_it(stack, client):
     assert len(stack.store) == 1
     stack.api.portal.call(retention.clean, stack.repo, stack.store, 0.0)
     assert len(stack.store) == 0
+
+
+def test_lycoris_files_are_listed_with_their_base_and_unusable_ones_refused_with_the_reason(models_folder, stack):
+    lora = models_folder / "lora"
+    write_header(
+        lora / "xl-loha.safetensors",
+        {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.hada_w1_b": (4, 2048)},
+    )
+    write_header(
+        lora / "sd1-lokr.safetensors",
+        {
+            "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lokr_w1": (4, 8),
+            "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lokr_w2": (80, 96),
+        },
+    )
+    write_header(lora / "oft.safetensors", {"lora_unet_x.oft_blocks": (4, 8, 8)})
+    client = stack.client()
+    listed = client.list_models()["LoraModels"]
+    assert (listed["xl-loha"]["BaseModel"], listed["xl-loha"]["CompatibleMainModels"]) == ("SDXL", [MODEL])
+    assert (listed["sd1-lokr"]["BaseModel"], listed["sd1-lokr"]["CompatibleMainModels"]) == ("SD1", [])
+    assert "OFT/BOFT" in listed["oft"]["Problem"] and listed["oft"]["CompatibleMainModels"] == []
+    for code, words in (("sd1-lokr", "is a SD1 lora and does not fit"), ("oft", "cannot be used: a LyCORIS OFT/BOFT")):
+        with pytest.raises(errors.PicserveError) as refused:
+            client.generate_images_sdxl(**request(SubModelList=[{"ModelCode": code}]))
+        assert refused.value.ret_code == 232 and words in refused.value.message, refused.value.message
+    assert client.generate_images_sdxl(**request(SubModelList=[{"ModelCode": "xl-loha"}]))

@@ -192,3 +192,18 @@ def test_a_file_with_keys_matching_no_layer_is_refused_whole_naming_them(engine_
     assert "'lokr-foreign'" in message and "lora_unet_input_blocks_99_1_proj_in" in message
     assert "lora_te3_encoder_layers_0_q_proj" in message and "match no layer" in message
     assert np.array_equal(_image(engine, model), base)  # nothing applied, not even the good file
+
+
+def test_a_plain_lora_with_a_layer_the_model_lacks_is_refused_not_loaded_in_part(engine_on_files):
+    # diffusers' loader would load the layers it finds and skip the others without a word
+    engine, root = engine_on_files
+    state = load_file(str(root / "lora" / "kohya-0.safetensors"))
+    state["lora_unet_output_blocks_9_1_transformer_blocks_0_attn2_to_k.lora_down.weight"] = torch.zeros(4, 64)
+    state["lora_unet_output_blocks_9_1_transformer_blocks_0_attn2_to_k.lora_up.weight"] = torch.zeros(64, 4)
+    save_file(state, str(root / "lora" / "kohya-extra.safetensors"))
+    model = f"{BASE_CODE}-diffusers"
+    base = _image(engine, model)
+    with pytest.raises(errors.ModelLoadError, match=r"1 of its layers match no layer .*output_blocks_9_1"):
+        _image(engine, model, ("kohya-extra", 1.0))
+    assert "lora_kohya_extra" not in engine.holdings()["lora"]
+    assert np.array_equal(_image(engine, model), base)

@@ -214,3 +214,20 @@ def test_lycoris_files_tell_their_base_model_and_an_sd1_one_does_not_fit_sdxl(tm
     main = modelinfo.inspect("main", write_header(tmp_path / "main.safetensors", SDXL_MAIN))
     assert info.base == base
     assert modelinfo.compatible(main, info, "lora") == (base == "SDXL")
+
+
+def test_a_truncated_file_or_an_unknown_layout_is_a_problem_listed_before_any_worker_loads_it(tmp_path):
+    from picserve import modelinfo
+
+    whole = write_header(tmp_path / "whole.safetensors", SDXL_LORA)
+    assert modelinfo.inspect("lora", whole).problem is None
+    header = b'{"lora_te1_x.lora_down.weight": {"dtype": "F32", "shape": [4, 768], "data_offsets": [0, 12288]}}'
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 1000)  # 1,000 of 12,288 bytes
+    assert modelinfo.inspect("lora", cut).problem == (
+        "unreadable .safetensors file: truncated: its tensors need 12288 bytes of data, the file holds 1000"
+    )
+    odd = modelinfo.inspect("lora", write_header(tmp_path / "odd.safetensors", {"w.weight": (4, 4), "b.bias": (4,)}))
+    assert odd.problem == "none of its 2 tensors is of a LoRA layout picserve knows (b.bias, w.weight)"
+    oft = modelinfo.inspect("lora", write_header(tmp_path / "oft.safetensors", {"lora_unet_x.oft_blocks": (4, 8, 8)}))
+    assert oft.problem is not None and "OFT/BOFT" in oft.problem

@@ -165,6 +165,16 @@ class Adapters:
         """
         state = dict(self._file(lora))  # diffusers pops keys from the dict it is given
         keys = len(state)
+        missing = lycoris.unmatched_layers(state, pipe)
+        if missing:  # diffusers would load the rest and skip these without a word: all or nothing
+            listed = ", ".join(missing[:8]) + (f" … ({len(missing) - 8} more)" if len(missing) > 8 else "")
+            raise _failed(
+                "lora",
+                lora.code,
+                f"could not be applied: {len(missing)} of its layers match no layer of this model "
+                f"(made for another base model, or an unknown naming): {listed}",
+                self._where("lora", lora.path),
+            )
         with warnings.catch_warnings():  # peft: "Already found a peft_config attribute" is expected
             warnings.simplefilter("ignore")
             try:

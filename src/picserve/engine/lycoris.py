@@ -20,11 +20,16 @@ algorithm's tensors:
 builds on), or computing each module's ΔW and adding it to the weight, keeping a copy of the original,
 as A1111 and ComfyUI do. PEFT does not fit: diffusers' `load_lora_weights` refuses LoHa/LoKr state
 dicts for SDXL, PEFT has no LoCon-with-Tucker, kohya-layout DoRA or full-diff adapter, and every PEFT
-adapter adds work to every forward pass (measured on the tiny SDXL in docs/performance.md), while a
-patched weight costs nothing per step. Patching costs one ΔW per module when the request's set of
+adapter adds work to every forward pass, while a patched weight costs nothing per step (bench/lora_mechanisms.py,
+docs/performance.md: a step with a PEFT LoRA +63% on the tiny SDXL, patched = base; patching the file
+35 ms against diffusers' `load_lora_weights` 1.2 s). Patching costs one ΔW per module when the request's set of
 these files changes (kept while consecutive requests use the same set, as LoRA adapters are) and the
 restore is a copy of the saved original, so the base model comes back bit for bit. The originals are
-kept on the CPU when the model is on a GPU, as ComfyUI does, so a patched model takes no extra GPU memory.
+kept on the CPU (as ComfyUI does), so a patched model on a GPU takes no extra GPU memory.
+
+**Why not LyCORIS' merge itself.** lycoris-lora 4.1.3's LoHa and LoKr `get_diff_weight` (its merge)
+multiply by alpha/rank twice, so its merged model differs from the network its forward trained; picserve
+computes ΔW as their forward does (and as A1111 and ComfyUI do), which the tests check layer by layer.
 
 **Weights.** W' = W + w·ΔW for a file at weight w. For DoRA, W' = W + w·(W_dora − W), with W_dora the
 renormalised W + ΔW: at w = 1 it is the file's weight exactly (LyCORIS' own merge), and w moves linearly
@@ -61,7 +66,16 @@ from torch import nn
 
 from picserve.engine import checkpoint
 
-__all__ = ["PatchError", "Patcher", "Targets", "is_lycoris", "kohya_layout", "peft_alphas", "targets_of"]
+__all__ = [
+    "PatchError",
+    "Patcher",
+    "Targets",
+    "is_lycoris",
+    "kohya_layout",
+    "peft_alphas",
+    "targets_of",
+    "unmatched_layers",
+]
 
 #: tensor names (after the module's name) of each algorithm
 _ALGORITHMS = {
@@ -137,6 +151,21 @@ def kohya_layout(state: Mapping[str, torch.Tensor], alphas: Mapping[str, float] 
         if suffix == "lora_A.weight" and alpha is not None:
             out[f"{name}.alpha"] = torch.tensor(alpha)
     return out
+
+
+def unmatched_layers(state: Mapping[str, Any], pipe: Any) -> list[str]:
+    """The layers a plain LoRA in the kohya or PEFT layout names that the model does not have (diffusers'
+    loader would skip them without a word); [] for a file of another layout, which it checks itself."""
+    names: set[str] = set()
+    for key in state:
+        if key.startswith(_PREFIXES):
+            names.add(key.partition(".")[0])
+        elif match := re.match(r"^(unet|text_encoder|text_encoder_2)\.(.+?)\.lora_[AB]\.weight$", key):
+            names.add(_PEFT_COMPONENTS[match.group(1)] + match.group(2).replace(".", "_"))
+        elif not key.endswith((".alpha", ".lora_magnitude_vector")):
+            return []
+    targets = targets_of(pipe)
+    return sorted(name for name in names if targets.get(name) is None)
 
 
 def is_lycoris(state: Mapping[str, Any]) -> bool:
