@@ -140,6 +140,9 @@ class Phase:
     label: str
     loads: int
     b_position: int
+    #: A's tasks not yet started when B's first was queued, and how long B's first waited (s)
+    a_backlog: int
+    b_wait: float
     killed: str
     killed_task: str
     attempts: dict[str, int]
@@ -272,7 +275,9 @@ def run_phase(fleet: Fleet, label: str, affinity_wait: float, a: list[Client], b
         for row in final.values()
         if row["started_at"] is not None and mine["created_at"] < row["started_at"] < mine["started_at"]
     )
-    return Phase(label, loads, b_position, victim, killed_task, attempts, seconds)
+    a_backlog = sum(1 for uid in uids[:A_TASKS] if final[uid]["started_at"] > mine["created_at"])
+    b_wait = (mine["started_at"] - mine["created_at"]).total_seconds()
+    return Phase(label, loads, b_position, a_backlog, b_wait, victim, killed_task, attempts, seconds)
 
 
 def check_results(fleet: Fleet, s3_endpoint: str, client: Client, uids: list[str]) -> int:
@@ -324,9 +329,13 @@ def test_a_fleet_of_two_apis_and_three_workers_routes_by_model_and_survives_a_ki
         report(
             f"fleet, affinity {'on' if phase is on else 'off'}: 60 tasks in {phase.seconds:.1f} s on 3 workers "
             f"(one killed mid-task, its task run again: attempts {phase.attempts[phase.killed_task]}); "
-            f"{phase.loads} model loads; key B's first task, queued behind 40 of key A, was task {phase.b_position} "
-            "to start after it was queued"
+            f"{phase.loads} model loads; key B's first task, queued behind {phase.a_backlog} of key A, was task "
+            f"{phase.b_position} to start after it was queued, {phase.b_wait:.2f} s later"
         )
     assert on.loads * 3 <= off.loads, (on.loads, off.loads)
-    assert on.b_position <= WORKERS + 1, on.b_position
+    # Fair share alone: B's first task is the next task any worker starts (a fetch under way aside).
     assert off.b_position <= WORKERS + 1, off.b_position
+    # With affinity it may wait for a worker holding its model, PICSERVE_AFFINITY_WAIT at most, while
+    # the others go on with A's tasks of their own model: never behind the backlog.
+    assert on.b_wait <= AFFINITY_WAIT + 5.0, on.b_wait
+    assert on.b_position <= max(WORKERS + 1, on.a_backlog // 2), (on.b_position, on.a_backlog)
