@@ -6,6 +6,7 @@ Every option can also be set with its `PICSERVE_*` variable (e.g. `--data-dir` �
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
+from picserve import logs
 from picserve.config import Settings
 
 if TYPE_CHECKING:
@@ -33,9 +35,14 @@ app = typer.Typer(
 keys_app = typer.Typer(help="API keys (stored in the database).", no_args_is_help=True)
 models_app = typer.Typer(help="The models folder.", no_args_is_help=True)
 db_app = typer.Typer(help="The database's tables: picserve's migrations.", no_args_is_help=True)
+tasks_app = typer.Typer(
+    help="Tasks: follow, show, cancel (a client, through the API); list (the operator, from the database).",
+    no_args_is_help=True,
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
+app.add_typer(tasks_app, name="tasks")
 
 DataDir = typer.Option(None, "--data-dir", help="database, results, caches [./data]")
 ModelsDir = typer.Option(None, "--models-dir", help="main/, lora/, embedding/, hypernetwork/ [./models]")
@@ -44,7 +51,7 @@ DatabaseUrl = typer.Option(None, "--database-url", help="external PostgreSQL; un
 
 def _settings(**flags: Any) -> Settings:
     settings = Settings.load(**flags)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     # psycopg.pool logs every failed connection attempt during a database outage: its errors are enough
     for chatty in ("httpx", "procrastinate.blueprints", "psycopg.pool"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -87,6 +94,7 @@ def worker(
     device: str | None = typer.Option(None, help="auto, cpu, cuda:N (one worker per GPU) [auto]"),
     name: str | None = typer.Option(None, help="worker name in logs and task records"),
     burst: bool = typer.Option(False, help="exit once the queue is empty"),
+    metrics_port: int | None = typer.Option(None, help="serve Prometheus metrics on this port [0: none]"),
     supervisor_pid: int | None = typer.Option(None, hidden=True, help="set by `serve`: stop when that process dies"),
 ):
     """Run one worker (one per GPU at scale) against the shared database."""
@@ -96,7 +104,13 @@ def worker(
         supervisor.die_with_parent(supervisor_pid)
     from picserve.tasks.worker import run_worker
 
-    settings = _settings(data_dir=data_dir, models_dir=models_dir, database_url=database_url, device=device)
+    settings = _settings(
+        data_dir=data_dir,
+        models_dir=models_dir,
+        database_url=database_url,
+        device=device,
+        worker_metrics_port=metrics_port,
+    )
     with supervisor.database(settings) as url:
         asyncio.run(run_worker(settings, url, name, burst=burst))
 
@@ -468,11 +482,16 @@ def generate(
     batch: int = typer.Option(1),
     lora: list[str] = typer.Option([], help="CODE or CODE:WEIGHT"),
     out: Path = typer.Option(Path("out"), help="where the PNGs are saved"),
+    watch_preview: Path | None = typer.Option(None, help="save the live previews in this folder"),
+    timeout: float = typer.Option(600.0, help="seconds to wait for the task"),
 ):
-    """Sign and send a GenerateImagesSDXL request to any PICPIK endpoint, wait, and save the images."""
-    from picserve import errors
+    """Sign and send a GenerateImagesSDXL request to any PICPIK endpoint, follow it, and save the images.
+
+    Exit codes: 0 finished, 1 the task failed or was cancelled, 2 refused, 3 unreachable, 4 timed out.
+    """
     from picserve.sdk import Client
     from picserve.sdk.types import GenerateImagesSDXLParams
+    from picserve.watch import Followed
 
     params: GenerateImagesSDXLParams = {
         "MainModel": {"ModelCode": model, "InferenceParams": {"Steps": steps, "Sampler": sampler, "CFGScale": cfg}},
@@ -487,21 +506,160 @@ def generate(
     if lora:
         params["SubModelList"] = [lora_ref(item) for item in lora]
     with Client(url, public_key, private_key) as client:
-        try:
-            uid = client.generate_images_sdxl(**params)
-            detail = client.wait(uid)
-        except errors.SDKError as exc:
-            typer.echo(f"failed: {exc.message}", err=True)
-            raise typer.Exit(1) from None
-        except errors.PicserveError as exc:
-            typer.echo(f"refused (RetCode {exc.ret_code}): {exc.message}", err=True)
-            raise typer.Exit(1) from None
-        if detail["Status"] != "Finished":
-            typer.echo(f"task {uid} ended {detail['Status']}: {detail['ErrorMassage']}", err=True)
-            raise typer.Exit(1)
+        uid = _client_call(lambda: client.generate_images_sdxl(**params))
+        typer.echo(f"task {uid}", err=True)
+        (detail,) = _follow(client, [Followed(uid, steps=steps)], timeout, watch_preview)
         for index, (image_url, image_seed) in enumerate(zip(detail["ImgList"], detail["SeedList"], strict=True)):
-            path = client.download(image_url, out / f"{uid}-{index}.png")
+            path = _client_call(functools.partial(client.download, image_url, out / f"{uid}-{index}.png"))
             typer.echo(f"{path}  seed={image_seed}")
+
+
+def _client_call(call: Callable[[], T]) -> T:
+    """An SDK call; a refusal or an unreachable server is a message on stderr and its exit code."""
+    from picserve import errors, watch
+
+    try:
+        return call()
+    except errors.WaitTimeout as exc:
+        typer.echo(f"timed out: {exc.message}", err=True)
+        raise typer.Exit(watch.EXIT_TIMEOUT) from None
+    except errors.SDKError as exc:
+        typer.echo(f"unreachable: {exc.message}", err=True)
+        raise typer.Exit(watch.EXIT_UNREACHABLE) from None
+    except errors.PicserveError as exc:
+        typer.echo(f"refused (RetCode {exc.ret_code}): {exc.message}", err=True)
+        raise typer.Exit(watch.EXIT_REFUSED) from None
+
+
+def _follow(client: Any, tasks: list[Any], timeout: float, preview_dir: Path | None) -> list[Any]:
+    """Follow `tasks` to their end (watch.follow); exit 1 when one failed or was cancelled."""
+    from picserve import watch
+
+    details = _client_call(lambda: watch.follow(client, tasks, timeout=timeout, preview_dir=preview_dir))
+    failed = [d for d in details if d["Status"] != "Finished"]
+    for detail in failed:
+        typer.echo(f"task {detail['TaskUID']} ended {detail['Status']}: {detail['ErrorMassage']}", err=True)
+    if failed:
+        raise typer.Exit(watch.EXIT_ERROR)
+    return details
+
+
+Url = typer.Option("http://127.0.0.1:8080", envvar="PICSERVE_URL", help="the PICPIK endpoint")
+PublicKey = typer.Option(..., envvar="PICSERVE_PUBLIC_KEY")
+PrivateKey = typer.Option(..., envvar="PICSERVE_PRIVATE_KEY")
+
+
+@tasks_app.command("wait")
+def tasks_wait(
+    task_uids: list[str] = typer.Argument(..., help="TaskUIDs of this key"),
+    url: str = Url,
+    public_key: str = PublicKey,
+    private_key: str = PrivateKey,
+    timeout: float = typer.Option(600.0, help="seconds to wait"),
+    watch_preview: Path | None = typer.Option(None, help="save the live previews in this folder"),
+):
+    """Follow tasks until they end (queue position, progress, previews).
+
+    Exit codes: 0 all finished, 1 one failed or was cancelled, 2 refused, 3 unreachable, 4 timed out.
+    """
+    from picserve.sdk import Client
+    from picserve.watch import Followed
+
+    with Client(url, public_key, private_key) as client:
+        details = _follow(client, [Followed(uid) for uid in task_uids], timeout, watch_preview)
+    for detail in details:
+        typer.echo(" ".join([detail["TaskUID"], detail["Status"], *detail["ImgList"]]))
+
+
+@tasks_app.command("show")
+def tasks_show(
+    task_uids: list[str] = typer.Argument(..., help="TaskUIDs of this key"),
+    url: str = Url,
+    public_key: str = PublicKey,
+    private_key: str = PrivateKey,
+    as_json: bool = typer.Option(False, "--json", help="one TaskDetail JSON object per line"),
+):
+    """Show tasks as ListTasksDetails has them (PreviewImage left out of the text form)."""
+    from picserve.sdk import Client
+
+    with Client(url, public_key, private_key) as client:
+        details = _client_call(lambda: client.list_tasks_details(task_uids))
+    found = {d["TaskUID"] for d in details}
+    for detail in details:
+        if as_json:
+            typer.echo(json.dumps(detail))
+            continue
+        where = f" #{detail['QueuePosition']} in the queue" if "QueuePosition" in detail else ""
+        typer.echo(f"{detail['TaskUID']}  {detail['Status']}{where}  progress {detail['Progress']:.0%}")
+        for image_url in detail["ImgList"]:
+            typer.echo(f"  {image_url}")
+        if detail["ErrorCode"]:
+            typer.echo(f"  error {detail['ErrorCode']}: {detail['ErrorMassage']}")
+    missing = [uid for uid in task_uids if uid not in found]
+    if missing:
+        typer.echo(f"not tasks of this key: {', '.join(missing)}", err=True)
+        raise typer.Exit(1)
+
+
+@tasks_app.command("cancel")
+def tasks_cancel(
+    task_uids: list[str] = typer.Argument(..., help="TaskUIDs of this key"),
+    url: str = Url,
+    public_key: str = PublicKey,
+    private_key: str = PrivateKey,
+):
+    """Cancel tasks (CancelTask): a queued one never runs, a running one stops at its next step."""
+    from picserve.sdk import Client
+
+    with Client(url, public_key, private_key) as client:
+        _client_call(lambda: client.cancel_task(task_uids))
+    typer.echo(f"cancel requested: {' '.join(task_uids)}")
+
+
+@tasks_app.command("list")
+def tasks_list(
+    status: list[str] = typer.Option([], help="Queuing, Running, Finished, Error, Canceled (repeatable)"),
+    key: str | None = typer.Option(None, help="only this public key's"),
+    model: str | None = typer.Option(None, help="only this main model's"),
+    limit: int = typer.Option(50, help="the newest N"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per task and line"),
+    data_dir: Path | None = DataDir,
+    database_url: str | None = DatabaseUrl,
+):
+    """Every key's tasks, newest first, from the database (the operator's view)."""
+    from picserve import domain
+
+    wanted = []
+    for name in status:
+        try:
+            wanted.append(domain.TaskStatus(name))
+        except ValueError:
+            names = ", ".join(s.value for s in domain.TaskStatus)
+            raise typer.BadParameter(f"one of {names}", param_hint="--status") from None
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    tasks = _with_repo(settings, lambda repo: repo.list_tasks(wanted, key, model, limit))
+    for task in tasks:
+        row = {
+            "TaskUID": task.task_uid,
+            "Status": task.status.value,
+            "PublicKey": task.public_key,
+            "Model": task.spec.model_code,
+            "Size": f"{task.spec.width}x{task.spec.height}",
+            "Steps": task.spec.steps,
+            "BatchSize": task.spec.batch_size,
+            "Worker": task.worker,
+            "Progress": round(task.progress, 4),
+            "Created": task.created_at.isoformat() if task.created_at else None,
+            "Finished": task.finished_at.isoformat() if task.finished_at else None,
+            "ErrorCode": task.error_code,
+        }
+        if as_json:
+            typer.echo(json.dumps(row))
+        else:
+            typer.echo(
+                f"{row['TaskUID']}  {row['Status']:<8}  {row['Model']}  {row['Size']}×{row['Steps']}  "
+                f"key {task.public_key[:12]}…  {row['Created']}  {task.worker or ''}"
+            )
 
 
 def lora_ref(item: str) -> ModelRef:

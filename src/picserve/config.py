@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 __all__ = ["Settings", "unknown_variables"]
 
@@ -56,6 +56,10 @@ class Settings:
     credit_divisor: int = 1024 * 1024
     #: credits a key gets when created without --credits
     default_credits: int = 1000
+    #: live previews of running tasks (TaskDetail.PreviewImage), from the latents without the VAE
+    previews: bool = True
+    #: minimum seconds between two previews of one task (each written with the task's progress)
+    preview_interval: float = 1.0
     #: append a LoRA's TriggerWordList to the prompt when its words are not there yet (off by default:
     #: a LoRA at weight 0 must give the base image, as in A1111; ListModels reports the words for clients)
     append_trigger_words: bool = False
@@ -87,9 +91,15 @@ class Settings:
     max_requests_per_minute: int = 600
     #: seconds a GenerateImagesSDXL request_uuid is remembered: a resend within it gets the same TaskUID
     idempotency_window: float = 24 * 3600
+    #: seconds a /v1/images request (the OpenAI-compatible endpoint) waits for its task; then 504, task cancelled
+    openai_wait_timeout: float = 300.0
     #: encrypts private keys at rest (Fernet keys, comma-separated, newest first); unset = <data_dir>/secret.key
     secret_key: str | None = None
     log_level: str = "info"
+    #: "text" lines, or "json": one JSON object per line with the task, key and model when known (logs.py)
+    log_format: Literal["text", "json"] = "text"
+    #: a worker serves its Prometheus metrics on this port (`serve` gives worker i this + i); 0 = none
+    worker_metrics_port: int = 0
 
     # Memory and size knobs. Each bounds what one process holds; the defaults suit one SDXL per GPU.
     #: images denoised together; a larger BatchSize runs in chunks of this many (GPU memory ∝ chunk)

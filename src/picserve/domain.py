@@ -170,6 +170,8 @@ class TaskRecord:
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: while Running: the latest preview image, a small JPEG data URI (None once it ended)
+    preview: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> TaskRecord:
@@ -190,6 +192,7 @@ class TaskRecord:
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
+            preview=row.get("preview"),
         )
 
 

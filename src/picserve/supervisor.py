@@ -39,6 +39,8 @@ def database(settings: Settings) -> Iterator[str]:
 def spawn_worker(settings: Settings, database_url: str, index: int = 0) -> subprocess.Popen[bytes]:
     """Start `picserve worker --name worker-INDEX`, tied to this process (see `die_with_parent`)."""
     env = {**os.environ, **settings.to_env(), "PICSERVE_DATABASE_URL": database_url}
+    if settings.worker_metrics_port:  # one metrics port per worker: worker-INDEX serves on port + INDEX
+        env["PICSERVE_WORKER_METRICS_PORT"] = str(settings.worker_metrics_port + index)
     command = [sys.executable, "-m", "picserve", "worker", "--name", f"worker-{index}"]
     return subprocess.Popen([*command, "--supervisor-pid", str(os.getpid())], env=env)
 
@@ -223,6 +225,8 @@ def serve(settings: Settings) -> None:
                 host=settings.host,
                 port=settings.port,
                 log_level=settings.log_level,
+                # JSON logs: uvicorn's records go to the root logger's handler too, instead of its own text
+                log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
             )
         finally:
             supervisor.stop()

@@ -88,7 +88,7 @@ def test_serve_keys_and_sdk_end_to_end(data_dir, models_dir):
             "--device",
             "cpu",
         ],
-        env=ENV,
+        env={**ENV, "PICSERVE_PREVIEW_INTERVAL": "0.05", "PICSERVE_PROGRESS_INTERVAL": "0.05"},
     )
     try:
         wait_healthy(base, serve)
@@ -136,15 +136,23 @@ def test_serve_keys_and_sdk_end_to_end(data_dir, models_dir):
             "--height",
             64,
             "--steps",
-            6,
+            30,
             "--seed",
             7,
             "--lora",
             "kohya-0:0.5",
             "--out",
             data_dir / "cli",
+            "--watch-preview",
+            data_dir / "previews",
         )
         assert cli.returncode == 0, cli.stderr
+        # stderr follows the task (one line per change when not a terminal), stdout has the files
+        (cli_uid,) = re.findall(r"^task (\w+)$", cli.stderr, re.M)
+        assert re.search(rf"^{cli_uid} Running \d+/30 steps \d+%$", cli.stderr, re.M), cli.stderr
+        assert cli.stderr.splitlines()[-1] == f"{cli_uid} Finished", cli.stderr
+        previews = sorted((data_dir / "previews").glob(f"{cli_uid}-preview-*.jpg"))
+        assert previews and Image.open(previews[0]).size == (10, 8), cli.stderr  # an eighth of 80×64
         ((path, seed),) = re.findall(r"^(\S+\.png)\s+seed=(\d+)$", cli.stdout, re.M)
         assert (
             seed == "7"
@@ -163,7 +171,31 @@ def test_serve_keys_and_sdk_end_to_end(data_dir, models_dir):
             "--model",
             "picserve-tiny",
         )
-        assert refused.returncode == 1 and "RetCode 170" in refused.stderr
+        assert refused.returncode == 2 and "RetCode 170" in refused.stderr
+        unreachable = picserve(
+            "tasks",
+            "show",
+            cli_uid,
+            "--url",
+            f"http://127.0.0.1:{free_port()}",
+            "--public-key",
+            "p",
+            "--private-key",
+            "k",
+        )
+        assert unreachable.returncode == 3 and unreachable.stderr.startswith("unreachable:"), unreachable.stderr
+
+        # The client's task commands, and the operator's list from the database.
+        keys = ["--url", base, "--public-key", early["PublicKey"], "--private-key", early["PrivateKey"]]
+        shown = picserve("tasks", "show", cli_uid, "--json", *keys)
+        assert shown.returncode == 0 and json.loads(shown.stdout)["Status"] == "Finished", shown.stderr
+        waited = picserve("tasks", "wait", uid, cli_uid, *keys)
+        assert waited.returncode == 0 and f"{cli_uid} Finished" in waited.stdout, waited.stderr
+        assert picserve("tasks", "cancel", cli_uid, *keys).returncode == 0  # an ended task: nothing to do
+        listed_tasks = picserve("tasks", "list", "--json", "--status", "Finished", "--data-dir", data_dir)
+        rows = [json.loads(line) for line in listed_tasks.stdout.splitlines()]
+        assert [r["TaskUID"] for r in rows] == [cli_uid, uid], listed_tasks.stderr  # newest first
+        assert rows[0]["Model"] == "picserve-tiny" and rows[0]["Size"] == "80x64"
 
         listed = picserve("keys", "list", "--data-dir", data_dir)
         assert {json.loads(line)["Name"] for line in listed.stdout.splitlines()} == {"early", "late"}

@@ -66,7 +66,7 @@ def test_cancel_a_queued_task_means_it_never_runs(stack, client):
 
 def test_an_internal_failure_reaches_the_client_as_a_stable_message(stack, client, caplog):
     class Broken(FakeEngine):
-        def generate(self, spec, on_step=None):
+        def generate(self, spec, on_step=None, on_preview=None):
             raise ValueError("secret internals /srv/models/x")
 
     uid = client.generate_images_sdxl(**request())

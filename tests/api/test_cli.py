@@ -45,4 +45,4 @@ def test_generate_refuses_a_bad_lora_before_any_network():
 def test_generate_reports_an_unreachable_server():
     args = ["generate", "cat", "--url", "http://127.0.0.1:9", "--public-key", "p", "--private-key", "k"]
     result = runner.invoke(cli.app, [*args, "--model", "m"])
-    assert result.exit_code == 1 and "failed:" in result.output
+    assert result.exit_code == 3 and "unreachable:" in result.output  # exit codes: see picserve/watch.py

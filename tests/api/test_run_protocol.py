@@ -35,7 +35,7 @@ class Watched(FakeEngine):
         self.spans: list[tuple[float, float]] = []
         self._count = threading.Lock()
 
-    def generate(self, spec, on_step=None):
+    def generate(self, spec, on_step=None, on_preview=None):
         with self._count:
             self.active += 1
             self.most_active = max(self.most_active, self.active)
@@ -146,7 +146,7 @@ def test_a_superseded_run_writes_nothing_and_deletes_its_files(stack, client):
     portal, repo = stack.api.portal, stack.repo
 
     class Superseded(FakeEngine):
-        def generate(self, spec, on_step=None):
+        def generate(self, spec, on_step=None, on_preview=None):
             generated = super().generate(spec, on_step)
             assert portal.call(repo.requeue_run, domain.Run(uid, "fast-worker", 1))
             assert portal.call(repo.mark_running, uid, "other-worker") is not None

@@ -10,6 +10,7 @@ by a requeue can no longer write.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -319,6 +320,31 @@ def test_record_progress_only_for_the_current_run(run_with_repo: RunWithRepo) ->
         assert await repo.record_progress(run, 0.25) is False
         assert (await record(repo, uid, key)).progress == 1.0
         assert await repo.record_progress(domain.Run(new_uid(), "worker-1", 1), 0.5) is False  # unknown
+
+    run_with_repo(body)
+
+
+@pytest.mark.parametrize("end", ["finish", "fail", "cancel", "requeue"])
+def test_a_preview_is_kept_while_running_and_dropped_when_the_task_leaves_running(
+    run_with_repo: RunWithRepo, end: str
+) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        run = await running(repo, key)
+        assert (await record(repo, run.task_uid, key)).preview is None
+        assert await repo.record_progress(run, 0.3, "data:image/jpeg;base64,AAAA") is True
+        assert await repo.record_progress(run, 0.4) is True  # no new preview: the last one stays
+        task = await record(repo, run.task_uid, key)
+        assert (task.progress, task.preview) == (0.4, "data:image/jpeg;base64,AAAA")
+        if end == "finish":
+            assert await repo.finish_task(run, ["r.png"], [1])
+        elif end == "fail":
+            assert await repo.fail_task(run, 500, "boom")
+        elif end == "cancel":
+            assert await repo.cancel_run(run)
+        else:
+            assert await repo.requeue_run(run)
+        assert (await record(repo, run.task_uid, key)).preview is None
 
     run_with_repo(body)
 
@@ -676,5 +702,37 @@ def test_run_of_tells_the_status_and_the_run_that_last_took_the_task(run_with_re
         assert await repo.requeue_run(first)
         assert await repo.run_of(requeued) == (Status.QUEUING, None)
         assert await repo.run_of(new_uid()) is None
+
+    run_with_repo(body)
+
+
+def test_queue_positions_count_every_key_queued_before(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        alice = (await repo.create_key("alice", 100)).public_key
+        bob = (await repo.create_key("bob", 100)).public_key
+        first, second, third = await queued(repo, alice), await queued(repo, bob), await queued(repo, alice)
+        assert await repo.queue_positions([third, first, second]) == {first: 1, second: 2, third: 3}
+        await take(repo, first)
+        assert await repo.queue_positions([first, second, third]) == {second: 1, third: 2}  # running: none
+        assert await repo.queue_positions([new_uid()]) == {}
+
+    run_with_repo(body)
+
+
+def test_list_tasks_filters_by_status_key_and_model_newest_first(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        alice = (await repo.create_key("alice", 100)).public_key
+        bob = (await repo.create_key("bob", 100)).public_key
+        a1 = await queued(repo, alice)
+        other = new_uid()
+        await repo.create_task(other, bob, ACTION, dataclasses.replace(SPEC, model_code="other-model"), 1)
+        a2 = (await running(repo, alice)).task_uid
+        assert [t.task_uid for t in await repo.list_tasks([], None, None, 10)] == [a2, other, a1]
+        assert [t.task_uid for t in await repo.list_tasks([], None, None, 2)] == [a2, other]
+        assert [t.task_uid for t in await repo.list_tasks([Status.RUNNING], None, None, 10)] == [a2]
+        assert [t.task_uid for t in await repo.list_tasks([], alice, None, 10)] == [a2, a1]
+        assert [t.task_uid for t in await repo.list_tasks([], None, "other-model", 10)] == [other]
+        both = [Status.QUEUING, Status.RUNNING]
+        assert [t.task_uid for t in await repo.list_tasks(both, alice, SPEC.model_code, 10)] == [a2, a1]
 
     run_with_repo(body)

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from picserve import cli, domain
 from picserve.config import Settings
-from picserve.engine.base import Generated, StepCallback
+from picserve.engine.base import Generated, PreviewCallback, StepCallback
 from picserve.engine.fake import FakeEngine
 from picserve.keycipher import KeyCipher
 from picserve.tasks import database, jobs, recovery, registry, routing, worker
@@ -47,12 +47,17 @@ class LoadingEngine(FakeEngine):
     def holdings(self) -> dict[str, list[str]]:
         return {"main": list(self.held), "lora": []}
 
-    def generate(self, spec: domain.GenerationSpec, on_step: StepCallback | None = None) -> Generated:
+    def generate(
+        self,
+        spec: domain.GenerationSpec,
+        on_step: StepCallback | None = None,
+        on_preview: PreviewCallback | None = None,
+    ) -> Generated:
         if spec.model_code not in self.held:
             self.loads += 1
             time.sleep(self.load_seconds)
             self.held = [spec.model_code]
-        return super().generate(spec, on_step)
+        return super().generate(spec, on_step, on_preview)
 
 
 def spec(model: str, label: str = "", steps: int = 2) -> domain.GenerationSpec:

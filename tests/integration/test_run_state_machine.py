@@ -64,7 +64,7 @@ class Counted(FakeEngine):
         self.active = self.most_active = 0
         self._lock = threading.Lock()
 
-    def generate(self, spec, on_step=None):
+    def generate(self, spec, on_step=None, on_preview=None):
         with self._lock:
             self.active += 1
             self.most_active = max(self.most_active, self.active)

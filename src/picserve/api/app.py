@@ -11,8 +11,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from picserve import __version__, keycipher
-from picserve.api import endpoint
+from picserve import __version__, keycipher, metrics
+from picserve.api import endpoint, openai_compat, openapi
 from picserve.api.services import Services
 from picserve.config import Settings
 from picserve.storage.factory import open_store
@@ -67,7 +67,11 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                 for task in background:
                     task.cancel()
 
-    app = FastAPI(title="picserve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    # /openapi.json and the docs pages are picserve's own (api/openapi.py), not FastAPI's
+    app = FastAPI(
+        title="picserve", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None
+    )
+    openapi.install(app)
 
     @app.post("/")
     async def picpik(request: Request) -> JSONResponse:
@@ -84,6 +88,16 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @app.get("/healthz")
     async def health() -> dict[str, Any]:
         return {"ok": True, "version": __version__}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics(request: Request) -> Response:
+        """Prometheus' text format (metrics.py): this process's requests, the queue read now."""
+        services = services_of(request.app)
+        body = await metrics.render_api(services.repo, services.translator, services.catalog)
+        return Response(body, media_type=metrics.CONTENT_TYPE)
+
+    # OpenAI's images API beside PICPIK's, for tools that speak it (api/openai_compat.py)
+    app.include_router(openai_compat.router)
 
     return app
 

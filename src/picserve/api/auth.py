@@ -1,7 +1,9 @@
-"""Who is calling: the key store lookup, the PICPIK signature check, then the key's request rate."""
+"""Who is calling: the key store lookup, the PICPIK signature check (or, for the OpenAI-compatible
+endpoint, the private key itself as a bearer token), then the key's request rate."""
 
 from __future__ import annotations
 
+import hmac
 import math
 from datetime import UTC, datetime
 
@@ -10,7 +12,7 @@ from picserve.protocol import signature
 from picserve.protocol.envelope import Envelope
 from picserve.tasks.repository import TaskRepository
 
-__all__ = ["authenticate"]
+__all__ = ["authenticate", "authenticate_key"]
 
 
 async def authenticate(repo: TaskRepository, envelope: Envelope, requests_per_minute: int = 0) -> domain.Account:
@@ -21,16 +23,41 @@ async def authenticate(repo: TaskRepository, envelope: Envelope, requests_per_mi
     next request on every API node. Only correctly signed requests are counted: nobody can spend
     another key's rate without its private key. The signature is compared in constant time.
     """
-    account = await repo.get_account(envelope.public_key)
-    if account is None or account.revoked:
-        raise errors.UnknownKey(f"PublicKey {envelope.public_key!r} is unknown or revoked")
-    if account.expire_at is not None and account.expire_at < datetime.now(UTC):
-        raise errors.UnknownKey(f"PublicKey {envelope.public_key!r} expired on {account.expire_at:%Y-%m-%d}")
+    account = await _live_account(repo, envelope.public_key)
     if not signature.verify(envelope.body, account.private_key):
         raise errors.AuthError(
             "Signature does not match: sign every field you send (request_uuid included), "
             "keys sorted, followed by your PrivateKey, with SHA-1"
         )
+    await _count_request(repo, account, requests_per_minute)
+    return account
+
+
+async def authenticate_key(
+    repo: TaskRepository, public_key: str, private_key: str, requests_per_minute: int = 0
+) -> domain.Account:
+    """The account of a key pair presented as such (the OpenAI-compatible endpoint's bearer token),
+    checked and counted exactly as `authenticate` checks a signed request: unknown, revoked or expired
+    keys are refused, the private key is compared in constant time, and only then is the request counted.
+    """
+    account = await _live_account(repo, public_key)
+    given, stored = private_key.encode("utf-8"), account.private_key.encode("utf-8")
+    if not hmac.compare_digest(given, stored):
+        raise errors.AuthError(f"the private key given for PublicKey {public_key!r} is not this key's")
+    await _count_request(repo, account, requests_per_minute)
+    return account
+
+
+async def _live_account(repo: TaskRepository, public_key: str) -> domain.Account:
+    account = await repo.get_account(public_key)
+    if account is None or account.revoked:
+        raise errors.UnknownKey(f"PublicKey {public_key!r} is unknown or revoked")
+    if account.expire_at is not None and account.expire_at < datetime.now(UTC):
+        raise errors.UnknownKey(f"PublicKey {public_key!r} expired on {account.expire_at:%Y-%m-%d}")
+    return account
+
+
+async def _count_request(repo: TaskRepository, account: domain.Account, requests_per_minute: int) -> None:
     rate = account.max_requests_per_minute if account.max_requests_per_minute is not None else requests_per_minute
     if rate > 0:
         wait = await repo.take_request(account.public_key, rate)
@@ -39,4 +66,3 @@ async def authenticate(repo: TaskRepository, envelope: Envelope, requests_per_mi
                 f"this key may send {rate} requests per minute and has sent them: "
                 f"retry in {math.ceil(wait * 10) / 10:g} s"
             )
-    return account

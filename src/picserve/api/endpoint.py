@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, TypeGuard
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from picserve import errors
+from picserve import errors, logs, metrics
 from picserve.api import auth
 from picserve.api.actions import ACTIONS
 from picserve.api.services import Services
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 async def handle(services: Services, request: Request) -> JSONResponse:
     """Parse → authenticate → dispatch → reply. Always HTTP 200; failures carry a non-zero RetCode."""
+    started = time.perf_counter()
     action: str = ""
     request_uuid: str | None = None
     try:
@@ -45,13 +47,23 @@ async def handle(services: Services, request: Request) -> JSONResponse:
                 f"Action {envelope.action!r} is not served here; available: {', '.join(sorted(ACTIONS))}"
             )
         account = await auth.authenticate(services.repo, envelope, services.settings.max_requests_per_minute)
+        logs.bind(key=account.public_key)  # on this request's log lines (JSON logs)
         fields = await handler(services, account, envelope, str(request.base_url))
-        return JSONResponse(ok_reply(action, request_uuid, fields))
+        return _replied(action, started, ok_reply(action, request_uuid, fields))
     except errors.PicserveError as exc:
-        return JSONResponse(error_reply(action, request_uuid, exc))
+        return _replied(action, started, error_reply(action, request_uuid, exc))
     except Exception:  # a bug of ours: logged with its traceback, answered without it
         log.exception("unhandled error in %s", action or "request")
-        return JSONResponse(error_reply(action, request_uuid, errors.PicserveError("internal server error")))
+        internal = errors.PicserveError("internal server error")
+        return _replied(action, started, error_reply(action, request_uuid, internal))
+
+
+def _replied(action: str, started: float, reply: dict[str, Any]) -> JSONResponse:
+    """The reply, counted in the metrics by Action (a client's Action string becomes a label only
+    when it names a served Action: clients cannot add series) and RetCode."""
+    response = JSONResponse(reply)
+    metrics.observe_request(action if action in ACTIONS else "", reply["RetCode"], time.perf_counter() - started)
+    return response
 
 
 def _echoable(value: Any) -> TypeGuard[str]:

@@ -15,10 +15,13 @@ from PIL import Image
 from picserve import domain
 from picserve.engine import png
 
-__all__ = ["Generated", "GenerationEngine", "StepCallback"]
+__all__ = ["Generated", "GenerationEngine", "PreviewCallback", "StepCallback"]
 
 #: called after every denoising step with the fraction done (0..1]; may raise TaskCanceled
 StepCallback = Callable[[float], None]
+#: called after every denoising step with a function making a preview of the image so far (so that a
+#: caller that wants none this step pays nothing; see engine/previews.py)
+PreviewCallback = Callable[[Callable[[], Image.Image]], None]
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,14 @@ class Generated:
 class GenerationEngine(Protocol):
     """Runs generations on one device, one at a time."""
 
-    def generate(self, spec: domain.GenerationSpec, on_step: StepCallback | None = None) -> Generated:
-        """Images for `spec`; `on_step` after each denoising step (it may raise TaskCanceled to stop)."""
+    def generate(
+        self,
+        spec: domain.GenerationSpec,
+        on_step: StepCallback | None = None,
+        on_preview: PreviewCallback | None = None,
+    ) -> Generated:
+        """Images for `spec`; `on_step` after each denoising step (it may raise TaskCanceled to stop);
+        `on_preview` after each step with a function making a preview image (engine/previews.py)."""
         ...
 
     def holdings(self) -> dict[str, list[str]]:

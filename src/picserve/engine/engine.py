@@ -12,8 +12,8 @@ from PIL import Image
 
 from picserve import __version__, domain, reference_images
 from picserve import catalog as catalog_module
-from picserve.engine import adapters, loader, memory, png, prompts, samplers, tiling
-from picserve.engine.base import Generated, StepCallback
+from picserve.engine import adapters, loader, memory, png, previews, prompts, samplers, tiling
+from picserve.engine.base import Generated, PreviewCallback, StepCallback
 
 __all__ = ["Engine", "Generated", "StepCallback"]
 
@@ -67,7 +67,12 @@ class Engine:
             "lora": [name for m in models for name in [*m.loras, *self.adapters.patched(m)]],
         }
 
-    def generate(self, spec: domain.GenerationSpec, on_step: StepCallback | None = None) -> Generated:
+    def generate(
+        self,
+        spec: domain.GenerationSpec,
+        on_step: StepCallback | None = None,
+        on_preview: PreviewCallback | None = None,
+    ) -> Generated:
         """Images for `spec`, which the API has checked against the model (`to_spec`).
 
         `on_step` is called after every denoising step, and also once the model is loaded and before
@@ -78,14 +83,16 @@ class Engine:
         runs out of memory, even one image at a time (memory is freed; the next generation can run).
         """
         with self._generating, memory.as_error(spec, self.pipelines.device.type, self._free_memory):
-            return self._generate(spec, on_step or _no_progress)
+            return self._generate(spec, on_step or _no_progress, on_preview)
 
     def _free_memory(self) -> None:
         """Room for a retry: the other main models leave memory, then the allocator's cache is emptied."""
         self.pipelines.unload_all(keep=self.pipelines.loaded[-1:])  # the model of this request stays
         loader.free_memory(self.pipelines.device)
 
-    def _generate(self, spec: domain.GenerationSpec, on_step: StepCallback) -> Generated:
+    def _generate(
+        self, spec: domain.GenerationSpec, on_step: StepCallback, on_preview: PreviewCallback | None
+    ) -> Generated:
         # 1. The pipeline for the mode (txt2img, img2img, inpaint share one loaded model) and a fresh scheduler.
         #    Loading can take long: a cancel that came meanwhile stops here. The API has checked the model
         #    against the request (to_spec): an inpainting model gets a mask, ClipSkip is within its encoder.
@@ -135,6 +142,9 @@ class Engine:
             def denoise(chunk_seeds: list[int], on_chunk_step: Callable[[float], None]) -> list[Image.Image]:
                 def step_end(step_pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
                     on_chunk_step((step + 1) / max(1, step_pipe.num_timesteps))
+                    if on_preview is not None:
+                        latents = kwargs["latents"]
+                        on_preview(lambda: previews.latents_to_image(latents))
                     return kwargs
 
                 output = pipe(

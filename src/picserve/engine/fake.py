@@ -12,6 +12,7 @@ and ends, as the real engine's does, in images or in `errors.OutOfMemory`.
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from PIL import Image
 
 from picserve import domain
 from picserve.engine import memory, png
-from picserve.engine.base import Generated, StepCallback
+from picserve.engine.base import Generated, PreviewCallback, StepCallback
 
 __all__ = ["FakeEngine"]
 
@@ -46,7 +47,12 @@ class FakeEngine:
     def holdings(self) -> dict[str, list[str]]:
         return {"main": list(self._loaded), "lora": []}
 
-    def generate(self, spec: domain.GenerationSpec, on_step: StepCallback | None = None) -> Generated:
+    def generate(
+        self,
+        spec: domain.GenerationSpec,
+        on_step: StepCallback | None = None,
+        on_preview: PreviewCallback | None = None,
+    ) -> Generated:
         self.calls.append(spec)
         self._loaded = [spec.model_code]
 
@@ -59,6 +65,8 @@ class FakeEngine:
                 if self.step_seconds:
                     time.sleep(self.step_seconds)
                 on_chunk_step((step + 1) / spec.steps)
+                if on_preview is not None:
+                    on_preview(functools.partial(_flat_preview, spec, (step + 1) / spec.steps))
             return [_noise(seed, spec.width, spec.height) for seed in seeds]
 
         with memory.as_error(spec, "cuda", gc.collect):
@@ -68,6 +76,12 @@ class FakeEngine:
         fields = {"Steps": spec.steps, "Size": f"{spec.width}x{spec.height}", "Model": spec.model_code}
         texts = [png.infotext(spec.prompt, spec.negative_prompt, {**fields, "Seed": seed}) for seed in spec.seeds]
         return Generated(images=images, seeds=spec.seeds, infotexts=texts)
+
+
+def _flat_preview(spec: domain.GenerationSpec, progress: float) -> Image.Image:
+    """A preview an eighth of the image's size, grey as light as the progress."""
+    level = round(255 * progress)
+    return Image.new("RGB", (max(1, spec.width // 8), max(1, spec.height // 8)), (level, level, level))
 
 
 def _no_progress(progress: float) -> None:

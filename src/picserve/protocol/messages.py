@@ -162,6 +162,10 @@ class TaskDetail(BaseModel):
     NegativePrompt: str = ""
     OriginalPrompt: str = ""
     OriginalNegativePrompt: str = ""
+    #: while Running (and previews are on): the image so far, a small JPEG data URI; absent otherwise
+    PreviewImage: str | None = None
+    #: while Queuing: 1 + the tasks of any key queued before it; absent otherwise
+    QueuePosition: int | None = None
 
 
 _M = TypeVar("_M", bound=BaseModel)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Unpack, cast
@@ -121,11 +121,20 @@ class Client:
     def cancel_task(self, task_uids: Sequence[str]) -> None:
         self.call("CancelTask", TaskUIDList=list(task_uids))
 
-    def wait(self, task_uid: str, timeout: float = 600.0, poll: float = 0.5) -> TaskDetail:
-        """Poll until the task ends; returns its TaskDetail (Finished, Error or Canceled)."""
+    def wait(
+        self,
+        task_uid: str,
+        timeout: float = 600.0,
+        poll: float = 0.5,
+        on_update: Callable[[TaskDetail], None] | None = None,
+    ) -> TaskDetail:
+        """Poll until the task ends; returns its TaskDetail (Finished, Error or Canceled). `on_update`
+        gets every TaskDetail polled (queue position, progress, preview), the last one included."""
         deadline = time.monotonic() + timeout
         while True:
             detail = self.list_tasks_details([task_uid])[0]
+            if on_update is not None:
+                on_update(detail)
             if domain.TaskStatus(detail["Status"]).is_terminal:
                 return detail
             if time.monotonic() > deadline:

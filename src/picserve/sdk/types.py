@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired
+
+# typing_extensions' TypedDict: pydantic makes JSON schemas (api/openapi.py) only from that one before Python 3.12
+from typing_extensions import TypedDict
 
 __all__ = [
     "CreditBalance",
@@ -12,8 +15,12 @@ __all__ = [
     "InferenceParams",
     "ModelRef",
     "ModelsReply",
+    "ReplyFields",
     "TaskDetail",
+    "TaskDetailsReply",
     "TaskStatusName",
+    "TaskUIDListReply",
+    "TaskUIDReply",
 ]
 
 TaskStatusName = Literal["Queuing", "Running", "Finished", "Error", "Canceled"]
@@ -71,6 +78,8 @@ class TaskDetail(TypedDict):
     NegativePrompt: str
     OriginalPrompt: str
     OriginalNegativePrompt: str
+    PreviewImage: NotRequired[str]  # while Running, when previews are on: the image so far (a JPEG data URI)
+    QueuePosition: NotRequired[int]  # while Queuing: 1 + the tasks of any key queued before it
 
 
 class CreditBalance(TypedDict):
@@ -84,3 +93,34 @@ class ModelsReply(TypedDict):
     LoraModels: dict[str, dict[str, Any]]
     EmbeddingModels: dict[str, dict[str, Any]]
     HypernetworkModels: dict[str, dict[str, Any]]
+    VaeModels: dict[str, dict[str, Any]]  # picserve extension: the installed VAEs
+
+
+# The replies' own fields, for the actions whose SDK call unwraps them (and for /openapi.json).
+
+
+class ReplyFields(TypedDict):
+    """What every reply carries; an action's own fields sit beside them (RetCode 0: success)."""
+
+    Action: str
+    RetCode: int
+    Message: str
+    request_uuid: NotRequired[str]
+
+
+class TaskUIDReply(TypedDict):
+    """GenerateImagesSDXL's reply."""
+
+    TaskUID: str
+
+
+class TaskDetailsReply(TypedDict):
+    """ListTasksDetails' reply."""
+
+    TaskDetailList: list[TaskDetail]
+
+
+class TaskUIDListReply(TypedDict):
+    """ListRunningTasks' reply."""
+
+    TaskUIDList: list[str]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -29,7 +30,14 @@ class EngineThread:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> concurrent.futures.Future[T]:
-        return self._executor.submit(fn, *args, **kwargs)
+        """Queue `fn(*args, **kwargs)`; it runs in a copy of the caller's context (as `asyncio.to_thread`
+        does), so what the caller's contextvars hold (the log context) holds there too."""
+        context = contextvars.copy_context()
+
+        def call() -> T:
+            return context.run(fn, *args, **kwargs)
+
+        return self._executor.submit(call)
 
     async def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `fn` on the engine thread and await its result (the call itself is not cancellable)."""

@@ -22,7 +22,9 @@ The run is a protocol (cog's worker and `Done`, InvokeAI's one thread per device
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
+import io
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,10 +32,11 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import procrastinate
+from PIL import Image
 from procrastinate.job_context import AbortReason
 
-from picserve import domain, errors
-from picserve.engine.base import GenerationEngine, StepCallback
+from picserve import domain, errors, logs, metrics
+from picserve.engine.base import GenerationEngine, PreviewCallback, StepCallback
 from picserve.storage.base import Store
 from picserve.tasks import references
 from picserve.tasks.engine_thread import EngineThread
@@ -165,6 +168,8 @@ class WorkerRuntime:
     name: str
     #: minimum seconds between two progress writes of one task
     progress_interval: float = 0.5
+    #: minimum seconds between two previews of one task; None: no previews
+    preview_interval: float | None = None
     #: the one thread every engine call runs on (see engine_thread.py for why)
     engine_thread: EngineThread = field(default_factory=EngineThread)
     #: how the run's database writes wait out an outage (the worker passes a PostgreSQL-aware one)
@@ -211,7 +216,8 @@ async def run_generation(context: procrastinate.JobContext, task_uid: str) -> No
     if runtime.registry is not None:
         runtime.registry.job_started(task_uid)
     try:
-        await _run(context, runtime, task_uid, ran)
+        with logs.context(task_uid=task_uid, worker=runtime.name, timed=True):
+            await _run(context, runtime, task_uid, ran)
     finally:
         if runtime.registry is not None:
             await asyncio.shield(_report(runtime, ran[0].model_code if ran else None))
@@ -246,24 +252,33 @@ async def _run(
         return
     run, spec = started
     ran.append(spec)
+    logs.bind(model=spec.model_code, attempt=run.attempt)
+    watch = metrics.TaskWatch(spec)
     outcome: Outcome = Failed(500, INTERNAL_ERROR.format(task_uid=task_uid))
     try:
-        outcome = await _execute(context, runtime, run, spec)
+        outcome = await _execute(context, runtime, run, spec, watch)
     except asyncio.CancelledError:
         outcome = _aborted(context)  # the engine thread has returned: _execute waited for it
         raise
     finally:
         await asyncio.shield(_apply(runtime, run, spec, outcome))
+        watch.done(type(outcome).__name__.lower(), outcome.code if isinstance(outcome, Failed) else None)
 
 
 async def _execute(
-    context: procrastinate.JobContext, runtime: WorkerRuntime, run: domain.Run, spec: domain.GenerationSpec
+    context: procrastinate.JobContext,
+    runtime: WorkerRuntime,
+    run: domain.Run,
+    spec: domain.GenerationSpec,
+    watch: metrics.TaskWatch,
 ) -> Outcome:
     """Generate and store; the outcome, or CancelledError (after the engine thread has returned)."""
-    on_step = _step_callback(context, runtime, run)
+    on_step, on_preview = _step_callback(context, runtime, run)
+    on_step = watch.steps(on_step)
 
     def generate() -> tuple[list[bytes], list[int]]:  # on the engine thread
-        generated = runtime.engine.generate(spec, on_step)
+        with watch.engine_call(runtime.engine.holdings):  # what it loads, for the metrics
+            generated = runtime.engine.generate(spec, on_step, on_preview)
         if context.should_abort():  # asked to stop during the VAE decode: no files for this run
             raise errors.TaskCanceled()
         return generated.pngs(), generated.seeds
@@ -312,12 +327,18 @@ async def _own_until_done(
     return result
 
 
-def _step_callback(context: procrastinate.JobContext, runtime: WorkerRuntime, run: domain.Run) -> StepCallback:
-    """Called by the engine (on its thread) after each step and between phases: stops the engine once
-    the job is asked to abort, and writes progress at most every `progress_interval` seconds."""
+def _step_callback(
+    context: procrastinate.JobContext, runtime: WorkerRuntime, run: domain.Run
+) -> tuple[StepCallback, PreviewCallback | None]:
+    """The engine's callbacks (called on its thread after each step and between phases): the first
+    stops the engine once the job is asked to abort, and writes progress at most every
+    `progress_interval` seconds; the second (None without previews) makes a preview at most every
+    `preview_interval` seconds and has it written with the next progress write."""
     loop = asyncio.get_running_loop()
     last_write = [float("-inf")]
     writing: list[concurrent.futures.Future[None]] = []
+    last_preview = [float("-inf")]
+    pending: list[str] = []  # the preview made since the last write
 
     def on_step(progress: float) -> None:
         if context.should_abort():
@@ -326,15 +347,30 @@ def _step_callback(context: procrastinate.JobContext, runtime: WorkerRuntime, ru
         # one write at a time: while the database is away, writes are dropped rather than piled up
         if now - last_write[0] >= runtime.progress_interval and not (writing and not writing[0].done()):
             last_write[0] = now
-            writing[:] = [asyncio.run_coroutine_threadsafe(_write_progress(runtime, run, progress), loop)]
+            preview = pending.pop() if pending else None
+            writing[:] = [asyncio.run_coroutine_threadsafe(_write_progress(runtime, run, progress, preview), loop)]
 
-    return on_step
+    def on_preview(make: Callable[[], Image.Image]) -> None:
+        interval = runtime.preview_interval
+        now = time.monotonic()
+        if interval is not None and now - last_preview[0] >= interval:
+            last_preview[0] = now
+            pending[:] = [_data_uri(make())]
+
+    return on_step, (on_preview if runtime.preview_interval is not None else None)
 
 
-async def _write_progress(runtime: WorkerRuntime, run: domain.Run, progress: float) -> None:
+def _data_uri(image: Image.Image) -> str:
+    """A preview as a small JPEG data URI (a 128² preview of a 1024² image: 5–15 KB)."""
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+async def _write_progress(runtime: WorkerRuntime, run: domain.Run, progress: float, preview: str | None) -> None:
     """Best effort: a progress write the database cannot take now is dropped; the next one catches up."""
     try:
-        await runtime.repo.record_progress(run, progress)
+        await runtime.repo.record_progress(run, progress, preview)
     except errors.ServerBusy as exc:
         log.debug("task %s: progress not written: %s", run.task_uid, exc)
     except Exception:

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -176,9 +177,33 @@ class InMemoryRepository:
     async def queued_count(self) -> int:
         return sum(1 for t in self._tasks.values() if t.status is domain.TaskStatus.QUEUING)
 
+    async def queued_by_model(self) -> dict[str, int]:
+        return dict(Counter(t.spec.model_code for t in self._tasks.values() if t.status is domain.TaskStatus.QUEUING))
+
+    async def open_task_histogram(self) -> dict[int, int]:
+        per_key = Counter(t.public_key for t in self._tasks.values() if t.status in _OPEN)
+        counts = (per_key[k] for k, account in self._keys.items() if per_key[k] or not account.revoked)
+        return dict(Counter(counts))
+
     async def get_many(self, task_uids: Sequence[str], public_key: str) -> list[domain.TaskRecord]:
         found = (self._tasks.get(uid) for uid in dict.fromkeys(task_uids))
         return [t for t in found if t is not None and t.public_key == public_key]
+
+    async def list_tasks(
+        self, statuses: Sequence[domain.TaskStatus], public_key: str | None, model_code: str | None, limit: int
+    ) -> list[domain.TaskRecord]:
+        found = [
+            t
+            for t in reversed(self._tasks.values())
+            if (not statuses or t.status in statuses)
+            and public_key in (None, t.public_key)
+            and model_code in (None, t.spec.model_code)
+        ]
+        return found[:limit]
+
+    async def queue_positions(self, task_uids: Sequence[str]) -> dict[str, int]:
+        queued = [t.task_uid for t in self._tasks.values() if t.status is domain.TaskStatus.QUEUING]  # arrival order
+        return {uid: queued.index(uid) + 1 for uid in task_uids if uid in queued}
 
     async def open_tasks(self, public_key: str) -> list[str]:
         return [t.task_uid for t in self._tasks.values() if t.public_key == public_key and t.status in _OPEN]
@@ -227,10 +252,10 @@ class InMemoryRepository:
             return None
         return task.status, domain.Run(task_uid, task.worker, task.attempt) if task.worker is not None else None
 
-    async def record_progress(self, run: domain.Run, progress: float) -> bool:
+    async def record_progress(self, run: domain.Run, progress: float, preview: str | None = None) -> bool:
         task = self._current(run)
         if task is not None:
-            self._save(dataclasses.replace(task, progress=progress))
+            self._save(dataclasses.replace(task, progress=progress, preview=preview or task.preview))
         return task is not None
 
     async def finish_task(self, run: domain.Run, result_keys: Sequence[str], seeds: Sequence[int]) -> bool:
@@ -281,6 +306,8 @@ class InMemoryRepository:
         return task if task is not None and task.status in expected else None
 
     def _save(self, task: domain.TaskRecord) -> None:
+        if task.preview is not None and task.status is not domain.TaskStatus.RUNNING:
+            task = dataclasses.replace(task, preview=None)  # as migration 0005's trigger does
         self._tasks[task.task_uid] = task
 
     def _current(self, run: domain.Run) -> domain.TaskRecord | None:

@@ -276,12 +276,51 @@ class PostgresRepository:
         row = await self._one("SELECT count(*) AS n FROM picserve_tasks WHERE status = 'Queuing'")
         return int(row["n"]) if row else 0
 
+    async def queued_by_model(self) -> dict[str, int]:
+        rows = await self._all(
+            "SELECT coalesce(model_code, spec->>'model_code') AS model, count(*) AS n FROM picserve_tasks "
+            "WHERE status = 'Queuing' GROUP BY 1"
+        )
+        return {r["model"]: int(r["n"]) for r in rows}
+
+    async def open_task_histogram(self) -> dict[int, int]:
+        # one pass over the keys, each joined to its open tasks through picserve_tasks_key_status
+        rows = await self._all(
+            "SELECT n, count(*) AS keys FROM ("
+            "  SELECT k.revoked, count(t.task_uid) AS n FROM picserve_keys k"
+            "  LEFT JOIN picserve_tasks t ON t.public_key = k.public_key AND t.status = ANY(%s)"
+            "  GROUP BY k.public_key, k.revoked"
+            ") per_key WHERE n > 0 OR NOT revoked GROUP BY n",
+            (_OPEN,),
+        )
+        return {int(r["n"]): int(r["keys"]) for r in rows}
+
     async def get_many(self, task_uids: Sequence[str], public_key: str) -> list[domain.TaskRecord]:
         rows = await self._all(
             "SELECT * FROM picserve_tasks WHERE task_uid = ANY(%s) AND public_key = %s",
             (list(task_uids), public_key),
         )
         return [domain.TaskRecord.from_row(r) for r in rows]
+
+    async def list_tasks(
+        self, statuses: Sequence[domain.TaskStatus], public_key: str | None, model_code: str | None, limit: int
+    ) -> list[domain.TaskRecord]:
+        rows = await self._all(
+            "SELECT * FROM picserve_tasks WHERE (cardinality(%s::text[]) = 0 OR status = ANY(%s)) "
+            "AND (%s::text IS NULL OR public_key = %s) AND (%s::text IS NULL OR model_code = %s) "
+            "ORDER BY created_at DESC LIMIT %s",
+            (*[[s.value for s in statuses]] * 2, public_key, public_key, model_code, model_code, limit),
+        )
+        return [domain.TaskRecord.from_row(r) for r in rows]
+
+    async def queue_positions(self, task_uids: Sequence[str]) -> dict[str, int]:
+        rows = await self._all(
+            "SELECT t.task_uid, 1 + (SELECT count(*) FROM picserve_tasks q WHERE q.status = 'Queuing' "
+            "AND q.created_at < t.created_at) AS position FROM picserve_tasks t "
+            "WHERE t.task_uid = ANY(%s) AND t.status = 'Queuing'",
+            (list(task_uids),),
+        )
+        return {r["task_uid"]: int(r["position"]) for r in rows}
 
     async def open_tasks(self, public_key: str) -> list[str]:
         rows = await self._all(
@@ -340,9 +379,10 @@ class PostgresRepository:
         run = domain.Run(task_uid, row["worker"], row["attempt"]) if row["worker"] is not None else None
         return domain.TaskStatus(row["status"]), run
 
-    async def record_progress(self, run: domain.Run, progress: float) -> bool:
+    async def record_progress(self, run: domain.Run, progress: float, preview: str | None = None) -> bool:
         row = await self._one(
-            f"UPDATE picserve_tasks SET progress = %s WHERE {_RUN} RETURNING 1", (progress, *_of(run))
+            f"UPDATE picserve_tasks SET progress = %s, preview = coalesce(%s, preview) WHERE {_RUN} RETURNING 1",
+            (progress, preview, *_of(run)),
         )
         return row is not None
 

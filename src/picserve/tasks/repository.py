@@ -109,12 +109,34 @@ class TaskRepository(Protocol):
         """Tasks in Queuing, over every key."""
         ...
 
+    async def queued_by_model(self) -> dict[str, int]:
+        """Tasks in Queuing per main model (ModelCode), over every key; models with none are left out."""
+        ...
+
+    async def open_task_histogram(self) -> dict[int, int]:
+        """How many keys have each number of open (Queuing or Running) tasks: {open tasks: keys}. Every
+        key counts, with 0 when it has none, except a revoked key with none. No key is named (what the
+        metrics bucket)."""
+        ...
+
     async def get_many(self, task_uids: Sequence[str], public_key: str) -> list[domain.TaskRecord]:
         """The tasks among `task_uids` that belong to `public_key`, in no particular order."""
         ...
 
     async def open_tasks(self, public_key: str) -> list[str]:
         """The key's Queuing and Running tasks, oldest first."""
+        ...
+
+    async def list_tasks(
+        self, statuses: Sequence[domain.TaskStatus], public_key: str | None, model_code: str | None, limit: int
+    ) -> list[domain.TaskRecord]:
+        """Every key's tasks (the operator's view), newest first, at most `limit`: of those statuses
+        (none: any), that key, that main model, where given."""
+        ...
+
+    async def queue_positions(self, task_uids: Sequence[str]) -> dict[str, int]:
+        """For each queued task among `task_uids`: 1 + the tasks of any key queued before it (the queue
+        in arrival order; the fetch's fair share and affinity may start it sooner)."""
         ...
 
     async def request_cancel(self, task_uid: str) -> None:
@@ -140,8 +162,10 @@ class TaskRepository(Protocol):
         was lost (the connection broke mid-statement) was applied."""
         ...
 
-    async def record_progress(self, run: domain.Run, progress: float) -> bool:
-        """The fraction done (0..1) of the run's task; False when `run` is not the task's current run."""
+    async def record_progress(self, run: domain.Run, progress: float, preview: str | None = None) -> bool:
+        """The fraction done (0..1) of the run's task, and its latest preview image (a data URI; None:
+        keep the last one); False when `run` is not the task's current run. A task that leaves Running
+        drops its preview."""
         ...
 
     async def finish_task(self, run: domain.Run, result_keys: Sequence[str], seeds: Sequence[int]) -> bool:

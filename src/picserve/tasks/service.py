@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Sequence
 
@@ -12,6 +13,8 @@ from picserve.tasks import references, xid
 from picserve.tasks.repository import TaskRepository
 
 __all__ = ["TaskService", "cost_of"]
+
+log = logging.getLogger(__name__)
 
 
 def cost_of(spec: domain.GenerationSpec, divisor: int) -> int:
@@ -65,6 +68,8 @@ class TaskService:
             raise
         if created != task_uid:  # a resend that raced its first copy: that one's task stands
             await asyncio.to_thread(references.drop, stashed, self.store)
+        else:
+            log.info("task %s queued", created, extra={"task_uid": created, "model": spec.model_code})
         return created
 
     async def get_many(self, account: domain.Account, task_uids: Sequence[str]) -> list[domain.TaskRecord]:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import procrastinate
 from procrastinate.worker import Worker
 
+from picserve import metrics
 from picserve.catalog import Catalog
 from picserve.config import Settings
 from picserve.engine.base import GenerationEngine
@@ -100,15 +101,18 @@ async def run_worker(
             store=open_store(settings),
             name=name,
             progress_interval=settings.progress_interval,
+            preview_interval=settings.preview_interval if settings.previews else None,
             retry=retry,
             registry=roster,
         )
         await roster.register(await runtime.engine_thread.call(engine.holdings))
         sweeper = asyncio.create_task(recovery.sweep_forever(db, settings.stalled_after, settings.stalled_after / 3))
         beater = asyncio.create_task(_beat_forever(roster, settings.heartbeat_interval))
+        stop_metrics = metrics.serve_worker(settings.worker_metrics_port, settings.host, device)
         try:
             await work(app, runtime, settings, burst=burst)
         finally:
+            stop_metrics()
             sweeper.cancel()
             beater.cancel()
             runtime.engine_thread.close()

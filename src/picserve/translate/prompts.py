@@ -43,11 +43,18 @@ class PromptTranslator:
         self._cache: OrderedDict[tuple[str, str], str] = OrderedDict()  # (segment, language) → English
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._hits = 0  # segments answered from the cache (read by the metrics)
+        self._misses = 0  # segments sent to a translation model
 
     @property
     def languages(self) -> list[str]:
         """Languages a model is installed for."""
         return sorted(self._factories)
+
+    def cache_stats(self) -> tuple[int, int]:
+        """(hits, misses) of the segment cache since this translator was made."""
+        with self._lock:
+            return self._hits, self._misses
 
     def warm_up(self) -> None:
         """Load the detector now rather than on the first request."""
@@ -89,12 +96,14 @@ class PromptTranslator:
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
+                self._hits += 1
                 return self._cache[key]
         translator = self._translator(language)
         if translator is None:
             return None
         english = translator.translate([text], language)[0]
         with self._lock:
+            self._misses += 1
             self._cache[key] = english
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)

@@ -16,11 +16,23 @@ __all__ = ["handle", "task_detail"]
 async def handle(services: Services, account: domain.Account, envelope: Envelope, base_url: str) -> dict[str, Any]:
     request = messages.parse(messages.ListTasksDetails, envelope.params)
     tasks = await services.tasks.get_many(account, request.TaskUIDList)
-    return {"TaskDetailList": [task_detail(t, lambda key: services.result_url(key, base_url)) for t in tasks]}
+    queued = [t.task_uid for t in tasks if t.status is domain.TaskStatus.QUEUING]
+    positions = await services.repo.queue_positions(queued) if queued else {}
+    return {
+        "TaskDetailList": [
+            task_detail(t, lambda key: services.result_url(key, base_url), positions.get(t.task_uid)) for t in tasks
+        ]
+    }
 
 
-def task_detail(task: domain.TaskRecord, url_of: Callable[[str], str]) -> dict[str, Any]:
+def task_detail(
+    task: domain.TaskRecord, url_of: Callable[[str], str], queue_position: int | None = None
+) -> dict[str, Any]:
+    """A task as PICPIK's TaskDetail, with picserve's extensions; `QueuePosition` and `PreviewImage`
+    are present only while they mean something (queued; running with a preview)."""
     finished = task.status is domain.TaskStatus.FINISHED
+    preview = task.preview if task.status is domain.TaskStatus.RUNNING else None  # absent, not null, otherwise
+    extras = {"PreviewImage": preview, "QueuePosition": queue_position}
     return messages.TaskDetail(
         TaskUID=task.task_uid,
         Action=task.action,
@@ -41,4 +53,6 @@ def task_detail(task: domain.TaskRecord, url_of: Callable[[str], str]) -> dict[s
             if task.spec.original_negative_prompt is not None
             else task.spec.negative_prompt
         ),
-    ).model_dump()
+        PreviewImage=preview,
+        QueuePosition=queue_position,
+    ).model_dump(exclude={name for name, value in extras.items() if value is None})

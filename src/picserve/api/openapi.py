@@ -1,0 +1,434 @@
+"""`GET /openapi.json` and `GET /docs`: the API described from the models the server validates with.
+
+Nothing here restates a field. The request schemas are the pydantic models of `protocol.messages`
+(the ones `messages.parse` checks a request against) with the envelope's fields added; the replies are
+the TypedDicts of `sdk.types`; the other routes (results, health and whatever else the app serves) are
+described by FastAPI from their own signatures. What this module adds is the document's shape: one
+`POST /` whose body is a `oneOf` discriminated by `Action`, the prose (the signature, the RetCodes),
+signed examples, and which parts are picserve extensions of PICPIK.
+
+The docs pages (Swagger UI at /docs, Redoc at /redoc) load their scripts from the package
+(`fastapi_offline`'s copies), never from a CDN: the server may be offline.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import fastapi_offline
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, create_model
+from typing_extensions import TypedDict
+
+from picserve import __version__, errors
+from picserve.api.actions import ACTIONS
+from picserve.protocol import envelope, messages, signature
+from picserve.sdk import types as sdk_types
+
+__all__ = [
+    "ASSETS_URL",
+    "DOCS_URL",
+    "EXTENSION",
+    "EXTENSION_FIELDS",
+    "OPENAPI_URL",
+    "REDOC_URL",
+    "REPLIES",
+    "REQUESTS",
+    "document",
+    "install",
+]
+
+OPENAPI_URL = "/openapi.json"
+DOCS_URL = "/docs"
+REDOC_URL = "/redoc"
+#: where the docs pages' scripts and styles are served from (the package's own copies)
+ASSETS_URL = "/docs/assets"
+_ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
+
+#: the model each action's parameters are checked against (`messages.parse` in its handler)
+REQUESTS: dict[str, type[BaseModel]] = {
+    "CancelTask": messages.CancelTask,
+    "GenerateImagesSDXL": messages.GenerateImagesSDXL,
+    "GetCreditBalance": messages.Empty,
+    "ListModels": messages.Empty,
+    "ListRunningTasks": messages.Empty,
+    "ListTasksDetails": messages.ListTasksDetails,
+}
+#: each action's own reply fields (beside Action, RetCode, Message, request_uuid); None: it has none
+REPLIES: dict[str, type | None] = {
+    "CancelTask": None,
+    "GenerateImagesSDXL": sdk_types.TaskUIDReply,
+    "GetCreditBalance": sdk_types.CreditBalance,
+    "ListModels": sdk_types.ModelsReply,
+    "ListRunningTasks": sdk_types.TaskUIDListReply,
+    "ListTasksDetails": sdk_types.TaskDetailsReply,
+}
+#: the OpenAPI extension keyword marking what PICPIK does not have
+EXTENSION = "x-picserve-extension"
+#: picserve's additions to PICPIK: whole actions (by name) and fields (by schema, then property)
+_EXTENSION_ACTIONS = frozenset({"CancelTask"})
+EXTENSION_FIELDS: dict[str, dict[str, str]] = {
+    "Image2ImageModel": {
+        "MaskIndex": "The inpainting mask's index in ImageAndMaskList (white: repaint); without it, the entry "
+        "after the image, if any.",
+    },
+    "ModelsReply": {"VaeModels": "The installed VAEs (a VAE belongs to a main model; requests do not name one)."},
+    "TaskDetail": {
+        "Progress": "The fraction of denoising done, 0 to 1.",
+        "SeedList": "Every image's seed, in ImgList's order.",
+        "Warnings": "Notes on the request (for example a prompt part that could not be translated).",
+        "Prompt": "The prompt as the model saw it (joined, translated).",
+        "NegativePrompt": "The negative prompt as the model saw it.",
+        "OriginalPrompt": "The prompt as sent (joined).",
+        "OriginalNegativePrompt": "The negative prompt as sent (joined).",
+        "PreviewImage": "While Running, when previews are on: the image so far, a small JPEG data URI.",
+        "QueuePosition": "While Queuing: 1 + the tasks (of any key) queued before it.",
+    },
+}
+
+_REF = "#/components/schemas/{model}"
+#: the spec's test keys (section 2.4): the examples are signed with them, so a reader can check a signer
+_EXAMPLE_PUBLIC_KEY, _EXAMPLE_PRIVATE_KEY = "abcdefg", "123456"
+_EXAMPLE_TASK_UID = "ckti5nf2h4keq8mr9n00"
+_EXAMPLE_PARAMS: dict[str, dict[str, Any]] = {
+    "GenerateImagesSDXL": {
+        "MainModel": {"ModelCode": "sdxl-base", "InferenceParams": {"Steps": 20, "CFGScale": 7}},
+        "PositivePrompts": ["a red fox in snow"],
+        "NegativePrompts": ["blurry"],
+        "Width": 1024,
+        "Height": 1024,
+        "Seed": -1,
+    },
+    "ListTasksDetails": {"TaskUIDList": [_EXAMPLE_TASK_UID]},
+    "CancelTask": {"TaskUIDList": [_EXAMPLE_TASK_UID]},
+}
+
+_KeyText = Annotated[str, StringConstraints(min_length=1, max_length=envelope.MAX_KEY_CHARS)]
+
+
+class _Envelope(BaseModel):
+    """The fields every request carries (`protocol.envelope`); `Action` is narrowed per action."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    Action: _KeyText = Field(description="The operation.")
+    PublicKey: _KeyText = Field(description="The account's public key.")
+    Signature: _KeyText = Field(
+        description="Lowercase hex SHA-1 of the sorted, concatenated fields and the PrivateKey (see the description)."
+    )
+    request_uuid: Annotated[str, StringConstraints(max_length=envelope.MAX_KEY_CHARS)] | None = Field(
+        default=None,
+        description="The caller's id for this request (a UUID), echoed in the reply. GenerateImagesSDXL sent again "
+        "with the same request_uuid and parameters returns the first TaskUID instead of queueing again.",
+    )
+
+
+class ResultNotFound(TypedDict):
+    """GET /results/{key} when there is no such result, or it has expired."""
+
+    Message: str
+
+
+_DESCRIPTION = f"""\
+picserve serves the **PICPIK** image-generation API on your own hardware.
+
+Every operation is `POST /` with a JSON body; the body's `Action` names the operation, and the rest of
+the body holds that action's parameters beside the envelope fields `PublicKey`, `Signature` and
+(optionally) `request_uuid`. The request body below is therefore a `oneOf` of one schema per action,
+discriminated by `Action`.
+
+## Signature
+
+1. Take every field of the body except `Signature` (`Action`, `PublicKey`, `request_uuid` when sent,
+   and every parameter, nested objects included).
+2. Sort the keys by code point (`request_uuid` sorts after the PascalCase keys) and concatenate
+   `key + encode(value)` with no separators.
+3. `encode`: strings as they are; `true`/`false`; integers in decimal; a float with no fractional part
+   as an integer (`7.0` → `7`), any other float in plain decimal, never in exponent form; arrays as the
+   concatenation of their encoded items; objects as their sorted `key + encode(value)`; null as nothing.
+4. Append the PrivateKey; `Signature` is the lowercase hex SHA-1 of that string's UTF-8 bytes.
+
+Example (the spec's test keys, PublicKey `abcdefg`, PrivateKey `123456`): the body
+`{{"Action": "ListModels", "PublicKey": "abcdefg"}}` signs the string `ActionListModelsPublicKeyabcdefg123456`,
+so its `Signature` is `4a20bc1141494035f6aaaad13224c94c5a8bc3a5`. The examples in this document are
+signed with those keys. picserve's SDK (`picserve.sdk.Client`) signs for you.
+
+## Replies
+
+Every reply is HTTP 200 with `Action` (echoed), `RetCode`, `Message` and `request_uuid` (echoed when
+sent), plus the action's own fields at the top level. `RetCode` 0 is success; any other value is an
+error and `Message` says what was wrong (naming the field, the value received and what is allowed).
+
+| RetCode | Error | Meaning |
+|---|---|---|
+{{ret_codes}}
+
+Codes of 500 and above that belong to a task (`GenerationError` and below) appear in a task's
+`ErrorCode` (ListTasksDetails), not as a reply's RetCode.
+
+## picserve extensions
+
+What PICPIK does not have is marked `{EXTENSION}: true` and says so in its description (for example the
+`CancelTask` action and `Image2Image.MaskIndex`). A plain PICPIK client can ignore all of it.
+
+Results (`ImgList` URLs) are served by this server at `GET /results/{{key}}` for a limited time:
+copy them, do not link to them.
+"""
+
+
+def document(app: FastAPI | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of picserve: `POST /` from the wire models, and `app`'s other routes.
+
+    >>> document()["paths"]["/"]["post"]["requestBody"]["content"]["application/json"]["schema"]["discriminator"]
+    ... # doctest: +SKIP
+    {'propertyName': 'Action', 'mapping': {'CancelTask': '#/components/schemas/CancelTaskRequest', ...}}
+    """
+    routes = [r for r in app.routes if getattr(r, "path", None) != "/"] if app is not None else []
+    doc = get_openapi(
+        title="picserve",
+        version=__version__,
+        summary="Self-hosted SDXL image generation behind the PICPIK API",
+        description=_DESCRIPTION.replace("{ret_codes}", _ret_code_table()),
+        routes=routes,
+    )
+    schemas: dict[str, Any] = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(_schemas())
+    _mark_extensions(schemas)
+    doc["paths"] = {"/": {"post": _picpik_operation()}, **doc.get("paths", {})}
+    _describe_routes(doc["paths"], routes)
+    return doc
+
+
+def _request_model(action: str) -> type[BaseModel]:
+    """`<Action>Request`: the envelope's fields, then the action's own model (the same validation rules)."""
+    model = REQUESTS[action]
+    doc = _action_doc(action)
+    return create_model(
+        f"{action}Request",
+        __base__=(model, _Envelope),
+        __doc__=doc,
+        __module__=__name__,
+        Action=(Literal[action], Field(description=f"`{action}`.")),  # type: ignore[arg-type]
+    )
+
+
+def _schemas() -> dict[str, Any]:
+    """The components: requests, replies and every type they use, named by their class (`#/components/…`)."""
+    adapters: list[tuple[str, Literal["validation", "serialization"], TypeAdapter[Any]]] = [
+        (f"{action}Request", "validation", TypeAdapter(_request_model(action))) for action in sorted(REQUESTS)
+    ]
+    replies = {shape for shape in REPLIES.values() if shape is not None}
+    adapters += [(shape.__name__, "serialization", TypeAdapter(shape)) for shape in sorted(replies, key=str)]
+    adapters.append(("ReplyFields", "serialization", TypeAdapter(sdk_types.ReplyFields)))
+    adapters.append(("ResultNotFound", "serialization", TypeAdapter(ResultNotFound)))
+    top, definitions = TypeAdapter.json_schemas(adapters, ref_template=_REF)
+    schemas: dict[str, Any] = dict(definitions.get("$defs", {}))
+    for (name, _mode), schema in top.items():
+        if "$ref" not in schema:  # a top-level schema pydantic did not also put among the definitions
+            schemas[name] = schema
+    for schema in schemas.values():
+        _tidy(schema)
+    for action in REQUESTS:
+        schemas[f"{action}Request"]["title"] = f"{action}Request"
+        schemas[f"{action}Reply"] = _reply_schema(action)
+    schemas["ErrorReply"] = {
+        "title": "ErrorReply",
+        "description": "Any action's reply when it fails: a non-zero RetCode and a Message saying why. "
+        "`Action` is the one sent (empty when the body had none).",
+        "allOf": [
+            {"$ref": _REF.format(model="ReplyFields")},
+            {"properties": {"RetCode": {"not": {"const": 0}}, "Message": {"minLength": 1}}},
+        ],
+    }
+    return schemas
+
+
+#: pydantic leaves the bounds of an Int (an int behind a BeforeValidator) under its own names: JSON Schema's here
+_BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+
+
+def _tidy(schema: Any) -> None:
+    """Bounds under their JSON Schema names; no property titles (pydantic's `Imageindex` says less than the name)."""
+    if isinstance(schema, list):
+        for item in schema:
+            _tidy(item)
+    if not isinstance(schema, dict):
+        return
+    if schema.get("type") in ("integer", "number"):
+        for name, keyword in _BOUNDS.items():
+            if name in schema:
+                schema[keyword] = schema.pop(name)
+    for prop in schema.get("properties", {}).values():
+        if isinstance(prop, dict):
+            prop.pop("title", None)
+    for key, value in schema.items():
+        if key == "properties":
+            for prop in value.values():
+                _tidy(prop)
+        elif isinstance(value, dict | list):
+            _tidy(value)
+
+
+def _reply_schema(action: str) -> dict[str, Any]:
+    own = REPLIES[action]
+    parts: list[dict[str, Any]] = [{"$ref": _REF.format(model="ReplyFields")}]
+    if own is not None:
+        parts.append({"$ref": _REF.format(model=own.__name__)})
+    parts.append({"properties": {"Action": {"const": action}, "RetCode": {"const": 0}}})
+    schema: dict[str, Any] = {
+        "title": f"{action}Reply",
+        "description": f"{action}'s reply on success: the common fields"
+        + (f" and {own.__name__}'s." if own is not None else " only."),
+        "allOf": parts,
+    }
+    if action in _EXTENSION_ACTIONS:
+        schema[EXTENSION] = True
+    return schema
+
+
+def _picpik_operation() -> dict[str, Any]:
+    actions = sorted(REQUESTS)
+    request_ref = {action: _REF.format(model=f"{action}Request") for action in actions}
+    reply_refs = [{"$ref": _REF.format(model=f"{action}Reply")} for action in actions]
+    return {
+        "operationId": "picpik",
+        "summary": "Every PICPIK action: the body's Action picks it",
+        "description": "Actions: "
+        + "; ".join(f"**{a}**: {_summary(a)}" for a in actions)
+        + ". Always HTTP 200: a failure is a reply with a non-zero RetCode (ErrorReply).",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [{"$ref": ref} for ref in request_ref.values()],
+                        "discriminator": {"propertyName": "Action", "mapping": request_ref},
+                    },
+                    "examples": {action: {"summary": action, "value": _example(action)} for action in actions},
+                }
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "The action's reply (RetCode 0), or the error reply (any other RetCode).",
+                "content": {
+                    "application/json": {
+                        "schema": {"oneOf": [*reply_refs, {"$ref": _REF.format(model="ErrorReply")}]},
+                    }
+                },
+            }
+        },
+    }
+
+
+def _example(action: str) -> dict[str, Any]:
+    body = {
+        "Action": action,
+        "PublicKey": _EXAMPLE_PUBLIC_KEY,
+        "request_uuid": "b91fcfbe-bb35-47ce-a168-bd6252c75270",
+        **_EXAMPLE_PARAMS.get(action, {}),
+    }
+    return {**body, "Signature": signature.sign(body, _EXAMPLE_PRIVATE_KEY)}
+
+
+def _action_doc(action: str) -> str:
+    """The action's description: its handler module's docstring, less the leading `Name:`."""
+    text = sys.modules[ACTIONS[action].__module__].__doc__ or action
+    text = text.strip().removeprefix(action).removeprefix(" (picserve extension)").lstrip(": ")
+    text = text[:1].upper() + text[1:]
+    return f"picserve extension (not in PICPIK). {text}" if action in _EXTENSION_ACTIONS else text
+
+
+def _summary(action: str) -> str:
+    return _action_doc(action).split("\n", 1)[0].rstrip(".")
+
+
+def _mark_extensions(schemas: dict[str, Any]) -> None:
+    for action in _EXTENSION_ACTIONS:
+        schemas[f"{action}Request"][EXTENSION] = True
+    for name, fields in EXTENSION_FIELDS.items():
+        properties = schemas[name]["properties"]
+        for field, text in fields.items():
+            properties[field][EXTENSION] = True
+            properties[field]["description"] = f"picserve extension (not in PICPIK). {text}"
+
+
+def _describe_routes(paths: dict[str, Any], routes: list[Any]) -> None:
+    """What FastAPI cannot read off the other routes' signatures: the PNG body and the 404, and /metrics
+    (kept out of FastAPI's schema, which would call its body JSON)."""
+    results = paths.get("/results/{key}", {}).get("get")
+    if results is not None:
+        results["summary"] = "A result image (an ImgList URL)"
+        results["description"] = "Kept for a limited time after the task finishes: copy it, do not link to it."
+        results["responses"] = {
+            "200": {"description": "The PNG.", "content": {"image/png": {"schema": {"contentMediaType": "image/png"}}}},
+            "404": {
+                "description": "No such result, or it has expired.",
+                "content": {"application/json": {"schema": {"$ref": _REF.format(model="ResultNotFound")}}},
+            },
+        }
+    health = paths.get("/healthz", {}).get("get")
+    if health is not None:
+        health["summary"] = "Liveness: the API process answers, with its version"
+    metrics = next((r for r in routes if isinstance(r, APIRoute) and r.path == "/metrics"), None)
+    if metrics is not None:
+        paths["/metrics"] = {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics",
+                "description": (metrics.endpoint.__doc__ or "").strip(),
+                "responses": {
+                    "200": {
+                        "description": "Prometheus' text exposition format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        }
+
+
+def _ret_code_table() -> str:
+    declared = [cls for cls in errors.ALL if "ret_code" in vars(cls) and not issubclass(cls, errors.SDKError)]
+    rows = sorted(declared, key=lambda cls: cls.ret_code)
+    return "\n".join(f"| {cls.ret_code} | {cls.__name__} | {(cls.__doc__ or '').strip()} |" for cls in rows)
+
+
+def install(app: FastAPI) -> None:
+    """Serve the document at OPENAPI_URL and the docs pages (create the app with `openapi_url=None`,
+    `docs_url=None`, `redoc_url=None`, so FastAPI serves its own at none of these)."""
+    app.mount(ASSETS_URL, StaticFiles(directory=_ASSETS_DIR), name="docs-assets")
+
+    @app.get(OPENAPI_URL, include_in_schema=False)
+    async def openapi_document() -> JSONResponse:
+        if app.openapi_schema is None:  # built once, on first use: the routes are all there by then
+            app.openapi_schema = document(app)
+        return JSONResponse(app.openapi_schema)
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{OPENAPI_URL}",
+            title="picserve API",
+            swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+        )
+
+    @app.get(REDOC_URL, include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{OPENAPI_URL}",
+            title="picserve API",
+            redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )
