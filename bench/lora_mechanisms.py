@@ -27,19 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the tests' lycoris writer
 
 import torch  # noqa: E402
+from bench.submodels import timed as median_seconds  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from tests.engine import lycoris_files  # noqa: E402
 
 from picserve.engine import lycoris, tiny  # noqa: E402
-
-
-def median_seconds(fn, repeat: int) -> float:
-    runs = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
 
 
 def timed(setup, action, repeat: int) -> float:

@@ -32,12 +32,13 @@ from picserve import modelinfo
 if TYPE_CHECKING:
     from picserve.config import Settings
 
-__all__ = ["KINDS", "SUB_MODEL_KINDS", "Catalog", "Entry", "is_plain_code"]
+__all__ = ["KINDS", "SUB_MODEL_KINDS", "SUFFIXES", "Catalog", "Entry", "is_plain_code"]
 
 KINDS = ("main", "lora", "embedding", "hypernetwork", "vae")
 #: the kinds a request's SubModelList names
 SUB_MODEL_KINDS = ("lora", "embedding", "hypernetwork")
-_SUFFIXES = {
+#: the file suffixes listed per kind (the first: what `models add` files a new one as)
+SUFFIXES = {
     "main": (".safetensors",),
     "lora": (".safetensors",),
     "embedding": (".safetensors", ".pt", ".bin"),
@@ -145,7 +146,7 @@ class Catalog:
                 if marker is None or not (path / marker).exists():
                     continue
                 code = path.name
-            elif path.suffix.lower() in _SUFFIXES[kind]:
+            elif path.suffix.lower() in SUFFIXES[kind]:
                 code = path.stem
             else:
                 continue

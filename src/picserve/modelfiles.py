@@ -25,7 +25,6 @@ import contextlib
 import json
 import math
 import os
-import pickle
 import pickletools
 import re
 import struct
@@ -42,15 +41,7 @@ from picserve import catalog, download, errors, modelinfo
 __all__ = ["KINDS", "Added", "Inspection", "add", "describe", "inspect_file", "unfit"]
 
 #: the kinds a file can be filed as; each is its folder's name
-KINDS = ("main", "lora", "embedding", "hypernetwork", "vae")
-#: the suffixes the catalog lists per kind, first = what a file of that format is filed as
-_SUFFIXES = {
-    "main": (".safetensors",),
-    "lora": (".safetensors",),
-    "embedding": (".safetensors", ".pt", ".bin"),
-    "hypernetwork": (".pt", ".safetensors"),
-    "vae": (".safetensors",),
-}
+KINDS = catalog.KINDS
 _PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
 _BASES = {2048: "SDXL", 768: "SD1", 1024: "SD2"}  # UNet cross-attention width → family, as in modelinfo
 _DTYPE_BYTES = {
@@ -155,7 +146,7 @@ def unfit(inspection: Inspection, kind: str | None) -> str | None:
     suffix = _suffix_for(inspection, kind)
     if suffix is None:
         return (
-            f"picserve reads a {kind} from {' or '.join(_SUFFIXES[kind])} only and this is a torch pickle: "
+            f"picserve reads a {kind} from {' or '.join(catalog.SUFFIXES[kind])} only and this is a torch pickle: "
             "convert it to .safetensors"
         )
     if kind == "main" and inspection.base in ("SD1", "SD2"):
@@ -198,15 +189,7 @@ def _inspect_pickle(path: Path, size: int, digest: str, magic: bytes) -> Inspect
     with _with_suffix(path, ".pt") as readable:
         try:
             shapes, metadata = modelinfo.read_shapes(readable)
-        except (
-            OSError,
-            ValueError,
-            pickle.UnpicklingError,
-            zipfile.BadZipFile,
-            KeyError,
-            EOFError,
-            StopIteration,
-        ) as exc:
+        except modelinfo.UNREADABLE as exc:
             raise _Refused(f"an unreadable torch file: {exc}") from None
         dtypes = tuple(sorted({_STORAGES[n] for _, n in filter(None, names) if n in _STORAGES}))
         return _classified(readable, path, size, "pickle", shapes, metadata, dtypes, digest)
@@ -439,10 +422,10 @@ def _with_suffix(path: Path, suffix: str) -> Iterator[Path]:
 def _suffix_for(inspection: Inspection, kind: str) -> str | None:
     """The suffix a file is filed with: .safetensors, or its own pickle suffix; None when the kind takes no pickle."""
     if inspection.format == "safetensors":
-        return ".safetensors" if ".safetensors" in _SUFFIXES[kind] else None
+        return ".safetensors" if ".safetensors" in catalog.SUFFIXES[kind] else None
     own = inspection.path.suffix.lower()
     for suffix in (own, ".pt", ".bin"):
-        if suffix in _SUFFIXES[kind] and suffix in _PICKLE_SUFFIXES:
+        if suffix in catalog.SUFFIXES[kind] and suffix in _PICKLE_SUFFIXES:
             return suffix
     return None
 
@@ -536,7 +519,7 @@ def _code_from(filename: str) -> str:
 def _check_free(models_dir: Path, kind: str, code: str, suffix: str | None, force: bool) -> list[str]:
     """Refuse a code already used by a model of `kind` (unless `force`); warn of a sub-model of another kind."""
     folder = models_dir / kind
-    taken = [folder / f"{code}{s}" for s in _SUFFIXES[kind] if (folder / f"{code}{s}").exists()]
+    taken = [folder / f"{code}{s}" for s in catalog.SUFFIXES[kind] if (folder / f"{code}{s}").exists()]
     if (folder / code).is_dir():
         raise errors.PullError(f"{folder / code} exists (a diffusers folder): remove it or pick another --name")
     if taken and not force:
@@ -544,7 +527,8 @@ def _check_free(models_dir: Path, kind: str, code: str, suffix: str | None, forc
     warnings = []
     if kind in ("lora", "embedding", "hypernetwork"):
         for other in ("lora", "embedding", "hypernetwork"):
-            clash = [p for s in _SUFFIXES[other] if other != kind and (p := models_dir / other / f"{code}{s}").exists()]
+            suffixes = catalog.SUFFIXES[other] if other != kind else ()
+            clash = [p for s in suffixes if (p := models_dir / other / f"{code}{s}").exists()]
             if clash and not force:
                 raise errors.PullError(
                     f"{clash[0]} has the same name: a sub-model's code must be unique across lora, embedding and "
@@ -609,7 +593,7 @@ def _file(
                 json.dump(meta, f, indent=2, ensure_ascii=False)
                 f.write("\n")
             if force:
-                for other in _SUFFIXES[kind]:
+                for other in catalog.SUFFIXES[kind]:
                     if other != suffix:
                         (folder / f"{code}{other}").unlink(missing_ok=True)
                 os.replace(staged, target)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-__all__ = ["Info", "allowed_global", "compatible", "inspect", "misfit", "read_shapes", "trigger_words"]
+__all__ = ["UNREADABLE", "Info", "allowed_global", "compatible", "inspect", "misfit", "read_shapes", "trigger_words"]
 
 _BASES = {2048: "SDXL", 768: "SD1", 1024: "SD2"}
 
@@ -64,6 +64,19 @@ class Info:
     #: the storage dtype of most of a safetensors file's tensors, as torch names it ("float16",
     #: "bfloat16", "float8_e4m3fn", …); None for other files and folders
     storage_dtype: str | None = None
+
+
+#: what reading a damaged, truncated or foreign model file raises (as opposed to a bug)
+UNREADABLE = (
+    OSError,
+    ValueError,
+    struct.error,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+    KeyError,
+    EOFError,
+    StopIteration,
+)
 
 
 def compatible(main: Info, sub: Info, kind: str) -> bool:
@@ -143,16 +156,7 @@ def inspect(kind: str, path: Path) -> Info:
         if path.is_dir():
             return _diffusers_vae_folder(path) if kind == "vae" else _diffusers_folder(path)
         shapes, metadata = _read(path)
-    except (
-        OSError,
-        ValueError,
-        struct.error,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-        KeyError,
-        EOFError,
-        StopIteration,
-    ) as exc:
+    except UNREADABLE as exc:
         return Info(problem=f"unreadable {path.suffix} file: {exc}")
     dims_of = {
         "main": _main_dims,

@@ -39,6 +39,7 @@ from picserve.demo import free_port, wait_healthy
 from picserve.sdk import Client
 from tests.pg_server import DebianPostgres, skip_reason
 from tests.s3_server import make_bucket
+from tests.waiting import wait_for
 
 _SKIP = skip_reason()
 pytestmark = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
@@ -68,16 +69,6 @@ def request(model: str, seed: int) -> dict[str, Any]:
 def rows(url: str, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     with psycopg.connect(url, row_factory=dict_row) as conn:
         return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout:g} s")
 
 
 @dataclass

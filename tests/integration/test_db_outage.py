@@ -37,6 +37,7 @@ from picserve.engine.fake import FakeEngine
 from picserve.sdk import Client
 from picserve.tasks import worker
 from tests.pg_server import DebianPostgres, skip_reason
+from tests.waiting import wait_for
 
 _SKIP = skip_reason()
 pytestmark = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
@@ -123,16 +124,6 @@ def picserve_workers(pid: int) -> list[int]:
         for child in psutil.Process(pid).children(recursive=True)
         if "worker" in child.cmdline() and "picserve" in child.cmdline()
     )
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout:g} s")
 
 
 def task_rows(url: str, public_key: str) -> dict[str, dict]:

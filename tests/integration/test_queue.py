@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,20 +13,11 @@ from fastapi.testclient import TestClient
 from picserve.api.app import create_app, services_of
 from picserve.sdk import Client
 from picserve.tasks.embedded_pg import EmbeddedPostgres
+from tests.waiting import wait_for
 
 from .conftest import tiny_request
 
 SLOW = {"Width": 512, "Height": 512, "MainModel": {"ModelCode": "picserve-tiny", "InferenceParams": {"Steps": 60}}}
-
-
-def wait_for(predicate, timeout=60.0, every=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
 
 
 def status(client, uid):
