@@ -267,13 +267,25 @@ def keys_update(
     weight: float | None = typer.Option(
         None, help="a number > 0: share among keys of equal priority (running tasks ÷ weight) [1]"
     ),
+    webhook_url: str | None = typer.Option(
+        None, help="the webhook of this key's tasks whose request names none (event: completed); 'none' clears it"
+    ),
     data_dir: Path | None = DataDir,
     database_url: str | None = DatabaseUrl,
 ):
-    """Change a key's limits and scheduling; they apply from its next request (limits) or the next
-    fetch of a worker (priority, weight), on every node."""
+    """Change a key's limits, scheduling and default webhook; they apply from its next request (limits,
+    webhook) or the next fetch of a worker (priority, weight), on every node."""
     if weight is not None and not 0 < weight < float("inf"):
         raise typer.BadParameter(f"a number > 0 (got {weight!r})", param_hint="--weight")
+    clear_webhook = webhook_url is not None and webhook_url.strip().lower() == "none"
+    if webhook_url is not None and not clear_webhook:
+        from picserve import errors
+        from picserve.webhooks import rules
+
+        try:  # its address is checked when each delivery is made (PICSERVE_WEBHOOK_ALLOW)
+            rules.check_syntax(webhook_url, "--webhook-url")
+        except errors.ParamError as exc:
+            raise typer.BadParameter(exc.message.removeprefix("--webhook-url: "), param_hint="--webhook-url") from None
     settings = _settings(data_dir=data_dir, database_url=database_url)
 
     async def update(repo: TaskRepository) -> bool:
@@ -288,6 +300,8 @@ def keys_update(
                 account.priority if priority is None else priority,
                 account.weight if weight is None else weight,
             )
+        if webhook_url is not None:
+            await repo.set_webhook(public_key, None if clear_webhook else webhook_url)
         return await repo.set_limits(public_key, open_cap, rate)
 
     if not _with_repo(settings, update):
@@ -313,6 +327,7 @@ def keys_list(data_dir: Path | None = DataDir, database_url: str | None = Databa
                     "MaxRequestsPerMinute": a.max_requests_per_minute,
                     "Priority": a.priority,
                     "Weight": a.weight,
+                    "WebhookUrl": a.webhook_url,
                 }
             )
         )

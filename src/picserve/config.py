@@ -119,6 +119,20 @@ class Settings:
     #: seconds a request waits for a database connection; then it is answered 290 (database unreachable)
     db_wait_timeout: float = 3.0
 
+    # Webhooks (webhooks/): each task's events posted, signed, to the URL its request or its key names.
+    #: webhook hosts allowed although not public: comma-separated CIDRs and/or host names
+    webhook_allow: str | None = None
+    #: attempts of a `completed` delivery before it is given up (`start` and `progress`: at most 3)
+    webhook_max_attempts: int = 10
+    #: seconds before a failed delivery's first retry; each next wait doubles (at most an hour)
+    webhook_retry_delay: float = 5.0
+    #: seconds a webhook receiver has to accept the connection and to answer
+    webhook_timeout: float = 5.0
+    #: minimum seconds between two `progress` events of one task
+    webhook_progress_interval: float = 5.0
+    #: deliveries an API process makes at once
+    webhook_concurrency: int = 4
+
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults < `PICSERVE_*` environment < explicit overrides (None means "not given")."""

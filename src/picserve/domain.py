@@ -12,6 +12,7 @@ from typing import Any
 
 __all__ = [
     "SAMPLER_NAMES",
+    "WEBHOOK_EVENTS",
     "Account",
     "GenerationSpec",
     "RequestId",
@@ -19,6 +20,8 @@ __all__ = [
     "SubModel",
     "TaskRecord",
     "TaskStatus",
+    "Webhook",
+    "WebhookDelivery",
     "canonical_sampler",
 ]
 
@@ -124,6 +127,8 @@ class Account:
     #: keys of equal priority, the one with the fewest running tasks per unit of weight
     priority: int = 0
     weight: float = 1.0
+    #: the webhook of this key's tasks that name none (events: completed only); None: no default
+    webhook_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,8 @@ class TaskRecord:
     finished_at: datetime | None = None
     #: while Running: the latest preview image, a small JPEG data URI (None once it ended)
     preview: str | None = None
+    #: where its events are posted (webhooks/); None: nowhere
+    webhook: Webhook | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> TaskRecord:
@@ -189,6 +196,7 @@ class TaskRecord:
             error_message=row["error_message"],
             worker=row["worker"],
             attempt=row.get("attempt", 0),
+            webhook=Webhook(row["webhook_url"], tuple(row["webhook_events"])) if row.get("webhook_url") else None,
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
@@ -217,6 +225,38 @@ SAMPLER_NAMES = (
     "DEIS",
     "LCM",
 )
+
+
+#: what a task's webhook may be told: it was taken by a worker, how far it is, that it ended
+WEBHOOK_EVENTS = ("start", "progress", "completed")
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """Where a task's events are posted, and which of WEBHOOK_EVENTS."""
+
+    url: str
+    events: tuple[str, ...] = ("completed",)
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One event of one task to post to its webhook: made when the event happens (in the same
+    transaction as the task's change), tried until delivered or its attempts run out."""
+
+    delivery_id: str
+    task_uid: str
+    public_key: str
+    event: str
+    url: str
+    #: the task's status and progress when the event happened (what its body reports)
+    status: TaskStatus
+    progress: float = 0.0
+    #: tries so far, and how they went: "pending", "delivered" or "failed" (attempts ran out)
+    attempts: int = 0
+    state: str = "pending"
+    last_error: str | None = None
+    delivered_at: datetime | None = None
 
 
 def canonical_sampler(name: str) -> str | None:

@@ -18,6 +18,8 @@ from picserve.config import Settings
 from picserve.storage.factory import open_store
 from picserve.tasks import database, recovery, retention
 from picserve.translate.prompts import PromptTranslator
+from picserve.webhooks import delivery, rules
+from picserve.webhooks.store import PostgresDeliveries
 
 __all__ = ["create_app", "services_of"]
 
@@ -34,23 +36,28 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         async with contextlib.AsyncExitStack() as stack:
             chosen = services
             background: list[asyncio.Task[Any]] = []
+            rules.parse_allow(settings.webhook_allow)  # a bad PICSERVE_WEBHOOK_ALLOW stops the start
             if chosen is None:
                 if not settings.database_url:
                     raise RuntimeError("create_app needs settings.database_url or injected services")
+                cipher = keycipher.load(settings)
                 db = await stack.enter_async_context(
                     database.open_database(
                         settings.database_url,
                         max_size=settings.api_db_connections,
                         idle_transaction_timeout=2 * settings.stalled_after,
-                        cipher=keycipher.load(settings),
+                        cipher=cipher,
                         wait_timeout=settings.db_wait_timeout,
                     )
                 )
+                store = open_store(settings)
                 chosen = Services.build(
                     settings,
                     repo=db.repo,
-                    store=open_store(settings),
+                    store=store,
                     translator=PromptTranslator(settings.translation_dir),
+                    # deliveries on procrastinate's own fetch (db.app), queue "webhooks" only
+                    webhooks=delivery.worker_for(settings, db.app, PostgresDeliveries(db.pool, cipher), store),
                 )
                 sweep = recovery.sweep_forever(db, settings.stalled_after, settings.stalled_after / 3)
                 background.append(asyncio.create_task(sweep))
@@ -61,11 +68,15 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                 chosen.repo, chosen.store, settings.task_retention, settings.result_cleanup_interval
             )
             background.append(asyncio.create_task(cleanup))
+            webhooks = asyncio.create_task(chosen.webhooks.run_forever()) if chosen.webhooks is not None else None
             try:
                 yield
             finally:
                 for task in background:
                     task.cancel()
+                if webhooks is not None:  # procrastinate's graceful stop: deliveries under way may end
+                    webhooks.cancel()
+                    await asyncio.wait([webhooks], timeout=3 * settings.webhook_timeout + 1)
 
     # /openapi.json and the docs pages are picserve's own (api/openapi.py), not FastAPI's
     app = FastAPI(

@@ -79,6 +79,11 @@ EXTENSION_FIELDS: dict[str, dict[str, str]] = {
         "MaskIndex": "The inpainting mask's index in ImageAndMaskList (white: repaint); without it, the entry "
         "after the image, if any.",
     },
+    "GenerateImagesSDXLRequest": {
+        "Webhook": "Where the task's events are posted, signed with the key's private key: `Url` (http or https, "
+        'a public address), `Events` (any of start, progress, completed; default ["completed"]). Without it, the '
+        "key's default webhook, if any (completed only).",
+    },
     "ModelsReply": {"VaeModels": "The installed VAEs (a VAE belongs to a main model; requests do not name one)."},
     "TaskDetail": {
         "Progress": "The fraction of denoising done, 0 to 1.",

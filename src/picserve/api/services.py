@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from picserve.catalog import Catalog
 from picserve.config import Settings
@@ -10,6 +11,9 @@ from picserve.storage.base import Store
 from picserve.tasks.repository import TaskRepository
 from picserve.tasks.service import TaskService
 from picserve.translate.prompts import PromptTranslator
+
+if TYPE_CHECKING:  # webhooks.delivery imports the API's task_detail
+    from picserve.webhooks.delivery import WebhookWorker
 
 __all__ = ["Services"]
 
@@ -25,6 +29,8 @@ class Services:
     store: Store
     #: None: prompts are never translated
     translator: PromptTranslator | None
+    #: runs the webhook deliveries in this process (None: none are made here)
+    webhooks: WebhookWorker | None = None
 
     @classmethod
     def build(
@@ -34,6 +40,7 @@ class Services:
         store: Store,
         catalog: Catalog | None = None,
         translator: PromptTranslator | None = None,
+        webhooks: WebhookWorker | None = None,
     ) -> Services:
         """Services on `repo` and `store`; the catalog comes from `settings` unless given."""
         return cls(
@@ -43,6 +50,7 @@ class Services:
             catalog=catalog or Catalog.of(settings),
             store=store,
             translator=translator,
+            webhooks=webhooks,
         )
 
     def result_url(self, key: str, request_base: str) -> str:

@@ -37,6 +37,7 @@ __all__ = [
     "ListTasksDetails",
     "Model",
     "TaskDetail",
+    "WebhookModel",
     "parse",
     "shown",
 ]
@@ -112,6 +113,21 @@ MAX_PROMPT_CHARS = 4000
 _Prompt = Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS)]
 
 
+#: a webhook URL's characters at most
+MAX_WEBHOOK_URL_CHARS = 2048
+
+
+class WebhookModel(BaseModel):
+    """picserve extension: where the task's events are posted (signed; see the README's Webhooks)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    Url: Annotated[str, StringConstraints(min_length=1, max_length=MAX_WEBHOOK_URL_CHARS)]
+    Events: Annotated[
+        list[Annotated[str, Field(pattern="^(start|progress|completed)$")]], Field(min_length=1, max_length=3)
+    ] = ["completed"]
+
+
 class GenerateImagesSDXL(_Request):
     MainModel: Model
     SubModelList: list[Model] | None = None
@@ -125,6 +141,8 @@ class GenerateImagesSDXL(_Request):
     Image2Image: Image2ImageModel | None = None
     Tiling: bool = False
     ImageAndMaskList: list[str] | None = None
+    # picserve extension: the task's events posted to a URL (default: the key's webhook, if any)
+    Webhook: WebhookModel | None = None
 
 
 #: a TaskUID is 20 characters (rs/xid); anything past 64 cannot be one, and is not looked up or echoed

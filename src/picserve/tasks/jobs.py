@@ -170,6 +170,8 @@ class WorkerRuntime:
     progress_interval: float = 0.5
     #: minimum seconds between two previews of one task; None: no previews
     preview_interval: float | None = None
+    #: minimum seconds between two `progress` webhook events of one task (with a progress write)
+    webhook_progress_interval: float = 5.0
     #: the one thread every engine call runs on (see engine_thread.py for why)
     engine_thread: EngineThread = field(default_factory=EngineThread)
     #: how the run's database writes wait out an outage (the worker passes a PostgreSQL-aware one)
@@ -339,6 +341,7 @@ def _step_callback(
     writing: list[concurrent.futures.Future[None]] = []
     last_preview = [float("-inf")]
     pending: list[str] = []  # the preview made since the last write
+    last_event = [time.monotonic()]  # the `progress` webhook event: not before an interval has passed
 
     def on_step(progress: float) -> None:
         if context.should_abort():
@@ -348,7 +351,12 @@ def _step_callback(
         if now - last_write[0] >= runtime.progress_interval and not (writing and not writing[0].done()):
             last_write[0] = now
             preview = pending.pop() if pending else None
-            writing[:] = [asyncio.run_coroutine_threadsafe(_write_progress(runtime, run, progress, preview), loop)]
+            event = now - last_event[0] >= runtime.webhook_progress_interval
+            if event:
+                last_event[0] = now
+            writing[:] = [
+                asyncio.run_coroutine_threadsafe(_write_progress(runtime, run, progress, preview, event), loop)
+            ]
 
     def on_preview(make: Callable[[], Image.Image]) -> None:
         interval = runtime.preview_interval
@@ -367,10 +375,13 @@ def _data_uri(image: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-async def _write_progress(runtime: WorkerRuntime, run: domain.Run, progress: float, preview: str | None) -> None:
-    """Best effort: a progress write the database cannot take now is dropped; the next one catches up."""
+async def _write_progress(
+    runtime: WorkerRuntime, run: domain.Run, progress: float, preview: str | None, webhook: bool = False
+) -> None:
+    """Best effort: a progress write the database cannot take now is dropped; the next one catches up.
+    With `webhook`, it also makes the task's `progress` webhook delivery (when it wants one)."""
     try:
-        await runtime.repo.record_progress(run, progress, preview)
+        await runtime.repo.record_progress(run, progress, preview, webhook=webhook)
     except errors.ServerBusy as exc:
         log.debug("task %s: progress not written: %s", run.task_uid, exc)
     except Exception:

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import secrets
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import procrastinate
 import procrastinate.testing
 
-from picserve import domain, errors
+from picserve import domain, errors, webhooks
 from picserve.tasks import jobs, repository
 
 __all__ = ["InMemoryRepository", "in_memory_app"]
@@ -55,6 +56,9 @@ class InMemoryRepository:
         self._rate_tat: dict[str, float] = {}
         self._clock = clock
         self._lock = asyncio.Lock()
+        #: webhook deliveries (migration 0006's table), made as its trigger makes them
+        self.deliveries: dict[str, domain.WebhookDelivery] = {}
+        self._deferring: set[asyncio.Future[int]] = set()
 
     # --- keys -------------------------------------------------------------------------------
     async def create_key(
@@ -110,6 +114,13 @@ class InMemoryRepository:
         self._keys[public_key] = dataclasses.replace(account, priority=priority, weight=weight)
         return True
 
+    async def set_webhook(self, public_key: str, url: str | None) -> bool:
+        account = self._keys.get(public_key)
+        if account is None:
+            return False
+        self._keys[public_key] = dataclasses.replace(account, webhook_url=url)
+        return True
+
     async def take_request(self, public_key: str, per_minute: int) -> float:
         now, interval = self._clock(), 60.0 / per_minute
         due = max(self._rate_tat.get(public_key, now), now) + interval
@@ -139,6 +150,7 @@ class InMemoryRepository:
         *,
         max_open_tasks: int = 0,
         request: domain.RequestId | None = None,
+        webhook: domain.Webhook | None = None,
     ) -> str:
         async with self._lock:
             if task_uid in self._tasks:
@@ -163,6 +175,7 @@ class InMemoryRepository:
                 spec=spec,
                 cost=cost,
                 created_at=_now(),
+                webhook=webhook,
             )
             try:
                 job_id = await self.app.tasks[jobs.TASK_NAME].defer_async(task_uid=task_uid)
@@ -252,10 +265,14 @@ class InMemoryRepository:
             return None
         return task.status, domain.Run(task_uid, task.worker, task.attempt) if task.worker is not None else None
 
-    async def record_progress(self, run: domain.Run, progress: float, preview: str | None = None) -> bool:
+    async def record_progress(
+        self, run: domain.Run, progress: float, preview: str | None = None, webhook: bool = False
+    ) -> bool:
         task = self._current(run)
         if task is not None:
             self._save(dataclasses.replace(task, progress=progress, preview=preview or task.preview))
+            if webhook:
+                self._webhook(self._tasks[run.task_uid], "progress")
         return task is not None
 
     async def finish_task(self, run: domain.Run, result_keys: Sequence[str], seeds: Sequence[int]) -> bool:
@@ -308,7 +325,38 @@ class InMemoryRepository:
     def _save(self, task: domain.TaskRecord) -> None:
         if task.preview is not None and task.status is not domain.TaskStatus.RUNNING:
             task = dataclasses.replace(task, preview=None)  # as migration 0005's trigger does
+        before = self._tasks.get(task.task_uid)
         self._tasks[task.task_uid] = task
+        # as migration 0006's trigger does: `completed` when the task ends, `start` when it is taken
+        if before is not None and before.status is not task.status:
+            if task.status.is_terminal and not before.status.is_terminal:
+                self._webhook(task, "completed")
+            elif task.status is domain.TaskStatus.RUNNING:
+                self._webhook(task, "start")
+
+    def _webhook(self, task: domain.TaskRecord, event: str) -> None:
+        """A delivery of `event` when the task's webhook wants it, and its job on `app` (deferred right
+        after: the in-memory connector has no transaction to share)."""
+        if task.webhook is None or event not in task.webhook.events:
+            return
+        if event == "completed" and any(
+            d.task_uid == task.task_uid and d.event == "completed" for d in self.deliveries.values()
+        ):
+            return
+        delivery = domain.WebhookDelivery(
+            delivery_id=str(uuid.uuid4()),
+            task_uid=task.task_uid,
+            public_key=task.public_key,
+            event=event,
+            url=task.webhook.url,
+            status=task.status,
+            progress=task.progress,
+        )
+        self.deliveries[delivery.delivery_id] = delivery
+        job = self.app.configure_task(webhooks.TASK_NAME, queue=webhooks.QUEUE)
+        deferring = asyncio.ensure_future(job.defer_async(delivery_id=delivery.delivery_id))
+        self._deferring.add(deferring)
+        deferring.add_done_callback(self._deferring.discard)
 
     def _current(self, run: domain.Run) -> domain.TaskRecord | None:
         """The run's task when it is Running under this very run: the fence of every worker write."""

@@ -103,6 +103,7 @@ class PostgresRepository:
             max_requests_per_minute=row["max_requests_per_minute"],
             priority=row["priority"],
             weight=row["weight"],
+            webhook_url=row.get("webhook_url"),
         )
 
     async def create_key(
@@ -159,6 +160,12 @@ class PostgresRepository:
         row = await self._one(
             "UPDATE picserve_keys SET priority = %s, weight = %s WHERE public_key = %s RETURNING 1",
             (priority, weight, public_key),
+        )
+        return row is not None
+
+    async def set_webhook(self, public_key: str, url: str | None) -> bool:
+        row = await self._one(
+            "UPDATE picserve_keys SET webhook_url = %s WHERE public_key = %s RETURNING 1", (url, public_key)
         )
         return row is not None
 
@@ -229,6 +236,7 @@ class PostgresRepository:
         *,
         max_open_tasks: int = 0,
         request: domain.RequestId | None = None,
+        webhook: domain.Webhook | None = None,
     ) -> str:
         async with self._connection() as conn, conn.transaction():
             open_count, available = await _lock_balance(conn, public_key)
@@ -244,8 +252,8 @@ class PostgresRepository:
                 )
             # model_code and loras: what the workers' fetch routes the task by (routing.py)
             await conn.execute(
-                "INSERT INTO picserve_tasks (task_uid, public_key, action, status, spec, cost, model_code, loras) "
-                "VALUES (%s, %s, %s, 'Queuing', %s, %s, %s, %s)",
+                "INSERT INTO picserve_tasks (task_uid, public_key, action, status, spec, cost, model_code, loras, "
+                "webhook_url, webhook_events) VALUES (%s, %s, %s, 'Queuing', %s, %s, %s, %s, %s, %s)",
                 (
                     task_uid,
                     public_key,
@@ -254,6 +262,8 @@ class PostgresRepository:
                     cost,
                     spec.model_code,
                     registry.lora_keys([s.code for s in spec.sub_models if s.kind == "lora"]),
+                    webhook.url if webhook else None,
+                    list(webhook.events) if webhook else [],
                 ),
             )
             if request is not None:  # replaces a row of this request_uuid older than the window
@@ -379,7 +389,18 @@ class PostgresRepository:
         run = domain.Run(task_uid, row["worker"], row["attempt"]) if row["worker"] is not None else None
         return domain.TaskStatus(row["status"]), run
 
-    async def record_progress(self, run: domain.Run, progress: float, preview: str | None = None) -> bool:
+    async def record_progress(
+        self, run: domain.Run, progress: float, preview: str | None = None, webhook: bool = False
+    ) -> bool:
+        if webhook:  # the task's `progress` delivery (migration 0006), when it wants one, in the same statement
+            row = await self._one(
+                "WITH done AS (UPDATE picserve_tasks SET progress = %s, preview = coalesce(%s, preview) "
+                f"WHERE {_RUN} RETURNING task_uid, webhook_url, webhook_events, status, progress) "
+                "SELECT picserve_enqueue_webhook(task_uid, 'progress', webhook_url, webhook_events, status, progress) "
+                "FROM done",
+                (progress, preview, *_of(run)),
+            )
+            return row is not None
         row = await self._one(
             f"UPDATE picserve_tasks SET progress = %s, preview = coalesce(%s, preview) WHERE {_RUN} RETURNING 1",
             (progress, preview, *_of(run)),

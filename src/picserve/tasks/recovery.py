@@ -40,7 +40,9 @@ async def sweep(db: database.Database, stalled_after: float) -> list[str]:
         if await db.app.job_manager.cancel_job_by_id_async(job_id):
             log.info("job %s: its task is no longer queued; cancelled", job_id)
     requeued = []
-    for job in await db.app.job_manager.get_stalled_jobs(seconds_since_heartbeat=stalled_after):
+    # generation jobs only: a webhook delivery's job is retried as it is (webhooks/delivery.py)
+    stalled = await db.app.job_manager.get_stalled_jobs(task_name=jobs.TASK_NAME, seconds_since_heartbeat=stalled_after)
+    for job in stalled:
         # The stalled job ends and its task goes back to the queue under a new job, in one transaction
         # (postgres.requeue_job says why never the same job); a sweeper that lost the race does nothing.
         assert job.id is not None  # jobs read from the database always have an id

@@ -66,6 +66,11 @@ class TaskRepository(Protocol):
         such key. Raises ValueError for a weight ≤ 0."""
         ...
 
+    async def set_webhook(self, public_key: str, url: str | None) -> bool:
+        """Set the key's default webhook URL (None: none): the webhook of its tasks whose request names
+        none, for the `completed` event; False when there is no such key."""
+        ...
+
     async def take_request(self, public_key: str, per_minute: int) -> float:
         """Count one request of the key against a rate of `per_minute` (> 0) shared by every API node:
         0.0 when it is within the rate, else the seconds until the next one will be (not counted).
@@ -92,8 +97,13 @@ class TaskRepository(Protocol):
         *,
         max_open_tasks: int = 0,
         request: domain.RequestId | None = None,
+        webhook: domain.Webhook | None = None,
     ) -> str:
         """Insert a Queuing task and enqueue its job, atomically; returns its TaskUID.
+
+        With `webhook`, the task's events are posted there (webhooks/): a delivery is made, in the
+        same transaction, when the task is taken (`start`), when a progress write asks for one
+        (`progress`) and when it ends (`completed`, exactly once), for the events it names.
 
         With `request`, a resend of a request already accepted (same request_uuid and fingerprint
         within the window) writes nothing and returns the first task's TaskUID; the same request_uuid
@@ -162,10 +172,12 @@ class TaskRepository(Protocol):
         was lost (the connection broke mid-statement) was applied."""
         ...
 
-    async def record_progress(self, run: domain.Run, progress: float, preview: str | None = None) -> bool:
+    async def record_progress(
+        self, run: domain.Run, progress: float, preview: str | None = None, webhook: bool = False
+    ) -> bool:
         """The fraction done (0..1) of the run's task, and its latest preview image (a data URI; None:
         keep the last one); False when `run` is not the task's current run. A task that leaves Running
-        drops its preview."""
+        drops its preview. With `webhook`, a `progress` delivery too, when the task's webhook wants it."""
         ...
 
     async def finish_task(self, run: domain.Run, result_keys: Sequence[str], seeds: Sequence[int]) -> bool:

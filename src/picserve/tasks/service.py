@@ -45,9 +45,10 @@ class TaskService:
         action: str,
         spec: domain.GenerationSpec,
         request: domain.RequestId | None = None,
+        webhook: domain.Webhook | None = None,
     ) -> str:
         """Queue a task for `spec`; its TaskUID is durable once this returns. A resend of `request`
-        gets the first TaskUID back, without a second task or charge."""
+        gets the first TaskUID back, without a second task or charge. Its events go to `webhook`."""
         if await self.repo.queued_count() >= self.max_queued:
             raise errors.ServerBusy(f"the queue holds {self.max_queued} tasks already; retry later")
         cap = account.max_open_tasks if account.max_open_tasks is not None else self.max_open_tasks
@@ -62,6 +63,7 @@ class TaskService:
                 cost_of(spec, self.credit_divisor),
                 max_open_tasks=cap,
                 request=request,
+                webhook=webhook,
             )
         except BaseException:
             await asyncio.to_thread(references.drop, stashed, self.store)

@@ -102,6 +102,7 @@ async def run_worker(
             name=name,
             progress_interval=settings.progress_interval,
             preview_interval=settings.preview_interval if settings.previews else None,
+            webhook_progress_interval=settings.webhook_progress_interval,
             retry=retry,
             registry=roster,
         )

@@ -18,6 +18,7 @@ from picserve.api.services import Services
 from picserve.protocol import messages
 from picserve.protocol.envelope import Envelope
 from picserve.translate.prompts import PromptTranslator
+from picserve.webhooks import rules
 
 __all__ = ["MAX_IMAGES", "MAX_IMAGES_BASE64_CHARS", "handle", "to_spec"]
 
@@ -41,7 +42,20 @@ async def handle(services: Services, account: domain.Account, envelope: Envelope
     spec = await asyncio.to_thread(
         to_spec, request, services.catalog, services.translator, services.settings.append_trigger_words
     )
-    return {"TaskUID": await services.tasks.submit(account, envelope.action, spec, request_id)}
+    webhook = await _webhook(request, account, services.settings.webhook_allow)
+    return {"TaskUID": await services.tasks.submit(account, envelope.action, spec, request_id, webhook)}
+
+
+async def _webhook(
+    request: messages.GenerateImagesSDXL, account: domain.Account, allow: str | None
+) -> domain.Webhook | None:
+    """The request's Webhook, checked (http(s), a public address unless PICSERVE_WEBHOOK_ALLOW allows
+    it); else the key's default (checked when it is delivered), for `completed`; else none."""
+    if request.Webhook is None:
+        return domain.Webhook(account.webhook_url, ("completed",)) if account.webhook_url else None
+    await rules.check(request.Webhook.Url, rules.parse_allow(allow), "Webhook.Url")
+    events = tuple(e for e in domain.WEBHOOK_EVENTS if e in request.Webhook.Events)
+    return domain.Webhook(request.Webhook.Url, events)
 
 
 def to_spec(
