@@ -46,6 +46,13 @@ class Image2Image(TypedDict):
     MaskIndex: NotRequired[int]
 
 
+class Webhook(TypedDict, total=False):
+    """Where picserve posts the task's events (picserve extension; see the README's Webhooks)."""
+
+    Url: str
+    Events: list[Literal["start", "progress", "completed"]]
+
+
 class GenerateImagesSDXLParams(TypedDict, total=False):
     MainModel: ModelRef
     SubModelList: list[ModelRef]
@@ -59,6 +66,7 @@ class GenerateImagesSDXLParams(TypedDict, total=False):
     Image2Image: Image2Image
     Tiling: bool
     ImageAndMaskList: list[str]
+    Webhook: Webhook  # picserve extension
 
 
 class TaskDetail(TypedDict):

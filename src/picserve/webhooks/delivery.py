@@ -47,6 +47,7 @@ from picserve.api.actions.list_tasks_details import task_detail
 from picserve.config import Settings
 from picserve.storage.base import Store
 from picserve.supervisor import Backoff as RestartBackoff
+from picserve.tasks import registry
 from picserve.webhooks import QUEUE, TASK_NAME, rules, signing
 from picserve.webhooks.store import DeliveryStore, Pending
 
@@ -194,7 +195,10 @@ class WebhookWorker:
             concurrency=self.concurrency,
             additional_context={"picserve_webhooks": self.deliverer},
             update_heartbeat_interval=self.heartbeat_interval,
-            stalled_worker_timeout=self.stalled_after,
+            # procrastinate prunes the worker rows silent this long when a Worker starts, on every queue:
+            # a generation worker that waited out a database outage must not lose its row to a webhook
+            # loop started again after the same outage, so only the long dead go (as in registry.py)
+            stalled_worker_timeout=registry.AGE_OUT * self.stalled_after,
             delete_jobs="successful",
             install_signal_handlers=False,
             wait=not burst,
