@@ -213,10 +213,12 @@ def run_phase(fleet: Fleet, label: str, affinity_wait: float, a: list[Client], b
     def finished() -> int:
         return sum(row["status"] == "Finished" for row in tasks().values())
 
-    # Kill a worker in the middle of a task, once a third of the tasks are done.
+    # Kill a worker in the middle of a task, once a third of the tasks are done: one of key A's, so that
+    # B's tasks keep the start time of their only run (a task run again starts again).
     wait_for(lambda: finished() >= KILL_AFTER, 300, f"{KILL_AFTER} tasks of {label} finished")
+    a_tasks = set(uids[:A_TASKS])
     running = wait_for(
-        lambda: [row for row in tasks().values() if row["status"] == "Running" and row["worker"] in names],
+        lambda: [r for r in tasks().values() if r["status"] == "Running" and r["task_uid"] in a_tasks],
         60,
         "a task part-way through",
         every=0.05,
@@ -259,15 +261,13 @@ def run_phase(fleet: Fleet, label: str, affinity_wait: float, a: list[Client], b
     assert finishes == successes == Counter(uids), "a task finished more (or less) than once"
     assert {row["worker"] for row in final.values()} <= set(names)
 
-    # Key B's first task started at one of the next free workers, not behind A's backlog.
-    mine = final[b_first]
-    b_position = 1 + sum(
-        1
-        for row in final.values()
-        if row["started_at"] is not None and mine["created_at"] < row["started_at"] < mine["started_at"]
-    )
-    a_backlog = sum(1 for uid in uids[:A_TASKS] if final[uid]["started_at"] > mine["created_at"])
-    b_wait = (mine["started_at"] - mine["created_at"]).total_seconds()
+    # Key B is served at one of the next free workers, not behind A's backlog: the first of B's tasks to
+    # start (with affinity, the one of a model a free worker holds) against B's arrival (its first submit).
+    arrived = final[b_first]["created_at"]
+    served = min(final[uid]["started_at"] for uid in uids[A_TASKS:])
+    b_position = 1 + sum(1 for row in final.values() if arrived < row["started_at"] < served)
+    a_backlog = sum(1 for uid in uids[:A_TASKS] if final[uid]["started_at"] > arrived)
+    b_wait = (served - arrived).total_seconds()
     return Phase(label, loads, b_position, a_backlog, b_wait, victim, killed_task, attempts, seconds)
 
 
@@ -320,13 +320,12 @@ def test_a_fleet_of_two_apis_and_three_workers_routes_by_model_and_survives_a_ki
         report(
             f"fleet, affinity {'on' if phase is on else 'off'}: 60 tasks in {phase.seconds:.1f} s on 3 workers "
             f"(one killed mid-task, its task run again: attempts {phase.attempts[phase.killed_task]}); "
-            f"{phase.loads} model loads; key B's first task, queued behind {phase.a_backlog} of key A, was task "
-            f"{phase.b_position} to start after it was queued, {phase.b_wait:.2f} s later"
+            f"{phase.loads} model loads; key B, arriving behind {phase.a_backlog} queued tasks of key A, had its "
+            f"first task started {phase.b_position}. after it arrived, {phase.b_wait:.2f} s later"
         )
     assert on.loads * 3 <= off.loads, (on.loads, off.loads)
-    # Fair share alone: B's first task is the next task any worker starts (a fetch under way aside).
-    assert off.b_position <= WORKERS + 1, off.b_position
-    # With affinity it may wait for a worker holding its model (PICSERVE_AFFINITY_WAIT, then any worker
-    # takes it) while the others go on with A's tasks of their own model: never behind the backlog.
-    # (Its wait in seconds is reported, not asserted: it is the holder's current task's, load-dependent.)
-    assert on.b_position <= max(WORKERS + 1, on.a_backlog // 2), (on.b_position, on.a_backlog)
+    # Fair share, with or without affinity: a task of B is the next task a worker starts (a fetch under
+    # way aside); affinity only picks which of B's tasks. (The wait in seconds is reported, not
+    # asserted: it is however long the workers' current tasks still take.)
+    for phase in (on, off):
+        assert phase.b_position <= WORKERS + 1, (phase.label, phase.b_position, phase.a_backlog)
