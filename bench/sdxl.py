@@ -1,0 +1,291 @@
+"""Full-size SDXL on this machine's device: seconds per image, UNet it/s, VAE decode, peak memory, LoRAs.
+
+    .venv/bin/python bench/sdxl.py                            # CUDA: 1024², 30 steps, fp16
+    .venv/bin/python bench/sdxl.py --size 256 --steps 2       # anywhere (CPU: fp32, minutes)
+    .venv/bin/python bench/sdxl.py --variants eager channels_last compile --batch 1 4 --loras 0 1 3 --load
+
+The pipeline is SDXL base 1.0's architecture built from the configs picserve ships (engine/sdxl_base.py)
+with random weights: the compute is a real SDXL's (the anchors in ../shared/notes/anchors-2026.md: on an
+H100 at 1024², 30 steps, CFG 7, diffusers eager fp16 ≈ 2.0 s per image, torch.compile ≈ 1.6 s), and
+nothing is downloaded. Euler, CFG 7, the prompt embeddings computed once and reused, so the figures are
+the denoising and the decode.
+
+For each variant (eager; `channels_last`; `compile`: the UNet through torch.compile, mode
+--compile-mode; its first, compiling call is reported apart) and batch size: seconds per image, UNet
+iterations per second, the VAE decode, peak device memory; with 0, 1 and 3 LoRAs active (rank 32 on
+every attention projection, made here as PEFT adapters), and the time to switch between two LoRA sets.
+`--load` also times loading a main model from a single-file `.safetensors` written here (cold: the
+file's pages dropped from the page cache with posix_fadvise where the OS allows; warm: a second load).
+
+Writes `--out` (JSON, every figure) and prints a Markdown table for docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build(device: torch.device, dtype: torch.dtype, cache: Path) -> Any:
+    """SDXL base's pipeline with random weights, on `device` in `dtype`."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from picserve.engine import sdxl_base
+
+    folder = sdxl_base.config_dir(cache)
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+        te1 = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=te1,
+        text_encoder_2=te2,
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler.from_config(EulerDiscreteScheduler.load_config(folder / "scheduler")),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device=device, dtype=dtype)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device, out: dict[str, float]) -> Iterator[None]:
+    """Peak device memory (CUDA), or the process's peak RSS so far (CPU: weights included), in GiB,
+    into out["peak_gib"]."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        yield
+        out["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        yield
+        out["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def add_loras(pipe: Any, first: int, count: int) -> list[str]:
+    """`count` more rank-32 LoRAs (named from `first` on) on every attention projection of the UNet: the
+    compute of real ones (PEFT starts B at zero, so they leave the image as it is)."""
+    from peft import LoraConfig
+
+    names = []
+    for i in range(first, first + count):
+        name = f"bench_{i}"
+        pipe.unet.add_adapter(
+            LoraConfig(
+                r=32, lora_alpha=32, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+            ),
+            adapter_name=name,
+        )
+        names.append(name)
+    return names
+
+
+def generate(pipe: Any, embeds: dict[str, torch.Tensor], size: int, steps: int, batch: int) -> dict[str, float]:
+    """One timed generation: total seconds, the UNet's share (it/s), the VAE decode."""
+    device = pipe.unet.device
+    marks: list[float] = []
+
+    def on_step(_pipe: Any, _step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        sync(device)
+        marks.append(time.perf_counter())
+        return kwargs
+
+    sync(device)
+    start = time.perf_counter()
+    latents = pipe(
+        **{k: v.repeat(batch, *[1] * (v.ndim - 1)) for k, v in embeds.items()},
+        width=size,
+        height=size,
+        num_inference_steps=steps,
+        guidance_scale=7.0,
+        output_type="latent",
+        callback_on_step_end=on_step,
+        generator=torch.Generator("cpu").manual_seed(1),
+    ).images
+    denoised = time.perf_counter()
+    with torch.inference_mode():
+        latents = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor
+        pipe.vae.decode(latents).sample.float().cpu()
+    sync(device)
+    end = time.perf_counter()
+    unet_seconds = marks[-1] - start if marks else denoised - start
+    return {
+        "seconds": end - start,
+        "seconds_per_image": (end - start) / batch,
+        "unet_it_per_s": steps / unet_seconds,
+        "vae_decode_s": end - denoised,
+    }
+
+
+def median_run(fn: Callable[[], dict[str, float]], repeat: int) -> dict[str, float]:
+    runs = [fn() for _ in range(repeat)]
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def drop_page_cache(path: Path) -> bool:
+    """Ask the OS to forget `path`'s pages (a cold read next time); False where it cannot."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    with open(path, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return True
+
+
+def load_times(pipe: Any, device: torch.device, dtype: torch.dtype, cache: Path) -> dict[str, Any]:
+    """Seconds to load a single-file checkpoint of this pipeline: cold (pages dropped) and warm."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from picserve.engine import checkpoint, sdxl_base
+
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        path = checkpoint.export_single_file(pipe.to(dtype=torch.float16), Path(tmp) / "bench.safetensors")
+        pipe.to(dtype=dtype)
+        out: dict[str, Any] = {"file_gib": path.stat().st_size / 2**30}
+        for label in ("cold", "warm"):
+            out[f"{label}_pages_dropped"] = drop_page_cache(path) if label == "cold" else False
+            start = time.perf_counter()
+            loaded = StableDiffusionXLPipeline.from_single_file(
+                str(path), config=str(sdxl_base.config_dir(cache)), torch_dtype=dtype, local_files_only=True
+            ).to(device)
+            sync(device)
+            out[f"{label}_s"] = time.perf_counter() - start
+            del loaded
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--loras", type=int, nargs="+", default=[0, 1, 3])
+    parser.add_argument("--variants", nargs="+", default=["eager", "channels_last", "compile"])
+    parser.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per figure (median), after a warm-up")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--load", action="store_true", help="also time single-file loads (writes a 5 GB file)")
+    parser.add_argument("--out", type=Path, default=Path("bench-sdxl.json"))
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    cache = Path(tempfile.gettempdir()) / "picserve-bench"
+    environment = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "driver": torch.version.cuda if device.type == "cuda" else None,
+        "torch": torch.__version__,
+        "dtype": str(dtype).removeprefix("torch."),
+        "size": args.size,
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+    }
+    print(
+        f"building SDXL base with random weights on {environment['device']} ({environment['dtype']})", file=sys.stderr
+    )
+    started = time.perf_counter()
+    pipe = build(device, dtype, cache)
+    environment["build_s"] = time.perf_counter() - started
+    with torch.inference_mode():
+        embeds = dict(zip(
+            ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"],
+            pipe.encode_prompt("a photo of a lighthouse at dusk", device=device, negative_prompt="blurry"),
+            strict=True,
+        ))  # fmt: skip
+    eager_unet = pipe.unet
+    results: list[dict[str, Any]] = []
+    for variant in args.variants:
+        pipe.unet = eager_unet
+        if variant == "channels_last":
+            pipe.unet = eager_unet.to(memory_format=torch.channels_last)
+        elif variant == "compile":
+            pipe.unet = torch.compile(eager_unet, mode=args.compile_mode, fullgraph=False)
+        first = time.perf_counter()
+        generate(pipe, embeds, args.size, args.steps, args.batch[0])  # warm-up (compiles, for `compile`)
+        warmup = time.perf_counter() - first
+        for batch in args.batch:
+            figures: dict[str, Any] = {}
+            with peak_memory(device, figures):
+                figures.update(
+                    median_run(lambda b=batch: generate(pipe, embeds, args.size, args.steps, b), args.repeat)
+                )
+            results.append({"variant": variant, "batch": batch, "loras": 0, "first_call_s": warmup, **figures})
+            print(json.dumps(results[-1]), file=sys.stderr)
+        eager_unet = eager_unet.to(memory_format=torch.contiguous_format)
+    pipe.unet = eager_unet
+    names: list[str] = []
+    for count in sorted(set(args.loras) - {0}):
+        names += add_loras(pipe, len(names), count - len(names))
+        pipe.set_adapters(names[:count])
+        figures = median_run(lambda: generate(pipe, embeds, args.size, args.steps, 1), args.repeat)
+        results.append({"variant": "eager", "batch": 1, "loras": count, **figures})
+        print(json.dumps(results[-1]), file=sys.stderr)
+    switch = None
+    if len(names) >= 2:
+        sets = [names[:1], names[1:]]
+        turns = []
+        for i in range(6):
+            sync(device)
+            start = time.perf_counter()
+            pipe.set_adapters(sets[i % 2])
+            sync(device)
+            turns.append(time.perf_counter() - start)
+        switch = statistics.median(turns)
+    loads = load_times(pipe, device, dtype, cache) if args.load else None
+    report = {"environment": environment, "results": results, "lora_switch_s": switch, "load": loads}
+    args.out.write_text(json.dumps(report, indent=1))
+
+    setup = f"{environment['dtype']}, {args.size}², {args.steps} steps, Euler, CFG 7; median of {args.repeat}"
+    print(f"\nSDXL base architecture, random weights; {environment['device']}, torch {environment['torch']}, {setup}\n")
+    print("| variant | batch | LoRAs | s / image | UNet it/s | VAE decode s | peak GiB | first call s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        peak = f"{r['peak_gib']:.1f}" if "peak_gib" in r else "–"
+        first = f"{r['first_call_s']:.1f}" if "first_call_s" in r else "–"
+        print(
+            f"| {r['variant']} | {r['batch']} | {r['loras']} | {r['seconds_per_image']:.2f} | "
+            f"{r['unet_it_per_s']:.2f} | {r['vae_decode_s']:.2f} | {peak} | {first} |"
+        )
+    if switch is not None:
+        print(f"\nLoRA set switch (set_adapters, 1 ↔ 2 adapters loaded): {switch * 1000:.1f} ms")
+    if loads:
+        print(
+            f"single-file load ({loads['file_gib']:.1f} GiB fp16): cold {loads['cold_s']:.1f} s "
+            f"(pages dropped: {loads['cold_pages_dropped']}), warm {loads['warm_s']:.1f} s"
+        )
+
+
+if __name__ == "__main__":
+    main()
