@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,14 +68,21 @@ class Stack:
         return engine
 
 
-@pytest.fixture
-def stack(settings) -> Iterator[Stack]:
+@contextmanager
+def open_stack(settings: Settings) -> Iterator[Stack]:
+    """An in-process picserve on `settings` (e.g. the fixture's, evolved) for the block."""
     repo = InMemoryRepository(in_memory_app())
     store = MemoryStore(settings.result_ttl_seconds)
     services = Services.build(settings, repo=repo, store=store)
     with TestClient(create_app(settings, services)) as api:
         api.portal.call(repo.app.open_async)  # binds the in-memory connector to the app's event loop
         yield Stack(api=api, repo=repo, store=store, settings=settings)
+
+
+@pytest.fixture
+def stack(settings) -> Iterator[Stack]:
+    with open_stack(settings) as opened:
+        yield opened
 
 
 @pytest.fixture

@@ -7,20 +7,14 @@ import io
 import json
 
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from picserve import errors
-from picserve.api.app import create_app
-from picserve.api.services import Services
 from picserve.engine.fake import FakeEngine
-from picserve.sdk import Client
-from picserve.storage.memory import MemoryStore
 from picserve.tasks import jobs, retention
-from picserve.tasks.memory import InMemoryRepository, in_memory_app
 from tests.headers import write_header
 
-from .conftest import MODEL, request
+from .conftest import MODEL, open_stack, request
 
 
 def post(stack, body) -> dict:
@@ -134,13 +128,8 @@ def test_trigger_words_are_listed_not_appended_by_default(stack, client):
 
 @pytest.mark.parametrize(("weight", "prompt"), [(1.0, "a photo of a cat, inkstyle"), (0, "a photo of a cat")])
 def test_trigger_words_are_appended_when_the_operator_asks_but_never_at_weight_zero(settings, weight, prompt):
-    settings = settings.evolve(append_trigger_words=True)
-    repo = InMemoryRepository(in_memory_app())
-    services = Services.build(settings, repo=repo, store=MemoryStore(settings.result_ttl_seconds))
-    with TestClient(create_app(settings, services)) as api:
-        api.portal.call(repo.app.open_async)
-        account = api.portal.call(repo.create_key, "t", 100_000)
-        client = Client("http://testserver", account.public_key, account.private_key, http=api)
+    with open_stack(settings.evolve(append_trigger_words=True)) as appending:
+        client = appending.client()
         sub = {"ModelCode": "xl-style", "InferenceParams": {"LoraWeight": weight}}
         uid = client.generate_images_sdxl(**request(SubModelList=[sub]))
         assert client.list_tasks_details([uid])[0]["Prompt"] == prompt

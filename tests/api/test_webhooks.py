@@ -23,7 +23,7 @@ from picserve.tasks.memory import InMemoryRepository, in_memory_app
 from picserve.webhooks import delivery, rules, signing
 from picserve.webhooks.store import MemoryDeliveries
 
-from .conftest import Stack, request
+from .conftest import Stack, open_stack, request
 
 #: a documentation range (never routed): allowed below, and answered by the MockTransport
 HOOK = "http://198.51.100.7:8443/hooks/picserve?x=1"
@@ -82,16 +82,11 @@ def test_a_private_address_is_refused(client, url):
 
 
 def test_the_operator_allows_addresses_and_names(stack, settings):
-    allowed = settings.evolve(webhook_allow="10.0.0.0/8, 127.0.0.1/32, hooks.internal")
-    repo = InMemoryRepository(in_memory_app())
-    services = Services.build(allowed, repo=repo, store=MemoryStore(allowed.result_ttl_seconds))
-    with TestClient(create_app(allowed, services)) as api:
-        api.portal.call(repo.app.open_async)
-        account = api.portal.call(repo.create_key, "ops", 100_000)
-        client = Client("http://testserver", account.public_key, account.private_key, http=api)
+    with open_stack(settings.evolve(webhook_allow="10.0.0.0/8, 127.0.0.1/32, hooks.internal")) as allowed:
+        client = allowed.client(name="ops")
         for url in ("http://10.1.2.3/hook", "http://127.0.0.1:9000/hook", "https://hooks.internal/x"):
             uid = client.call("GenerateImagesSDXL", **request(Webhook={"Url": url, "Events": ["completed", "start"]}))
-            (task,) = api.portal.call(repo.get_many, [uid["TaskUID"]], account.public_key)
+            (task,) = allowed.api.portal.call(allowed.repo.get_many, [uid["TaskUID"]], client.public_key)
             assert task.webhook is not None and (task.webhook.url, task.webhook.events) == (url, ("start", "completed"))
         assert refusal(client, Webhook={"Url": "http://192.168.1.1/"}).startswith("Webhook.Url: host '192.168.1.1'")
 
