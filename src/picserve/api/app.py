@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from picserve import __version__, keycipher, metrics
+from picserve import __version__, keycipher, metrics, playground
 from picserve.api import endpoint, openai_compat, openapi
 from picserve.api.services import Services
 from picserve.config import Settings
@@ -109,6 +109,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     # OpenAI's images API beside PICPIK's, for tools that speak it (api/openai_compat.py)
     app.include_router(openai_compat.router)
+
+    # the web playground at /playground/ and a page at GET / linking it (POST / stays the endpoint)
+    playground.install(app)
 
     return app
 

@@ -1,0 +1,38 @@
+// Small DOM helpers. Text always goes in as text (textContent), never as HTML.
+
+/** `h("button", { class: "x", type: "button", onclick }, "Label")` → an element. Properties that
+ * start with `on` become listeners; `dataset` and `attrs` objects are applied; null children skipped. */
+export function h(tag, props = {}, ...children) {
+  const element = document.createElement(tag);
+  for (const [key, value] of Object.entries(props || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key.startsWith("on") && typeof value === "function") element.addEventListener(key.slice(2), value);
+    else if (key === "class") element.className = value;
+    else if (key === "dataset") Object.assign(element.dataset, value);
+    else if (key === "attrs") for (const [name, v] of Object.entries(value)) element.setAttribute(name, v);
+    else if (key in element && typeof value !== "string") element[key] = value;
+    else element.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    element.append(child instanceof Node ? child : String(child));
+  }
+  return element;
+}
+
+export const $ = (id) => document.getElementById(id);
+
+/** Say `message` to screen readers (the page's polite live region). */
+export function announce(message) {
+  const region = $("announcer");
+  if (!region) return;
+  region.textContent = "";
+  // a new text node after a tick, so the same message twice is announced twice
+  setTimeout(() => {
+    region.textContent = message;
+  }, 30);
+}
+
+export function clamp(value, low, high) {
+  return Math.min(high, Math.max(low, value));
+}

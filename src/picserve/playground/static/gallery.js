@@ -1,0 +1,427 @@
+// This browser's tasks: kept in localStorage (TaskUIDs and the settings that made them, never image
+// bytes), followed with ListTasksDetails while they run, shown as run cards, then in the gallery.
+
+import { ApiError } from "./api.js";
+import { announce, h } from "./dom.js";
+import { parseInfotext, readPng } from "./png.js";
+
+const STORE = "picserve.playground.tasks";
+const KEEP = 200; // entries kept per browser; the oldest go first
+const POLL_MS = 500;
+const TERMINAL = new Set(["Finished", "Error", "Canceled", "Gone"]);
+
+function load() {
+  try {
+    const entries = JSON.parse(localStorage.getItem(STORE) || "[]");
+    return Array.isArray(entries) ? entries : [];
+  } catch {
+    return [];
+  }
+}
+
+function excerpt(text, limit = 80) {
+  const flat = String(text || "").replace(/\s+/g, " ").trim();
+  return flat.length > limit ? `${flat.slice(0, limit - 1)}…` : flat || "(no prompt)";
+}
+
+/** A result image, fetched once: a blob URL for the page, its size and text chunks. */
+const results = new Map();
+function loadResult(url) {
+  if (!results.has(url)) {
+    results.set(
+      url,
+      (async () => {
+        let response;
+        try {
+          response = await fetch(url, { cache: "force-cache" });
+        } catch {
+          return { src: url, png: null, error: "" }; // another origin without CORS: shown, not read
+        }
+        if (!response.ok) return { src: null, png: null, error: response.status === 404 ? "expired" : `HTTP ${response.status}` };
+        const bytes = await response.arrayBuffer();
+        let png = null;
+        try {
+          png = await readPng(bytes);
+        } catch {
+          png = null;
+        }
+        return { src: URL.createObjectURL(new Blob([bytes], { type: "image/png" })), png, error: "" };
+      })(),
+    );
+  }
+  return results.get(url);
+}
+
+/** Let go of the fetched images of `entries` (their blob URLs hold the bytes). */
+function forget(entries) {
+  for (const entry of entries) {
+    for (const image of entry.images || []) {
+      const result = results.get(image.url);
+      results.delete(image.url);
+      result?.then((r) => r.src?.startsWith("blob:") && URL.revokeObjectURL(r.src));
+    }
+  }
+}
+
+export class Tasks {
+  constructor({ onReuse, onUseAsInput, onSettled }) {
+    this.onReuse = onReuse;
+    this.onUseAsInput = onUseAsInput;
+    this.onSettled = onSettled;
+    this.client = null;
+    this.owner = null;
+    this.live = new Map(); // uid → { progress, queuePosition, preview }: not persisted
+    this.cards = new Map(); // uid → run card element
+    this.timer = null;
+    this.polling = false;
+    this.pollAgain = false;
+    // a gallery image is fetched when it comes near the view, not all of them when the page opens
+    this.visible = new IntersectionObserver(
+      (seen) => {
+        for (const { isIntersecting, target } of seen) {
+          if (!isIntersecting) continue;
+          this.visible.unobserve(target);
+          target.load?.();
+        }
+      },
+      { rootMargin: "400px" },
+    );
+    this.runs = document.getElementById("runs");
+    this.gallery = document.getElementById("gallery");
+    document.getElementById("gallery-clear").addEventListener("click", () => this.clear());
+    window.addEventListener("storage", (event) => {
+      if (event.key === STORE) this.renderGallery(); // another tab of this browser
+    });
+  }
+
+  /** Follow and show the tasks of `owner` (a digest of the public key), signed by `client`. */
+  setSession(client, owner) {
+    this.client = client;
+    if (owner !== this.owner) {
+      this.owner = owner;
+      this.cards.clear();
+      this.runs.replaceChildren();
+    }
+    this.renderRuns();
+    this.renderGallery();
+    this.schedule(0);
+  }
+
+  entries() {
+    return load().filter((e) => e.owner === this.owner);
+  }
+
+  update(uid, change) {
+    const all = load();
+    const entry = all.find((e) => e.uid === uid && e.owner === this.owner);
+    if (!entry) return null;
+    Object.assign(entry, change);
+    this.save(all);
+    return entry;
+  }
+
+  save(all) {
+    const trimmed = all.slice(-KEEP);
+    try {
+      localStorage.setItem(STORE, JSON.stringify(trimmed));
+    } catch {
+      // storage full or disabled: the page still works, it just forgets on reload
+    }
+  }
+
+  /** A task just submitted: `form` is the form's settings (for "reuse"), `label` its prompt. */
+  add(uid, form) {
+    const all = load();
+    all.push({ uid, owner: this.owner, created: Date.now(), form, status: "Queuing", images: [] });
+    this.save(all);
+    this.live.set(uid, { progress: 0, queuePosition: null, preview: null });
+    this.renderRuns();
+    this.schedule(0);
+  }
+
+  active() {
+    return this.entries().filter((e) => !TERMINAL.has(e.status));
+  }
+
+  schedule(delay = POLL_MS) {
+    clearTimeout(this.timer);
+    if (!this.client || !this.active().length) return;
+    this.timer = setTimeout(() => this.poll(), delay);
+  }
+
+  async poll() {
+    if (this.polling) {
+      this.pollAgain = true; // one call at a time: the next one follows this one at once
+      return;
+    }
+    this.polling = true;
+    this.pollAgain = false;
+    let uids = this.active().map((e) => e.uid).slice(0, 100);
+    // a tab in the background asks less often
+    let delay = document.hidden ? POLL_MS * 4 : POLL_MS;
+    while (uids.length) {
+      try {
+        const details = await this.client.listTasksDetails(uids);
+        for (const detail of details) this.apply(detail);
+        this.setRunsError("");
+        break;
+      } catch (error) {
+        // a task deleted by the server's retention (or of another key): forget it, ask again for the rest
+        const gone = error instanceof ApiError && error.retCode === 230 && /task '([^']+)' not found/.exec(error.message);
+        if (gone && uids.includes(gone[1])) {
+          this.update(gone[1], { status: "Gone", error: "The server no longer has this task." });
+          uids = uids.filter((uid) => uid !== gone[1]);
+          this.renderGallery();
+          continue;
+        }
+        this.setRunsError(`Could not follow the running tasks: ${error.message}`);
+        delay = 3000;
+        break;
+      }
+    }
+    this.polling = false;
+    this.renderRuns();
+    this.schedule(this.pollAgain ? 0 : delay);
+  }
+
+  /** One TaskDetail: progress and previews in memory; status, images, errors persisted. */
+  apply(detail) {
+    const uid = detail.TaskUID;
+    this.live.set(uid, {
+      progress: detail.Progress || 0,
+      queuePosition: detail.QueuePosition ?? null,
+      preview: detail.PreviewImage || this.live.get(uid)?.preview || null,
+    });
+    const seeds = detail.SeedList && detail.SeedList.length ? detail.SeedList : null;
+    const change = {
+      status: detail.Status,
+      images: (detail.ImgList || []).map((url, i) => ({ url, seed: seeds ? seeds[i] : (detail.Seed ?? 0) + i })),
+      error: detail.ErrorMassage || "",
+      warnings: detail.Warnings || [],
+      cost: detail.ConsumeApiPoint || 0,
+      prompt: detail.Prompt || "",
+    };
+    const before = this.entries().find((e) => e.uid === uid);
+    const entry = this.update(uid, change);
+    if (entry && TERMINAL.has(entry.status) && before && !TERMINAL.has(before.status)) {
+      this.live.delete(uid);
+      this.settled(entry);
+    }
+  }
+
+  settled(entry) {
+    const title = excerpt(entry.form?.prompt, 40);
+    if (entry.status === "Finished") {
+      const n = entry.images.length;
+      announce(`Finished: ${n} image${n === 1 ? "" : "s"} for “${title}”.`);
+    } else if (entry.status === "Canceled") announce(`Canceled: “${title}”.`);
+    else announce(`Failed: ${entry.error || entry.status}.`);
+    this.renderGallery();
+    this.onSettled(entry);
+  }
+
+  async cancel(uid, button, status) {
+    button.disabled = true;
+    button.textContent = "Canceling…";
+    try {
+      await this.client.cancelTask([uid]);
+      this.schedule(0);
+    } catch (error) {
+      button.disabled = false;
+      button.textContent = "Cancel";
+      status.textContent = `Cancel failed: ${error.message}`;
+    }
+  }
+
+  setRunsError(message) {
+    const empty = document.getElementById("runs-empty");
+    empty.classList.toggle("warning", Boolean(message));
+    if (message) empty.textContent = message;
+  }
+
+  renderRuns() {
+    const active = this.active();
+    const empty = document.getElementById("runs-empty");
+    if (!empty.classList.contains("warning")) {
+      empty.textContent = "Nothing running. Tasks you start show their queue position, progress and live preview here.";
+    }
+    empty.hidden = active.length > 0 && !empty.classList.contains("warning");
+    const wanted = new Set(active.map((e) => e.uid));
+    for (const [uid, card] of this.cards) {
+      if (!wanted.has(uid)) {
+        card.remove();
+        this.cards.delete(uid);
+      }
+    }
+    for (const entry of active) {
+      let card = this.cards.get(entry.uid);
+      if (!card) {
+        card = this.runCard(entry);
+        this.cards.set(entry.uid, card);
+        this.runs.prepend(card);
+      }
+      this.updateCard(card, entry, this.live.get(entry.uid) || {});
+    }
+  }
+
+  runCard(entry) {
+    const id = `run-${entry.uid}`;
+    const status = h("p", { class: "run-status", id: `${id}-status` }, "Submitted");
+    const progress = h("progress", { max: 100, value: 0, "aria-labelledby": `${id}-title`, "aria-describedby": `${id}-status` });
+    const preview = h("img", { class: "run-preview", alt: "", hidden: true });
+    const cancel = h("button", { type: "button", class: "secondary small", "aria-describedby": `${id}-title` }, "Cancel");
+    cancel.addEventListener("click", () => this.cancel(entry.uid, cancel, status));
+    const form = entry.form || {};
+    return h(
+      "li",
+      { class: "run", dataset: { uid: entry.uid } },
+      h("div", { class: "run-thumb" }, preview),
+      h(
+        "div",
+        { class: "run-body" },
+        h("p", { class: "run-title", id: `${id}-title` }, excerpt(form.prompt)),
+        h("p", { class: "hint" }, `${form.width}×${form.height} · ${form.steps} steps · ${form.model || ""} · ${entry.uid}`),
+        status,
+        h("div", { class: "row tight" }, progress, cancel),
+      ),
+    );
+  }
+
+  updateCard(card, entry, live) {
+    const status = card.querySelector(".run-status");
+    const progress = card.querySelector("progress");
+    const preview = card.querySelector(".run-preview");
+    const percent = Math.round((live.progress || 0) * 100);
+    let text;
+    if (entry.status === "Queuing") {
+      text = live.queuePosition ? `Queued · position ${live.queuePosition}` : "Queued";
+      progress.removeAttribute("value"); // indeterminate while it waits
+    } else {
+      text = `Running · ${percent}%`;
+      progress.value = percent;
+    }
+    if (!status.textContent.startsWith("Cancel failed")) status.textContent = text;
+    card.dataset.status = entry.status;
+    if (live.preview) {
+      preview.src = live.preview;
+      preview.alt = `Live preview at ${percent}%`;
+      preview.hidden = false;
+    }
+  }
+
+  renderGallery() {
+    const done = this.entries()
+      .filter((e) => TERMINAL.has(e.status))
+      .sort((a, b) => b.created - a.created);
+    document.getElementById("gallery-empty").hidden = done.length > 0;
+    this.gallery.replaceChildren(...done.flatMap((entry) => this.galleryItems(entry)));
+  }
+
+  remove(uid) {
+    const all = load();
+    forget(all.filter((e) => e.uid === uid && e.owner === this.owner));
+    this.save(all.filter((e) => !(e.uid === uid && e.owner === this.owner)));
+    this.renderGallery();
+    announce("Removed from the gallery.");
+  }
+
+  clear() {
+    const all = load();
+    const mine = (e) => e.owner === this.owner && TERMINAL.has(e.status);
+    forget(all.filter(mine));
+    this.save(all.filter((e) => !mine(e)));
+    this.renderGallery();
+    announce("Gallery cleared.");
+  }
+
+  galleryItems(entry) {
+    const form = entry.form || {};
+    const reuse = (seed) =>
+      h(
+        "button",
+        { type: "button", class: "secondary small", title: "Reuse these settings", onclick: () => this.onReuse(form, seed) },
+        "Reuse settings",
+      );
+    const remove = () =>
+      h(
+        "button",
+        {
+          type: "button",
+          class: "icon small",
+          "aria-label": "Remove from gallery",
+          title: "Remove this task from the gallery",
+          onclick: () => this.remove(entry.uid),
+        },
+        "✕",
+      );
+    if (entry.status !== "Finished") {
+      const what = entry.status === "Canceled" ? "Canceled" : entry.status === "Gone" ? "Gone" : "Failed";
+      return [
+        h(
+          "li",
+          { class: `shot ended ${entry.status.toLowerCase()}`, dataset: { uid: entry.uid, status: entry.status } },
+          h("p", { class: "shot-title" }, excerpt(form.prompt, 60)),
+          h("p", { class: "status-line" }, `${what}${entry.error && entry.status !== "Canceled" ? `: ${entry.error}` : ""}`),
+          h("div", { class: "shot-actions" }, reuse(form.seed), remove()),
+        ),
+      ];
+    }
+    return entry.images.map((image, index) => {
+      const item = h("li", { class: "shot", dataset: { uid: entry.uid, index: String(index), status: "Finished", seed: String(image.seed) } });
+      const name = `picserve-${entry.uid}-${index + 1}.png`;
+      const img = h("img", { alt: `${excerpt(form.prompt, 60)} (seed ${image.seed})`, loading: "lazy", decoding: "async" });
+      const open = h("a", { class: "thumb", href: image.url, target: "_blank", rel: "noopener", title: "Open full size" }, img);
+      const caption = h("figcaption", {}, `${form.width}×${form.height} · seed ${image.seed} · ${form.model || ""}`);
+      const parameters = h("pre", { class: "parameters" }, "Reading the image's parameters…");
+      const details = h("details", { class: "params" }, h("summary", {}, "Parameters"), parameters);
+      const download = h(
+        "a",
+        { class: "button icon small", href: image.url, download: name, "aria-label": "Download", title: "Download" },
+        "⤓",
+      );
+      const full = h(
+        "a",
+        { class: "button icon small", href: image.url, target: "_blank", rel: "noopener", "aria-label": "Open full size", title: "Open full size" },
+        "⤢",
+      );
+      const useAsInput = h(
+        "button",
+        { type: "button", class: "secondary small", onclick: () => this.onUseAsInput(image.url, name) },
+        "Use as input",
+      );
+      let tiles = null;
+      if (form.tiling) {
+        const grid = h("div", { class: "tile-grid", role: "img", "aria-label": "The image repeated 2 × 2, to check its seams" });
+        for (let i = 0; i < 4; i++) grid.append(h("img", { alt: "" }));
+        tiles = h("details", { class: "tiles", open: true }, h("summary", {}, "Seams (2 × 2)"), grid);
+      }
+      item.append(h("figure", {}, open, caption), h("div", { class: "shot-actions" }, reuse(image.seed), useAsInput, download, full, remove()), details);
+      if (entry.warnings?.length) item.append(h("p", { class: "hint warning" }, entry.warnings.join(" ")));
+      if (tiles) item.append(tiles);
+      item.load = () => loadResult(image.url).then((result) => {
+        if (result.error) {
+          item.classList.add("expired");
+          caption.textContent = `${caption.textContent} · ${result.error}`;
+          parameters.textContent = "The server no longer has this image.";
+          return;
+        }
+        img.src = result.src;
+        download.href = result.src;
+        if (tiles) for (const tile of tiles.querySelectorAll("img")) tile.src = result.src;
+        const text = result.png?.text?.parameters;
+        if (result.png) {
+          caption.textContent = `${result.png.width}×${result.png.height} · seed ${image.seed} · ${form.model || ""}`;
+          item.dataset.width = String(result.png.width);
+          item.dataset.height = String(result.png.height);
+        }
+        parameters.textContent = text || "This image carries no parameters (or they could not be read).";
+        if (text) {
+          const fields = parseInfotext(text).fields;
+          if (fields.Seed) item.dataset.seed = fields.Seed;
+        }
+      });
+      this.visible.observe(item);
+      return item;
+    });
+  }
+}
