@@ -11,6 +11,16 @@ next changes only what differs: adapters already loaded are re-weighted with `se
 request with no LoRA disables them, which gives the base model's output bit for bit. Embeddings and
 hypernetworks are applied for one request and always removed after it.
 
+With a compiled UNet (acceleration.py: `PICSERVE_COMPILE`), a LoRA's UNet part goes instead into one of
+the UNet's hot-swap slots (diffusers' hot-swap), where it stays until its slot is needed for another
+file (least recently used first); a request weights the slots, those it does not use at 0, which gives
+the base model's output bit for bit. Neither changes the compiled graph. Its text-encoder parts stay
+PEFT adapters (the text encoders are not compiled). A request may then apply at most as many LoRAs with
+a UNet part as there are slots, each of a rank up to the slots' (`PICSERVE_LORA_SLOTS`,
+`PICSERVE_LORA_MAX_RANK`); beyond that it fails with a `ModelLoadError` that says so. With fused QKV
+projections (acceleration.py), the UNet is unfused while a request's LoRAs (adapters or LyCORIS patches)
+are applied, since the fused layers would not see them, and fused again for a request without any.
+
 Each sub-model goes on all or nothing: diffusers loads a LoRA's UNet, te1 and te2 parts, and an
 embedding's `clip_l` and `clip_g` parts, one after the other, and keeps the first when a later one fails;
 here the parts already applied are taken back, and the failure is a `ModelLoadError` naming the sub-model
@@ -35,7 +45,7 @@ import torch
 
 from picserve import catalog as catalog_module
 from picserve import domain, errors
-from picserve.engine import hypernetwork, loader, lycoris, memory
+from picserve.engine import acceleration, hypernetwork, loader, lycoris, memory
 
 __all__ = ["Adapters"]
 
@@ -86,9 +96,24 @@ class Adapters:
         resolved = [self._resolve(sub) for sub in sub_models if sub.kind == "embedding" or sub.weight != 0]
         loras = [sub for sub in resolved if sub.kind == "lora"]
         patched = [sub for sub in loras if self._is_patched(model, sub)]
-        self._set_loras(model, [sub for sub in loras if sub not in patched])
-        self._patch(model, patched)
+        plain = [sub for sub in loras if sub not in patched]
         pipe = model.base
+        slots = acceleration.lora_slots(pipe)
+        if plain and slots is None and acceleration.compiled(pipe):  # an adapter would change the graph
+            raise errors.ModelLoadError(
+                f"LoRA {plain[0].code!r} could not be applied: this worker's compiled UNet has no LoRA slots "
+                "(PICSERVE_LORA_SLOTS=0); the main model was left unchanged. Submit the task without it, or "
+                "ask the operator for LoRA slots"
+            )
+        if loras:  # fused q/k/v projections would not see the LoRAs' changes (acceleration.py)
+            acceleration.set_fused(pipe, False)
+        if slots is None:
+            self._set_loras(model, plain)
+        else:
+            self._set_slotted_loras(model, slots, plain)
+        self._patch(model, patched)
+        if not loras:  # fused again from the base weights (the patches taken back above)
+            acceleration.set_fused(pipe, True)
         with contextlib.ExitStack() as stack:  # unwinds in reverse, every exit even when one raises
             for emb in (sub for sub in resolved if sub.kind == "embedding"):
                 stack.enter_context(self._embedding(pipe, emb))
@@ -163,18 +188,8 @@ class Adapters:
         adapter got is deleted again before the error goes on. A file whose keys match no layer of the
         model loads nothing without a word from diffusers: that is an error here too.
         """
-        state = dict(self._file(lora))  # diffusers pops keys from the dict it is given
+        state = self._lora_state(pipe, lora)
         keys = len(state)
-        missing = lycoris.unmatched_layers(state, pipe)
-        if missing:  # diffusers would load the rest and skip these without a word: all or nothing
-            listed = ", ".join(missing[:8]) + (f" … ({len(missing) - 8} more)" if len(missing) > 8 else "")
-            raise _failed(
-                "lora",
-                lora.code,
-                f"could not be applied: {len(missing)} of its layers match no layer of this model "
-                f"(made for another base model, or an unknown naming): {listed}",
-                self._where("lora", lora.path),
-            )
         with warnings.catch_warnings():  # peft: "Already found a peft_config attribute" is expected
             warnings.simplefilter("ignore")
             try:
@@ -195,6 +210,136 @@ class Adapters:
                 self._where("lora", lora.path),
             )
 
+    def _lora_state(self, pipe: Any, lora: _Resolved) -> dict[str, Any]:
+        """A copy of a plain LoRA's state dict (diffusers pops keys from the dict it is given), refused
+        when some of its layers match no layer of the model: diffusers would load the rest and skip
+        these without a word; here it is all or nothing."""
+        state = dict(self._file(lora))
+        missing = lycoris.unmatched_layers(state, pipe)
+        if missing:
+            listed = ", ".join(missing[:8]) + (f" … ({len(missing) - 8} more)" if len(missing) > 8 else "")
+            raise _failed(
+                "lora",
+                lora.code,
+                f"could not be applied: {len(missing)} of its layers match no layer of this model "
+                f"(made for another base model, or an unknown naming): {listed}",
+                self._where("lora", lora.path),
+            )
+        return state
+
+    def _forget(self, model: loader.LoadedModel, name: str) -> None:
+        """Unload the LoRA adapter `name` from `model`: its PEFT adapters, or its hot-swap slot (left at
+        weight 0 until it is reused) and its text-encoder adapters."""
+        model.loras.pop(name, None)
+        slots = acceleration.lora_slots(model.base)
+        if slots is None:
+            _delete_adapter(model.base, name)
+            return
+        if name in slots.holding:
+            slots.holding[slots.holding.index(name)] = None
+        for encoder in _encoders(model.base):
+            _delete_encoder_adapter(encoder, name)
+
+    # --- LoRA with a compiled UNet: hot-swap slots (acceleration.py) --------------------------------------
+    def _set_slotted_loras(
+        self, model: loader.LoadedModel, slots: acceleration.LoraSlots, loras: list[_Resolved]
+    ) -> None:
+        """`loras` on a compiled UNet: each file's UNet part in a slot (hot-swapped in unless a slot holds
+        that version already), its text-encoder parts PEFT adapters of the encoders; the slots weighted
+        for this request, every other slot at 0, so that the graph never changes."""
+        from diffusers.loaders.lora_base import (
+            disable_lora_for_text_encoder,
+            enable_lora_for_text_encoder,
+            set_adapters_for_text_encoder,
+        )
+
+        wanted = {_adapter_name(lora.code): lora.weight for lora in loras}
+        for lora in loras:
+            name = _adapter_name(lora.code)
+            if model.loras.get(name) != lora.version:
+                self._forget(model, name)  # an older version of the file, or nothing
+                self._load_slotted(model, slots, lora, name, set(wanted))
+                model.loras[name] = lora.version
+            model.loras.move_to_end(name)
+        # Files with text-encoder parts only hold no slot: the least recently used beyond the bound leave.
+        unslotted = [name for name in model.loras if name not in wanted and name not in slots.holding]
+        for name in unslotted[: max(0, len(unslotted) - self.max_loras)]:
+            self._forget(model, name)
+        slots.set_weights({i: wanted[name] for i, name in enumerate(slots.holding) if name in wanted})
+        for encoder in _encoders(model.base):
+            names = [name for name in wanted if name in _encoder_adapters(encoder)]
+            if names:
+                set_adapters_for_text_encoder(names, encoder, [wanted[name] for name in names])
+                enable_lora_for_text_encoder(encoder)
+            elif _encoder_adapters(encoder):
+                disable_lora_for_text_encoder(encoder)
+
+    def _load_slotted(
+        self, model: loader.LoadedModel, slots: acceleration.LoraSlots, lora: _Resolved, name: str, wanted: set[str]
+    ) -> None:
+        """Load one LoRA for a compiled UNet, all or nothing: its UNet part into a free slot (or the least
+        recently used one this request does not need), its text-encoder parts as adapters `name`."""
+        pipe = model.base
+        state = self._lora_state(pipe, lora)
+        keys, index = len(state), None
+        where = self._where("lora", lora.path)
+        with warnings.catch_warnings():  # peft: "Already found a peft_config attribute" is expected
+            warnings.simplefilter("ignore")
+            try:
+                converted, alphas, metadata = pipe.lora_state_dict(
+                    state, unet_config=pipe.unet.config, return_lora_metadata=True
+                )
+                if any(key.startswith("unet.") for key in converted):
+                    index = self._free_slot(model, slots, lora, wanted)
+                    slots.load(pipe, index, converted, alphas, metadata)
+                    slots.holding[index] = name
+                for encoder, prefix in zip(_encoders(pipe), ("text_encoder", "text_encoder_2"), strict=True):
+                    if any(key.startswith(prefix + ".") for key in converted):
+                        pipe.load_lora_into_text_encoder(
+                            converted,
+                            network_alphas=alphas,
+                            text_encoder=encoder,
+                            prefix=prefix,
+                            adapter_name=name,
+                            metadata=metadata,
+                            _pipeline=pipe,
+                        )
+            except errors.ModelLoadError:
+                raise
+            except BaseException as exc:
+                self._forget(model, name)
+                if memory.is_out_of_memory(exc) or not isinstance(exc, Exception):
+                    raise
+                raise _failed(
+                    "lora", lora.code, f"could not be applied: {loader.one_line(exc, self.catalog.models_dir)}", where
+                ) from exc
+        if index is None and not any(name in _encoder_adapters(encoder) for encoder in _encoders(pipe)):
+            raise _failed(
+                "lora", lora.code, f"could not be applied: none of its {keys} keys matches a layer of this model", where
+            )
+
+    def _free_slot(
+        self, model: loader.LoadedModel, slots: acceleration.LoraSlots, lora: _Resolved, wanted: set[str]
+    ) -> int:
+        """A slot for a LoRA of this request: a free one, else the one of the least recently used file
+        this request does not apply (that file is unloaded)."""
+        alive = [i for i in range(slots.count) if i not in slots.dead]
+        if free := [i for i in alive if slots.holding[i] is None]:
+            return free[0]
+        order = {name: position for position, name in enumerate(model.loras)}  # least recently used first
+        taken = [i for i in alive if slots.holding[i] not in wanted]
+        if not taken:
+            raise errors.ModelLoadError(
+                f"LoRA {lora.code!r} could not be applied: this request applies more LoRAs than the "
+                f"{slots.usable} LoRA slots of this worker's compiled UNet; the main model was left unchanged. "
+                f"Submit the task with at most {slots.usable} LoRAs, or ask the operator to raise PICSERVE_LORA_SLOTS"
+            )
+        index = min(taken, key=lambda i: order.get(slots.holding[i] or "", -1))
+        held = slots.holding[index]
+        if held is not None:
+            self._forget(model, held)
+        return index
+
     # --- LyCORIS ------------------------------------------------------------------------------------
     def _is_patched(self, model: loader.LoadedModel, sub: _Resolved) -> bool:
         """Whether a LoRA file is patched in (lycoris.py) rather than loaded as a PEFT adapter. A file
@@ -204,8 +349,7 @@ class Adapters:
         except errors.ModelLoadError:
             name = _adapter_name(sub.code)
             if name in model.loras and model.loras[name] != sub.version:
-                del model.loras[name]
-                _delete_adapter(model.base, name)
+                self._forget(model, name)
             raise
 
     def _patch(self, model: loader.LoadedModel, files: list[_Resolved]) -> None:
@@ -314,6 +458,25 @@ def _delete_adapter(pipe: Any, name: str) -> None:
         with warnings.catch_warnings():  # peft: "Adapter … was active which is now deleted": set_adapters follows
             warnings.simplefilter("ignore", UserWarning)
             pipe.delete_adapters([name])
+
+
+def _encoders(pipe: Any) -> tuple[Any, Any]:
+    return pipe.text_encoder, pipe.text_encoder_2
+
+
+def _encoder_adapters(encoder: Any) -> set[str]:
+    """The PEFT adapters loaded into a text encoder."""
+    return set(getattr(encoder, "peft_config", None) or {})
+
+
+def _delete_encoder_adapter(encoder: Any, name: str) -> None:
+    """Delete the adapter `name` from one text encoder (it may hold none)."""
+    if name in _encoder_adapters(encoder):
+        from diffusers.utils.peft_utils import delete_adapter_layers
+
+        with warnings.catch_warnings():  # peft: "Adapter … was active which is now deleted"
+            warnings.simplefilter("ignore", UserWarning)
+            delete_adapter_layers(encoder, name)
 
 
 @contextlib.contextmanager
