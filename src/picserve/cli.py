@@ -58,6 +58,28 @@ def _settings(**flags: Any) -> Settings:
     return settings
 
 
+Preload = typer.Option(
+    None,
+    "--preload",
+    metavar="CODE",
+    help="main model loaded before the worker takes jobs (repeat it, or comma-separate codes) [PICSERVE_PRELOAD]",
+)
+
+
+def _memory(used: int, budget: int | None, total: int | None) -> str:
+    """A worker's model memory: `6.9 GiB/48.0 GiB of 80.0 GiB` (used/budget of the device's whole)."""
+    from picserve.admission import shown
+
+    text = shown(used) + ("" if budget is None else f"/{shown(budget)}")
+    return text + ("" if total is None else f" of {shown(total)}")
+
+
+def _codes(values: list[str] | None) -> str | None:
+    """Repeated and comma-separated model codes as one comma-separated setting (None: none given)."""
+    codes = [code.strip() for value in values or () for code in value.split(",") if code.strip()]
+    return ",".join(codes) or None
+
+
 @app.command()
 def serve(
     host: str | None = typer.Option(None, help="[127.0.0.1]"),
@@ -68,6 +90,7 @@ def serve(
     database_url: str | None = DatabaseUrl,
     device: str | None = typer.Option(None, help="worker device: auto, cpu, cuda:N [auto]"),
     public_url: str | None = typer.Option(None, help="base of result URLs [the request's own base URL]"),
+    preload: list[str] | None = Preload,
 ):
     """Run the API and its workers in the foreground."""
     from picserve import supervisor
@@ -82,6 +105,7 @@ def serve(
             database_url=database_url,
             device=device,
             public_url=public_url,
+            preload=_codes(preload),
         )
     )
 
@@ -95,6 +119,7 @@ def worker(
     name: str | None = typer.Option(None, help="worker name in logs and task records"),
     burst: bool = typer.Option(False, help="exit once the queue is empty"),
     metrics_port: int | None = typer.Option(None, help="serve Prometheus metrics on this port [0: none]"),
+    preload: list[str] | None = Preload,
     supervisor_pid: int | None = typer.Option(None, hidden=True, help="set by `serve`: stop when that process dies"),
 ):
     """Run one worker (one per GPU at scale) against the shared database."""
@@ -110,6 +135,7 @@ def worker(
         database_url=database_url,
         device=device,
         worker_metrics_port=metrics_port,
+        preload=_codes(preload),
     )
     with supervisor.database(settings) as url:
         asyncio.run(run_worker(settings, url, name, burst=burst))
@@ -137,13 +163,18 @@ def workers(
         for info in found:
             typer.echo(json.dumps(info.to_json()))
         return
-    header = ("NAME", "DEVICE", "GPU", "MODELS", "LORAS", "LOADS", "DONE", "CURRENT TASK", "LAST HEARTBEAT", "LIVE")
+    header = (
+        "NAME", "DEVICE", "GPU", "MODELS", "IN RAM", "MODEL MEMORY", "LORAS", "LOADS", "DONE", "CURRENT TASK",
+        "LAST HEARTBEAT", "LIVE",
+    )  # fmt: skip
     rows = [
         (
             w.name,
             w.device,
             w.gpu or "-",
             ",".join(w.main_models) or "-",
+            ",".join(w.host_models) or "-",
+            _memory(w.model_bytes, w.model_memory, w.memory_total),
             str(len(w.loras)),
             str(w.model_loads),
             str(w.tasks_done),

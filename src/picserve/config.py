@@ -67,8 +67,17 @@ class Settings:
     translation_models: Path | None = None
     #: the Argos package index `picserve models pull-translation` reads
     translation_index_url: str | None = None
-    #: loaded main models kept in memory by a worker
-    max_loaded_models: int = 1
+    #: main models a worker keeps on its device at once; 0 = as many as PICSERVE_MODEL_MEMORY holds
+    max_loaded_models: int = 0
+    #: bytes of main-model weights a worker keeps on its device ("12GiB", or a fraction of the device:
+    #: "0.6", "60%"); "auto" = 60% of the GPU's memory, or 50% of the RAM on a CPU worker; "none" = unbounded
+    model_memory: str = "auto"
+    #: bytes of main models a worker keeps in CPU RAM once they left the GPU, to come back in a fraction
+    #: of a disk load ("16GiB", or a fraction of the RAM); "auto" = half the RAM shared among the machine's
+    #: GPUs, 0 on a CPU worker (its models are in RAM already); "0" = none
+    model_host_memory: str = "auto"
+    #: main models (comma-separated codes) a worker loads before it takes jobs (`worker --preload`)
+    preload: str | None = None
     #: the VAE (a code in <models_dir>/vae) of main models whose sidecar names none; unset = their own
     default_vae: str | None = None
     #: minimum seconds between two progress writes of one task
@@ -118,6 +127,21 @@ class Settings:
     worker_db_connections: int = 4
     #: seconds a request waits for a database connection; then it is answered 290 (database unreachable)
     db_wait_timeout: float = 3.0
+
+    # Engine speed on CUDA (engine/acceleration.py, docs/performance.md): all off until GPU figures show a win.
+    #: UNet and VAE weights in channels_last memory format
+    channels_last: bool = False
+    #: fused q/k/v attention projections (the UNet unfused while a request's LoRAs are applied)
+    fuse_qkv: bool = False
+    #: torch.compile of the UNet: off, default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs
+    compile: str = "off"
+    #: sizes (WIDTHxHEIGHT, comma-separated) that get a compiled UNet graph at worker start; others run eager;
+    #: unset = SDXL's nine standard sizes (1024x1024, 1152x896, 896x1152, … 640x1536)
+    compile_sizes: str | None = None
+    #: with compile: the highest LoRA rank the UNet's hot-swap slots take
+    lora_max_rank: int = 64
+    #: with compile: LoRAs (with a UNet part) one request may apply, as hot-swap slots; 0 = none
+    lora_slots: int = 3
 
     # Webhooks (webhooks/): each task's events posted, signed, to the URL its request or its key names.
     #: webhook hosts allowed although not public: comma-separated CIDRs and/or host names

@@ -14,6 +14,7 @@ __all__ = [
     "SAMPLER_NAMES",
     "WEBHOOK_EVENTS",
     "Account",
+    "Capacity",
     "GenerationSpec",
     "RequestId",
     "Run",
@@ -263,3 +264,19 @@ def canonical_sampler(name: str) -> str | None:
     """The accepted spelling of an A1111 sampler name, or None when it is unknown."""
     wanted = " ".join(name.split()).lower()
     return next((s for s in SAMPLER_NAMES if s.lower() == wanted), None)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """A worker's device memory and what its main models take (bytes), for the registry."""
+
+    #: the device's whole memory (the GPU's; the machine's RAM for a CPU worker); None: unknown
+    device_total: int | None = None
+    #: bytes of main-model weights it keeps on the device (PICSERVE_MODEL_MEMORY); None: unbounded
+    model_budget: int | None = None
+    #: bytes of the main models on the device now
+    model_bytes: int = 0
+    #: bytes of the main models in its RAM tier
+    host_bytes: int = 0
+    #: main models it keeps on the device at once: what the fetch predicts taking a task evicts
+    model_slots: int = 1

@@ -13,9 +13,10 @@ from typing import Protocol
 from PIL import Image
 
 from picserve import domain
+from picserve.domain import Capacity
 from picserve.engine import png
 
-__all__ = ["Generated", "GenerationEngine", "PreviewCallback", "StepCallback"]
+__all__ = ["Capacity", "Generated", "GenerationEngine", "PreviewCallback", "StepCallback"]
 
 #: called after every denoising step with the fraction done (0..1]; may raise TaskCanceled
 StepCallback = Callable[[float], None]
@@ -51,5 +52,14 @@ class GenerationEngine(Protocol):
         ...
 
     def holdings(self) -> dict[str, list[str]]:
-        """What is loaded: {"main": [ModelCode…], "lora": [ModelCode…]}."""
+        """What is loaded: {"main": [ModelCode…], "lora": [ModelCode…], "host": [ModelCode…]} (on the
+        device; "host": main models kept in CPU RAM)."""
+        ...
+
+    def capacity(self) -> Capacity:
+        """The device's memory and the main models' share of it."""
+        ...
+
+    def preload(self, codes: list[str]) -> None:
+        """Load these main models before taking jobs."""
         ...

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from PIL import Image
 
-from picserve import __version__, domain, reference_images
+from picserve import __version__, admission, domain, reference_images
 from picserve import catalog as catalog_module
-from picserve.engine import adapters, loader, memory, png, previews, prompts, samplers, tiling
-from picserve.engine.base import Generated, PreviewCallback, StepCallback
+from picserve.engine import acceleration, adapters, loader, memory, png, previews, prompts, samplers, tiling
+from picserve.engine.base import Capacity, Generated, PreviewCallback, StepCallback
 
-__all__ = ["Engine", "Generated", "StepCallback"]
+__all__ = ["Engine", "Generated", "StepCallback", "device_memory", "free_device_memory"]
 
-#: above this many output pixels the VAE decodes in tiles, keeping its memory bounded
-_TILED_VAE_PIXELS = 1280 * 1280
+log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -32,27 +34,43 @@ class Engine:
     Args:
         catalog: the models folder the model codes of requests are looked up in.
         device: ``"auto"`` (CUDA when available, else CPU), or a torch device name such as ``"cuda:1"``.
-        max_loaded: main models kept loaded at once, least recently used unloaded first (at least 1).
+        max_loaded: main models kept on the device at once (0: as many as `memory_budget` holds).
+        memory_budget: bytes of main-model weights kept on the device (None: no bound); the least
+            recently used leave it first (loader.PipelineCache).
+        host_budget: bytes of main models kept in CPU RAM once they left the device, to come back
+            faster than from disk (0: none).
         cache_dir: where generated config folders (SDXL base configs for single-file checkpoints) are
             written; ``~/.cache/picserve`` when None.
-        max_chunk: images denoised together; a larger batch runs in chunks of this size to bound memory.
-            A chunk that runs out of memory is retried once, one image at a time (see memory.py).
+        max_chunk: images denoised together at most; each generation is planned (admission.plan) to the
+            largest chunk whose estimated memory fits what the device has free, with the VAE decode
+            sliced or tiled when needed. A chunk that runs out of memory all the same is retried once,
+            one image at a time (see memory.py).
         max_loras: LoRAs kept loaded per main model between requests, least recently used evicted first.
         max_cached_files: sub-model files (LoRA, embedding, hypernetwork) whose contents stay in memory,
             least recently used dropped first.
+        speed: the speed switches (channels_last, fused QKV, a compiled UNet with LoRA hot-swap slots)
+            applied to each main model as it is loaded; None: all off (acceleration.py).
     """
 
     def __init__(
         self,
         catalog: catalog_module.Catalog,
         device: str = "auto",
-        max_loaded: int = 1,
+        max_loaded: int = 0,
         cache_dir: Path | None = None,
         max_chunk: int = 4,
         max_loras: int = 8,
         max_cached_files: int = 16,
+        memory_budget: int | None = None,
+        host_budget: int = 0,
+        speed: acceleration.Acceleration | None = None,
     ) -> None:
-        self.pipelines = loader.PipelineCache(catalog, device, max_loaded, cache_dir)
+        #: the speed switches applied to every main model loaded (acceleration.py); None: all off
+        self.speed = speed
+        prepare = None if speed is None else functools.partial(acceleration.prepare, options=speed)
+        self.pipelines = loader.PipelineCache(
+            catalog, device, max_loaded, cache_dir, memory_budget, host_budget, prepare=prepare
+        )
         self.adapters = adapters.Adapters(catalog, max_loras=max_loras, max_cached_files=max_cached_files)
         #: images denoised together; larger batches run in chunks of this size to bound memory
         self.max_chunk = max(1, max_chunk)
@@ -60,12 +78,44 @@ class Engine:
         self._generating = threading.Lock()
 
     def holdings(self) -> dict[str, list[str]]:
-        """Main models and LoRAs in memory: a hint for sending jobs to the worker that already has them."""
+        """Main models and LoRAs on the device, and main models in the RAM tier: a hint for sending jobs
+        to the worker that already has them."""
         models = self.pipelines.models()
         return {
             "main": [m.code for m in models],
             "lora": [name for m in models for name in [*m.loras, *self.adapters.patched(m)]],
+            "host": self.pipelines.on_host,
         }
+
+    def capacity(self) -> Capacity:
+        """The device's memory and what the main models take of it (for the registry and its routing)."""
+        device_bytes, host_bytes = self.pipelines.used()
+        models = self.pipelines.models()
+        largest = max((m.nbytes for m in models), default=0)
+        slots = self.pipelines.max_loaded  # 0: no count cap
+        if self.pipelines.memory_budget is not None and largest:
+            by_bytes = max(1, self.pipelines.memory_budget // largest)
+            slots = min(slots, by_bytes) if slots else by_bytes
+        elif not slots:  # unbounded, or no model measured yet: one more model evicts nothing
+            slots = len(models) + 1
+        return Capacity(
+            device_total=device_memory(self.pipelines.device),
+            model_budget=self.pipelines.memory_budget,
+            model_bytes=device_bytes,
+            host_bytes=host_bytes,
+            model_slots=max(1, slots),
+        )
+
+    def preload(self, codes: list[str]) -> None:
+        """Load the main models `codes` onto the device before any job (`picserve worker --preload`), the
+        last one most recently used, and compile their UNets for the compile sizes when compile is on
+        (acceleration.warm_up), so that no request pays for it. Raises ModelLoadError/OutOfMemory as a
+        generation would."""
+        with self._generating:
+            for code in codes:
+                model = self.pipelines.get(code)
+                if seconds := acceleration.warm_up(model.base):
+                    log.info("main model %s compiled for %d sizes in %.1f s", code, len(seconds), sum(seconds.values()))
 
     def generate(
         self,
@@ -131,7 +181,20 @@ class Engine:
             }
 
         seeds = spec.seeds
-        tile_vae = width * height > _TILED_VAE_PIXELS and not spec.tiling  # tiled decoding would break the seams
+        # The plan: chunks of the batch, a sliced or tiled decode, so that the estimated peak fits what the
+        # device has free now (admission.py). Tiled decoding never for a seamless request (its seams).
+        device = self.pipelines.device
+        plan = admission.plan(
+            width,
+            height,
+            len(seeds),
+            self.max_chunk,
+            free_device_memory(device),
+            admission.profile_for(device.type),
+            seamless=spec.tiling,
+        )
+        if not plan.fits or plan.chunk < min(len(seeds), self.max_chunk) or plan.slice_vae:
+            log.info("task plan for %d×%d ×%d on %s: %s", width, height, len(seeds), device, plan)
         # 4. LoRAs, embeddings and hypernetworks for this request only; the model is restored afterwards.
         with self.adapters.applied(model, spec.sub_models), torch.inference_mode():
             # 5. Prompt embeddings with A1111 weighting, long prompts in 75-token chunks, clip skip.
@@ -162,15 +225,38 @@ class Engine:
                 images: list[Image.Image] = output.images
                 return images
 
-            with tiling.seamless(pipe, spec.tiling), tiling.tiled_vae(pipe, tile_vae):
-                results = memory.run_in_chunks(seeds, self.max_chunk, denoise, on_step, self._free_memory)
+            with (
+                tiling.seamless(pipe, spec.tiling),
+                tiling.tiled_vae(pipe, plan.tiled_vae),
+                tiling.sliced_vae(pipe, plan.slice_vae),
+            ):
+                results = memory.run_in_chunks(seeds, plan.chunk, denoise, on_step, self._free_memory)
 
-        # 7. Exact size; inpainting keeps every pixel outside the mask exactly; A1111 metadata.
+        # 7. The model's bytes now: LoRAs loaded as adapters stay with it, and count in the cache's budget.
+        model.nbytes = loader.pipeline_bytes(model.base)
+
+        # 8. Exact size; inpainting keeps every pixel outside the mask exactly; A1111 metadata.
         if results[0].size != (spec.width, spec.height):
             results = [img.resize((spec.width, spec.height), Image.Resampling.LANCZOS) for img in results]
         if mask is not None and reference is not None:
             results = [Image.composite(img, reference, mask) for img in results]
         return Generated(images=results, seeds=seeds, infotexts=[_infotext(spec, s) for s in seeds])
+
+
+def device_memory(device: torch.device) -> int:
+    """The device's whole memory in bytes: the GPU's, or the machine's RAM for the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(psutil.virtual_memory().total)
+
+
+def free_device_memory(device: torch.device) -> int:
+    """Bytes a generation can still allocate on the device: on CUDA what the driver has free plus what
+    torch's allocator holds unused; on the CPU what the OS reports available."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    return int(psutil.virtual_memory().available)
 
 
 def _reference(spec: domain.GenerationSpec) -> Image.Image:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from picserve import domain
 from picserve.engine import memory, png
-from picserve.engine.base import Generated, PreviewCallback, StepCallback
+from picserve.engine.base import Capacity, Generated, PreviewCallback, StepCallback
 
 __all__ = ["FakeEngine"]
 
@@ -45,7 +45,13 @@ class FakeEngine:
         self._loaded: list[str] = []
 
     def holdings(self) -> dict[str, list[str]]:
-        return {"main": list(self._loaded), "lora": []}
+        return {"main": list(self._loaded), "lora": [], "host": []}
+
+    def capacity(self) -> Capacity:
+        return Capacity()
+
+    def preload(self, codes: list[str]) -> None:
+        self._loaded = list(codes[-1:])
 
     def generate(
         self,

@@ -21,17 +21,19 @@ import gc
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from picserve import admission, errors, modelinfo
 from picserve import catalog as catalog_module
-from picserve import errors, modelinfo
 from picserve.engine import memory, samplers, sdxl_base
 
-__all__ = ["LoadedModel", "PipelineCache", "free_memory", "one_line", "resolve_device"]
+__all__ = ["LoadedModel", "PipelineCache", "free_memory", "one_line", "pipeline_bytes", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class LoadedModel:
         #: PEFT adapter name → file version (mtime_ns, size) of the LoRAs loaded into this model (see adapters.py)
         self.loras: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._derived_pipelines: dict[str, Any] = {}  # mode → img2img/inpaint pipeline sharing `base`'s modules
+        #: bytes of its weights and buffers (set by the cache once it is loaded)
+        self.nbytes = 0
 
     @property
     def is_inpaint(self) -> bool:
@@ -94,39 +98,78 @@ class LoadedModel:
 
 
 class PipelineCache:
-    """An LRU of loaded SDXL text-to-image pipelines, keyed by ModelCode.
+    """The main models in memory, in two tiers, each a least-recently-used list bounded by bytes.
+
+    - **Device**: models on the execution device, ready to run, up to `memory_budget` bytes of weights
+      (PICSERVE_MODEL_MEMORY; None: unbounded) and, when `max_loaded` > 0, that many models.
+    - **Host**: models evicted from the device, kept whole in CPU RAM (pinned where CUDA is there, so
+      that the copy back runs at full bus speed), up to `host_budget` bytes (PICSERVE_MODEL_HOST_MEMORY;
+      0 for none). One comes back to the device far faster than from disk, as it was: its LoRAs,
+      LyCORIS patches and derived pipelines with it. On a CPU device the host tier is the same RAM, so
+      its default is 0 there.
+
+    A model's bytes are measured when it is loaded (its weights and buffers, each storage once); before
+    a load, the room it needs is estimated from its file's tensor shapes (admission.model_bytes), and the
+    least recently used models leave the device until it fits. A model larger than the whole budget is
+    loaded all the same, alone.
 
     CPU runs fp32 (bf16/fp16 are many times slower there); CUDA runs fp16, with the SDXL VAE upcast
-    that diffusers applies when the VAE config asks for it.
-
-    `max_loaded` main models stay in memory (at least one); `cache_dir` receives the SDXL base config
+    that diffusers applies when the VAE config asks for it. `cache_dir` receives the SDXL base config
     folders that single-file checkpoints without a sidecar config load with (`~/.cache/picserve` when None).
     """
 
     def __init__(
-        self, catalog: catalog_module.Catalog, device: str = "auto", max_loaded: int = 1, cache_dir: Path | None = None
+        self,
+        catalog: catalog_module.Catalog,
+        device: str = "auto",
+        max_loaded: int = 0,
+        cache_dir: Path | None = None,
+        memory_budget: int | None = None,
+        host_budget: int = 0,
+        prepare: Callable[[Any], None] | None = None,
     ) -> None:
         self.catalog = catalog
         self.device = resolve_device(device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.max_loaded = max(1, max_loaded)
+        #: most main models on the device at once; 0: as many as `memory_budget` holds
+        self.max_loaded = max(0, max_loaded)
+        #: bytes of main-model weights kept on the device; None: no bound but `max_loaded`
+        self.memory_budget = memory_budget
+        #: bytes of main-model weights kept in CPU RAM after they leave the device; 0: none
+        self.host_budget = max(0, host_budget)
         self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "picserve")
-        self._models_by_code: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
+        #: applied to each pipeline right after it is loaded from disk (engine speed switches)
+        self._prepare = prepare
+        self._models_by_code: OrderedDict[str, LoadedModel] = OrderedDict()  # on the device, LRU first
+        self._host: OrderedDict[str, LoadedModel] = OrderedDict()  # in CPU RAM, LRU first
+        #: loads from disk, restores from the host tier, models moved to the host tier, models dropped
+        self.counts = {"disk_loads": 0, "host_restores": 0, "offloads": 0, "drops": 0}
         self._lock = threading.Lock()
         _quiet_libraries()
 
     @property
     def loaded(self) -> list[str]:
-        """The model codes in memory, least recently used first."""
+        """The model codes on the device, least recently used first."""
         return list(self._models_by_code)
 
+    @property
+    def on_host(self) -> list[str]:
+        """The model codes in the host tier (CPU RAM), least recently used first."""
+        return list(self._host)
+
     def models(self) -> list[LoadedModel]:
-        """The loaded models, least recently used first, without touching the LRU order."""
+        """The models on the device, least recently used first, without touching the LRU order."""
         with self._lock:
             return list(self._models_by_code.values())
 
+    def used(self) -> tuple[int, int]:
+        """Bytes of weights on the device and in the host tier."""
+        with self._lock:
+            return _total(self._models_by_code), _total(self._host)
+
     def get(self, code: str) -> LoadedModel:
-        """The main model `code`, loaded now if needed (unloading the least recently used beyond `max_loaded`).
+        """The main model `code` on the device: as it is there, brought back from the host tier, or
+        loaded from disk (the least recently used models leaving the device to make room).
 
         Raises `errors.ModelLoadError` when its file is gone or cannot be read, `errors.OutOfMemory` when
         it does not fit in memory even with every other model unloaded.
@@ -146,25 +189,90 @@ class PipelineCache:
                 log.info("main model %s changed its VAE or prediction type; loading it again", code)
                 del self._models_by_code[code]
                 free_memory(self.device)
-            self._unload(len(self._models_by_code) - self.max_loaded + 1)
+            held = self._host.pop(code, None)
+            if held is not None and held.recipe == _recipe(entry):
+                return self._restore(held)
+            del held  # a host copy of an older recipe is dropped with the reference
+            self._make_room(admission.model_bytes(entry.path, self.dtype.itemsize))
             model = LoadedModel(code, self._load_making_room(entry), _recipe(entry))
+            model.nbytes = pipeline_bytes(model.base)
+            self.counts["disk_loads"] += 1
             self._models_by_code[code] = model
+            self._make_room(0, adding=False)  # an estimate below the truth: the others make room now
+            log.info(
+                "main model %s loaded from disk (%s on %s; %s on the device, %s in RAM)",
+                code,
+                admission.shown(model.nbytes),
+                self.device,
+                admission.shown(_total(self._models_by_code)),
+                admission.shown(_total(self._host)),
+            )
             return model
 
     def unload_all(self, keep: list[str] | None = None) -> None:
-        """Unload every main model but those in `keep` (to make room after running out of memory)."""
+        """Every main model but those in `keep` leaves the device (to make room after running out of
+        memory); to the host tier where it has room."""
         with self._lock:
             for code in [c for c in self._models_by_code if c not in (keep or [])]:
-                log.info("unloading main model %s", code)
-                del self._models_by_code[code]
+                self._evict(code)
+            free_memory(self.device)
 
-    def _unload(self, count: int) -> None:
-        """Unload the `count` least recently used models, and free what they held."""
-        if count <= 0:
-            return
-        for _ in range(min(count, len(self._models_by_code))):
-            evicted, _ = self._models_by_code.popitem(last=False)
-            log.info("unloading main model %s", evicted)
+    def _restore(self, model: LoadedModel) -> LoadedModel:
+        """`model`, from the host tier, back on the device (room made first)."""
+        self._make_room(model.nbytes)
+        started = time.perf_counter()
+        try:
+            _move(model.base, self.device, pin=False)
+        except Exception as exc:
+            if not memory.is_out_of_memory(exc):
+                raise
+            memory.release(exc, lambda: None)
+            _move(model.base, torch.device("cpu"), pin=False)  # what reached the device leaves it again
+            self._unload_everything()
+            _move(model.base, self.device, pin=False)
+        self.counts["host_restores"] += 1
+        self._models_by_code[model.code] = model
+        log.info(
+            "main model %s restored from RAM in %.2f s (%s)",
+            model.code,
+            time.perf_counter() - started,
+            admission.shown(model.nbytes),
+        )
+        return model
+
+    def _make_room(self, needed: int, adding: bool = True) -> None:
+        """Least recently used models leave the device until one more model of `needed` bytes fits the
+        budget and `max_loaded` (`adding` False: until what is there fits; the newest always stays)."""
+        while self._models_by_code:
+            count = len(self._models_by_code) + adding
+            over_count = self.max_loaded > 0 and count > self.max_loaded
+            used = _total(self._models_by_code) + needed
+            over_bytes = self.memory_budget is not None and used > self.memory_budget
+            if not (over_count or over_bytes) or (not adding and len(self._models_by_code) == 1):
+                break
+            self._evict(next(iter(self._models_by_code)))
+        free_memory(self.device)
+
+    def _evict(self, code: str) -> None:
+        """`code` leaves the device: to the host tier when it fits its budget, else out of memory."""
+        model = self._models_by_code.pop(code)
+        if 0 < model.nbytes <= self.host_budget:
+            while self._host and _total(self._host) + model.nbytes > self.host_budget:
+                dropped, _ = self._host.popitem(last=False)
+                self.counts["drops"] += 1
+                log.info("main model %s dropped from RAM", dropped)
+            if self.device.type != "cpu":
+                _move(model.base, torch.device("cpu"), pin=torch.cuda.is_available())
+            self._host[code] = model
+            self.counts["offloads"] += 1
+            log.info("main model %s moved from %s to RAM (%s)", code, self.device, admission.shown(model.nbytes))
+        else:
+            self.counts["drops"] += 1
+            log.info("unloading main model %s", code)
+
+    def _unload_everything(self) -> None:
+        for code in list(self._models_by_code):
+            self._evict(code)
         free_memory(self.device)
 
     def _load_making_room(self, entry: catalog_module.Entry) -> Any:
@@ -183,7 +291,7 @@ class PipelineCache:
                         "persists, the operator should run this model on a device with more memory"
                     ) from exc
                 log.warning("out of memory loading %s (%s); unloading the other models", entry.code, exc)
-            self._unload(len(self._models_by_code))  # out of the except block: the failed load's tensors are free
+            self._unload_everything()  # out of the except block: the failed load's tensors are free
         raise AssertionError("unreachable")
 
     def _load(self, entry: catalog_module.Entry) -> Any:
@@ -216,7 +324,10 @@ class PipelineCache:
             # v-prediction, zero terminal SNR: every request's sampler is built from this config
             prediction = samplers.prediction_config(entry.prediction == "v", entry.zero_terminal_snr)
             pipe.scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, **prediction})
-            return pipe.to(self.device)
+            pipe = pipe.to(self.device)
+            if self._prepare is not None:
+                self._prepare(pipe)
+            return pipe
         except errors.PicserveError:
             raise
         except Exception as exc:  # a damaged file, a folder missing a part: whatever the readers raise
@@ -275,6 +386,41 @@ class PipelineCache:
             return str(path)
 
 
+def pipeline_bytes(pipe: Any) -> int:
+    """Bytes of a pipeline's weights and buffers, each storage counted once (shared or tied ones too)."""
+    seen: set[int] = set()
+    total = 0
+    for name in _COMPONENTS:
+        module = getattr(pipe, name, None)
+        if module is None:
+            continue
+        for tensor in [*module.parameters(), *module.buffers()]:
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+    return total
+
+
+def _total(models: Mapping[str, LoadedModel]) -> int:
+    return sum(model.nbytes for model in models.values())
+
+
+def _move(pipe: Any, device: torch.device, pin: bool) -> None:
+    """A pipeline's modules to `device`; on the way to the CPU with `pin`, into page-locked memory (the
+    copy back to the GPU then runs asynchronously at full speed)."""
+    for name in _COMPONENTS:
+        module = getattr(pipe, name, None)
+        if module is None:
+            continue
+        module.to(device, non_blocking=device.type == "cuda")
+        if pin:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                tensor.data = tensor.data.pin_memory()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def one_line(exc: BaseException, models_dir: Path | None = None) -> str:
     """What `exc` says, on one line and short enough for a task's error message, followed by what the
     first exception of its chain said (diffusers wraps a reader's error in its own "Unable to load…").
@@ -293,6 +439,10 @@ def one_line(exc: BaseException, models_dir: Path | None = None) -> str:
 
     outer, first = text(exc, 200), text(root, 200)
     return outer if root is exc or first in outer else f"{outer}: {first}"
+
+
+#: the modules of an SDXL pipeline that hold weights
+_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
 def _recipe(entry: catalog_module.Entry) -> tuple[Any, ...]:

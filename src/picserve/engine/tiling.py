@@ -7,12 +7,12 @@ With circular padding the network sees the image as a torus, so opposite edges c
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import nn
 
-__all__ = ["seamless", "tiled_vae"]
+__all__ = ["seamless", "sliced_vae", "tiled_vae"]
 
 
 @contextlib.contextmanager
@@ -32,14 +32,24 @@ def seamless(pipe: Any, enabled: bool) -> Iterator[None]:
             conv.padding_mode = mode
 
 
-@contextlib.contextmanager
-def tiled_vae(pipe: Any, enabled: bool) -> Iterator[None]:
+def tiled_vae(pipe: Any, enabled: bool) -> contextlib.AbstractContextManager[None]:
     """Decode (and encode) in overlapping tiles, so VAE memory stays bounded at large sizes."""
+    return _switched(enabled, pipe.vae.enable_tiling, pipe.vae.disable_tiling)
+
+
+def sliced_vae(pipe: Any, enabled: bool) -> contextlib.AbstractContextManager[None]:
+    """Decode a batch one image at a time, so VAE memory is one image's whatever the batch."""
+    return _switched(enabled, pipe.vae.enable_slicing, pipe.vae.disable_slicing)
+
+
+@contextlib.contextmanager
+def _switched(enabled: bool, on: Callable[[], object], off: Callable[[], object]) -> Iterator[None]:
+    """`on()` for the block and `off()` after it, however it ends; nothing when not `enabled`."""
     if not enabled:
         yield
         return
-    pipe.vae.enable_tiling()
+    on()
     try:
         yield
     finally:
-        pipe.vae.disable_tiling()
+        off()

@@ -231,10 +231,11 @@ async def _report(runtime: WorkerRuntime, model_code: str | None) -> None:
     assert runtime.registry is not None
     try:
         holdings = await runtime.engine_thread.call(runtime.engine.holdings)
+        capacity = await runtime.engine_thread.call(runtime.engine.capacity)
     except Exception:
         log.exception("could not read what the engine holds")
         return
-    await runtime.registry.job_done(model_code, holdings)
+    await runtime.registry.job_done(model_code, holdings, capacity)
 
 
 async def _run(

@@ -193,6 +193,9 @@ class InMemoryRepository:
     async def queued_by_model(self) -> dict[str, int]:
         return dict(Counter(t.spec.model_code for t in self._tasks.values() if t.status is domain.TaskStatus.QUEUING))
 
+    async def worker_memory(self, live_after: float) -> list[tuple[str, int]]:
+        return []  # workers register in PostgreSQL only
+
     async def open_task_histogram(self) -> dict[int, int]:
         per_key = Counter(t.public_key for t in self._tasks.values() if t.status in _OPEN)
         counts = (per_key[k] for k, account in self._keys.items() if per_key[k] or not account.revoked)

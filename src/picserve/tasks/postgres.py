@@ -293,6 +293,14 @@ class PostgresRepository:
         )
         return {r["model"]: int(r["n"]) for r in rows}
 
+    async def worker_memory(self, live_after: float) -> list[tuple[str, int]]:
+        rows = await self._all(
+            "SELECT device, memory_total FROM picserve_workers WHERE memory_total IS NOT NULL "
+            "AND last_heartbeat > now() - make_interval(secs => %s)",
+            (live_after,),
+        )
+        return [(str(r["device"]), int(r["memory_total"])) for r in rows]
+
     async def open_task_histogram(self) -> dict[int, int]:
         # one pass over the keys, each joined to its open tasks through picserve_tasks_key_status
         rows = await self._all(

@@ -34,6 +34,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from picserve.domain import Capacity
+
 __all__ = [
     "AGE_OUT",
     "WorkerInfo",
@@ -105,6 +107,14 @@ class WorkerInfo:
     last_heartbeat: datetime
     #: heard from within `stalled_after` seconds
     live: bool
+    #: main models in its RAM tier (off the device)
+    host_models: tuple[str, ...] = ()
+    #: the device's whole memory (a CPU worker's: the RAM), bytes; None: not reported
+    memory_total: int | None = None
+    #: bytes of main-model weights it keeps on the device; None: unbounded
+    model_memory: int | None = None
+    model_bytes: int = 0
+    host_bytes: int = 0
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> WorkerInfo:
@@ -124,6 +134,11 @@ class WorkerInfo:
             started_at=row["started_at"],
             last_heartbeat=row["last_heartbeat"],
             live=row["live"],
+            host_models=tuple(row["host_models"]),
+            memory_total=row["memory_total"],
+            model_memory=row["model_memory"],
+            model_bytes=row["model_bytes"],
+            host_bytes=row["host_bytes"],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -144,16 +159,22 @@ class WorkerInfo:
             "StartedAt": self.started_at.isoformat(),
             "LastHeartbeat": self.last_heartbeat.isoformat(),
             "Live": self.live,
+            "HostModels": list(self.host_models),
+            "MemoryTotal": self.memory_total,
+            "ModelMemory": self.model_memory,
+            "ModelBytes": self.model_bytes,
+            "HostBytes": self.host_bytes,
         }
 
 
 _COLUMNS = (
     "name, host, pid, device, gpu, gpu_memory, main_models, loras, model_slots, tasks_done, model_loads, "
-    "current_task, started_at"
+    "current_task, started_at, host_models, memory_total, model_memory, model_bytes, host_bytes"
 )
 _VALUES = (
     "%(name)s, %(host)s, %(pid)s, %(device)s, %(gpu)s, %(gpu_memory)s, %(main_models)s, %(loras)s, "
-    "%(model_slots)s, %(tasks_done)s, %(model_loads)s, %(current_task)s, %(started_at)s"
+    "%(model_slots)s, %(tasks_done)s, %(model_loads)s, %(current_task)s, %(started_at)s, %(host_models)s, "
+    "%(memory_total)s, %(model_memory)s, %(model_bytes)s, %(host_bytes)s"
 )
 #: the whole row, as this process knows it (on start and after every task)
 _WRITE = (
@@ -162,7 +183,8 @@ _WRITE = (
     "gpu_memory = EXCLUDED.gpu_memory, main_models = EXCLUDED.main_models, loras = EXCLUDED.loras, "
     "model_slots = EXCLUDED.model_slots, tasks_done = EXCLUDED.tasks_done, model_loads = EXCLUDED.model_loads, "
     "current_task = EXCLUDED.current_task, current_model = NULL, started_at = EXCLUDED.started_at, "
-    "last_heartbeat = now()"
+    "host_models = EXCLUDED.host_models, memory_total = EXCLUDED.memory_total, model_memory = EXCLUDED.model_memory, "
+    "model_bytes = EXCLUDED.model_bytes, host_bytes = EXCLUDED.host_bytes, last_heartbeat = now()"
 )
 #: the heartbeat alone (the fetch writes the row's current task and holdings in between); the whole
 #: row when it is missing (aged out during a long outage)
@@ -175,8 +197,9 @@ _BEAT = (
 class WorkerRegistry:
     """One worker's row in the registry, on `pool`; its counts kept in this process.
 
-    `model_slots`: the main models its engine keeps loaded (PICSERVE_MAX_LOADED_MODELS), which the
-    fetch uses to predict what taking a task of another model evicts.
+    Its engine's `Capacity` (after every task) gives `model_slots`, the main models its device keeps
+    at once (PICSERVE_MAX_LOADED_MODELS, or what PICSERVE_MODEL_MEMORY holds of the models it loaded),
+    which the fetch uses to predict what taking a task of another model evicts, and its memory.
     """
 
     def __init__(
@@ -202,10 +225,12 @@ class WorkerRegistry:
         self.tasks_done = 0
         self.model_loads = 0
         self.current_task: str | None = None
+        self.host_models: list[str] = []
+        self.capacity = Capacity(model_slots=model_slots)
 
-    async def register(self, holdings: Mapping[str, Sequence[str]]) -> None:
+    async def register(self, holdings: Mapping[str, Sequence[str]], capacity: Capacity | None = None) -> None:
         """The worker starts: its whole row, with what its engine holds (often nothing yet)."""
-        self._hold(holdings)
+        self._hold(holdings, capacity)
         self.started_at = datetime.now(UTC)
         await self._run("registering", _WRITE, self._row())
 
@@ -213,12 +238,14 @@ class WorkerRegistry:
         """The worker runs `task_uid` now (the fetch wrote it to the row already)."""
         self.current_task = task_uid
 
-    async def job_done(self, model_code: str | None, holdings: Mapping[str, Sequence[str]]) -> None:
+    async def job_done(
+        self, model_code: str | None, holdings: Mapping[str, Sequence[str]], capacity: Capacity | None = None
+    ) -> None:
         """The worker's job ended: what its engine holds now, and its counts. `model_code`: the main
         model of the task it ran (None when it skipped the job): a load is counted when that model was
         not held before the task and is now."""
         before = set(self.main_models)
-        self._hold(holdings)
+        self._hold(holdings, capacity)
         if model_code is not None:
             self.tasks_done += 1
             if model_code not in before and model_code in self.main_models:
@@ -233,9 +260,13 @@ class WorkerRegistry:
         """The worker exits cleanly: its row goes."""
         await self._run("unregistering", "DELETE FROM picserve_workers WHERE name = %(name)s", {"name": self.name})
 
-    def _hold(self, holdings: Mapping[str, Sequence[str]]) -> None:
+    def _hold(self, holdings: Mapping[str, Sequence[str]], capacity: Capacity | None) -> None:
         self.main_models = list(dict.fromkeys(holdings.get("main", ())))
         self.loras = _held_loras(holdings.get("lora", ()))
+        self.host_models = list(dict.fromkeys(holdings.get("host", ())))
+        if capacity is not None:
+            self.capacity = capacity
+            self.model_slots = capacity.model_slots
 
     def _row(self) -> dict[str, Any]:
         return {
@@ -252,6 +283,11 @@ class WorkerRegistry:
             "model_loads": self.model_loads,
             "current_task": self.current_task,
             "started_at": self.started_at,
+            "host_models": self.host_models,
+            "memory_total": self.capacity.device_total,
+            "model_memory": self.capacity.model_budget,
+            "model_bytes": self.capacity.model_bytes,
+            "host_bytes": self.capacity.host_bytes,
         }
 
     async def _run(self, what: str, query: LiteralString, params: Mapping[str, Any]) -> None:

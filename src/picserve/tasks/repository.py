@@ -123,6 +123,11 @@ class TaskRepository(Protocol):
         """Tasks in Queuing per main model (ModelCode), over every key; models with none are left out."""
         ...
 
+    async def worker_memory(self, live_after: float) -> list[tuple[str, int]]:
+        """(device, its whole memory in bytes) of each live worker of the registry (heard from within
+        `live_after` seconds) that reported its memory; [] where there is no registry."""
+        ...
+
     async def open_task_histogram(self) -> dict[int, int]:
         """How many keys have each number of open (Queuing or Running) tasks: {open tasks: keys}. Every
         key counts, with 0 when it has none, except a revoked key with none. No key is named (what the

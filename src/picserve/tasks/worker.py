@@ -22,15 +22,16 @@ from typing import Any, Protocol
 import procrastinate
 from procrastinate.worker import Worker
 
-from picserve import metrics
+from picserve import admission, metrics
 from picserve.catalog import Catalog
 from picserve.config import Settings
 from picserve.engine.base import GenerationEngine
+from picserve.errors import PicserveError
 from picserve.storage.factory import open_store
 from picserve.supervisor import Backoff
 from picserve.tasks import database, jobs, recovery, registry, routing
 
-__all__ = ["build_engine", "run_worker", "work"]
+__all__ = ["build_engine", "preload_codes", "run_worker", "work"]
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,35 @@ class _Loop(Protocol):
 
 
 def build_engine(settings: Settings) -> GenerationEngine:
-    """The diffusers engine for `settings.device`, with the memory knobs of `settings`."""
-    from picserve.engine.engine import Engine  # torch is imported by workers only
+    """The diffusers engine for `settings.device`, with the memory knobs of `settings` (a bad
+    PICSERVE_MODEL_MEMORY or PICSERVE_MODEL_HOST_MEMORY is a ValueError naming it)."""
+    import psutil
+    import torch  # workers only: the API never imports torch
 
+    from picserve.engine.acceleration import Acceleration
+    from picserve.engine.engine import Engine, device_memory
+    from picserve.engine.loader import resolve_device
+
+    device = resolve_device(settings.device)
+    try:
+        memory_budget, host_budget = admission.budgets(
+            settings.model_memory,
+            settings.model_host_memory,
+            device.type,
+            device_memory(device),
+            psutil.virtual_memory().total,
+            torch.cuda.device_count() if device.type == "cuda" else 0,
+        )
+        speed = Acceleration.parse(
+            channels_last=settings.channels_last,
+            fuse_qkv=settings.fuse_qkv,
+            compile=settings.compile,
+            compile_sizes=settings.compile_sizes,
+            lora_max_rank=settings.lora_max_rank,
+            lora_slots=settings.lora_slots,
+        )
+    except ValueError as exc:  # a setting the operator mistyped: said plainly, no traceback
+        raise SystemExit(f"picserve worker: {exc}") from None
     return Engine(
         Catalog.of(settings),
         device=settings.device,
@@ -59,7 +86,15 @@ def build_engine(settings: Settings) -> GenerationEngine:
         max_chunk=settings.batch_chunk,
         max_loras=settings.max_loras_per_model,
         max_cached_files=settings.max_cached_files,
+        memory_budget=memory_budget,
+        host_budget=host_budget,
+        speed=speed,
     )
+
+
+def preload_codes(settings: Settings) -> list[str]:
+    """The main models of PICSERVE_PRELOAD (`worker --preload`), in order, each once."""
+    return list(dict.fromkeys(code.strip() for code in (settings.preload or "").split(",") if code.strip()))
 
 
 async def run_worker(
@@ -92,9 +127,7 @@ async def run_worker(
         app = database.make_app(database_url, database.ResilientConnector(retry, route))
         await app.open_async(db.pool)
         device, gpu, gpu_memory = registry.describe_device(settings.device)
-        roster = registry.WorkerRegistry(
-            db.pool, name, device, model_slots=settings.max_loaded_models, gpu=gpu, gpu_memory=gpu_memory
-        )
+        roster = registry.WorkerRegistry(db.pool, name, device, gpu=gpu, gpu_memory=gpu_memory)
         runtime = jobs.WorkerRuntime(
             repo=db.repo,
             engine=engine,
@@ -106,7 +139,19 @@ async def run_worker(
             retry=retry,
             registry=roster,
         )
-        await roster.register(await runtime.engine_thread.call(engine.holdings))
+        if codes := preload_codes(settings):
+            # before the first fetch: the registry then tells the fleet's routing what this worker holds
+            started = asyncio.get_running_loop().time()
+            try:
+                await runtime.engine_thread.call(lambda: engine.preload(codes))
+            except PicserveError as exc:  # a model that cannot load is reported; the worker still serves
+                log.error("worker %s could not preload %s: %s", name, ", ".join(codes), exc.message)
+            else:
+                took = asyncio.get_running_loop().time() - started
+                log.info("worker %s preloaded %s in %.1f s", name, ", ".join(codes), took)
+        await roster.register(
+            await runtime.engine_thread.call(engine.holdings), await runtime.engine_thread.call(engine.capacity)
+        )
         sweeper = asyncio.create_task(recovery.sweep_forever(db, settings.stalled_after, settings.stalled_after / 3))
         beater = asyncio.create_task(_beat_forever(roster, settings.heartbeat_interval))
         stop_metrics = metrics.serve_worker(settings.worker_metrics_port, settings.host, device)

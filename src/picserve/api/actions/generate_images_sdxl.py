@@ -11,8 +11,8 @@ import re
 import secrets
 from typing import Any
 
+from picserve import admission, domain, errors, modelinfo, reference_images
 from picserve import catalog as catalog_module
-from picserve import domain, errors, modelinfo, reference_images
 from picserve.api import idempotency
 from picserve.api.services import Services
 from picserve.protocol import messages
@@ -43,7 +43,37 @@ async def handle(services: Services, account: domain.Account, envelope: Envelope
         to_spec, request, services.catalog, services.translator, services.settings.append_trigger_words
     )
     webhook = await _webhook(request, account, services.settings.webhook_allow)
+    await _check_memory(services, spec)
     return {"TaskUID": await services.tasks.submit(account, envelope.action, spec, request_id, webhook)}
+
+
+async def _check_memory(services: Services, spec: domain.GenerationSpec) -> None:
+    """Refuse a size that no live worker could ever run (admission.py): its least memory, one image at
+    a time with a tiled decode, above every worker's device memory. With no worker registered, the
+    task is queued (one may come)."""
+    workers = await services.repo.worker_memory(services.settings.stalled_after)
+    entry = services.catalog.get("main", spec.model_code)
+    if not workers or entry is None:
+        return
+    width, height = -(-spec.width // 8) * 8, -(-spec.height // 8) * 8  # the engine's multiples of 8
+
+    def need(device: str, side_w: int, side_h: int) -> int:
+        profile = admission.profile_for(device)
+        weights = admission.model_bytes(entry.path, profile.weight_bytes)
+        return admission.minimum(side_w, side_h, weights, profile, spec.tiling)
+
+    if any(need(device, width, height) <= total for device, total in workers):
+        return
+    device, total = max(workers, key=lambda w: w[1] - need(w[0], width, height))
+    scale = 1.0  # the largest size of this aspect ratio that worker fits, in steps of 64 px
+    while scale > 0.05 and need(device, int(width * scale), int(height * scale)) > total:
+        scale *= 0.95
+    fits_w, fits_h = max(64, int(width * scale) // 64 * 64), max(64, int(height * scale) // 64 * 64)
+    raise errors.ParamError(
+        f"Width/Height: {spec.width}×{spec.height} needs about {admission.shown(need(device, width, height))} of "
+        f"device memory even one image at a time, and the largest of this server's {len(workers)} live "
+        f"worker(s) has {admission.shown(total)}; at this aspect ratio it fits up to about {fits_w}×{fits_h}"
+    )
 
 
 async def _webhook(
