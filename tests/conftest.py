@@ -56,12 +56,21 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(fuzzing.TALLY.summary())
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--run-slow", action="store_true", help="also run the tests marked slow (skipped by default: suite time)"
+    )
+
+
 def pytest_collection_modifyitems(config, items):
     root = Path(__file__).parent
+    skip_slow = pytest.mark.skip(reason="marked slow: run with --run-slow (kept out of `make test` for its time)")
     for item in items:
         folder = Path(item.fspath).relative_to(root).parts[0]
         for mark in _TIER_MARKS.get(folder, ()):
             item.add_marker(mark)
+        if item.get_closest_marker("slow") is not None and not config.getoption("--run-slow"):
+            item.add_marker(skip_slow)
 
 
 @pytest.fixture(scope="session")
