@@ -230,8 +230,8 @@ async def _report(runtime: WorkerRuntime, model_code: str | None) -> None:
     (read on the engine thread, which the job has handed back)."""
     assert runtime.registry is not None
     try:
-        holdings = await runtime.engine_thread.call(runtime.engine.holdings)
-        capacity = await runtime.engine_thread.call(runtime.engine.capacity)
+        engine = runtime.engine
+        holdings, capacity = await runtime.engine_thread.call(lambda: (engine.holdings(), engine.capacity()))
     except Exception:
         log.exception("could not read what the engine holds")
         return
