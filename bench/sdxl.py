@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/sdxl.py                            # CUDA: 1024², 30 steps, fp16
     .venv/bin/python bench/sdxl.py --size 256 --steps 2       # anywhere (CPU: fp32, minutes)
+    .venv/bin/python bench/sdxl.py --dtype bfloat16           # another compute dtype (default: auto)
     .venv/bin/python bench/sdxl.py --variants eager channels_last fused_qkv compile all --batch 1 4 --loras 0 1 3 --load
 
 The pipeline is SDXL base 1.0's architecture built from the configs picserve ships (engine/sdxl_base.py)
@@ -25,6 +26,11 @@ dynamo compile again. `--load` also times loading a main model from a single-fil
 written here (cold: the file's pages dropped from the page cache with posix_fadvise where the OS
 allows; warm: a second load).
 
+The compute dtype is the engine's (`--dtype`, default auto: `loader.resolve_dtype`, fp16 on CUDA, fp32
+on the CPU), and the VAE decodes as the engine's pipelines decode: upcast to fp32 exactly when diffusers'
+SDXL pipelines upcast it (an fp16 VAE whose config has `force_upcast`, `decode_dtype`), in the VAE's
+own dtype otherwise; the decode dtype is reported.
+
 Writes `--out` (JSON, every figure) and prints a Markdown table for docs/performance.md.
 """
 
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -118,6 +125,30 @@ def add_loras(pipe: Any, first: int, count: int) -> list[str]:
     return names
 
 
+def decode_dtype(vae: Any) -> torch.dtype:
+    """The dtype the SDXL pipelines decode in with `vae`: fp32 when the VAE is fp16 and its config has
+    `force_upcast` (diffusers' `needs_upcasting` in StableDiffusionXLPipeline.__call__: SDXL's VAE
+    overflows in fp16), the VAE's own dtype otherwise (bf16 is not upcast)."""
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        return torch.float32
+    return vae.dtype
+
+
+def decode(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+    """The pipelines' decode of denoised `latents`: the VAE upcast to `decode_dtype` for the call and
+    put back after it (even when the decode raises), the latents unscaled."""
+    vae = pipe.vae
+    own, dtype = vae.dtype, decode_dtype(vae)
+    if dtype != own:
+        vae.to(dtype=dtype)
+    try:
+        with torch.inference_mode():
+            return vae.decode(latents.to(dtype) / vae.config.scaling_factor).sample
+    finally:
+        if dtype != own:
+            vae.to(dtype=own)
+
+
 def generate(
     pipe: Any, embeds: dict[str, torch.Tensor], size: int, steps: int, batch: int, images: list[Any] | None = None
 ) -> dict[str, float]:
@@ -144,9 +175,7 @@ def generate(
         generator=torch.Generator("cpu").manual_seed(1),
     ).images
     denoised = time.perf_counter()
-    with torch.inference_mode():
-        latents = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor
-        decoded = pipe.vae.decode(latents).sample.float().cpu()
+    decoded = decode(pipe, latents).float().cpu()
     sync(device)
     if images is not None:
         images.append(decoded)
@@ -160,16 +189,16 @@ def generate(
     }
 
 
-def lora_state(pipe: Any, seed: int, rank: int = 32) -> dict[str, torch.Tensor]:
+def lora_state(pipe: Any, seed: int, rank: int = 32, scale: float = 0.01) -> dict[str, torch.Tensor]:
     """A random rank-`rank` LoRA on every attention projection of the UNet, in the diffusers/PEFT layout
-    (B non-zero, so that it changes the image as a trained one does)."""
+    (B non-zero, so that it changes the image as a trained one does; A and B of standard deviation `scale`)."""
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for name, module in pipe.unet.named_modules():
         # a linear layer, or peft's wrapper of one (the LoRA slots wrap them all)
         if name.endswith((".to_q", ".to_k", ".to_v", ".to_out.0")) and hasattr(module, "in_features"):
-            state[f"unet.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator) * 0.01
-            state[f"unet.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator) * 0.01
+            state[f"unet.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator) * scale
+            state[f"unet.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator) * scale
     assert state, "no attention projection found in the UNet"
     return state
 
@@ -296,7 +325,9 @@ def run_variant(variant: str, args: argparse.Namespace, pipe: Any, reference: to
     for batch in args.batch:
         figures: dict[str, Any] = {}
         with peak_memory(device, figures):
-            figures.update(median_run(lambda b=batch: generate(pipe, embeds, args.size, args.steps, b), args.repeat))
+            figures.update(
+                median_run(functools.partial(generate, pipe, embeds, args.size, args.steps, batch), args.repeat)
+            )
         rows.append({"variant": variant, "batch": batch, "loras": 0, "first_call_s": warmup, **figures})
         rows[-1]["max_abs_diff_vs_eager"] = difference
         rows[-1]["dynamo_graphs"] = counters["stats"]["unique_graphs"]  # the same for every batch: no recompile
@@ -342,12 +373,17 @@ def main() -> None:
     parser.add_argument("--lora-max-rank", type=int, default=64, help="their rank")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per figure (median), after a warm-up")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on the CPU), float16, bfloat16, float32"
+    )
     parser.add_argument("--load", action="store_true", help="also time single-file loads (writes a 5 GB file)")
     parser.add_argument("--out", type=Path, default=Path("bench-sdxl.json"))
     args = parser.parse_args()
 
+    from picserve.engine import loader
+
     device = torch.device(args.device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = loader.resolve_dtype(args.dtype, device)  # the engine's choice (PICSERVE_DTYPE)
     cache = Path(tempfile.gettempdir()) / "picserve-bench"
     environment = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -372,6 +408,7 @@ def main() -> None:
         started = time.perf_counter()
         pipe = build(device, dtype, cache)
         environment.setdefault("build_s", time.perf_counter() - started)
+        environment.setdefault("vae_decode_dtype", str(decode_dtype(pipe.vae)).removeprefix("torch."))
         measured = run_variant(variant, args, pipe, reference)
         del pipe
         reference = measured["image"] if reference is None or variant == "eager" else reference
@@ -389,7 +426,10 @@ def main() -> None:
     }
     args.out.write_text(json.dumps(report, indent=1))
 
-    setup = f"{environment['dtype']}, {args.size}², {args.steps} steps, Euler, CFG 7; median of {args.repeat}"
+    setup = (
+        f"{environment['dtype']} (VAE decode {environment.get('vae_decode_dtype', '?')}), {args.size}², "
+        f"{args.steps} steps, Euler, CFG 7; median of {args.repeat}"
+    )
     print(f"\nSDXL base architecture, random weights; {environment['device']}, torch {environment['torch']}, {setup}\n")
     print(
         "| variant | batch | LoRAs | s / image | UNet it/s | VAE decode s | peak GiB | first call s | max Δ vs eager |"

@@ -150,10 +150,32 @@ def database_url(pg_server):
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+#: the compute dtypes of the fp16 tier: a test marked `dtypes` runs once per dtype it names
+DTYPES = ("float32", "float16")
+
+
+def pytest_generate_tests(metafunc):
+    """The fp16 tier: a test marked `@pytest.mark.dtypes("float32", "float16")` (or a module whose
+    `pytestmark` is) that uses the `dtype` fixture (the `engine` fixture does) runs once per dtype, the
+    tiny engine on the CPU in that dtype (users run fp16 on GPUs; fp16 runs on the CPU too, slowly at
+    full size but in about 0.15 s per tiny image)."""
+    marker = metafunc.definition.get_closest_marker("dtypes")
+    if marker is not None and "dtype" in metafunc.fixturenames:
+        names = marker.args or DTYPES
+        metafunc.parametrize("dtype", names, indirect=True, ids=[str(n) for n in names])
+
+
 @pytest.fixture(scope="session")
-def engine(models_dir, config_cache):
-    """One CPU engine for the session, so the tiny pipeline loads once."""
+def dtype(request) -> str:
+    """The compute dtype of the engines a test builds: float32 unless the test is in the fp16 tier
+    (marked `dtypes`, see pytest_generate_tests)."""
+    return getattr(request, "param", "float32")
+
+
+@pytest.fixture(scope="session")
+def engine(models_dir, config_cache, dtype):
+    """One CPU engine per dtype for the session, so the tiny pipeline loads once for each."""
     from picserve import catalog
     from picserve.engine.engine import Engine
 
-    return Engine(catalog.Catalog(models_dir), device="cpu", max_loaded=2, cache_dir=config_cache)
+    return Engine(catalog.Catalog(models_dir), device="cpu", max_loaded=2, cache_dir=config_cache, dtype=dtype)

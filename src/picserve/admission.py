@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from picserve import modelinfo
 
@@ -38,12 +39,14 @@ __all__ = [
     "Plan",
     "Profile",
     "budgets",
+    "cgroup_memory_limit",
     "minimum",
     "model_bytes",
     "parse_amount",
     "plan",
     "profile_for",
     "shown",
+    "usable_memory",
 ]
 
 #: above this many output pixels the VAE always decodes in tiles (as the engine has done so far)
@@ -241,8 +244,10 @@ def budgets(
     PICSERVE_MODEL_HOST_MEMORY ("auto", "none", bytes, or a fraction of the device / of the RAM).
 
     "auto": 60% of a GPU's memory (the rest for activations: 1024² in chunks of 4 needs about 6 GiB in
-    fp16), 50% of the RAM for a CPU worker; the host tier half the RAM shared among the machine's GPUs,
-    none for a CPU worker (its models are in RAM already). Raises ValueError naming the setting."""
+    fp16), 50% of the RAM for a CPU worker; the host tier half the RAM shared among the `gpus` GPUs,
+    none for a CPU worker (its models are in RAM already). `ram_total` (and a CPU worker's
+    `device_total`) is what the process may use (`usable_memory`: a container's limit, not the node's
+    RAM); `gpus` the GPUs it sees (CUDA_VISIBLE_DEVICES applied). Raises ValueError naming the setting."""
     cpu = device_type == "cpu"
     device: int | None
     try:
@@ -261,6 +266,61 @@ def budgets(
     except ValueError as exc:
         raise ValueError(f"PICSERVE_MODEL_HOST_MEMORY: {exc}") from None
     return device, host
+
+
+#: where cgroups are mounted: the cgroup v2 tree, or cgroup v1's controllers (`memory/` among them)
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+_PROC_CGROUP = Path("/proc/self/cgroup")
+#: cgroup v1 says "no limit" with the largest page-aligned int64 (9223372036854771712): this much or more is none
+_NO_LIMIT = 2**62
+
+
+def usable_memory(ram_total: int, root: Path = CGROUP_ROOT, proc_cgroup: Path = _PROC_CGROUP) -> int:
+    """The memory this process may really use: the host's `ram_total`, or its cgroup's limit where lower
+    (a Kubernetes pod's or a container's memory limit, a systemd unit's MemoryMax=)."""
+    limit = cgroup_memory_limit(root, proc_cgroup)
+    return ram_total if limit is None else min(ram_total, limit)
+
+
+def cgroup_memory_limit(root: Path = CGROUP_ROOT, proc_cgroup: Path = _PROC_CGROUP) -> int | None:
+    """The memory limit of this process's cgroup in bytes; None where there is none, or none can be read.
+
+    The lowest of: cgroup v2's `memory.max` ("max": none) and cgroup v1's `memory/memory.limit_in_bytes`
+    (a huge value: none), at `root` (where a container sees its own cgroup) and in the process's own
+    cgroup below it and each one between (named by `proc_cgroup`, /proc/self/cgroup)."""
+    v2, v1 = _own_cgroups(proc_cgroup)
+    limits = [*_limits(root, v2, "memory.max"), *_limits(root / "memory", v1, "memory.limit_in_bytes")]
+    return min(limits, default=None)
+
+
+def _own_cgroups(proc_cgroup: Path) -> tuple[str, str]:
+    """This process's cgroup v2 path and its cgroup v1 memory controller path ("/" where not listed)."""
+    v2 = v1 = "/"
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return v2, v1
+    for line in lines:  # "0::/system.slice/picserve.service" (v2), "4:memory:/docker/abc" (v1)
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and not controllers:
+            v2 = path
+        elif "memory" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
+def _limits(base: Path, cgroup: str, name: str) -> Iterator[int]:
+    """The limits file `name` holds in `cgroup` and each cgroup above it, under `base`; unlimited or
+    unreadable ones left out."""
+    parts = [part for part in PurePosixPath(cgroup).parts if part not in ("/", ".", "..")]
+    for depth in range(len(parts), -1, -1):
+        try:
+            text = base.joinpath(*parts[:depth], name).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < _NO_LIMIT:
+            yield int(text)
 
 
 def shown(amount: float) -> str:

@@ -76,6 +76,9 @@ class Entry:
     prediction: str = "epsilon"
     #: main models: trained with zero terminal SNR (sidecar `ZeroTerminalSNR`, else the file's `ztsnr` key)
     zero_terminal_snr: bool = False
+    #: VAEs: whether an fp16 worker decodes with it in fp32 (its sidecar's `ForceUpcast`, diffusers' name;
+    #: false for an "fp16-fix" VAE). None: its own config says (a folder), or the main model's (a single file)
+    force_upcast: bool | None = None
 
     @property
     def is_single_file(self) -> bool:
@@ -184,6 +187,7 @@ class Catalog:
             config=(path.parent / config) if config else None,
             info=info,
             **(self._main_fields(meta, info) if kind == "main" else {}),
+            force_upcast=bool(meta["ForceUpcast"]) if kind == "vae" and "ForceUpcast" in meta else None,
         )
 
     def _main_fields(self, meta: dict[str, Any], info: modelinfo.Info) -> dict[str, Any]:

@@ -74,6 +74,13 @@ def _memory(used: int, budget: int | None, total: int | None) -> str:
     return text + ("" if total is None else f" of {shown(total)}")
 
 
+def _in_ram(models: tuple[str, ...], used: int) -> str:
+    """A worker's RAM tier: `sdxl-a,sdxl-b (13.9 GiB)`, or `-`."""
+    from picserve.admission import shown
+
+    return f"{','.join(models)} ({shown(used)})" if models else "-"
+
+
 def _codes(values: list[str] | None) -> str | None:
     """Repeated and comma-separated model codes as one comma-separated setting (None: none given)."""
     codes = [code.strip() for value in values or () for code in value.split(",") if code.strip()]
@@ -122,11 +129,15 @@ def worker(
     preload: list[str] | None = Preload,
     supervisor_pid: int | None = typer.Option(None, hidden=True, help="set by `serve`: stop when that process dies"),
 ):
-    """Run one worker (one per GPU at scale) against the shared database."""
+    """Run one worker (one per GPU at scale) against the shared database.
+
+    Exits with code 75 when its device broke (a sticky CUDA error): its task went back to the queue and
+    the registry marks it unhealthy; start it again (as `serve` does)."""
     from picserve import supervisor
 
     if supervisor_pid is not None:  # first of all: a worker of `serve` must not outlive it
         supervisor.die_with_parent(supervisor_pid)
+    from picserve.tasks.jobs import DeviceFailure
     from picserve.tasks.worker import run_worker
 
     settings = _settings(
@@ -137,8 +148,12 @@ def worker(
         worker_metrics_port=metrics_port,
         preload=_codes(preload),
     )
-    with supervisor.database(settings) as url:
-        asyncio.run(run_worker(settings, url, name, burst=burst))
+    try:
+        with supervisor.database(settings) as url:
+            asyncio.run(run_worker(settings, url, name, burst=burst))
+    except DeviceFailure as exc:
+        typer.echo(f"picserve worker: the device is unusable ({exc}); exiting to be restarted", err=True)
+        raise typer.Exit(DeviceFailure.exit_code) from None
 
 
 @app.command()
@@ -148,7 +163,8 @@ def workers(
     data_dir: Path | None = DataDir,
     database_url: str | None = DatabaseUrl,
 ):
-    """List the live workers of the fleet: device, the models they hold, their counts, their task."""
+    """List the live workers of the fleet: device, dtype, the models they hold, their counts, their task,
+    and why an unhealthy one stopped (shown until it is aged out or restarted)."""
     import psycopg
 
     from picserve.tasks import registry
@@ -164,16 +180,17 @@ def workers(
             typer.echo(json.dumps(info.to_json()))
         return
     header = (
-        "NAME", "DEVICE", "GPU", "MODELS", "IN RAM", "MODEL MEMORY", "LORAS", "LOADS", "DONE", "CURRENT TASK",
-        "LAST HEARTBEAT", "LIVE",
+        "NAME", "DEVICE", "GPU", "DTYPE", "MODELS", "IN RAM", "MODEL MEMORY", "LORAS", "LOADS", "DONE",
+        "CURRENT TASK", "LAST HEARTBEAT", "LIVE", "UNHEALTHY",
     )  # fmt: skip
     rows = [
         (
             w.name,
             w.device,
             w.gpu or "-",
+            w.dtype or "-",
             ",".join(w.main_models) or "-",
-            ",".join(w.host_models) or "-",
+            _in_ram(w.host_models, w.host_bytes),
             _memory(w.model_bytes, w.model_memory, w.memory_total),
             str(len(w.loras)),
             str(w.model_loads),
@@ -181,6 +198,7 @@ def workers(
             w.current_task or "-",
             w.last_heartbeat.isoformat(timespec="seconds"),
             "yes" if w.live else "no",
+            w.unhealthy or "-",
         )
         for w in found
     ]

@@ -40,8 +40,11 @@ class Settings:
     database_url: str | None = None
     #: workers that `serve` runs beside the API (0 = API only)
     workers: int = 1
-    #: torch device for a worker: "auto" picks cuda when present
+    #: torch device for a worker: "auto" picks cuda when present (`serve` gives worker i cuda:i on a GPU host)
     device: str = "auto"
+    #: compute dtype of a worker's models: "auto" (float16 on CUDA, float32 on the CPU), "float16",
+    #: "bfloat16" (no fp16 overflow, on GPUs since Ampere) or "float32"
+    dtype: str = "auto"
     #: base of the result URLs in ImgList; unset = the base URL each request came in on
     public_url: str | None = None
     #: where results go: "disk" (the data folder, served by the API) or s3://bucket/prefix (presigned URLs)

@@ -280,3 +280,5 @@ class Capacity:
     host_bytes: int = 0
     #: main models it keeps on the device at once: what the fetch predicts taking a task evicts
     model_slots: int = 1
+    #: the compute dtype its models run in ("float16", "bfloat16", "float32"); None: not reported
+    dtype: str | None = None

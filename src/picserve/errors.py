@@ -17,6 +17,7 @@
     ├── GenerationError                501  a task failed at run time (reported in TaskDetail)
     │   ├── OutOfMemory                502  the device ran out of memory, even one image at a time
     │   ├── ModelLoadError             503  a model file vanished or could not be read after submit
+    │   ├── NonFiniteImage             504  the image came out NaN/Inf (an overflow in fp16), even decoded in fp32
     │   ├── TaskCanceled               510  the task was cancelled
     │   └── StorageError               520  a result could not be stored
     ├── PullError                           installing a translation model failed (CLI only)
@@ -135,6 +136,12 @@ class ModelLoadError(GenerationError):
     """A model file could not be loaded."""
 
     ret_code = 503
+
+
+class NonFiniteImage(GenerationError):
+    """The generated image holds NaN or infinite values (a numeric overflow); nothing was charged."""
+
+    ret_code = 504
 
 
 class TaskCanceled(GenerationError):

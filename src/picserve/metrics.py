@@ -7,7 +7,8 @@ an embedding program) each expose only their own series:
   database, the queue depth per main model and how many keys have how many open tasks (bucketed:
   never one series per key), and the prompt translator's cache hits and misses.
 - `WORKER_REGISTRY`: task durations by model and size, denoising step times, model loads and their
-  durations, LoRA switches, task errors by ErrorCode, and GPU memory (only where torch has CUDA).
+  durations, LoRA switches, task errors by ErrorCode, device failures (the worker then stops), and
+  GPU memory (only where torch has CUDA).
 
 The worker's numbers are taken at the job's boundary (tasks/jobs.py) by a `TaskWatch`: the engine
 knows nothing of Prometheus. What the engine did is derived from what the job sees of it: model and
@@ -52,6 +53,7 @@ __all__ = [
     "SIZE_BUCKETS",
     "WORKER_REGISTRY",
     "TaskWatch",
+    "count_device_failure",
     "observe_request",
     "open_task_bucket",
     "render_api",
@@ -217,6 +219,18 @@ _TASK_ERRORS = Counter(
     ["code"],
     registry=WORKER_REGISTRY,
 )
+_DEVICE_FAILURES = Counter(
+    "picserve_worker_device_failures",
+    "Sticky device errors (an illegal memory access, a device-side assert, an ECC fault, …) after which "
+    "a worker requeued its task and stopped, by device",
+    ["device"],
+    registry=WORKER_REGISTRY,
+)
+
+
+def count_device_failure(device: str) -> None:
+    """A worker found its device unusable (engine/faults.py) and stops."""
+    _DEVICE_FAILURES.labels(device=device).inc()
 
 
 def size_bucket(spec: domain.GenerationSpec) -> str:

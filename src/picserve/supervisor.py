@@ -11,12 +11,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from picserve.config import Settings
 
-__all__ = ["Backoff", "Supervisor", "database", "die_with_parent", "exit_reason", "serve", "spawn_worker"]
+__all__ = [
+    "Backoff",
+    "Supervisor",
+    "database",
+    "die_with_parent",
+    "exit_reason",
+    "serve",
+    "spawn_worker",
+    "visible_gpus",
+    "worker_devices",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +47,54 @@ def database(settings: Settings) -> Iterator[str]:
         server.stop()
 
 
-def spawn_worker(settings: Settings, database_url: str, index: int = 0) -> subprocess.Popen[bytes]:
-    """Start `picserve worker --name worker-INDEX`, tied to this process (see `die_with_parent`)."""
+def worker_devices(device: str, workers: int, gpu_count: int) -> list[str]:
+    """The PICSERVE_DEVICE of each of `serve`'s `workers` workers, on a host with `gpu_count` visible GPUs.
+
+    "auto" or "cuda" on a GPU host: one GPU per worker, worker i on cuda:i (several workers on one GPU
+    would each plan for most of its memory, while the other GPUs idle). Any other device ("cpu",
+    "cuda:1") goes to every worker as it is, as does "auto" on a host without a GPU (CPU workers).
+    Raises ValueError, saying why and what to do, when there are more workers than GPUs.
+    """
+    if device not in ("auto", "cuda") or workers <= 0 or (device == "auto" and gpu_count <= 0):
+        return [device] * max(0, workers)
+    if workers > gpu_count:
+        need = "worker on device {!r} needs a GPU" if workers == 1 else "workers on device {!r} need one GPU each"
+        seen = {0: "no GPU is", 1: "1 GPU is"}.get(gpu_count, f"{gpu_count} GPUs are")
+        fix = f"lower --workers / PICSERVE_WORKERS to at most {gpu_count}, or " if gpu_count else ""
+        shared = "cuda:0, cpu" if gpu_count else "cpu"
+        raise ValueError(
+            f"{workers} {need.format(device)}, and {seen} visible (CUDA_VISIBLE_DEVICES counts): {fix}name the device "
+            f"every worker shares (--device / PICSERVE_DEVICE: {shared})"
+        )
+    return [f"cuda:{index}" for index in range(workers)]
+
+
+def visible_gpus() -> int:
+    """The CUDA devices this process sees (CUDA_VISIBLE_DEVICES applied); imports torch, so read it only
+    when a plan needs it (an API-only `serve` never does), and only on a host with a GPU driver (NVIDIA's,
+    or ROCm's /dev/kfd): elsewhere the answer is 0 without loading torch into the API's process."""
+    if not _gpu_driver():
+        return 0
+    import torch
+
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def _gpu_driver() -> bool:
+    """Whether a GPU driver is loaded here: NVIDIA's (/proc/driver/nvidia/gpus, /dev/nvidiaN) or ROCm's
+    (/dev/kfd)."""
+    dev = Path("/dev")
+    return Path("/proc/driver/nvidia/gpus").is_dir() or (dev / "kfd").exists() or any(dev.glob("nvidia[0-9]*"))
+
+
+def spawn_worker(
+    settings: Settings, database_url: str, index: int = 0, devices: Sequence[str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `picserve worker --name worker-INDEX`, tied to this process (see `die_with_parent`), on
+    `devices[index]` (`worker_devices`' plan; `settings.device` without one)."""
     env = {**os.environ, **settings.to_env(), "PICSERVE_DATABASE_URL": database_url}
+    if devices is not None:
+        env["PICSERVE_DEVICE"] = devices[index]
     if settings.worker_metrics_port:  # one metrics port per worker: worker-INDEX serves on port + INDEX
         env["PICSERVE_WORKER_METRICS_PORT"] = str(settings.worker_metrics_port + index)
     command = [sys.executable, "-m", "picserve", "worker", "--name", f"worker-{index}"]
@@ -201,8 +257,22 @@ class Supervisor:
                 child.wait()
 
 
+def _worker_devices(settings: Settings) -> list[str]:
+    """`worker_devices` for `settings`, the GPUs counted only where the plan needs them (an "auto" or
+    "cuda" device, workers to start); SystemExit with its message where it refuses."""
+    needs_gpus = settings.workers > 0 and settings.device in ("auto", "cuda")
+    try:
+        devices = worker_devices(settings.device, settings.workers, visible_gpus() if needs_gpus else 0)
+    except ValueError as exc:  # said plainly, no traceback
+        raise SystemExit(f"picserve serve: {exc}") from None
+    if needs_gpus and devices[0] != settings.device:
+        log.info("one GPU per worker: %s", ", ".join(f"worker-{i} on {d}" for i, d in enumerate(devices)))
+    return devices
+
+
 def serve(settings: Settings) -> None:
     """API + `settings.workers` workers on one database, in the foreground until interrupted."""
+    devices = _worker_devices(settings)  # first: a plan that cannot run refuses before anything starts
     import uvicorn
 
     from picserve.api.app import create_app
@@ -218,7 +288,7 @@ def serve(settings: Settings) -> None:
     # clean exit, so the workers and the embedded database below are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with database(settings) as url:
-        supervisor = Supervisor(functools.partial(spawn_worker, settings, url), settings.workers)
+        supervisor = Supervisor(functools.partial(spawn_worker, settings, url, devices=devices), settings.workers)
         try:
             uvicorn.run(
                 create_app(settings.evolve(database_url=url)),

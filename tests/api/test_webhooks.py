@@ -231,3 +231,34 @@ def test_a_delivery_to_an_address_no_longer_allowed_is_not_sent(settings):
     (refused,) = repo.deliveries.values()
     assert refused.state == "failed" and "not a public address" in (refused.last_error or "")
     assert receiver.requests == []
+
+
+def test_a_cancelled_runner_stops_even_when_procrastinates_loop_ends_on_an_error(settings, monkeypatch):
+    """The API stopping cancels the runner while its database closes: procrastinate's loop may then end
+    on an error of its own instead of the cancel. The runner must stop, not restart its loop for ever
+    (which held the API's event loop shutdown, and a test's TestClient exit, until a timeout)."""
+    import asyncio
+
+    repo = InMemoryRepository(in_memory_app())
+    runner = delivery.worker_for(settings, repo.app, MemoryDeliveries(repo), MemoryStore(60))
+    started: list[int] = []
+
+    class Loop:
+        async def run(self) -> None:
+            started.append(1)
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                raise RuntimeError("Database error.") from None  # what the cancel became
+
+    monkeypatch.setattr(runner, "_worker", lambda burst: Loop())
+
+    async def scenario() -> None:
+        task = asyncio.create_task(runner.run_forever())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    assert started == [1]  # stopped: not started again

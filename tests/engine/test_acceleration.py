@@ -151,8 +151,9 @@ def test_channels_last_and_fused_qkv_give_eager_images_with_and_without_loras(mo
     assert state.fused
 
 
-def test_slots_at_weight_zero_leave_the_base_model_bit_for_bit(models):
-    pipe = tiny.build_pipeline()
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier: an idle slot must not touch an fp16 model either
+def test_slots_at_weight_zero_leave_the_base_model_bit_for_bit(models, dtype):
+    pipe = tiny.build_pipeline().to(dtype=getattr(torch, dtype))
     pipe.set_progress_bar_config(disable=True)
 
     def image() -> np.ndarray:
@@ -160,9 +161,13 @@ def test_slots_at_weight_zero_leave_the_base_model_bit_for_bit(models):
             generator = torch.Generator().manual_seed(1)
             return pipe(prompt="a cat", width=64, height=64, num_inference_steps=2, generator=generator).images[0]
 
-    base = np.asarray(image())
+    def same(got: np.ndarray, want: np.ndarray) -> bool:
+        """Bit for bit in fp32; in fp16 the PEFT layers' kernels may round one level apart (dtypes.py)."""
+        return bool(np.abs(got.astype(int) - want).max() <= (0 if dtype == "float32" else 1))
+
+    base = np.asarray(image()).astype(int)
     slots = acceleration.LoraSlots(pipe.unet, count=2, max_rank=8)
-    assert np.array_equal(np.asarray(image()), base)  # empty slots
+    assert same(np.asarray(image()), base)  # empty slots
     state = load_file(str(models.get("lora", "kohya-0").path))
     converted, alphas, metadata = pipe.lora_state_dict(state, unet_config=pipe.unet.config, return_lora_metadata=True)
     with warnings.catch_warnings():
@@ -171,7 +176,7 @@ def test_slots_at_weight_zero_leave_the_base_model_bit_for_bit(models):
     slots.set_weights({0: 1.0})
     assert np.abs(np.asarray(image()).astype(int) - base).max() > 0  # the slot works
     slots.set_weights({})
-    assert np.array_equal(np.asarray(image()), base)  # a loaded slot at weight 0: exactly nothing
+    assert same(np.asarray(image()), base)  # a loaded slot at weight 0: exactly nothing
 
 
 # --- the compiled UNet ---------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ def test_both_model_forms_generate_the_same_image(engine):
     assert np.array_equal(pixels(a), pixels(b))
 
 
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier (tests/conftest.py)
 def test_same_seed_same_bytes_other_seed_other_image(engine):
     a = engine.generate(domain.GenerationSpec(**SMALL)).pngs()
     b = engine.generate(domain.GenerationSpec(**SMALL)).pngs()
@@ -42,6 +43,7 @@ def test_same_seed_same_bytes_other_seed_other_image(engine):
     assert np.abs(pixels(c) - pixels(engine.generate(domain.GenerationSpec(**SMALL)))).max() > 0
 
 
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier (tests/conftest.py)
 def test_batch_image_i_is_seed_plus_i(engine):
     batch = engine.generate(domain.GenerationSpec(**{**SMALL, "batch_size": 3}))
     assert batch.seeds == [7, 8, 9]
@@ -50,6 +52,7 @@ def test_batch_image_i_is_seed_plus_i(engine):
     assert np.abs(pixels(batch, 2) - pixels(alone)).max() <= 1
 
 
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier (tests/conftest.py)
 def test_large_batches_run_in_chunks(engine):
     chunk = engine.max_chunk
     engine.max_chunk = 2
@@ -63,11 +66,13 @@ def test_large_batches_run_in_chunks(engine):
     assert steps == pytest.approx([0.0, *(p for c in range(3) for p in [c / 3] + [(3 * c + i) / 9 for i in (1, 2, 3)])])
 
 
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier (tests/conftest.py)
 def test_sizes_not_multiple_of_8_are_exact(engine):
     out = engine.generate(domain.GenerationSpec(**{**SMALL, "width": 100, "height": 70}))
     assert out.images[0].size == (100, 70)
 
 
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier (tests/conftest.py)
 @pytest.mark.parametrize("sampler", domain.SAMPLER_NAMES)
 def test_every_sampler_runs_and_reproduces(engine, sampler):
     spec = domain.GenerationSpec(**{**SMALL, "sampler": sampler, "steps": 4})
@@ -86,6 +91,7 @@ def test_clip_skip_deeper_than_the_encoder_is_a_broken_caller_contract(engine):
         engine.generate(domain.GenerationSpec(**{**SMALL, "clip_skip": 9}))
 
 
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier (tests/conftest.py)
 def test_cfg_and_negative_prompt_matter(engine):
     base = pixels(engine.generate(domain.GenerationSpec(**SMALL)))  # pixels, not PNG bytes (those hold the prompt)
     assert np.abs(base - pixels(engine.generate(domain.GenerationSpec(**{**SMALL, "cfg_scale": 2.0})))).max() > 0

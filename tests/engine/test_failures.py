@@ -26,6 +26,7 @@ from picserve import catalog, domain, errors
 from picserve.domain import SubModel
 from picserve.engine import tiny
 from picserve.engine.engine import Engine
+from tests.engine.dtypes import pixel_tolerance
 
 SMALL = {"model_code": tiny.TINY_CODE, "prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 2, "seed": 3}
 
@@ -135,9 +136,19 @@ def shared(tmp_path_factory, models_dir, config_cache) -> Shared:
     return Shared(root, engine)
 
 
-@pytest.fixture
-def engine(shared) -> Engine:
-    return shared.engine
+@pytest.fixture(scope="module")
+def engine(shared, dtype, config_cache) -> Engine:
+    """The module's engine; in the fp16 tier (tests marked `dtypes`) one in that dtype on the same folder."""
+    if dtype == "float32":
+        return shared.engine
+    return Engine(
+        catalog.Catalog(shared.root, ttl=3600),
+        device="cpu",
+        cache_dir=config_cache,
+        max_loaded=2,
+        max_chunk=4,
+        dtype=dtype,
+    )
 
 
 # --- main models ------------------------------------------------------------------------------------
@@ -248,9 +259,8 @@ def out_of_memory(module: torch.nn.Module, when: Callable[[int], bool], error: B
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(shared) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def uninterrupted(engine) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The three images of `spec(batch_size=3)` denoised together, and one at a time, with no failure."""
-    engine = shared.engine
     batched = engine.generate(spec(batch_size=3))
     chunk, engine.max_chunk = engine.max_chunk, 1
     try:
@@ -260,6 +270,7 @@ def uninterrupted(shared) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return [pixels(batched, i) for i in range(3)], [pixels(singles, i) for i in range(3)]
 
 
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier: the VAE decode runs upcast to fp32 there
 @pytest.mark.parametrize(
     ("where", "error"),
     [("unet", OUT_OF_MEMORY[name]) for name in OUT_OF_MEMORY] + [("vae-decoder", OUT_OF_MEMORY["cuda"])],
@@ -279,10 +290,11 @@ def test_a_batch_that_runs_out_of_memory_is_retried_one_image_at_a_time(engine, 
     assert retried.seeds == [3, 4, 5]
     for i in range(3):  # same seeds: the images of a run that went one at a time from the start
         assert np.array_equal(pixels(retried, i), singles[i])
-        assert np.abs(pixels(retried, i) - batched[i]).max() <= 1  # batched math differs by ~1e-6
+        assert np.abs(pixels(retried, i) - batched[i]).max() <= 1  # batched math differs by ~1e-6 (fp16: ~1e-3)
     assert progress == sorted(progress) and progress[-1] == pytest.approx(1.0)  # it never goes back
 
 
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier
 @pytest.mark.parametrize(
     ("batch", "calls", "words"),
     [(3, [6, 2], "3 images of 64×64, even one image at a time"), (1, [2], "a 64×64 image")],
@@ -306,7 +318,8 @@ def test_out_of_memory_even_one_image_at_a_time_is_an_error_and_the_engine_recov
     # every sub-model came off; the next generation runs and gives the base image
     assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == processors
     assert len(pipe.tokenizer) == vocabulary
-    assert np.array_equal(pixels(engine.generate(spec())), base)
+    # bit for bit in fp32; in fp16 the LoRA stays loaded, disabled, which may round one level apart
+    assert np.abs(pixels(engine.generate(spec())) - base).max() <= pixel_tolerance(engine)
 
 
 @pytest.mark.parametrize("code", [tiny.TINY_CODE, f"{tiny.TINY_CODE}-diffusers"], ids=["single-file", "folder"])

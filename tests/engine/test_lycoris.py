@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from picserve import domain, errors
 from picserve.engine import checkpoint, lycoris, tiny
 from tests.engine import lycoris_files
+from tests.engine.dtypes import pixel_tolerance
 
 
 def _layers(pipe):
@@ -95,8 +96,8 @@ def lyco(tmp_path_factory, models_dir):
             written[code] = True
         return code
 
-    def make_engine():
-        return Engine(catalog.Catalog(root, ttl=0), device="cpu", max_loaded=2, cache_dir=root / "cache")
+    def make_engine(dtype: str = "float32"):
+        return Engine(catalog.Catalog(root, ttl=0), device="cpu", max_loaded=2, cache_dir=root / "cache", dtype=dtype)
 
     return make_engine, merged_model, root
 
@@ -133,11 +134,12 @@ def test_the_image_with_a_file_equals_the_image_of_the_model_lycoris_merged(lyco
 
 
 @pytest.fixture(scope="module")
-def engine_on_files(lyco):
+def engine_on_files(lyco, dtype):
     make_engine, _, root = lyco
-    return make_engine(), root
+    return make_engine(dtype), root
 
 
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier: patches taken back exactly in fp16 too
 def test_weight_zero_switching_and_mixing_with_a_peft_lora_are_exact(engine_on_files):
     engine, _ = engine_on_files
     model = f"{BASE_CODE}-diffusers"
@@ -149,9 +151,12 @@ def test_weight_zero_switching_and_mixing_with_a_peft_lora_are_exact(engine_on_f
     with_peft = _image(engine, model, ("loha", 0.8), ("kohya-0", 0.5))  # a PEFT adapter beside a patch
     assert len({a.tobytes() for a in (base, loha, lokr, both, with_peft)}) == 5
     assert "lora_loha" in engine.holdings()["lora"] and "lora_kohya_0" in engine.holdings()["lora"]
-    assert np.array_equal(_image(engine, model, ("lokr", 0.8)), lokr)  # switching back and forth is exact
-    assert np.array_equal(_image(engine, model, ("loha", 0.8)), loha)
-    assert np.array_equal(_image(engine, model), base)
+    # switching back and forth is exact (bit for bit in fp32; in fp16 the PEFT adapter now loaded beside
+    # the patches, disabled, may round one pixel level apart: tests/engine/dtypes.py)
+    tolerance = pixel_tolerance(engine)
+    assert np.abs(_image(engine, model, ("lokr", 0.8)) - lokr).max() <= tolerance
+    assert np.abs(_image(engine, model, ("loha", 0.8)) - loha).max() <= tolerance
+    assert np.abs(_image(engine, model) - base).max() <= tolerance
     assert "lora_loha" not in engine.holdings()["lora"]
 
 

@@ -11,6 +11,7 @@ from picserve import admission, catalog, domain
 from picserve.engine import engine as engine_module
 from picserve.engine import loader, memory, tiling, tiny
 from picserve.engine.engine import Engine
+from tests.engine.dtypes import pixel_tolerance
 from tests.engine.test_modes import b64
 
 A = tiny.TINY_CODE  # the single file
@@ -74,8 +75,14 @@ def test_the_count_cap_still_applies_with_bytes_to_spare(models_dir, config_cach
     assert engine.pipelines.loaded == [B]
 
 
-def test_an_evicted_model_comes_back_from_the_ram_tier_with_identical_images(models_dir, config_cache, model_bytes):
-    engine = make(models_dir, config_cache, memory_budget=int(model_bytes * 1.5), host_budget=model_bytes * 3)
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier
+def test_an_evicted_model_comes_back_from_the_ram_tier_with_identical_images(
+    models_dir, config_cache, model_bytes, dtype
+):
+    model_bytes = model_bytes if dtype == "float32" else model_bytes // 2  # measured in fp32
+    engine = make(
+        models_dir, config_cache, memory_budget=int(model_bytes * 1.5), host_budget=model_bytes * 3, dtype=dtype
+    )
     first = engine.generate(domain.GenerationSpec(model_code=A, **SPEC))
     with_lora = engine.generate(domain.GenerationSpec(model_code=A, sub_models=LORA, **SPEC))
     engine.generate(domain.GenerationSpec(model_code=B, **SPEC))
@@ -87,8 +94,9 @@ def test_an_evicted_model_comes_back_from_the_ram_tier_with_identical_images(mod
     lora_again = engine.generate(domain.GenerationSpec(model_code=A, sub_models=LORA, **SPEC))
     assert engine.pipelines.loaded == [A] and engine.pipelines.on_host == [B]
     assert engine.pipelines.counts == {"disk_loads": 2, "host_restores": 1, "offloads": 2, "drops": 0}
-    # bit-identical: the weights, the scheduler config and the LoRA it held came back as they were
-    assert np.array_equal(pixels(first), pixels(again))
+    # bit-identical: the weights, the scheduler config and the LoRA it held came back as they were (in
+    # fp16 `first` was made before the LoRA was loaded beside the weights: one level apart at most)
+    assert np.abs(pixels(first) - pixels(again)).max() <= pixel_tolerance(engine)
     assert np.array_equal(pixels(with_lora), pixels(lora_again))
     assert not np.array_equal(pixels(first), pixels(with_lora))
 

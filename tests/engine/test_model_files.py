@@ -85,6 +85,8 @@ def folder(tmp_path_factory, models_dir, config_cache) -> Folder:
         vae.decoder.conv_out.weight.mul_(0.25)
         vae.decoder.conv_out.bias.mul_(0.25)
     checkpoint.export_vae(vae, root / "vae" / "dim.safetensors")
+    shutil.copy(root / "vae" / "dim.safetensors", root / "vae" / "dim-fp16-fix.safetensors")
+    (root / "vae" / "dim-fp16-fix.json").write_text(json.dumps({"ForceUpcast": False}))  # decodes in fp16
     vae.save_pretrained(str(root / "vae" / "dim-folder"))
     checkpoint.export_vae(_vae_variant(vae, latent_channels=16), root / "vae" / "sixteen.safetensors")
     checkpoint.export_vae(_vae_variant(vae, block_out_channels=(8, 16, 32, 32)), root / "vae" / "wide.safetensors")
@@ -92,6 +94,7 @@ def folder(tmp_path_factory, models_dir, config_cache) -> Folder:
 
     _main(root, "with-vae", state, Vae="dim")
     _main(root, "with-vae-folder", state, Vae="dim-folder")
+    _main(root, "with-fp16-fix-vae", state, Vae="dim-fp16-fix")
     _main(root, "vpred-with-vae", {**state, "v_pred": marker, "ztsnr": marker}, Vae="dim")
     _main(root, "own-vae", state, Vae=None)
     for code, vae_code in {
@@ -250,7 +253,7 @@ def test_a_vae_named_by_the_sidecar_decodes_instead_of_the_models_own(folder, re
     assert maxdiff(generate(folder.engine, "vpred-with-vae"), generate(folder.engine, "vpred")) > 10
     models = list_models._models(folder.engine.pipelines.catalog)
     assert (models["MainModels"]["with-vae"]["Vae"], models["MainModels"]["eps"]["Vae"]) == ("dim", None)
-    assert set(models["VaeModels"]) == {"dim", "dim-folder", "sixteen", "wide", "broken"}
+    assert set(models["VaeModels"]) == {"dim", "dim-folder", "dim-fp16-fix", "sixteen", "wide", "broken"}
     assert "eps" in models["VaeModels"]["dim"]["CompatibleMainModels"]
     assert models["VaeModels"]["sixteen"]["CompatibleMainModels"] == []
 
@@ -288,3 +291,14 @@ def test_a_missing_default_vae_is_refused_naming_the_setting(folder, config_cach
     engine = Engine(catalog.Catalog(folder.root, ttl=3600, default_vae="gone"), device="cpu", cache_dir=config_cache)
     with pytest.raises(errors.ModelLoadError, match=r"'gone' \(PICSERVE_DEFAULT_VAE\), which is not installed"):
         generate(engine, "eps")
+
+
+def test_a_single_file_vae_upcasts_by_its_own_sidecar_not_the_main_models_config(folder):
+    # diffusers decodes an fp16 VAE in fp32 when its config says force_upcast; a single-file VAE is built
+    # on the main model's config, so its own word (the sidecar's ForceUpcast) must win over that one
+    def upcast(code: str) -> bool:
+        return bool(folder.engine.pipelines.get(code).base.vae.config.force_upcast)
+
+    assert upcast("eps") and upcast("with-vae")  # the tiny model's config: True
+    assert not upcast("with-fp16-fix-vae")
+    assert np.array_equal(generate(folder.engine, "with-fp16-fix-vae"), generate(folder.engine, "with-vae"))  # fp32

@@ -10,6 +10,7 @@ from PIL import Image
 
 from picserve import domain
 from picserve.engine import prompts, tiling, tiny
+from tests.engine.dtypes import value_tolerance
 
 BASE = {"model_code": tiny.TINY_CODE, "prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 10, "seed": 3}
 
@@ -39,6 +40,7 @@ def same_pixels(a, b) -> bool:
     return all(np.array_equal(arr(x), arr(y)) for x, y in zip(a.images, b.images, strict=True))
 
 
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier (tests/conftest.py)
 def test_img2img_strength_controls_closeness(engine):
     source = gradient()
     near = run(engine, init_image=b64(source), strength=0.3).images[0]
@@ -59,6 +61,7 @@ def square_mask(w=64, h=64) -> Image.Image:
     return Image.fromarray(mask)
 
 
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier (tests/conftest.py)
 @pytest.mark.parametrize(
     ("model", "size"), [(tiny.TINY_CODE, (64, 64)), (tiny.TINY_CODE, (100, 70)), (tiny.TINY_INPAINT_CODE, (64, 64))]
 )
@@ -102,6 +105,7 @@ def _conv_modes(pipe):
     return {m.padding_mode for m in (*pipe.unet.modules(), *pipe.vae.modules()) if isinstance(m, torch.nn.Conv2d)}
 
 
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier (tests/conftest.py)
 def test_tiling_makes_a_torus_and_restores_the_pipeline(engine):
     pipe = engine.pipelines.get(tiny.TINY_CODE).base
     # Shifts are multiples of the UNet's total downsampling (4 latent px), as equivariance needs.
@@ -111,7 +115,7 @@ def test_tiling_makes_a_torus_and_restores_the_pipeline(engine):
     def image(lat):
         return pipe(
             "a cat",
-            latents=lat.clone(),
+            latents=lat.clone().to(pipe.unet.dtype),
             num_inference_steps=3,
             height=64,
             width=128,
@@ -122,12 +126,13 @@ def test_tiling_makes_a_torus_and_restores_the_pipeline(engine):
     with tiling.seamless(pipe, True):
         assert _conv_modes(pipe) == {"circular"}
         rolled = np.roll(image(latents), shift=(32, 64), axis=(0, 1))
-        assert np.abs(rolled - image(shifted)).max() < 1e-5
+        assert np.abs(rolled - image(shifted)).max() < value_tolerance(engine, 1e-5)
     assert _conv_modes(pipe) == {"zeros"}
     plain = np.roll(image(latents), shift=(32, 64), axis=(0, 1))
     assert np.abs(plain - image(shifted)).max() > 1e-2  # zero padding is not a torus
 
 
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier (tests/conftest.py)
 def test_tiling_request_changes_output_then_leaves_no_trace(engine):
     base = run(engine)
     assert not same_pixels(run(engine, tiling=True), base)
@@ -147,6 +152,7 @@ def test_a1111_attention_parsing():
     assert prompts.parse_attention("") == [("", 1.0)]
 
 
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier (tests/conftest.py)
 def test_weighted_prompts_change_the_output(engine):
     plain = run(engine)
     assert same_pixels(run(engine, prompt="a photo of a (cat:1.0)"), plain)
@@ -168,6 +174,7 @@ def test_unweighted_embeddings_equal_diffusers(engine):
     assert torch.equal(ours.pooled, pooled) and torch.equal(ours.negative_pooled, negative_pooled)
 
 
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier (tests/conftest.py)
 def test_long_prompts_are_not_truncated(engine):
     long = ", ".join(["a photo of a cat on a red sofa"] * 12)  # ~100 tokens
     pipe = engine.pipelines.get(tiny.TINY_CODE).base

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from picserve import domain
 from picserve.engine import previews, tiny
 
 
+@pytest.mark.dtypes("float32", "float16")  # the fp16 tier (tests/conftest.py)
 def test_the_engine_offers_a_preview_each_step_without_changing_the_image(engine, report):
     spec = domain.GenerationSpec(model_code=tiny.TINY_CODE, prompt="a lighthouse", width=96, height=64, steps=5, seed=3)
     plain = np.asarray(engine.generate(spec).images[0])

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from picserve import supervisor
+from picserve.config import Settings
 from picserve.supervisor import Backoff, Supervisor, exit_reason
 
 
@@ -127,3 +128,142 @@ def test_stop_terminates_then_kills_a_child_that_ignores_sigterm():
     assert child.returncode == -signal.SIGKILL
     assert 0.4 < time.monotonic() - began < 10
     assert sup.children == [child]  # not restarted after stop
+
+
+# One GPU per worker: the plan, the GPU count, and what each child gets.
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+@pytest.mark.parametrize(
+    ("count", "workers", "expected"),
+    [
+        (1, 1, ["cuda:0"]),
+        (2, 2, ["cuda:0", "cuda:1"]),
+        (4, 4, ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]),
+        (4, 2, ["cuda:0", "cuda:1"]),  # fewer workers than GPUs: the first ones
+        (4, 0, []),  # an API-only serve
+    ],
+)
+def test_each_worker_gets_its_own_gpu(device, count, workers, expected):
+    assert supervisor.worker_devices(device, workers, count) == expected
+
+
+@pytest.mark.parametrize(
+    ("device", "count", "workers"), [("auto", 2, 3), ("auto", 1, 2), ("cuda", 0, 1), ("cuda", 4, 8)]
+)
+def test_more_workers_than_gpus_is_refused_saying_why_and_what_to_do(device, count, workers):
+    with pytest.raises(ValueError, match="need") as caught:
+        supervisor.worker_devices(device, workers, count)
+    message = str(caught.value)
+    need = "worker on device {!r} needs a GPU" if workers == 1 else "workers on device {!r} need one GPU each"
+    assert message.startswith(f"{workers} {need.format(device)}, and ")
+    assert {0: "no GPU is", 1: "1 GPU is"}.get(count, f"{count} GPUs are") + " visible" in message
+    if count:  # fewer workers, or a device they share
+        assert f"lower --workers / PICSERVE_WORKERS to at most {count}" in message
+    else:  # no GPU at all: only another device
+        assert "--workers" not in message
+    assert "name the device every worker shares (--device / PICSERVE_DEVICE: " in message
+
+
+def test_a_cpu_host_runs_as_many_cpu_workers_as_asked():
+    assert supervisor.worker_devices("auto", 3, 0) == ["auto", "auto", "auto"]  # auto is the CPU there
+    assert supervisor.worker_devices("cpu", 3, 0) == ["cpu", "cpu", "cpu"]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:1", "mps"])
+def test_an_explicit_device_goes_to_every_worker_as_it_is(device):
+    assert supervisor.worker_devices(device, 3, 2) == [device] * 3  # even more workers than GPUs
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """Sets how many CUDA devices torch reports (CUDA_VISIBLE_DEVICES applied); returns the setter."""
+    import torch
+
+    def set_count(count: int) -> None:
+        monkeypatch.setattr(supervisor, "_gpu_driver", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+    return set_count
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 4])
+def test_visible_gpus_is_torchs_count(gpus, count):
+    gpus(count)
+    assert supervisor.visible_gpus() == count
+
+
+def test_without_a_gpu_driver_no_gpu_is_counted_and_torch_is_not_asked(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(supervisor, "_gpu_driver", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: pytest.fail("torch was asked"))
+    assert supervisor.visible_gpus() == 0
+
+
+class _FakeChild:
+    pid = 4242
+
+    def poll(self):
+        return None
+
+
+@pytest.fixture
+def popen(monkeypatch):
+    """subprocess.Popen stubbed: each call's command and environment, in order."""
+    calls: list[tuple[list[str], dict[str, str]]] = []
+
+    def fake_popen(command, env):
+        calls.append((command, env))
+        return _FakeChild()
+
+    monkeypatch.setattr(supervisor.subprocess, "Popen", fake_popen)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("device", "count", "expected"),
+    [
+        ("auto", 4, ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]),
+        ("cuda", 4, ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]),
+        ("auto", 0, ["auto"] * 4),
+        ("cpu", 2, ["cpu"] * 4),
+        ("cuda:1", 2, ["cuda:1"] * 4),
+    ],
+)
+def test_spawn_worker_gives_each_child_its_device(gpus, popen, device, count, expected):
+    gpus(count)
+    settings = Settings.load(env={}, workers=4, device=device)
+    devices = supervisor._worker_devices(settings)
+    for index in range(4):
+        supervisor.spawn_worker(settings, "postgresql://db", index, devices=devices)
+    assert [env["PICSERVE_DEVICE"] for _, env in popen] == expected
+    assert [command[command.index("--name") + 1] for command, _ in popen] == [f"worker-{i}" for i in range(4)]
+    assert {env["PICSERVE_DATABASE_URL"] for _, env in popen} == {"postgresql://db"}
+
+
+def test_spawn_worker_without_a_plan_passes_the_settings_device(popen):
+    supervisor.spawn_worker(Settings.load(env={}, device="cuda:1"), "postgresql://db", 0)
+    assert popen[0][1]["PICSERVE_DEVICE"] == "cuda:1"
+
+
+def test_serve_refuses_more_workers_than_gpus_before_starting_anything(gpus, monkeypatch):
+    gpus(2)
+
+    def no_database(settings):
+        raise AssertionError("the database was started")
+
+    monkeypatch.setattr(supervisor, "database", no_database)
+    with pytest.raises(SystemExit) as caught:
+        supervisor.serve(Settings.load(env={}, workers=3))
+    assert str(caught.value).startswith("picserve serve: 3 workers on device 'auto' need one GPU each")
+
+
+def test_the_gpus_are_not_counted_where_the_plan_does_not_need_them(monkeypatch):
+    def counted() -> int:
+        raise AssertionError("torch was asked")
+
+    monkeypatch.setattr(supervisor, "visible_gpus", counted)
+    assert supervisor._worker_devices(Settings.load(env={}, workers=0)) == []  # an API node
+    assert supervisor._worker_devices(Settings.load(env={}, workers=2, device="cpu")) == ["cpu", "cpu"]

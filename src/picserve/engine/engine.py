@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -15,10 +16,21 @@ from PIL import Image
 
 from picserve import __version__, admission, domain, reference_images
 from picserve import catalog as catalog_module
-from picserve.engine import acceleration, adapters, loader, memory, png, previews, prompts, samplers, tiling
+from picserve.engine import (
+    acceleration,
+    adapters,
+    loader,
+    memory,
+    png,
+    precision,
+    previews,
+    prompts,
+    samplers,
+    tiling,
+)
 from picserve.engine.base import Capacity, Generated, PreviewCallback, StepCallback
 
-__all__ = ["Engine", "Generated", "StepCallback", "device_memory", "free_device_memory"]
+__all__ = ["Engine", "Generated", "StepCallback", "device_memory", "free_device_memory", "on_device"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +62,8 @@ class Engine:
             least recently used dropped first.
         speed: the speed switches (channels_last, fused QKV, a compiled UNet with LoRA hot-swap slots)
             applied to each main model as it is loaded; None: all off (acceleration.py).
+        dtype: the compute dtype (PICSERVE_DTYPE): "auto" or None (fp16 on CUDA, fp32 on the CPU),
+            "float16", "bfloat16", "float32", or a torch dtype (loader.resolve_dtype).
     """
 
     def __init__(
@@ -64,12 +78,13 @@ class Engine:
         memory_budget: int | None = None,
         host_budget: int = 0,
         speed: acceleration.Acceleration | None = None,
+        dtype: str | torch.dtype | None = None,
     ) -> None:
         #: the speed switches applied to every main model loaded (acceleration.py); None: all off
         self.speed = speed
         prepare = None if speed is None else functools.partial(acceleration.prepare, options=speed)
         self.pipelines = loader.PipelineCache(
-            catalog, device, max_loaded, cache_dir, memory_budget, host_budget, prepare=prepare
+            catalog, device, max_loaded, cache_dir, memory_budget, host_budget, prepare=prepare, dtype=dtype
         )
         self.adapters = adapters.Adapters(catalog, max_loras=max_loras, max_cached_files=max_cached_files)
         #: images denoised together; larger batches run in chunks of this size to bound memory
@@ -104,6 +119,7 @@ class Engine:
             model_bytes=device_bytes,
             host_bytes=host_bytes,
             model_slots=max(1, slots),
+            dtype=str(self.pipelines.dtype).removeprefix("torch."),
         )
 
     def preload(self, codes: list[str]) -> None:
@@ -111,7 +127,7 @@ class Engine:
         last one most recently used, and compile their UNets for the compile sizes when compile is on
         (acceleration.warm_up), so that no request pays for it. Raises ModelLoadError/OutOfMemory as a
         generation would."""
-        with self._generating:
+        with self._generating, on_device(self.pipelines.device):
             for code in codes:
                 model = self.pipelines.get(code)
                 if seconds := acceleration.warm_up(model.base):
@@ -132,7 +148,11 @@ class Engine:
         applied (the loaded models are left as they were), and `errors.OutOfMemory` when the device
         runs out of memory, even one image at a time (memory is freed; the next generation can run).
         """
-        with self._generating, memory.as_error(spec, self.pipelines.device.type, self._free_memory):
+        with (
+            self._generating,
+            on_device(self.pipelines.device),
+            memory.as_error(spec, self.pipelines.device.type, self._free_memory),
+        ):
             return self._generate(spec, on_step or _no_progress, on_preview)
 
     def _free_memory(self) -> None:
@@ -210,20 +230,24 @@ class Engine:
                         on_preview(lambda: previews.latents_to_image(latents))
                     return kwargs
 
-                output = pipe(
-                    prompt_embeds=conditioning.embeds,
-                    pooled_prompt_embeds=conditioning.pooled,
-                    negative_prompt_embeds=conditioning.negative_embeds,
-                    negative_pooled_prompt_embeds=conditioning.negative_pooled,
-                    num_images_per_prompt=len(chunk_seeds),
-                    generator=[torch.Generator("cpu").manual_seed(s) for s in chunk_seeds],
-                    num_inference_steps=spec.steps,
-                    guidance_scale=spec.cfg_scale,
-                    callback_on_step_end=step_end,
-                    **mode_inputs,
-                )
-                images: list[Image.Image] = output.images
-                return images
+                # The modules' dtypes are restored however the call ends (diffusers upcasts the VAE of an
+                # fp16 model for its encode and decode); the latents are decoded and checked for NaN/Inf
+                # (fp16 overflow) by precision.decode, which decodes once more in fp32 when that helps.
+                with precision.dtypes_kept(pipe):
+                    output = pipe(
+                        prompt_embeds=conditioning.embeds,
+                        pooled_prompt_embeds=conditioning.pooled,
+                        negative_prompt_embeds=conditioning.negative_embeds,
+                        negative_pooled_prompt_embeds=conditioning.negative_pooled,
+                        num_images_per_prompt=len(chunk_seeds),
+                        generator=[torch.Generator("cpu").manual_seed(s) for s in chunk_seeds],
+                        num_inference_steps=spec.steps,
+                        guidance_scale=spec.cfg_scale,
+                        callback_on_step_end=step_end,
+                        output_type="latent",
+                        **mode_inputs,
+                    )
+                    return precision.decode(pipe, output.images, _what(len(chunk_seeds), width, height))
 
             with (
                 tiling.seamless(pipe, spec.tiling),
@@ -243,11 +267,19 @@ class Engine:
         return Generated(images=results, seeds=seeds, infotexts=[_infotext(spec, s) for s in seeds])
 
 
+def on_device(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """`device` as the calling thread's current CUDA device for the block: what takes the default device
+    (torch.compile's graphs, CUDA graphs, the allocator of a library that asks for "cuda") lands there, not
+    on GPU 0 beside another worker's. Nothing on a CPU."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def device_memory(device: torch.device) -> int:
-    """The device's whole memory in bytes: the GPU's, or the machine's RAM for the CPU."""
+    """The device's whole memory in bytes: the GPU's, or for the CPU the RAM this process may use (a
+    container's memory limit where lower than the machine's RAM)."""
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).total_memory)
-    return int(psutil.virtual_memory().total)
+    return admission.usable_memory(int(psutil.virtual_memory().total))
 
 
 def free_device_memory(device: torch.device) -> int:
@@ -268,6 +300,11 @@ def _reference(spec: domain.GenerationSpec) -> Image.Image:
 
 def _resized(image: Image.Image, width: int, height: int) -> Image.Image:
     return image.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def _what(count: int, width: int, height: int) -> str:
+    """`an image of 64×64`, `4 images of 1024×1024`: a chunk, for messages."""
+    return f"an image of {width}×{height}" if count == 1 else f"{count} images of {width}×{height}"
 
 
 def _ceil8(n: int) -> int:

@@ -48,7 +48,7 @@ class FakeEngine:
         return {"main": list(self._loaded), "lora": [], "host": []}
 
     def capacity(self) -> Capacity:
-        return Capacity()
+        return Capacity(dtype="float32")
 
     def preload(self, codes: list[str]) -> None:
         self._loaded = list(codes[-1:])

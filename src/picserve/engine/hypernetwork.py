@@ -8,6 +8,7 @@ Files are loaded with `weights_only=True`: their pickles are plain dicts of tens
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,9 @@ def applied(unet: Any, networks: list[tuple[Hypernetwork, float]]) -> Iterator[N
     for modules, multiplier in networks:
         if width not in modules:  # as in A1111, a network without this width does nothing
             continue
-        keys_module, values_module = (m.to(unet.device, unet.dtype) for m in modules[width])
+        # copies on the UNet's device and in its dtype, for this request only: the file cache's modules
+        # stay in RAM as read (moved in place, they would stay on the GPU outside the model budget)
+        keys_module, values_module = (copy.deepcopy(m).to(unet.device, unet.dtype) for m in modules[width])
         keys_module.multiplier = values_module.multiplier = multiplier
         chain.append((keys_module, values_module))
     original = unet.attn_processors

@@ -31,9 +31,18 @@ import torch
 
 from picserve import admission, errors, modelinfo
 from picserve import catalog as catalog_module
-from picserve.engine import memory, samplers, sdxl_base
+from picserve.engine import memory, precision, samplers, sdxl_base
 
-__all__ = ["LoadedModel", "PipelineCache", "free_memory", "one_line", "pipeline_bytes", "resolve_device"]
+__all__ = [
+    "DTYPES",
+    "LoadedModel",
+    "PipelineCache",
+    "free_memory",
+    "one_line",
+    "pipeline_bytes",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,27 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+#: PICSERVE_DTYPE's names of the compute dtypes a worker may run in
+DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The compute dtype for PICSERVE_DTYPE `name` on `device`: "auto" (or None) is fp16 on CUDA and fp32
+    elsewhere (bf16/fp16 matmuls are many times slower on a CPU); "float16", "bfloat16", "float32" (also
+    "fp16", "bf16", "fp32") are taken as they are. Raises ValueError naming the allowed values."""
+    if isinstance(name, torch.dtype):
+        return name
+    key = (name or "auto").strip().lower()
+    key = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}.get(
+        key, key
+    )
+    if key == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if key not in DTYPES:
+        raise ValueError(f"PICSERVE_DTYPE must be auto, float16, bfloat16 or float32 (got {name!r})")
+    return DTYPES[key]
 
 
 def free_memory(device: torch.device) -> None:
@@ -91,7 +121,10 @@ class LoadedModel:
             return self.base
         if mode not in self._derived_pipelines:
             cls = StableDiffusionXLImg2ImgPipeline if mode == "img2img" else StableDiffusionXLInpaintPipeline
-            derived = cls.from_pipe(self.base)
+            # from_pipe casts the new pipeline, whose modules are the base's own, to its `dtype` argument,
+            # float32 by default: the model's dtype is passed (every module is loaded in it), or the whole
+            # model would turn fp32 for good after its first img2img or inpaint request.
+            derived = cls.from_pipe(self.base, dtype=precision.module_dtypes(self.base)["unet"])
             derived.set_progress_bar_config(disable=True)
             self._derived_pipelines[mode] = derived
         return self._derived_pipelines[mode]
@@ -127,10 +160,12 @@ class PipelineCache:
         memory_budget: int | None = None,
         host_budget: int = 0,
         prepare: Callable[[Any], None] | None = None,
+        dtype: str | torch.dtype | None = None,
     ) -> None:
         self.catalog = catalog
         self.device = resolve_device(device)
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        #: the compute dtype every model is loaded in and kept in (PICSERVE_DTYPE; see resolve_dtype)
+        self.dtype = resolve_dtype(dtype, self.device)
         #: most main models on the device at once; 0: as many as `memory_budget` holds
         self.max_loaded = max(0, max_loaded)
         #: bytes of main-model weights kept on the device; None: no bound but `max_loaded`
@@ -258,14 +293,22 @@ class PipelineCache:
         model = self._models_by_code.pop(code)
         if 0 < model.nbytes <= self.host_budget:
             while self._host and _total(self._host) + model.nbytes > self.host_budget:
-                dropped, _ = self._host.popitem(last=False)
+                dropped, gone = self._host.popitem(last=False)
+                _unpin(gone.base)  # its page-locked RAM is given back now, not when it is collected
                 self.counts["drops"] += 1
                 log.info("main model %s dropped from RAM", dropped)
             if self.device.type != "cpu":
                 _move(model.base, torch.device("cpu"), pin=torch.cuda.is_available())
             self._host[code] = model
             self.counts["offloads"] += 1
-            log.info("main model %s moved from %s to RAM (%s)", code, self.device, admission.shown(model.nbytes))
+            pinned = _pinned_bytes(model.base)
+            log.info(
+                "main model %s moved from %s to RAM (%s%s)",
+                code,
+                self.device,
+                admission.shown(model.nbytes),
+                f"; one page-locked block of {pinned:,} bytes" if pinned else "",
+            )
         else:
             self.counts["drops"] += 1
             log.info("unloading main model %s", code)
@@ -366,8 +409,14 @@ class PipelineCache:
             if not vae.path.exists():  # diffusers would take a missing path for a hub repo id
                 raise FileNotFoundError("it is missing")
             if vae.path.is_dir():
-                return AutoencoderKL.from_pretrained(str(vae.path), **options)
-            return AutoencoderKL.from_single_file(str(vae.path), config=str(config), subfolder="vae", **options)
+                model = AutoencoderKL.from_pretrained(str(vae.path), **options)
+            else:
+                model = AutoencoderKL.from_single_file(str(vae.path), config=str(config), subfolder="vae", **options)
+            # The fp32 upcast for fp16 decodes is the VAE's own: its sidecar's ForceUpcast (an "fp16-fix"
+            # VAE needs none), not the main model's config that a single file is built on.
+            if vae.force_upcast is not None:
+                model.register_to_config(force_upcast=vae.force_upcast)
+            return model
         except Exception as exc:  # a damaged file, or widths other than the model's VAE config
             if memory.is_out_of_memory(exc):
                 raise
@@ -407,18 +456,180 @@ def _total(models: Mapping[str, LoadedModel]) -> int:
 
 
 def _move(pipe: Any, device: torch.device, pin: bool) -> None:
-    """A pipeline's modules to `device`; on the way to the CPU with `pin`, into page-locked memory (the
-    copy back to the GPU then runs asynchronously at full speed)."""
+    """A pipeline's modules to `device`; to the CPU with `pin`, into one page-locked block of its own
+    (`_pin`: the copy back to the GPU then runs asynchronously at full speed). Once its weights are on
+    a device again, the block is released (`_unpin`)."""
+    if pin and device.type == "cpu":
+        _pin(pipe)
+        return
     for name in _COMPONENTS:
         module = getattr(pipe, name, None)
         if module is None:
             continue
         module.to(device, non_blocking=device.type == "cuda")
-        if pin:
-            for tensor in [*module.parameters(), *module.buffers()]:
-                tensor.data = tensor.data.pin_memory()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    if device.type != "cpu":
+        _unpin(pipe)
+
+
+#: each storage's place in a pinned block starts at a multiple of this many bytes (of every dtype's size)
+_BLOCK_ALIGN = 512
+#: the pipeline attribute that holds its `_PinnedBlock` while its weights are in RAM
+_PINNED = "_picserve_pinned_block"
+
+
+def _pin(pipe: Any) -> None:
+    """A pipeline's weights and buffers, from wherever they are, into one page-locked block of host
+    memory: as many bytes as `pipeline_bytes` counts (each storage once, tied weights kept tied) plus
+    alignment, where pinning each tensor apart took a third more (torch's pinned allocator rounds each
+    block up to a power of two) and kept it cached after the model left."""
+    _unpin(pipe)
+    tensors = _weights(pipe)
+    _, size = _block_layout(tensors)
+    sources = {tensor.device for tensor in tensors if tensor.device.type == "cuda"}
+    block = _PinnedBlock(size, next(iter(sources), None))
+    assert block.tensor is not None
+    _pack(tensors, block.tensor)
+    for source in sources:  # the copies out of the GPU are done
+        torch.cuda.synchronize(source)
+    setattr(pipe, _PINNED, block)
+
+
+def _unpin(pipe: Any) -> None:
+    """Release the pipeline's pinned block, if it has one (see `_PinnedBlock.release`)."""
+    block = getattr(pipe, _PINNED, None)
+    if block is not None:
+        delattr(pipe, _PINNED)
+        block.release()
+
+
+def _pinned_bytes(pipe: Any) -> int:
+    """Bytes of page-locked memory the pipeline's weights hold (0: none)."""
+    block = getattr(pipe, _PINNED, None)
+    return block.nbytes if block is not None and block.pinned else 0
+
+
+def _weights(pipe: Any) -> list[torch.Tensor]:
+    """A pipeline's parameters and buffers, each tensor once."""
+    found: dict[int, torch.Tensor] = {}
+    for name in _COMPONENTS:
+        module = getattr(pipe, name, None)
+        if module is not None:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                found.setdefault(id(tensor), tensor)
+    return list(found.values())
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
+    return str(tensor.device), tensor.untyped_storage().data_ptr()
+
+
+def _block_layout(tensors: list[torch.Tensor]) -> tuple[dict[tuple[str, int], int], int]:
+    """Where each storage of `tensors` goes in one block (a storage several tensors share, once): its
+    byte offset, a multiple of `_BLOCK_ALIGN`, by `_storage_key`; and the block's size in bytes."""
+    sizes: dict[tuple[str, int], int] = {}
+    for tensor in tensors:
+        if nbytes := tensor.untyped_storage().nbytes():
+            key = _storage_key(tensor)
+            sizes[key] = max(sizes.get(key, 0), nbytes)
+    offsets, size = {}, 0
+    for key, nbytes in sizes.items():
+        offsets[key] = size
+        size += -(-nbytes // _BLOCK_ALIGN) * _BLOCK_ALIGN
+    return offsets, size
+
+
+def _pack(tensors: list[torch.Tensor], block: torch.Tensor) -> None:
+    """Each of `tensors` copied into `block` (1-D uint8 on the CPU, at least `_block_layout`'s size) and
+    made a view of it with its dtype, shape, strides and place in its storage: the tensors that shared
+    a storage share the block's, so tied weights stay tied. Copies from a GPU are queued on its current
+    stream: synchronize before reading the block."""
+    offsets, size = _block_layout(tensors)
+    if block.dtype != torch.uint8 or block.dim() != 1 or block.numel() < size or block.storage_offset() % 16:
+        raise ValueError(f"a block for {size} bytes is a 1-D uint8 tensor of that many, 16-byte aligned")
+    datas = [tensor.data for tensor in tensors]  # the old storages live until every tensor has moved
+    copied: set[tuple[str, int]] = set()
+    for tensor, data in zip(tensors, datas, strict=True):
+        key = _storage_key(data)
+        if key not in offsets:  # an empty tensor: nothing to copy
+            tensor.data = data.to(block.device)
+            continue
+        start, storage = offsets[key], data.untyped_storage()
+        if key not in copied:
+            source = torch.empty(0, dtype=torch.uint8, device=data.device).set_(storage)
+            block[start : start + storage.nbytes()].copy_(source, non_blocking=True)
+            copied.add(key)
+        offset = (block.storage_offset() + start) // data.element_size() + data.storage_offset()
+        view = torch.empty(0, dtype=data.dtype, device=block.device)
+        tensor.data = view.set_(block.untyped_storage(), offset, data.size(), data.stride())
+
+
+class _PinnedBlock:
+    """One block of host memory for a model's weights, page-locked (cudaHostRegister) where CUDA is:
+    exactly its bytes, in whole pages, outside torch's pinned allocator, which would round it up to a
+    power of two and keep it cached once the model left. Where locking fails it stays pageable (restores
+    are then slower), with a warning.
+
+    `release` (or collection) unlocks it; its memory is freed with the last tensor that views it: at once
+    when the model's weights have left it."""
+
+    def __init__(self, nbytes: int, device: torch.device | None) -> None:
+        import mmap
+
+        page = mmap.PAGESIZE
+        #: bytes in the block (page-locked when `pinned`)
+        self.nbytes = -(-nbytes // page) * page  # whole pages: none shared with another allocation
+        raw = torch.empty(self.nbytes + page, dtype=torch.uint8)
+        skip = -raw.data_ptr() % page
+        self.tensor: torch.Tensor | None = raw[skip : skip + self.nbytes]
+        #: the GPU whose copies read it (synchronized before it is unlocked)
+        self.device = device
+        self.pinned = False
+        if self.nbytes and torch.cuda.is_available():
+            try:
+                with _current(device):
+                    error = torch.cuda.cudart().cudaHostRegister(self.tensor.data_ptr(), self.nbytes, 0)
+                self.pinned = int(error) == 0
+                failure = f"CUDA error {int(error)}"
+            except Exception as exc:  # no CUDA runtime to ask: pageable
+                failure = str(exc)
+            if not self.pinned:
+                log.warning(
+                    "could not page-lock %s of RAM for a model's weights (%s): they stay in pageable RAM, "
+                    "and come back to the GPU slower",
+                    admission.shown(self.nbytes),
+                    failure,
+                )
+
+    def release(self) -> None:
+        """Unlock the block (once no copy from it runs) and let it go; torch's pinned cache is emptied too."""
+        if self.tensor is None:
+            return
+        if self.pinned:
+            if self.device is not None:  # (restores synchronize their device themselves)
+                torch.cuda.synchronize(self.device)
+            with _current(self.device):
+                torch.cuda.cudart().cudaHostUnregister(self.tensor.data_ptr())
+            self.pinned = False
+        self.tensor = None
+        empty_host_cache = getattr(torch.accelerator, "empty_host_cache", None)
+        if empty_host_cache is not None and torch.cuda.is_initialized():
+            empty_host_cache()
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # at interpreter exit torch may be gone already
+            pass
+
+
+def _current(device: torch.device | None) -> Any:
+    """A context in which `device` is the current GPU: the CUDA runtime's calls then use its context,
+    instead of making one on GPU 0 (a worker on cuda:1 has none there)."""
+    import contextlib
+
+    return contextlib.nullcontext() if device is None else torch.cuda.device(device)
 
 
 def one_line(exc: BaseException, models_dir: Path | None = None) -> str:
@@ -442,7 +653,7 @@ def one_line(exc: BaseException, models_dir: Path | None = None) -> str:
 
 
 #: the modules of an SDXL pipeline that hold weights
-_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+_COMPONENTS = precision.COMPONENTS
 
 
 def _recipe(entry: catalog_module.Entry) -> tuple[Any, ...]:

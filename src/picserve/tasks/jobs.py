@@ -9,14 +9,21 @@ The run is a protocol (cog's worker and `Done`, InvokeAI's one thread per device
 3. The job owns the engine until the engine thread has returned, on every exit path: an abort
    (procrastinate cancels the job's asyncio task) waits, shielded, for the thread to stop at its next
    step before the next job may start.
-4. The run ends in one typed outcome — `Finished`, `Failed`, `Canceled` (a client's cancel) or
-   `Requeued` (the worker is shutting down) — applied by `_apply` alone. Every write names the run: a
+4. The run ends in one typed outcome — `Finished`, `Failed`, `Canceled` (a client's cancel),
+   `Requeued` (the worker is shutting down) or `DeviceLost` (a sticky device error: requeued too) —
+   applied by `_apply` alone. Every write names the run: a
    superseded run's write is refused, and the files it stored are deleted.
 5. A database outage does not end a run. Taking the task and writing its outcome are retried by the
    worker's `Retry` until the database answers again (a running generation just goes on meanwhile);
    progress writes are best effort and dropped while it is away. A statement whose connection broke
    after it was sent may have been applied: a write refused on its retry is then not taken for a
    superseded run's (its files are kept, the log says so).
+6. A sticky device error (engine/faults.py: an illegal memory access, a device-side assert, an ECC
+   fault) is the worker's, not the task's: every later engine call would fail too. The task goes back
+   to the queue, uncharged and not failed, the worker marks itself unhealthy in the registry, counts
+   it (picserve_worker_device_failures_total) and stops taking jobs; `worker.work` then raises
+   `DeviceFailure` and `picserve worker` exits with code 75 (`DeviceFailure.exit_code`), for
+   `picserve serve` or an orchestrator to start it again.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from PIL import Image
 from procrastinate.job_context import AbortReason
 
 from picserve import domain, errors, logs, metrics
+from picserve.engine import faults
 from picserve.engine.base import GenerationEngine, PreviewCallback, StepCallback
 from picserve.storage.base import Store
 from picserve.tasks import references
@@ -48,6 +56,8 @@ __all__ = [
     "QUEUE",
     "TASK_NAME",
     "Canceled",
+    "DeviceFailure",
+    "DeviceLost",
     "Failed",
     "Finished",
     "Outcome",
@@ -157,6 +167,17 @@ def root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
 
 
+class DeviceFailure(Exception):
+    """The worker's device is unusable (a sticky device error): the worker stopped, to be started again."""
+
+    #: `picserve worker`'s exit code then (EX_TEMPFAIL of sysexits.h: a temporary failure, start it again)
+    exit_code = 75
+
+
+def _nothing() -> None:
+    pass
+
+
 @dataclass
 class WorkerRuntime:
     """What a worker's jobs need, handed to them through procrastinate's additional_context."""
@@ -179,6 +200,12 @@ class WorkerRuntime:
     #: the worker's row in the registry, told after every job what the engine holds (None: no registry,
     #: as on the in-memory queue)
     registry: WorkerRegistry | None = None
+    #: the worker's device, as logs and metrics name it
+    device: str = "unknown"
+    #: set once a job found the device broken: the worker takes no more jobs
+    device_failure: DeviceFailure | None = None
+    #: called right after: stops the worker's loop (`worker.work` sets it)
+    stop_worker: Callable[[], None] = _nothing
 
 
 def register(app: procrastinate.App) -> procrastinate.App:
@@ -209,6 +236,14 @@ class Requeued:
     """The worker is shutting down: the task goes back to the queue, to run again."""
 
 
+@dataclass(frozen=True)
+class DeviceLost(Requeued):
+    """The device failed for good (`error`: the sticky error in words): the task goes back to the queue,
+    and the worker stops."""
+
+    error: str
+
+
 Outcome = Finished | Failed | Canceled | Requeued
 
 
@@ -221,8 +256,25 @@ async def run_generation(context: procrastinate.JobContext, task_uid: str) -> No
         with logs.context(task_uid=task_uid, worker=runtime.name, timed=True):
             await _run(context, runtime, task_uid, ran)
     finally:
-        if runtime.registry is not None:
+        if runtime.device_failure is not None:
+            await asyncio.shield(_stop_for_device(runtime, runtime.device_failure))
+        elif runtime.registry is not None:
             await asyncio.shield(_report(runtime, ran[0].model_code if ran else None))
+
+
+async def _stop_for_device(runtime: WorkerRuntime, failure: DeviceFailure) -> None:
+    """The device broke (its task is back in the queue): mark the worker unhealthy, count it, stop it."""
+    log.error(
+        "worker %s: device %s is unusable (%s); it takes no more tasks and stops (exit code %d)",
+        runtime.name,
+        runtime.device,
+        failure,
+        DeviceFailure.exit_code,
+    )
+    metrics.count_device_failure(runtime.device)
+    if runtime.registry is not None:
+        await runtime.registry.mark_unhealthy(str(failure))
+    runtime.stop_worker()
 
 
 async def _report(runtime: WorkerRuntime, model_code: str | None) -> None:
@@ -265,7 +317,10 @@ async def _run(
         raise
     finally:
         await asyncio.shield(_apply(runtime, run, spec, outcome))
-        watch.done(type(outcome).__name__.lower(), outcome.code if isinstance(outcome, Failed) else None)
+        if isinstance(outcome, DeviceLost):
+            runtime.device_failure = DeviceFailure(outcome.error)
+        name = "requeued" if isinstance(outcome, Requeued) else type(outcome).__name__.lower()
+        watch.done(name, outcome.code if isinstance(outcome, Failed) else None)
 
 
 async def _execute(
@@ -291,9 +346,15 @@ async def _execute(
         pngs, seeds = await _own_until_done(runtime.engine_thread.submit(generate))
     except errors.TaskCanceled:
         return _aborted(context)
-    except errors.PicserveError as exc:
-        return Failed(exc.ret_code, exc.message)
-    except Exception:  # a bug or an unexpected runtime failure: logged in full, reported without internals
+    except Exception as exc:
+        if faults.is_broken_device(exc):  # the device's failure, not the task's: it runs again elsewhere
+            log.error(
+                "task %s: device %s failed; the task goes back to the queue", run.task_uid, runtime.device, exc_info=exc
+            )
+            return DeviceLost(faults.describe(exc))
+        if isinstance(exc, errors.PicserveError):
+            return Failed(exc.ret_code, exc.message)
+        # a bug or an unexpected runtime failure: logged in full, reported without internals
         log.exception("task %s failed", run.task_uid)
         return Failed(500, INTERNAL_ERROR.format(task_uid=run.task_uid))
 
@@ -432,6 +493,7 @@ _STATUS_OF: dict[type, domain.TaskStatus] = {
     Failed: domain.TaskStatus.ERROR,
     Canceled: domain.TaskStatus.CANCELED,
     Requeued: domain.TaskStatus.QUEUING,
+    DeviceLost: domain.TaskStatus.QUEUING,
 }
 
 

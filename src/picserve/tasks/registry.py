@@ -8,7 +8,10 @@ deletes it on a clean exit. The fetch (routing.py) reads the row to route jobs b
 the task it hands out, with the model the worker is about to load.
 
 A worker silent for `stalled_after` seconds is not live: `picserve workers` leaves it out and the
-fetch no longer keeps jobs for its models. The stalled-worker sweep deletes rows silent for
+fetch no longer keeps jobs for its models. A worker whose device broke (a sticky CUDA error: jobs.py)
+writes its row as *unhealthy*, with the error and holding nothing (no job waits for it), and exits
+without deleting it: `picserve workers` shows it, live or not, until it is aged out or its restart,
+under the same name, writes the row anew. The stalled-worker sweep deletes rows silent for
 `AGE_OUT` × `stalled_after` (a killed worker never deletes its own). Every write here is best effort:
 while the database is away a worker goes on without them (its heartbeat writes the row again, whole,
 if it was aged out meanwhile).
@@ -26,7 +29,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, LiteralString
 
@@ -115,6 +118,10 @@ class WorkerInfo:
     model_memory: int | None = None
     model_bytes: int = 0
     host_bytes: int = 0
+    #: the compute dtype of its engine ("float16", …); None: not reported
+    dtype: str | None = None
+    #: None: healthy; else why it stopped taking tasks (its device's error)
+    unhealthy: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> WorkerInfo:
@@ -139,6 +146,8 @@ class WorkerInfo:
             model_memory=row["model_memory"],
             model_bytes=row["model_bytes"],
             host_bytes=row["host_bytes"],
+            dtype=row["dtype"],
+            unhealthy=row["unhealthy"],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -164,17 +173,19 @@ class WorkerInfo:
             "ModelMemory": self.model_memory,
             "ModelBytes": self.model_bytes,
             "HostBytes": self.host_bytes,
+            "Dtype": self.dtype,
+            "Unhealthy": self.unhealthy,
         }
 
 
 _COLUMNS = (
     "name, host, pid, device, gpu, gpu_memory, main_models, loras, model_slots, tasks_done, model_loads, "
-    "current_task, started_at, host_models, memory_total, model_memory, model_bytes, host_bytes"
+    "current_task, started_at, host_models, memory_total, model_memory, model_bytes, host_bytes, dtype, unhealthy"
 )
 _VALUES = (
     "%(name)s, %(host)s, %(pid)s, %(device)s, %(gpu)s, %(gpu_memory)s, %(main_models)s, %(loras)s, "
     "%(model_slots)s, %(tasks_done)s, %(model_loads)s, %(current_task)s, %(started_at)s, %(host_models)s, "
-    "%(memory_total)s, %(model_memory)s, %(model_bytes)s, %(host_bytes)s"
+    "%(memory_total)s, %(model_memory)s, %(model_bytes)s, %(host_bytes)s, %(dtype)s, %(unhealthy)s"
 )
 #: the whole row, as this process knows it (on start and after every task)
 _WRITE = (
@@ -184,7 +195,8 @@ _WRITE = (
     "model_slots = EXCLUDED.model_slots, tasks_done = EXCLUDED.tasks_done, model_loads = EXCLUDED.model_loads, "
     "current_task = EXCLUDED.current_task, current_model = NULL, started_at = EXCLUDED.started_at, "
     "host_models = EXCLUDED.host_models, memory_total = EXCLUDED.memory_total, model_memory = EXCLUDED.model_memory, "
-    "model_bytes = EXCLUDED.model_bytes, host_bytes = EXCLUDED.host_bytes, last_heartbeat = now()"
+    "model_bytes = EXCLUDED.model_bytes, host_bytes = EXCLUDED.host_bytes, dtype = EXCLUDED.dtype, "
+    "unhealthy = EXCLUDED.unhealthy, last_heartbeat = now()"
 )
 #: the heartbeat alone (the fetch writes the row's current task and holdings in between); the whole
 #: row when it is missing (aged out during a long outage)
@@ -227,6 +239,8 @@ class WorkerRegistry:
         self.current_task: str | None = None
         self.host_models: list[str] = []
         self.capacity = Capacity(model_slots=model_slots)
+        #: None: healthy; else why the worker stopped taking tasks
+        self.unhealthy: str | None = None
 
     async def register(self, holdings: Mapping[str, Sequence[str]], capacity: Capacity | None = None) -> None:
         """The worker starts: its whole row, with what its engine holds (often nothing yet)."""
@@ -252,6 +266,15 @@ class WorkerRegistry:
                 self.model_loads += 1
         self.current_task = None
         await self._run("writing", _WRITE, self._row())
+
+    async def mark_unhealthy(self, reason: str) -> None:
+        """The worker's device broke (`reason`: the error in words): it takes no more tasks. Its row says
+        so and holds nothing, so that the fetch keeps no job for it; the row stays after it exits."""
+        self.unhealthy = reason
+        self.current_task = None
+        self.main_models, self.loras, self.host_models = [], [], []
+        self.capacity = replace(self.capacity, model_bytes=0, host_bytes=0)
+        await self._run("marking unhealthy", _WRITE, self._row())
 
     async def heartbeat(self) -> None:
         await self._run("heartbeat", _BEAT, self._row())
@@ -288,6 +311,8 @@ class WorkerRegistry:
             "model_memory": self.capacity.model_budget,
             "model_bytes": self.capacity.model_bytes,
             "host_bytes": self.capacity.host_bytes,
+            "dtype": self.capacity.dtype,
+            "unhealthy": self.unhealthy,
         }
 
     async def _run(self, what: str, query: LiteralString, params: Mapping[str, Any]) -> None:
@@ -304,11 +329,12 @@ class WorkerRegistry:
 
 
 async def list_workers(conn: AsyncConnection[Any], live_after: float, everyone: bool = False) -> list[WorkerInfo]:
-    """The registry's workers by name: the live ones (heard from within `live_after` seconds), or with
-    `everyone` the silent ones too (not yet aged out)."""
+    """The registry's workers by name: the live ones (heard from within `live_after` seconds) and the
+    unhealthy ones, or with `everyone` the silent ones too (not yet aged out)."""
     cur = await conn.cursor(row_factory=dict_row).execute(
         "SELECT *, last_heartbeat > now() - make_interval(secs => %(live_after)s) AS live FROM picserve_workers "
-        "WHERE %(everyone)s OR last_heartbeat > now() - make_interval(secs => %(live_after)s) ORDER BY name",
+        "WHERE %(everyone)s OR last_heartbeat > now() - make_interval(secs => %(live_after)s) "
+        "OR unhealthy IS NOT NULL ORDER BY name",
         {"live_after": live_after, "everyone": everyone},
     )
     return [WorkerInfo.from_row(row) for row in await cur.fetchall()]

@@ -56,17 +56,19 @@ def build_engine(settings: Settings) -> GenerationEngine:
 
     from picserve.engine.acceleration import Acceleration
     from picserve.engine.engine import Engine, device_memory
-    from picserve.engine.loader import resolve_device
+    from picserve.engine.loader import resolve_device, resolve_dtype
 
     device = resolve_device(settings.device)
     try:
+        dtype = resolve_dtype(settings.dtype, device)
         memory_budget, host_budget = admission.budgets(
             settings.model_memory,
             settings.model_host_memory,
             device.type,
-            device_memory(device),
-            psutil.virtual_memory().total,
-            torch.cuda.device_count() if device.type == "cuda" else 0,
+            # a CPU worker's device is the RAM: both are what this process may use of it (a container's limit)
+            admission.usable_memory(psutil.virtual_memory().total) if device.type == "cpu" else device_memory(device),
+            admission.usable_memory(psutil.virtual_memory().total),
+            torch.cuda.device_count() if device.type == "cuda" else 0,  # the visible GPUs (CUDA_VISIBLE_DEVICES)
         )
         speed = Acceleration.parse(
             channels_last=settings.channels_last,
@@ -89,6 +91,7 @@ def build_engine(settings: Settings) -> GenerationEngine:
         memory_budget=memory_budget,
         host_budget=host_budget,
         speed=speed,
+        dtype=dtype,
     )
 
 
@@ -111,6 +114,9 @@ async def run_worker(
     fetches with picserve's routing (routing.py; a burst worker, which must drain the queue, without
     model affinity); the stalled-worker sweep uses the plain one, so that it sees an outage instead of
     waiting it out. The worker keeps its row in the registry (registry.py) from start to clean exit.
+
+    Raises `jobs.DeviceFailure` once a job found the device broken (a sticky CUDA error; its task is
+    queued again): the worker's row then stays in the registry, marked unhealthy.
     """
     name = name or f"{socket.gethostname()}:{os.getpid()}:{settings.device}"
     engine = engine or build_engine(settings)
@@ -138,6 +144,7 @@ async def run_worker(
             webhook_progress_interval=settings.webhook_progress_interval,
             retry=retry,
             registry=roster,
+            device=device,
         )
         if codes := preload_codes(settings):
             # before the first fetch: the registry then tells the fleet's routing what this worker holds
@@ -163,7 +170,8 @@ async def run_worker(
             beater.cancel()
             runtime.engine_thread.close()
             await app.close_async()
-            await asyncio.shield(roster.unregister())
+            if runtime.device_failure is None:  # an unhealthy worker's row stays, saying why
+                await asyncio.shield(roster.unregister())
 
 
 async def _beat_forever(roster: registry.WorkerRegistry, every: float) -> None:
@@ -185,6 +193,9 @@ async def work(app: procrastinate.App, runtime: jobs.WorkerRuntime, settings: Se
     doubling to 30 s; a loop that ran a minute starts over at 1 s), in this process, as a newly
     registered procrastinate worker. In `burst` mode (the queue drained once, no signal handling) an
     error is raised instead.
+
+    A job that finds the device broken (jobs.py, engine/faults.py) stops the loop as a signal would;
+    then `jobs.DeviceFailure` is raised.
     """
     log.info("worker %s ready", runtime.name)
     loop = asyncio.get_running_loop()
@@ -202,8 +213,11 @@ async def work(app: procrastinate.App, runtime: jobs.WorkerRuntime, settings: Se
 
     handlers = not burst and _install_signal_handlers(loop, stop)
     backoff = Backoff(first=1.0, cap=30.0, reset_after=60.0)
+    runtime.stop_worker = stop  # called by the job that finds the device broken
     try:
         while True:
+            if runtime.device_failure is not None:
+                raise runtime.device_failure
             worker: _Loop = Worker(
                 app=app,
                 queues=[jobs.QUEUE],
@@ -226,13 +240,19 @@ async def work(app: procrastinate.App, runtime: jobs.WorkerRuntime, settings: Se
             try:
                 # shielded: a cancellation first sets the retry deadline (stop), then reaches the loop
                 await asyncio.shield(running)
+                if runtime.device_failure is not None:
+                    raise runtime.device_failure
                 return
             except asyncio.CancelledError:
                 stop()
                 running.cancel()  # procrastinate's own graceful shutdown: the running job gets its grace
                 await asyncio.wait([running])
                 raise
+            except jobs.DeviceFailure:
+                raise
             except Exception as exc:
+                if runtime.device_failure is not None:
+                    raise runtime.device_failure from exc
                 if burst:
                     raise
                 if stopped.is_set():
@@ -252,7 +272,7 @@ async def work(app: procrastinate.App, runtime: jobs.WorkerRuntime, settings: Se
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopped.wait(), delay)
-            if stopped.is_set():
+            if stopped.is_set() and runtime.device_failure is None:
                 return
     finally:
         current.clear()

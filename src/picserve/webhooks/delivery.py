@@ -222,6 +222,12 @@ class WebhookWorker:
                     await self._worker(burst=False).run()
                     return
                 except Exception as exc:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        # cancelled (the API is stopping) and procrastinate's loop ended on an error of its
+                        # own meanwhile (its database closing): stop, or the cancel would be lost and the
+                        # loop restart for ever, holding the event loop's shutdown
+                        raise asyncio.CancelledError() from exc
                     delay = backoff.next_delay(loop.time() - started)
                     log.warning("webhook worker stopped (%s); starting it again in %g s", exc, delay)
                     await asyncio.sleep(delay)
