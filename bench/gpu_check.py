@@ -66,6 +66,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from picserve.engine import loader, precision
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sdxl import build, decode_dtype, lora_state  # bench/sdxl.py: full-size SDXL, random weights
 
@@ -76,7 +78,7 @@ OPERATOR_VAE = "operator-vae"
 #: the LoRAs of the compiled_hot_swap check, in models/lora
 LORAS = ("lora-a", "lora-b")
 #: the modules of an SDXL pipeline that hold weights
-MODULES = ("unet", "vae", "text_encoder", "text_encoder_2")
+MODULES = precision.COMPONENTS
 PROMPT = "a photo of a lighthouse at dusk"
 
 
@@ -252,27 +254,13 @@ def misplaced(pipe: Any, dtype: torch.dtype, device: torch.device) -> list[str]:
     ]
 
 
-def storage_bytes(pipes: list[Any]) -> int:
-    """Bytes of the distinct storages of the weight modules of `pipes` (shared ones counted once)."""
-    seen: set[int] = set()
-    total = 0
-    for pipe in pipes:
-        for name in MODULES:
-            for tensor in [*getattr(pipe, name).parameters(), *getattr(pipe, name).buffers()]:
-                storage = tensor.untyped_storage()
-                if storage.data_ptr() not in seen:
-                    seen.add(storage.data_ptr())
-                    total += storage.nbytes()
-    return total
-
-
 def weight_memory(model: Any, device: torch.device) -> int:
     """What the model's weights take: CUDA's allocated bytes, or on the CPU the distinct storages of its
     pipelines (the txt2img one and those derived from it)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return int(torch.cuda.memory_allocated(device))
-    return storage_bytes([model.base, *model._derived_pipelines.values()])
+    return loader.pipeline_bytes(model.base, *model._derived_pipelines.values())
 
 
 @contextlib.contextmanager
@@ -429,7 +417,6 @@ def pinned(setup: Setup, models: list[Any]) -> dict[str, int] | None:
     outside torch's allocator: its `_pinned_bytes`); `torch_cache`, what torch's caching pinned
     allocator holds (`torch.cuda.host_memory_stats`; where weights were pinned tensor by tensor, all
     of it); `vm_pin`, the kernel's count of pinned pages of this process (/proc/self/status VmPin)."""
-    from picserve.engine import loader
 
     if setup.device.type != "cuda":
         return None
@@ -690,8 +677,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(args)
         return 0
-
-    from picserve.engine import loader
 
     device = torch.device(args.device)
     dtype = loader.resolve_dtype(args.dtype, device)

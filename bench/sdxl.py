@@ -126,27 +126,20 @@ def add_loras(pipe: Any, first: int, count: int) -> list[str]:
 
 
 def decode_dtype(vae: Any) -> torch.dtype:
-    """The dtype the SDXL pipelines decode in with `vae`: fp32 when the VAE is fp16 and its config has
-    `force_upcast` (diffusers' `needs_upcasting` in StableDiffusionXLPipeline.__call__: SDXL's VAE
-    overflows in fp16), the VAE's own dtype otherwise (bf16 is not upcast)."""
-    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
-        return torch.float32
-    return vae.dtype
+    """The dtype the SDXL pipelines decode in with `vae` (`precision.upcasts`: fp32 for an fp16 VAE whose
+    config has `force_upcast`), its own dtype otherwise."""
+    from picserve.engine import precision
+
+    return torch.float32 if precision.upcasts(vae) else vae.dtype
 
 
 def decode(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
-    """The pipelines' decode of denoised `latents`: the VAE upcast to `decode_dtype` for the call and
-    put back after it (even when the decode raises), the latents unscaled."""
-    vae = pipe.vae
-    own, dtype = vae.dtype, decode_dtype(vae)
-    if dtype != own:
-        vae.to(dtype=dtype)
-    try:
-        with torch.inference_mode():
-            return vae.decode(latents.to(dtype) / vae.config.scaling_factor).sample
-    finally:
-        if dtype != own:
-            vae.to(dtype=own)
+    """The pipelines' decode of denoised `latents`, as the engine runs it (`precision.vae_decode`: the VAE
+    upcast when diffusers upcasts it, and put back after, even when the decode raises)."""
+    from picserve.engine import precision
+
+    with torch.inference_mode():
+        return precision.vae_decode(pipe.vae, latents, upcast=precision.upcasts(pipe.vae))
 
 
 def generate(

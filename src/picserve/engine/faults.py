@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-from picserve.engine.memory import is_out_of_memory
+from picserve.engine.memory import chain, is_out_of_memory
 
 __all__ = ["broken_device_error", "describe", "is_broken_device"]
 
@@ -51,14 +51,7 @@ _STICKY_WORDS = (
 def broken_device_error(exc: BaseException) -> BaseException | None:
     """The sticky device error in `exc` or the exceptions it was raised from or while handling
     (`__cause__`, `__context__`); None when there is none."""
-    seen: set[int] = set()
-    link: BaseException | None = exc
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        if _sticky(link):
-            return link
-        link = link.__cause__ or link.__context__
-    return None
+    return next((link for link in chain(exc) if _sticky(link)), None)
 
 
 def is_broken_device(exc: BaseException) -> bool:

@@ -435,20 +435,11 @@ class PipelineCache:
             return str(path)
 
 
-def pipeline_bytes(pipe: Any) -> int:
-    """Bytes of a pipeline's weights and buffers, each storage counted once (shared or tied ones too)."""
-    seen: set[int] = set()
-    total = 0
-    for name in _COMPONENTS:
-        module = getattr(pipe, name, None)
-        if module is None:
-            continue
-        for tensor in [*module.parameters(), *module.buffers()]:
-            storage = tensor.untyped_storage()
-            if storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
-                total += storage.nbytes()
-    return total
+def pipeline_bytes(*pipes: Any) -> int:
+    """Bytes of the weights and buffers of `pipes` (a model's pipelines), each storage counted once
+    (shared or tied ones too)."""
+    storages = {tensor.untyped_storage().data_ptr(): tensor.untyped_storage().nbytes() for tensor in _weights(*pipes)}
+    return sum(storages.values())
 
 
 def _total(models: Mapping[str, LoadedModel]) -> int:
@@ -510,14 +501,15 @@ def _pinned_bytes(pipe: Any) -> int:
     return block.nbytes if block is not None and block.pinned else 0
 
 
-def _weights(pipe: Any) -> list[torch.Tensor]:
-    """A pipeline's parameters and buffers, each tensor once."""
+def _weights(*pipes: Any) -> list[torch.Tensor]:
+    """The parameters and buffers of `pipes`, each tensor once."""
     found: dict[int, torch.Tensor] = {}
-    for name in _COMPONENTS:
-        module = getattr(pipe, name, None)
-        if module is not None:
-            for tensor in [*module.parameters(), *module.buffers()]:
-                found.setdefault(id(tensor), tensor)
+    for pipe in pipes:
+        for name in _COMPONENTS:
+            module = getattr(pipe, name, None)
+            if module is not None:
+                for tensor in [*module.parameters(), *module.buffers()]:
+                    found.setdefault(id(tensor), tensor)
     return list(found.values())
 
 

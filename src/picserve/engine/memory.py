@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from picserve import domain, errors
 
-__all__ = ["ChunkRunner", "as_error", "is_out_of_memory", "release", "run_in_chunks"]
+__all__ = ["ChunkRunner", "as_error", "chain", "is_out_of_memory", "release", "run_in_chunks"]
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +113,20 @@ def release(exc: BaseException, free_memory: Callable[[], object]) -> None:
 
     The traceback stays printable (file, line, code); only the frames' local variables are dropped.
     """
+    for link in chain(exc):
+        traceback.clear_frames(link.__traceback__)
+    free_memory()
+
+
+def chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then the exceptions it was raised from or while handling (`__cause__`, else `__context__`),
+    each once."""
     seen: set[int] = set()
     link: BaseException | None = exc
-    while link is not None and id(link) not in seen:  # the exception, and the ones it was raised from
+    while link is not None and id(link) not in seen:
         seen.add(id(link))
-        traceback.clear_frames(link.__traceback__)
+        yield link
         link = link.__cause__ or link.__context__
-    free_memory()
 
 
 @contextlib.contextmanager

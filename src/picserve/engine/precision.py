@@ -30,7 +30,7 @@ from PIL import Image
 
 from picserve import errors
 
-__all__ = ["COMPONENTS", "decode", "dtypes_kept", "is_finite", "module_dtypes"]
+__all__ = ["COMPONENTS", "decode", "dtypes_kept", "is_finite", "module_dtypes", "upcasts", "vae_decode"]
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,11 @@ def decode(pipe: Any, latents: torch.Tensor, what: str) -> list[Image.Image]:
             "PICSERVE_DTYPE=bfloat16 or float32. Nothing was charged"
         )
     vae = pipe.vae
-    upcast = vae.dtype == torch.float16 and bool(vae.config.force_upcast)  # diffusers' rule
-    image = _decoded(vae, latents, upcast=upcast)
+    upcast = upcasts(vae)
+    image = vae_decode(vae, latents, upcast=upcast)
     if not is_finite(image) and not upcast and vae.dtype != torch.float32:
         log.warning("the %s VAE decoded %s to NaN/Inf; decoding again in float32", _name(vae.dtype), what)
-        image = _decoded(vae, latents, upcast=True)
+        image = vae_decode(vae, latents, upcast=True)
     if not is_finite(image):
         raise errors.NonFiniteImage(
             f"generating {what}, the VAE decoded the latents to NaN or infinite values, even in float32: the "
@@ -98,8 +98,15 @@ def decode(pipe: Any, latents: torch.Tensor, what: str) -> list[Image.Image]:
     return images
 
 
-def _decoded(vae: Any, latents: torch.Tensor, upcast: bool) -> torch.Tensor:
-    """`vae.decode` of the scaled latents; with `upcast`, the VAE in fp32 for it and back after."""
+def upcasts(vae: Any) -> bool:
+    """Whether diffusers' SDXL pipelines decode with `vae` in fp32: an fp16 VAE whose config has
+    `force_upcast` (SDXL's VAE overflows in fp16; bf16 is not upcast)."""
+    return vae.dtype == torch.float16 and bool(vae.config.force_upcast)
+
+
+def vae_decode(vae: Any, latents: torch.Tensor, upcast: bool) -> torch.Tensor:
+    """`vae.decode` of the denoised `latents` (unscaled first), unchecked; with `upcast`, the VAE in fp32
+    for it and back in its dtype after, however the decode ends."""
     dtype = vae.dtype
     if upcast:
         vae.to(dtype=torch.float32)
