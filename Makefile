@@ -63,13 +63,19 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/picserve serve
 
+# The suite runs in TEST_WORKERS pytest-xdist worker processes (2: the cores of the machines it was sized
+# on; TEST_WORKERS=0 runs it in this one process), each test file on one worker (--dist loadfile), so that
+# a module's server, browser or database starts once.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 # test: the whole suite (unit, contract, API, engine on the tiny model, PostgreSQL integration, acceptance).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 # test-fast: the tier that needs neither PostgreSQL nor torch models.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not postgres and not models"
+	$(PYTEST) -m "not postgres and not models"
 
 # lint: ruff (rules and format) and mypy; their configuration lives in pyproject.toml.
 lint: $(STAMP)

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/fleet.py [--tasks 36] [--load-seconds 1.0] [--step-seconds 0.02] [--steps 10]
 
-Each worker is a real `worker.run_worker` (procrastinate, picserve's fetch, the registry, heartbeats)
+Each worker is a real `process.run_worker` (procrastinate, picserve's fetch, the registry, heartbeats)
 in this process, with the tests' `LoadingEngine`: a FakeEngine that holds one main model and takes
 `--load-seconds` to load another (a checkpoint load), then `--step-seconds` per denoising step. So the
 figures measure the queue, the routing and the worker protocol, not a GPU; the engine's time is a

@@ -1,4 +1,4 @@
-"""LoRA-like files: PEFT adapters (diffusers' loader) against weight patching (engine/lycoris.py).
+"""LoRA-like files: PEFT adapters (diffusers' loader) against weight patching (engine/lora/lycoris.py).
 
     .venv/bin/python bench/lora_mechanisms.py [--size 128] [--repeat 20]
 
@@ -31,7 +31,8 @@ from bench.submodels import timed as median_seconds  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from tests.engine import lycoris_files  # noqa: E402
 
-from picserve.engine import lycoris, tiny  # noqa: E402
+from picserve.engine import tiny  # noqa: E402
+from picserve.engine.lora import lycoris  # noqa: E402
 
 
 def timed(setup, action, repeat: int) -> float:

@@ -201,9 +201,9 @@ def hot_swaps(pipe: Any, embeds: dict[str, torch.Tensor], args: argparse.Namespa
     a generation with them, and whether dynamo compiled anything meanwhile (it must not)."""
     from torch._dynamo.utils import counters
 
-    from picserve.engine import acceleration
+    from picserve.engine.lora.apply import lora_slots
 
-    slots = acceleration.lora_slots(pipe)
+    slots = lora_slots(pipe)
     if slots is None or slots.count < 2:
         return None
     graphs = counters["stats"]["unique_graphs"]

@@ -58,7 +58,7 @@ def main() -> None:
         engine.pipelines.get(args.model)
 
     def cold_lora():
-        adapters._files.clear()
+        adapters._file_contents.clear()
         model.base.delete_adapters(list(model.loras))
         model.loras.clear()
         switch(a)

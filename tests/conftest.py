@@ -10,12 +10,18 @@ limited to loopback.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
+import itertools
 import json
 import os
+import re
+import shutil
 import socket
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,24 +48,111 @@ def _loopback_only(self, address):
     return _connect(self, address)
 
 
+#: torch's CPU threads per test process (and the picserve processes the tests start, which inherit it)
+TORCH_THREADS = "1"
+
+
 def pytest_configure(config):
     socket.socket.connect = _loopback_only
     # Never reach a model hub, and keep tokenizers from forking thread pools in test processes.
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # One torch thread: the tiny model's tensors are too small to gain from more, and an OpenMP pool of
+    # one thread per core spins at every op while its other threads wait for a core, which other test
+    # processes (pytest-xdist's workers, the picserve processes of the acceptance tests, other runs)
+    # hold: an engine test took 44 s instead of 1.7 s on 2 shared cores. Set before torch is imported.
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, TORCH_THREADS)
+    if "torch" in sys.modules:  # imported already (by a plugin): the variables came too late
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_terminal_summary(terminalreporter):
-    # tests/api/test_fuzz.py: how many hostile requests were sent, and how long they took
+    if _FIGURES:  # what pytest-xdist's workers reported (`report`)
+        terminalreporter.section("Figures")
+        for figure in _FIGURES:
+            terminalreporter.write_line(figure)
+    # tests/api/test_fuzz.py: how many hostile requests were sent, and how long they took (in this
+    # process, plus what pytest-xdist's workers sent: pytest_testnodedown)
     fuzzing = sys.modules.get("tests.fuzzing")
     if fuzzing is not None and fuzzing.TALLY.cases:
         terminalreporter.write_line(fuzzing.TALLY.summary())
+
+
+def pytest_sessionfinish(session):
+    # a pytest-xdist worker hands its fuzz tally to the controller
+    fuzzing = sys.modules.get("tests.fuzzing")
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and fuzzing is not None and fuzzing.TALLY.cases:
+        workeroutput["fuzz_tally"] = {"codes": dict(fuzzing.TALLY.codes), "seconds": fuzzing.TALLY.seconds}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist's controller: add a finished worker's fuzz tally to this process's."""
+    tally = getattr(node, "workeroutput", {}).get("fuzz_tally")
+    if tally:
+        from tests import fuzzing
+
+        fuzzing.TALLY.codes.update({int(code): count for code, count in tally["codes"].items()})
+        fuzzing.TALLY.seconds += tally["seconds"]
 
 
 def pytest_addoption(parser):
     parser.addoption(
         "--run-slow", action="store_true", help="also run the tests marked slow (skipped by default: suite time)"
     )
+
+
+#: an identifier of a `-m` expression (pytest's grammar)
+_MARK_IDENT = re.compile(r"(?:\w|:|\+|-|\.|\[|\]|\\|/)+")
+
+
+class _Undecidable(Exception):
+    """A `-m` expression with mark keyword arguments: whether it selects a folder is not decided here."""
+
+
+def _deselects_every_test(markexpr: str, marks: set[str]) -> bool:
+    """Whether `-m markexpr` deselects every test that carries `marks`, whatever other marks it has."""
+    from _pytest.mark.expression import Expression
+
+    others = sorted({name for name in _MARK_IDENT.findall(markexpr) if name not in ("and", "or", "not")} - marks)
+    if len(others) > 8:
+        return False
+    compiled = Expression.compile(markexpr)
+    for values in itertools.product((False, True), repeat=len(others)):
+        present = marks | {name for name, value in zip(others, values, strict=True) if value}
+
+        def matcher(name: str, /, **kwargs: object) -> bool:
+            if kwargs:
+                raise _Undecidable
+            return name in present  # noqa: B023 (evaluated before the next assignment)
+
+        try:
+            if compiled.evaluate(matcher):
+                return False
+        except _Undecidable:
+            return False
+    return True
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """A tier's folder that `-m` deselects entirely (`make test-fast`'s `not postgres and not models`:
+    engine/, translate/, integration/, acceptance/) is not even imported: importing it (torch, diffusers)
+    was most of the fast tier's collection time."""
+    markexpr = config.getoption("markexpr", "") or ""
+    if not markexpr:
+        return None
+    try:
+        parts = collection_path.relative_to(Path(__file__).parent).parts
+    except ValueError:
+        return None
+    if len(parts) != 1 or parts[0] not in _TIER_MARKS:
+        return None
+    try:
+        return True if _deselects_every_test(markexpr, set(_TIER_MARKS[parts[0]])) else None
+    except Exception:  # a bad expression: pytest reports it itself when it deselects
+        return None
 
 
 def pytest_collection_modifyitems(config, items):
@@ -73,13 +166,44 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_slow)
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on the file `path` (made if missing) for the block: one process at a time,
+    whether the others are pytest-xdist's workers or other pytest runs sharing the cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+#: written last into the models folder of the cache: everything before it is complete
+_MODELS_COMPLETE = ".complete"
+
+
 @pytest.fixture(scope="session")
 def models_dir(request) -> Path:
-    """A models folder holding the tiny SDXL, as a single file and as a diffusers folder."""
+    """A models folder holding the tiny SDXL, as a single file and as a diffusers folder (and tiny LoRAs,
+    embeddings and a hypernetwork), built once into pytest's cache and reused by later runs.
+
+    Safe with parallel workers (pytest-xdist) and concurrent runs: built under a file lock, and marked
+    complete last; a folder without the mark (a run killed while building) is built again from scratch."""
+    root = Path(request.config.cache.mkdir("picserve-models"))
+    with _locked(root.parent / "picserve-models.lock"):
+        if not (root / _MODELS_COMPLETE).exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            _build_models(root)
+            (root / _MODELS_COMPLETE).write_text("")
+    return root
+
+
+def _build_models(root: Path) -> None:
     from picserve.engine import tiny
     from picserve.engine import tiny_submodels as subs
 
-    root = Path(request.config.cache.mkdir("picserve-models"))
     tiny.write_model(root)
     tiny.write_model(root, code=tiny.TINY_INPAINT_CODE, inpaint=True)
     builders = {
@@ -103,18 +227,33 @@ def models_dir(request) -> Path:
             build(*args)
     sidecar = {"Name": "Kohya one", "TriggerWordList": ["sidecarword"], "InferenceParams": {"LoraWeight": 0.5}}
     (root / "lora" / "kohya-1.json").write_text(json.dumps(sidecar))
-    return root
 
 
 @pytest.fixture
-def report(capsys):
-    """`report(message)`: a figure for the CI log (not captured)."""
+def report(request, capsys):
+    """`report(message)`: a figure for the CI log (not captured). Under pytest-xdist, whose workers' output
+    is not shown, the worker hands it to the controller, which prints it at the end (`Figures`)."""
 
     def write(message: str) -> None:
+        if hasattr(request.config, "workerinput"):
+            request.node.user_properties.append((_FIGURE, message))
+            return
         with capsys.disabled():
             print(f"\n{message}")  # noqa: T201 (the figures belong in the CI log)
 
     return write
+
+
+#: the user property under which a pytest-xdist worker hands a `report` figure to the controller
+_FIGURE = "picserve-figure"
+#: the figures the controller received, printed in its terminal summary
+_FIGURES: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    # pytest-xdist's controller: the figures its workers reported (none without xdist: printed at once)
+    if report.when == "call":
+        _FIGURES.extend(value for name, value in report.user_properties if name == _FIGURE)
 
 
 @pytest.fixture(scope="session")

@@ -17,11 +17,12 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from tests.processes import free_port
 
 __all__ = ["DebianPostgres", "find_bindir", "skip_reason"]
 
@@ -72,13 +73,6 @@ def skip_reason() -> str | None:
     if os.geteuid() == 0 and _run_as() is None:
         return "running as root, and there is neither a `postgres` nor a `nobody` account to run PostgreSQL as"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class DebianPostgres:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from collections.abc import Iterator
 
 import pytest
+
+from tests import needs
+from tests.processes import free_port
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -21,23 +23,17 @@ CREDENTIALS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """The URL of a moto S3 server on 127.0.0.1, for the whole session."""
     try:
         from moto.server import ThreadedMotoServer
     except ImportError as exc:  # pragma: no cover - moto is in the test extras
-        pytest.skip(f"moto's server mode is not installed ({exc}); `make install` brings it")
+        needs.need(f"moto's server mode is not installed ({exc}); `make install` brings it")
+        raise
     saved = {name: os.environ.get(name) for name in CREDENTIALS}
     os.environ.update(CREDENTIALS)
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

@@ -5,17 +5,21 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 __all__ = [
     "SAMPLER_NAMES",
+    "SPEC_TYPES",
     "WEBHOOK_EVENTS",
     "Account",
+    "ActionSpec",
     "Capacity",
     "GenerationSpec",
+    "Needs",
     "RequestId",
     "Run",
     "SubModel",
@@ -24,6 +28,8 @@ __all__ = [
     "Webhook",
     "WebhookDelivery",
     "canonical_sampler",
+    "register_spec",
+    "spec_from_json",
 ]
 
 
@@ -83,6 +89,10 @@ class GenerationSpec:
     original_negative_prompt: str | None = None
     warnings: tuple[str, ...] = ()
 
+    #: the task kind (the engine pipeline that runs it) and the version of this spec's stored form
+    kind: ClassVar[str] = "generation"
+    version: ClassVar[int] = 1
+
     @property
     def mode(self) -> str:
         """txt2img, img2img or inpaint: the pipeline this request needs."""
@@ -101,11 +111,81 @@ class GenerationSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, text: str | dict[str, Any]) -> GenerationSpec:
+    def from_json(cls, text: str | Mapping[str, Any], version: int = 1) -> GenerationSpec:
         data = json.loads(text) if isinstance(text, str) else dict(text)
         data["sub_models"] = tuple(SubModel(**s) for s in data.get("sub_models", ()))
         data["warnings"] = tuple(data.get("warnings", ()))
         return cls(**data)
+
+    def needs(self) -> Needs:
+        return Needs(self.model_code, tuple(s.code for s in self.sub_models if s.kind == "lora"))
+
+    def cost(self, divisor: int) -> int:
+        """Credits: pixels × steps × images / divisor, at least 1."""
+        return max(1, math.ceil(self.width * self.height * self.steps * self.batch_size / divisor))
+
+
+@dataclass(frozen=True)
+class Needs:
+    """The models a task's run loads: what the workers' fetch routes it by (affinity) and what the
+    admission check sizes. None: no main model (an action that runs a model of its own kind)."""
+
+    model_code: str | None = None
+    loras: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class ActionSpec(Protocol):
+    """What every task's spec is: a frozen value of one task kind, stored as versioned JSON.
+
+    A task is a tagged union of these: its row keeps `kind` and `version` beside the JSON, and
+    `spec_from_json` reads it back with the class registered for the kind. A new action brings its
+    own spec class (register_spec), with its checks done before it is made (submission.py)."""
+
+    kind: ClassVar[str]
+    version: ClassVar[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form (JSON-able), read back by `from_json(data, version)`."""
+        ...
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any], version: int = 1) -> ActionSpec:
+        """The spec from its stored form, written by this or an earlier `version` of the class."""
+        ...
+
+    def needs(self) -> Needs:
+        """The models its run needs (routing, the worker registry, admission)."""
+        ...
+
+    def cost(self, divisor: int) -> int:
+        """What it costs in credits (PICSERVE_CREDIT_DIVISOR: `divisor`)."""
+        ...
+
+
+#: the spec class of each task kind
+SPEC_TYPES: dict[str, type[ActionSpec]] = {}
+
+
+def register_spec(cls: type[ActionSpec]) -> type[ActionSpec]:
+    """Make `cls` the spec of its task kind (a decorator); a kind is registered once."""
+    known = SPEC_TYPES.setdefault(cls.kind, cls)
+    if known is not cls:
+        raise ValueError(f"task kind {cls.kind!r} is already registered to {known.__name__}")
+    return cls
+
+
+def spec_from_json(kind: str, version: int, data: str | Mapping[str, Any]) -> ActionSpec:
+    """A stored spec read back by the class of its task kind."""
+    cls = SPEC_TYPES.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown task kind {kind!r} (a newer picserve wrote it?)")
+    if version > cls.version:
+        raise ValueError(f"task kind {kind!r} version {version} is newer than this picserve's ({cls.version})")
+    return cls.from_json(data, version)
+
+
+register_spec(GenerationSpec)
 
 
 @dataclass(frozen=True)
@@ -124,7 +204,7 @@ class Account:
     #: 0 = none
     max_open_tasks: int | None = None
     max_requests_per_minute: int | None = None
-    #: scheduling among keys (tasks/routing.py): a higher priority is served first, strictly; among
+    #: scheduling among keys (worker/routing.py): a higher priority is served first, strictly; among
     #: keys of equal priority, the one with the fewest running tasks per unit of weight
     priority: int = 0
     weight: float = 1.0
@@ -140,6 +220,16 @@ class RequestId:
     request_uuid: str
     fingerprint: str
     window: float = 24 * 3600
+
+    #: an `Idempotency-Key` header (the /v1 routes) is stored as a request_uuid with this prefix
+    HEADER_PREFIX: ClassVar[str] = "idempotency-key:"
+
+    @staticmethod
+    def field_of(request_uuid: str) -> tuple[str, str]:
+        """The field a stored request_uuid came from, and its value as the client sent it."""
+        if request_uuid.startswith(RequestId.HEADER_PREFIX):
+            return "Idempotency-Key", request_uuid.removeprefix(RequestId.HEADER_PREFIX)
+        return "request_uuid", request_uuid
 
 
 @dataclass(frozen=True)
@@ -162,7 +252,8 @@ class TaskRecord:
     public_key: str
     action: str
     status: TaskStatus
-    spec: GenerationSpec
+    #: the task's spec: a GenerationSpec, or the spec of another task kind (ActionSpec)
+    spec: ActionSpec
     cost: int = 0
     progress: float = 0.0
     #: storage keys of the result images, in batch order
@@ -188,7 +279,7 @@ class TaskRecord:
             public_key=row["public_key"],
             action=row["action"],
             status=TaskStatus(row["status"]),
-            spec=GenerationSpec.from_json(row["spec"]),
+            spec=spec_from_json(row.get("spec_kind", "generation"), row.get("spec_version", 1), row["spec"]),
             cost=row["cost"],
             progress=row["progress"],
             result_keys=tuple(row["result_keys"] or ()),

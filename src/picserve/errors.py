@@ -14,6 +14,7 @@
     │   ├── TooManyOpenTasks           281  the key's cap on queued + running tasks is reached
     │   └── RateLimited                282  the key's requests-per-minute limit is reached
     ├── ServerBusy                     290  queue full / database unreachable; retry later
+    │   └── DatabaseUnreachable        290  the database could not be reached (resilience.unreachable)
     ├── GenerationError                501  a task failed at run time (reported in TaskDetail)
     │   ├── OutOfMemory                502  the device ran out of memory, even one image at a time
     │   ├── ModelLoadError             503  a model file vanished or could not be read after submit
@@ -118,6 +119,10 @@ class ServerBusy(PicserveError):
     """Server busy, retry later."""
 
     ret_code = 290
+
+
+class DatabaseUnreachable(ServerBusy):
+    """Database unreachable, retry later."""
 
 
 class GenerationError(PicserveError):

@@ -10,7 +10,7 @@ an embedding program) each expose only their own series:
   durations, LoRA switches, task errors by ErrorCode, device failures (the worker then stops), and
   GPU memory (only where torch has CUDA).
 
-The worker's numbers are taken at the job's boundary (tasks/jobs.py) by a `TaskWatch`: the engine
+The worker's numbers are taken at the job's boundary (worker/jobs.py) by a `TaskWatch`: the engine
 knows nothing of Prometheus. What the engine did is derived from what the job sees of it: model and
 LoRA loads from `engine.holdings()` before and after the call, step times from the step callback's
 calls, a model load's duration from the call's start to its first callback (the engine calls back
@@ -233,9 +233,13 @@ def count_device_failure(device: str) -> None:
     _DEVICE_FAILURES.labels(device=device).inc()
 
 
-def size_bucket(spec: domain.GenerationSpec) -> str:
-    """The `size` label of a task: its output megapixels, rounded up to a bucket of SIZE_BUCKETS."""
-    megapixels = spec.width * spec.height * spec.batch_size / 2**20
+def size_bucket(spec: domain.ActionSpec) -> str:
+    """The `size` label of a task: its output megapixels, rounded up to a bucket of SIZE_BUCKETS
+    ("n/a" for a task kind whose spec has no width and height)."""
+    width, height = getattr(spec, "width", None), getattr(spec, "height", None)
+    if width is None or height is None:
+        return "n/a"
+    megapixels = width * height * getattr(spec, "batch_size", 1) / 2**20
     return next((f"{bound:g}MP" for bound in SIZE_BUCKETS if megapixels <= bound), "more")
 
 
@@ -255,10 +259,11 @@ class TaskWatch:
     _previous_loras: frozenset[str] | None = None
     _lock = threading.Lock()
 
-    def __init__(self, spec: domain.GenerationSpec, clock: Callable[[], float] = time.perf_counter) -> None:
-        self.model = spec.model_code
+    def __init__(self, spec: domain.ActionSpec, clock: Callable[[], float] = time.perf_counter) -> None:
+        needs = spec.needs()
+        self.model = needs.model_code or spec.kind
         self.size = size_bucket(spec)
-        self._loras = frozenset(s.code for s in spec.sub_models if s.kind == "lora")
+        self._loras = frozenset(needs.loras)
         self._clock = clock
         self.started = clock()
         self._call_started: float | None = None

@@ -183,7 +183,7 @@ def inspect(kind: str, path: Path) -> Info:
     return Info(base=_base(dims), dims=dims, trigger_words=_trigger_words(metadata) if kind == "lora" else ())
 
 
-#: the tensor names of every LoRA-like layout picserve applies (engine/adapters.py, engine/lycoris.py)
+#: the tensor names of every LoRA-like layout picserve applies (engine/lora/)
 _LORA_TENSORS = re.compile(
     r"[._](lora_down|lora_up|lora_mid|lora_A|lora_B|lora\.(down|up)|lora_linear_layer\.(down|up)|lora_magnitude_vector"
     r"|hada_w[12]_[ab]|hada_t[12]|lokr_w[12](_[ab])?|lokr_t2|diff|diff_b|dora_scale|alpha)(\.weight)?$"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -11,14 +10,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from picserve.config import Settings
+from picserve.resilience import Backoff
+from picserve.tasks import embedded_pg
 
 __all__ = [
-    "Backoff",
     "Supervisor",
     "database",
     "die_with_parent",
@@ -32,19 +32,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def database(settings: Settings) -> Iterator[str]:
-    """The database URL: PICSERVE_DATABASE_URL when set, else the embedded server in the data folder."""
-    if settings.database_url:
-        yield settings.database_url
-        return
-    from picserve.tasks.embedded_pg import EmbeddedPostgres
-
-    server = EmbeddedPostgres(settings.pg_dir)
-    try:
-        yield server.uri
-    finally:
-        server.stop()
+#: the database URL of `settings` (moved to tasks/embedded_pg.py; the CLI still names it here)
+database = embedded_pg.database
 
 
 def worker_devices(device: str, workers: int, gpu_count: int) -> list[str]:
@@ -131,28 +120,6 @@ def exit_reason(returncode: int) -> str:
     except ValueError:
         name = f"signal {-returncode}"
     return f"was killed by {name}"
-
-
-@dataclass
-class Backoff:
-    """The delay before a crashed worker is started again.
-
-    `first` seconds after a crash, doubling with each crash that follows a short run, up to `cap`;
-    a worker that ran `reset_after` seconds or more before crashing starts over at `first`.
-    """
-
-    first: float = 1.0
-    cap: float = 60.0
-    reset_after: float = 60.0
-    crashes: int = 0  # consecutive crashes after short runs
-
-    def next_delay(self, ran_for: float) -> float:
-        """The delay after a crash of a worker that ran `ran_for` seconds; counts the crash."""
-        if ran_for >= self.reset_after:
-            self.crashes = 0
-        delay = min(self.cap, self.first * 2.0 ** min(self.crashes, 64))
-        self.crashes += 1
-        return delay
 
 
 @dataclass

@@ -14,12 +14,8 @@ every image is downloaded from a presigned S3 URL.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -35,14 +31,11 @@ import pytest
 from PIL import Image
 from psycopg.rows import dict_row
 
-from picserve.demo import free_port, wait_healthy
 from picserve.sdk import Client
+from tests import needs, processes
 from tests.pg_server import DebianPostgres, skip_reason
+from tests.processes import Process, create_key, wait_for
 from tests.s3_server import make_bucket
-from tests.waiting import wait_for
-
-_SKIP = skip_reason()
-pytestmark = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
 
 WORKERS = 3
 A_TASKS, B_TASKS = 40, 20
@@ -78,30 +71,22 @@ class Fleet:
     logs: Path
     stack: ExitStack
     apis: list[str] = field(default_factory=list)
-    workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{name}.log").open("wb")
-        self.stack.callback(log.close)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "picserve", *args], env=env or self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-        self.stack.callback(stop, process)
-        return process
+    workers: dict[str, Process] = field(default_factory=dict)
 
     def api(self, index: int) -> str:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        serve = self.spawn(f"api{index}", "serve", "--port", str(port), "--workers", "0")
-        wait_healthy(base, serve, timeout=120)
-        self.apis.append(base)
-        return base
+        process = processes.serve("--workers", "0", log=self.logs / f"api{index}.log", env=self.env)
+        self.stack.callback(process.stop)
+        self.apis.append(process.base)
+        return process.base
 
     def start_workers(self, label: str, affinity_wait: float) -> list[str]:
         env = {**self.env, "PICSERVE_AFFINITY_WAIT": str(affinity_wait)}
         names = [f"{label}-w{n}" for n in range(WORKERS)]
         for name in names:
-            self.workers[name] = self.spawn(name, "worker", "--name", name, "--device", "cpu", env=env)
+            self.workers[name] = processes.worker(
+                "--name", name, "--device", "cpu", log=self.logs / f"{name}.log", env=env
+            )
+            self.stack.callback(self.workers[name].stop)
         wait_for(lambda: len(self.registry(label)) == WORKERS, 180, f"{WORKERS} {label} workers registered")
         return names
 
@@ -114,16 +99,6 @@ class Fleet:
             f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
             for log in sorted(self.logs.glob("*.log"))
         )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 @dataclass
@@ -142,6 +117,7 @@ class Phase:
 
 @pytest.fixture
 def fleet(models_dir: Path, s3_endpoint: str, tmp_path: Path) -> Iterator[Fleet]:
+    needs.need(skip_reason())  # skips without Debian's PostgreSQL; fails under CI
     make_bucket(s3_endpoint, BUCKET)
     with DebianPostgres() as postgres, ExitStack() as stack:
         with psycopg.connect(postgres.url, autocommit=True) as conn:
@@ -169,17 +145,7 @@ def fleet(models_dir: Path, s3_endpoint: str, tmp_path: Path) -> Iterator[Fleet]
 
 
 def make_key(fleet: Fleet, name: str) -> dict[str, str]:
-    made = subprocess.run(
-        [sys.executable, "-m", "picserve", "keys", "create", "--name", name, "--credits", "1000000"],
-        env=fleet.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert made.returncode == 0, made.stderr
-    key: dict[str, str] = json.loads(made.stdout)
-    return key
+    return create_key("--credits", 1_000_000, name=name, env=fleet.env)
 
 
 @contextmanager
@@ -224,8 +190,7 @@ def run_phase(fleet: Fleet, label: str, affinity_wait: float, a: list[Client], b
         every=0.05,
     )
     victim, killed_task = running[0]["worker"], running[0]["task_uid"]
-    fleet.workers[victim].send_signal(signal.SIGKILL)
-    fleet.workers[victim].wait(10)
+    fleet.workers[victim].kill()
     registry = fleet.registry(label)
     killed_loads = registry[victim]["model_loads"] if victim in registry else 0
 
@@ -242,8 +207,8 @@ def run_phase(fleet: Fleet, label: str, affinity_wait: float, a: list[Client], b
     assert set(live) <= set(registry), f"a live worker left the registry: {sorted(registry)}"
     loads = killed_loads + sum(registry[name]["model_loads"] for name in live)
     for name in live:
-        stop(fleet.workers[name])
-        assert fleet.workers[name].returncode == 0, f"{name} exited with {fleet.workers[name].returncode}"
+        code = fleet.workers[name].stop()
+        assert code == 0, fleet.workers[name].describe()
 
     final = tasks()
     # All 60 finished, exactly once: one successful job each, and only the killed task ran twice.

@@ -5,10 +5,7 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +19,7 @@ import pytest
 from openai import OpenAI
 from PIL import Image
 
-from picserve.demo import free_port, wait_healthy
+from tests.processes import create_key, running, serve
 
 ENV = {**os.environ, "PICSERVE_LOG_LEVEL": "warning", "PICSERVE_OPENAI_WAIT_TIMEOUT": "120"}
 MODEL = "picserve-tiny"
@@ -42,29 +39,14 @@ class Server:
         return OpenAI(base_url=f"{self.base}/v1", api_key=key, max_retries=0, timeout=150)
 
 
-def picserve(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "picserve", *map(str, args)], env=ENV, capture_output=True, text=True, timeout=180
-    )
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, models_dir) -> Iterator[Server]:
     data_dir = tmp_path_factory.mktemp("openai")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "picserve", "serve", "--port", port, "--data-dir", data_dir]
-    command += ["--models-dir", models_dir, "--device", "cpu"]
-    serve = subprocess.Popen(list(map(str, command)), env=ENV)
-    try:
-        wait_healthy(base, serve)
-        created = picserve("keys", "create", "--name", "openai", "--data-dir", data_dir)
-        assert created.returncode == 0, created.stderr
-        key = json.loads(created.stdout)
-        yield Server(base, key["PublicKey"], key["PrivateKey"], data_dir)
-    finally:
-        serve.terminate()
-        serve.wait(60)
+    log = data_dir.parent / f"{data_dir.name}-serve.log"
+    process = serve("--data-dir", data_dir, "--models-dir", models_dir, "--device", "cpu", log=log, env=ENV)
+    with running(process):
+        key = create_key(name="openai", data_dir=data_dir, env=ENV)
+        yield Server(process.base, key["PublicKey"], key["PrivateKey"], data_dir)
 
 
 def png(data: bytes) -> Image.Image:

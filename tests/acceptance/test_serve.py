@@ -3,10 +3,6 @@
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from io import BytesIO
 from pathlib import Path
 
@@ -17,37 +13,7 @@ from PIL import Image
 
 from picserve import errors
 from picserve.sdk import Client
-
-ENV = {**os.environ, "PICSERVE_LOG_LEVEL": "warning"}
-
-
-def picserve(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "picserve", *map(str, args)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        **kwargs,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(base: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"serve exited with {process.returncode}"
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise AssertionError("serve never became healthy")
+from tests.processes import QUIET, create_key, free_port, picserve, running, serve
 
 
 def worker_children(pid: int) -> list[psutil.Process]:
@@ -64,40 +30,21 @@ def data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("srv")
 
 
-def test_serve_keys_and_sdk_end_to_end(data_dir, models_dir):
+def test_serve_keys_and_sdk_end_to_end(data_dir, models_dir, tmp_path):
     # A key made while nothing runs (the CLI starts and stops the embedded server itself).
-    before = picserve("keys", "create", "--name", "early", "--credits", 500, "--data-dir", data_dir)
-    assert before.returncode == 0, before.stderr
-    early = json.loads(before.stdout)
+    early = create_key("--credits", 500, name="early", data_dir=data_dir)
     assert not (data_dir / "pg" / "postmaster.pid").exists()
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    serve = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "picserve",
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            "--models-dir",
-            str(models_dir),
-            "--device",
-            "cpu",
-        ],
-        env={**ENV, "PICSERVE_PREVIEW_INTERVAL": "0.05", "PICSERVE_PROGRESS_INTERVAL": "0.05"},
+    env = {**os.environ, **QUIET, "PICSERVE_PREVIEW_INTERVAL": "0.05", "PICSERVE_PROGRESS_INTERVAL": "0.05"}
+    server = serve(
+        "--data-dir", data_dir, "--models-dir", models_dir, "--device", "cpu", log=tmp_path / "serve.log", env=env
     )
-    try:
-        wait_healthy(base, serve)
-        workers = worker_children(serve.pid)
+    base = server.base
+    with running(server):
+        workers = worker_children(server.pid)
         assert len(workers) == 1, workers  # serve's default: one worker beside the API
         # A key made while serve runs on the same data folder.
-        during = picserve("keys", "create", "--name", "late", "--data-dir", data_dir)
-        assert during.returncode == 0, during.stderr
-        late = json.loads(during.stdout)
+        late = create_key(name="late", data_dir=data_dir)
 
         with Client(base, early["PublicKey"], early["PrivateKey"]) as client:
             uid = client.generate_images_sdxl(
@@ -203,10 +150,8 @@ def test_serve_keys_and_sdk_end_to_end(data_dir, models_dir):
         with Client(base, late["PublicKey"], late["PrivateKey"]) as other:
             with pytest.raises(errors.UnknownKey):
                 other.list_models()
-    finally:
-        serve.terminate()
-        code = serve.wait(60)
-    assert code == 0
+    code = server.stop()
+    assert code == 0, server.describe()
     assert not (data_dir / "pg" / "postmaster.pid").exists(), "serve left PostgreSQL running"
     _, alive = psutil.wait_procs(workers, timeout=5)
     assert alive == [], f"serve left its workers running: {alive}"

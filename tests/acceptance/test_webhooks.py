@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -29,10 +26,10 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from picserve.demo import free_port, wait_healthy
 from picserve.sdk import Client
 from picserve.webhooks import signing
-from tests.waiting import wait_for
+from tests import processes
+from tests.processes import create_key, wait_for
 
 TASKS = 4
 #: the first task is long, so that its worker is killed while it runs
@@ -108,13 +105,9 @@ def test_webhooks_survive_a_killed_worker_and_complete_once(
     logs.mkdir()
     with ExitStack() as stack:
 
-        def spawn(name: str, *args: str) -> subprocess.Popen[bytes]:
-            log = (logs / f"{name}.log").open("wb")
-            stack.callback(log.close)
-            process = subprocess.Popen(
-                [sys.executable, "-m", "picserve", *args], env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-            stack.callback(_stop, process)
+        def start_worker(name: str) -> processes.Process:
+            process = processes.worker("--name", name, "--device", "cpu", log=logs / f"{name}.log", env=env)
+            stack.callback(process.stop, 30)
             return process
 
         def tail() -> str:
@@ -123,19 +116,11 @@ def test_webhooks_survive_a_killed_worker_and_complete_once(
                 for p in sorted(logs.glob("*.log"))
             )
 
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        wait_healthy(base, spawn("api", "serve", "--port", str(port), "--workers", "0"), timeout=120)
-        made = subprocess.run(
-            [sys.executable, "-m", "picserve", "keys", "create", "--name", "hooks", "--credits", "1000000"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        key = json.loads(made.stdout)
-        workers = {name: spawn(name, "worker", "--name", name, "--device", "cpu") for name in ("w1", "w2")}
+        api = processes.serve("--workers", "0", log=logs / "api.log", env=env)
+        stack.callback(api.stop, 30)
+        base = api.base
+        key = create_key("--credits", 1_000_000, name="hooks", env=env)
+        workers = {name: start_worker(name) for name in ("w1", "w2")}
         wait_for(lambda: len(rows(database_url, "SELECT name FROM picserve_workers")) == 2, 120, "2 workers", every=0.2)
 
         client = Client(base, key["PublicKey"], key["PrivateKey"])
@@ -164,8 +149,7 @@ def test_webhooks_survive_a_killed_worker_and_complete_once(
             return found[0]["worker"] if found else None
 
         victim = wait_for(running_first, 60, "the first task running", every=0.05)
-        workers[victim].send_signal(signal.SIGKILL)
-        workers[victim].wait(10)
+        workers[victim].kill()
         killed_at = time.monotonic()
 
         def all_finished() -> bool:
@@ -229,13 +213,3 @@ def test_webhooks_survive_a_killed_worker_and_complete_once(
         f"(attempts {sorted(retried.values())}); worker {victim} killed, every task finished "
         f"{finished_at - killed_at:.1f} s later; {elapsed:.1f} s in all"
     )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)

@@ -16,14 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from picserve.api.app import create_app
-from picserve.api.services import Services
 from picserve.config import Settings
 from picserve.engine.base import GenerationEngine
 from picserve.engine.fake import FakeEngine
 from picserve.sdk import Client
+from picserve.services import Services
 from picserve.storage.memory import MemoryStore
-from picserve.tasks import jobs, worker
 from picserve.tasks.memory import InMemoryRepository, in_memory_app
+from picserve.worker import jobs, process
 from tests.headers import SD1_LORA, SDXL_LORA, SDXL_MAIN, write_header
 
 MODEL = "fast-xl"
@@ -64,7 +64,7 @@ class Stack:
         """Run every queued job with the real worker loop (and `engine`, a FakeEngine by default)."""
         engine = engine or FakeEngine()
         runtime = jobs.WorkerRuntime(repo=self.repo, engine=engine, store=self.store, name="fast-worker")
-        self.api.portal.call(worker.work, self.repo.app, runtime, self.settings, True)
+        self.api.portal.call(process.work, self.repo.app, runtime, self.settings, True)
         return engine
 
 

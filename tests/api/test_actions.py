@@ -11,7 +11,8 @@ from PIL import Image
 
 from picserve import errors
 from picserve.engine.fake import FakeEngine
-from picserve.tasks import jobs, retention
+from picserve.tasks import retention
+from picserve.worker import jobs
 from tests.headers import write_header
 
 from .conftest import MODEL, open_stack, request
@@ -81,6 +82,23 @@ def test_a_key_sees_only_its_own_tasks(stack):
     with pytest.raises(errors.TaskNotFound):
         bob.cancel_task([uid])
     assert bob.list_running_tasks() == [] and alice.list_running_tasks() == [uid]
+
+
+def test_cancel_naming_an_unknown_task_is_task_not_found_and_cancels_nothing(stack, client):
+    listed = client.generate_images_sdxl(**request(Seed=1))
+    other = client.generate_images_sdxl(**request(Seed=2))
+    unknown = "0" * 32
+    reply = post(stack, client.signed("CancelTask", TaskUIDList=[listed, unknown]))
+    assert reply["RetCode"] == errors.TaskNotFound.ret_code == 230 and unknown in reply["Message"], reply
+    with pytest.raises(errors.TaskNotFound, match=unknown):
+        client.cancel_task([unknown])
+    # nothing was cancelled, not even the known task listed with it: both still run, and are charged
+    assert [d["Status"] for d in client.list_tasks_details([listed, other])] == ["Queuing", "Queuing"]
+    engine = stack.run_worker()
+    assert len(engine.calls) == 2
+    details = client.list_tasks_details([listed, other])
+    assert [d["Status"] for d in details] == ["Finished", "Finished"]
+    assert client.get_credit_balance()["UsedCredits"] == sum(d["ConsumeApiPoint"] for d in details)
 
 
 def test_credits_are_checked_at_submit(stack):

@@ -7,6 +7,7 @@ import typer
 from typer.testing import CliRunner
 
 from picserve import cli
+from picserve.cli.generate import lora_ref
 
 runner = CliRunner()
 
@@ -27,13 +28,13 @@ def test_help_lists_the_commands():
     ],
 )
 def test_lora_values(item, ref):
-    assert cli.lora_ref(item) == ref
+    assert lora_ref(item) == ref
 
 
 @pytest.mark.parametrize("item", ["style:heavy", ":0.5"])
 def test_bad_lora_values_are_refused(item):
     with pytest.raises(typer.BadParameter):
-        cli.lora_ref(item)
+        lora_ref(item)
 
 
 def test_generate_refuses_a_bad_lora_before_any_network():
@@ -45,4 +46,4 @@ def test_generate_refuses_a_bad_lora_before_any_network():
 def test_generate_reports_an_unreachable_server():
     args = ["generate", "cat", "--url", "http://127.0.0.1:9", "--public-key", "p", "--private-key", "k"]
     result = runner.invoke(cli.app, [*args, "--model", "m"])
-    assert result.exit_code == 3 and "unreachable:" in result.output  # exit codes: see picserve/watch.py
+    assert result.exit_code == 3 and "unreachable:" in result.output  # exit codes: see picserve/cli/watch.py

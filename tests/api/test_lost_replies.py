@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from picserve import errors
 from picserve.engine.fake import FakeEngine
-from picserve.tasks import jobs, worker
 from picserve.tasks.memory import InMemoryRepository
+from picserve.worker import jobs, process
 
 from .conftest import Stack, request
 
@@ -34,14 +34,14 @@ class LossyRepository(InMemoryRepository):
     def _maybe_lose(self, name: str) -> None:
         if name in self.lose:
             self.lose.discard(name)
-            raise errors.ServerBusy("database unreachable (OperationalError); retry later")
+            raise errors.DatabaseUnreachable("database unreachable (OperationalError); retry later")
 
 
 def run_lossy(stack: Stack, lose: set[str]) -> LossyRepository:
     lossy = LossyRepository(stack.repo, lose)
     runtime = jobs.WorkerRuntime(repo=lossy, engine=FakeEngine(), store=stack.store, name="lossy-worker")
     runtime.retry.first_delay = 0.01
-    stack.api.portal.call(worker.work, stack.repo.app, runtime, stack.settings, True)
+    stack.api.portal.call(process.work, stack.repo.app, runtime, stack.settings, True)
     return lossy
 
 

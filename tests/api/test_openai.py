@@ -15,9 +15,10 @@ from collections.abc import Iterator
 import pytest
 from PIL import Image
 
-from picserve import domain
+from picserve import domain, errors
 from picserve.engine.fake import FakeEngine
-from picserve.tasks import jobs, worker
+from picserve.sdk import Client
+from picserve.worker import jobs, process
 
 from .conftest import MODEL, Stack
 
@@ -43,7 +44,7 @@ def working(stack: Stack, engine: FakeEngine) -> Iterator[None]:
     async def keep_working() -> None:
         runtime = jobs.WorkerRuntime(repo=stack.repo, engine=engine, store=stack.store, name="openai-worker")
         while True:
-            await worker.work(stack.repo.app, runtime, stack.settings, True)
+            await process.work(stack.repo.app, runtime, stack.settings, True)
             await asyncio.sleep(0.02)
 
     future = stack.api.portal.start_task_soon(keep_working)
@@ -193,3 +194,63 @@ def test_models_lists_main_models_as_openai_does(stack, account):
     assert missing.status_code == 404 and error_of(missing)["code"] == "model_not_found"
     # with one main model installed, `model` may be left out: the request reaches the next check
     assert error_of(generate(stack, account, model=None, steps=2))["param"] == "steps"
+
+
+# --- one submission path (issue 21): what the PICPIK path does, the OpenAI routes do too -----------
+
+
+def test_an_oversized_request_is_refused_exactly_as_generate_images_sdxl_refuses_it(stack, account, monkeypatch):
+    """The memory admission check: with only a 1 GiB worker live, 2048² is refused on both paths,
+    for the same reason, before anything is queued."""
+
+    async def one_small_worker(live_after: float) -> list[tuple[str, int]]:
+        return [("cuda:0", 2**30)]
+
+    monkeypatch.setattr(stack.repo, "worker_memory", one_small_worker)
+    picpik = Client("http://testserver", account.public_key, account.private_key, http=stack.api)
+    with pytest.raises(errors.ParamError) as refused:
+        picpik.generate_images_sdxl(
+            MainModel={"ModelCode": MODEL}, PositivePrompts=["a cat"], Width=2048, Height=2048, Seed=1
+        )
+    assert refused.value.message.startswith("Width/Height: 2048×2048 needs about "), refused.value.message
+    reply = generate(stack, account, size="2048x2048")
+    assert reply.status_code == 400, reply.text
+    error = error_of(reply)
+    assert error["param"] == "size" and error["code"] == "invalid_value"
+    # the same sentence, led by OpenAI's name for the field
+    assert error["message"] == "size: " + refused.value.message.replace(": ", " ", 1), error["message"]
+    assert stack.api.portal.call(stack.repo.queued_count) == 0
+
+
+def test_the_keys_default_webhook_fires_for_an_openai_request(stack, account, worker_running):
+    hook = "https://8.8.8.8/hook"
+    assert stack.api.portal.call(stack.repo.set_webhook, account.public_key, hook)
+    reply = generate(stack, account)
+    assert reply.status_code == 200, reply.text
+    (task,) = stack.api.portal.call(stack.repo.list_tasks, [], account.public_key, None, 10)
+    assert task.webhook is not None and (task.webhook.url, task.webhook.events) == (hook, ("completed",))
+    # the delivery was made in the transaction of the task's ending, as for a PICPIK request
+    made = [d for d in stack.repo.deliveries.values() if d.task_uid == task.task_uid]
+    assert [(d.event, d.url) for d in made] == [("completed", hook)]
+
+
+def test_a_repeated_idempotency_key_returns_one_task(stack, account, worker_running):
+    headers = {**bearer(account), "Idempotency-Key": "order-42"}
+    body = {"model": MODEL, "prompt": "a cat", "size": "64x64", "steps": 6, "seed": 3}
+    first = stack.api.post("/v1/images/generations", json=body, headers=headers)
+    again = stack.api.post("/v1/images/generations", json=body, headers=headers)
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    assert first.json() == again.json()  # the same task's images, by the same URLs
+    tasks = stack.api.portal.call(stack.repo.list_tasks, [], account.public_key, None, 10)
+    assert len(tasks) == 1
+    balance = stack.api.portal.call(stack.repo.get_account, account.public_key)
+    assert balance is not None and balance.used_credits == tasks[0].cost  # charged once
+    # the same key with other parameters is refused, as a reused request_uuid is; another key is a new task
+    other = stack.api.post("/v1/images/generations", json={**body, "seed": 4}, headers=headers)
+    assert other.status_code == 400, other.text
+    assert error_of(other)["message"].startswith("Idempotency-Key 'order-42' was already used for task ")
+    fresh = stack.api.post("/v1/images/generations", json=body, headers={**headers, "Idempotency-Key": "order-43"})
+    assert fresh.status_code == 200
+    assert len(stack.api.portal.call(stack.repo.list_tasks, [], account.public_key, None, 10)) == 2
+    bad = stack.api.post("/v1/images/generations", json=body, headers={**headers, "Idempotency-Key": "x" * 300})
+    assert bad.status_code == 400 and error_of(bad)["message"].startswith("Idempotency-Key: must be 1 to 255")

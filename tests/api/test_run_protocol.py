@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from picserve import domain
 from picserve.engine.fake import FakeEngine
-from picserve.tasks import jobs, worker
+from picserve.worker import jobs, process
 
 from .conftest import Stack, request
 
@@ -65,7 +65,7 @@ def start_worker(stack: Stack, engine, shutdown_grace: float = 20.0) -> Running:
     async def run() -> None:
         running.task = asyncio.current_task()
         try:
-            await worker.work(stack.repo.app, runtime, settings, False)
+            await process.work(stack.repo.app, runtime, settings, False)
         finally:
             running.ended.set()
 
@@ -164,7 +164,7 @@ def test_a_superseded_run_writes_nothing_and_deletes_its_files(stack, client):
 
 
 def test_progress_is_written_while_running(stack, client):
-    engine = Watched(step_seconds=0.1)
+    engine = Watched(step_seconds=0.05)  # 20 steps: a second of progress to see part-way
     uid = client.generate_images_sdxl(**request(MainModel={"ModelCode": "fast-xl", "InferenceParams": {"Steps": 20}}))
     running = start_worker(stack, engine)
     try:

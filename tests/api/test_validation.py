@@ -15,10 +15,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from picserve import catalog, errors, reference_images
-from picserve.api.actions import generate_images_sdxl
 from picserve.api.app import create_app
-from picserve.api.services import Services
 from picserve.sdk import Client
+from picserve.services import Services
+from picserve.specs import generation as generate_images_sdxl
 from picserve.storage.memory import MemoryStore
 from picserve.tasks.memory import InMemoryRepository, in_memory_app
 from tests import fuzzing

@@ -1,4 +1,4 @@
-"""Following tasks from a client (picserve/watch.py, behind `picserve generate` and `tasks wait`):
+"""Following tasks from a client (picserve/cli/watch.py, behind `picserve generate` and `tasks wait`):
 queue positions, progress lines, the end; and QueuePosition in TaskDetail."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import time
 import pytest
 from rich.console import Console
 
-from picserve import errors, watch
+from picserve import errors
+from picserve.cli import watch
 from picserve.engine.fake import FakeEngine
 
 from .conftest import request

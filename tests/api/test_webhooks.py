@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 
 from picserve import errors
 from picserve.api.app import create_app
-from picserve.api.services import Services
 from picserve.sdk import Client
+from picserve.services import Services
 from picserve.storage.memory import MemoryStore
 from picserve.tasks.memory import InMemoryRepository, in_memory_app
 from picserve.webhooks import delivery, rules, signing

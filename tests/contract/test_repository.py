@@ -19,8 +19,8 @@ import procrastinate
 import pytest
 
 from picserve import domain, errors
-from picserve.tasks import jobs
 from picserve.tasks.repository import TaskRepository
+from picserve.worker import jobs
 from tests.contract.conftest import BackendFactory
 
 Status = domain.TaskStatus

@@ -1,4 +1,4 @@
-"""The `TaskRepository` contract for a key's scheduling (priority, weight: tasks/routing.py), against
+"""The `TaskRepository` contract for a key's scheduling (priority, weight: worker/routing.py), against
 InMemoryRepository and PostgresRepository."""
 
 from __future__ import annotations

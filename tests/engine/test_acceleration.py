@@ -27,6 +27,8 @@ from picserve.engine import acceleration, tiny
 from picserve.engine import tiny_submodels as subs
 from picserve.engine.acceleration import Acceleration
 from picserve.engine.engine import Engine
+from picserve.engine.lora.apply import lora_slots
+from picserve.engine.lora.slots import LoraSlots
 from tests.engine import lycoris_files
 
 BASE = {"model_code": tiny.TINY_CODE, "prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 2, "seed": 7}
@@ -166,7 +168,7 @@ def test_slots_at_weight_zero_leave_the_base_model_bit_for_bit(models, dtype):
         return bool(np.abs(got.astype(int) - want).max() <= (0 if dtype == "float32" else 1))
 
     base = np.asarray(image()).astype(int)
-    slots = acceleration.LoraSlots(pipe.unet, count=2, max_rank=8)
+    slots = LoraSlots(pipe.unet, count=2, max_rank=8)
     assert same(np.asarray(image()), base)  # empty slots
     state = load_file(str(models.get("lora", "kohya-0").path))
     converted, alphas, metadata = pipe.lora_state_dict(state, unet_config=pipe.unet.config, return_lora_metadata=True)
@@ -216,7 +218,7 @@ def test_hot_swapping_loras_gives_fresh_images_and_never_recompiles(compiled, fr
     for sub_models, image in zip(sequence, images, strict=True):
         assert_same_image(image, fresh(sub_models=sub_models))
     assert np.array_equal(images[2], images[-1])  # no LoRA: the same image, whatever the slots hold
-    slots = acceleration.lora_slots(compiled.pipelines.get(tiny.TINY_CODE).base)
+    slots = lora_slots(compiled.pipelines.get(tiny.TINY_CODE).base)
     assert slots is not None and set(slots.holding) == {"lora_peft_0", "lora_kohya_2"}
 
 
@@ -260,7 +262,7 @@ def test_loras_the_slots_cannot_take_fail_cleanly_and_the_others_still_work(comp
         alphas = pixels(compiled, sub_models=(lora("kohya-alphas"),))
     assert_same_image(after, fresh(sub_models=(lora("kohya-1"),)))
     assert_same_image(alphas, fresh(sub_models=(lora("kohya-alphas"),)))
-    slots = acceleration.lora_slots(compiled.pipelines.get(tiny.TINY_CODE).base)
+    slots = lora_slots(compiled.pipelines.get(tiny.TINY_CODE).base)
     assert slots is not None and not slots.dead
 
 

@@ -357,12 +357,12 @@ def test_a_failed_task_then_the_next_on_the_same_engine_through_the_worker(share
     from fastapi.testclient import TestClient
 
     from picserve.api.app import create_app
-    from picserve.api.services import Services
     from picserve.config import Settings
     from picserve.sdk import Client
+    from picserve.services import Services
     from picserve.storage.memory import MemoryStore
-    from picserve.tasks import jobs, worker
     from picserve.tasks.memory import InMemoryRepository, in_memory_app
+    from picserve.worker import jobs, process
 
     settings = Settings(data_dir=tmp_path / "data", models_dir=shared.root, progress_interval=0.0, device="cpu")
     repo, store = InMemoryRepository(in_memory_app()), MemoryStore(settings.result_ttl_seconds)
@@ -383,7 +383,7 @@ def test_a_failed_task_then_the_next_on_the_same_engine_through_the_worker(share
             failing = client.generate_images_sdxl(**body, SubModelList=[{"ModelCode": "doomed-worker"}])
             following = client.generate_images_sdxl(**body)
             _garbage(shared.root / "lora" / "doomed-worker.safetensors")  # damaged after the task was accepted
-            api.portal.call(worker.work, repo.app, runtime, settings, True)
+            api.portal.call(process.work, repo.app, runtime, settings, True)
             failed, finished = client.list_tasks_details([failing, following])
             used = client.get_credit_balance()["UsedCredits"]
     finally:

@@ -193,7 +193,7 @@ def test_dtype_names(models_dir):
 
 def test_the_worker_builds_its_engine_in_the_settings_dtype(tmp_path, models_dir):
     from picserve.config import Settings
-    from picserve.tasks.worker import build_engine
+    from picserve.worker.process import build_engine
 
     settings = Settings(models_dir=models_dir, data_dir=tmp_path, device="cpu", dtype="bfloat16")
     engine = build_engine(settings)

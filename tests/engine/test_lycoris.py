@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from picserve import domain, errors
-from picserve.engine import checkpoint, lycoris, tiny
+from picserve.engine import checkpoint, tiny
+from picserve.engine.lora import lycoris
 from tests.engine import lycoris_files
 from tests.engine.dtypes import pixel_tolerance
 

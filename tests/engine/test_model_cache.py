@@ -194,12 +194,12 @@ def test_the_engine_applies_its_speed_switches_to_each_model_it_loads(models_dir
 
 def test_a_mistyped_memory_or_speed_setting_stops_the_worker_with_its_name(tmp_path, models_dir):
     from picserve.config import Settings
-    from picserve.tasks import worker
+    from picserve.worker import process
 
     base = Settings(data_dir=tmp_path, models_dir=models_dir, device="cpu")
     with pytest.raises(SystemExit, match="PICSERVE_MODEL_MEMORY: 'lots' is not an amount of memory"):
-        worker.build_engine(base.evolve(model_memory="lots"))
+        process.build_engine(base.evolve(model_memory="lots"))
     with pytest.raises(SystemExit, match="compile mode 'fastest' is not one of default"):
-        worker.build_engine(base.evolve(compile="fastest"))
-    built = worker.build_engine(base.evolve(model_memory="1GiB", model_host_memory="0"))
+        process.build_engine(base.evolve(compile="fastest"))
+    built = process.build_engine(base.evolve(model_memory="1GiB", model_host_memory="0"))
     assert built.capacity().model_budget == 2**30

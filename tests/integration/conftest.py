@@ -10,7 +10,7 @@ from PIL import Image
 from picserve.api.app import create_app, services_of
 from picserve.config import Settings
 from picserve.sdk import Client
-from picserve.tasks import worker
+from picserve.worker import process
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def run_worker(settings, engine):
     """Drain the queue with the real worker code and the session's engine."""
 
     def run(name: str = "test-worker") -> None:
-        asyncio.run(worker.run_worker(settings, settings.database_url, name=name, burst=True, engine=engine))
+        asyncio.run(process.run_worker(settings, settings.database_url, name=name, burst=True, engine=engine))
 
     return run
 

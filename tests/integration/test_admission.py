@@ -8,7 +8,8 @@ import psycopg
 import pytest
 
 from picserve import errors
-from picserve.tasks import registry
+from picserve.tasks import workers
+from picserve.worker import registry
 from tests.integration.conftest import tiny_request
 
 pytestmark = pytest.mark.postgres
@@ -58,7 +59,7 @@ def test_a_worker_reports_its_memory_and_both_tiers(settings, run_worker, make_c
             roster = registry.WorkerRegistry(None, "probe", "cpu")  # type: ignore[arg-type]
             roster.pool = _Pool(conn)
             await roster.register(engine.holdings(), engine.capacity())
-            return {w.name: w for w in await registry.list_workers(conn, settings.stalled_after)}["probe"]
+            return {w.name: w for w in await workers.list_workers(conn, settings.stalled_after)}["probe"]
 
     info = asyncio.run(row())
     capacity = engine.capacity()
@@ -88,15 +89,15 @@ class _Pool:
 
 
 def test_a_worker_preloads_its_models_before_taking_jobs(settings, engine, caplog):
-    from picserve.tasks import worker
+    from picserve.worker import process
 
-    caplog.set_level(logging.INFO, logger="picserve.tasks.worker")
+    caplog.set_level(logging.INFO, logger="picserve.worker.process")
     codes = ["picserve-tiny-diffusers", "picserve-tiny"]
     preloading = settings.evolve(preload=",".join(codes))
-    asyncio.run(worker.run_worker(preloading, settings.database_url, name="preloader", burst=True, engine=engine))
+    asyncio.run(process.run_worker(preloading, settings.database_url, name="preloader", burst=True, engine=engine))
     assert engine.holdings()["main"][-2:] == codes  # loaded in order, the last most recently used
     assert "preloaded picserve-tiny-diffusers, picserve-tiny" in caplog.text
 
     missing = settings.evolve(preload="no-such-model")
-    asyncio.run(worker.run_worker(missing, settings.database_url, name="preloader", burst=True, engine=engine))
+    asyncio.run(process.run_worker(missing, settings.database_url, name="preloader", burst=True, engine=engine))
     assert "could not preload no-such-model: MainModel 'no-such-model' is no longer in the models folder" in caplog.text

@@ -16,13 +16,10 @@ import contextlib
 import json
 import logging
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 import psycopg
@@ -32,15 +29,12 @@ from fastapi.testclient import TestClient
 from picserve import errors
 from picserve.api.app import create_app, services_of
 from picserve.config import Settings
-from picserve.demo import free_port, wait_healthy
 from picserve.engine.fake import FakeEngine
 from picserve.sdk import Client
-from picserve.tasks import worker
+from picserve.worker import process
+from tests import needs, processes
 from tests.pg_server import DebianPostgres, skip_reason
-from tests.waiting import wait_for
-
-_SKIP = skip_reason()
-pytestmark = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
+from tests.processes import create_key, wait_for
 
 #: how long PostgreSQL stays down
 OUTAGE = 8.0
@@ -143,6 +137,7 @@ def used_credits(url: str, public_key: str) -> int:
 
 @pytest.fixture
 def postgres():
+    needs.need(skip_reason())  # skips without Debian's PostgreSQL; fails under CI
     with DebianPostgres() as server:
         yield server
 
@@ -156,7 +151,9 @@ def url(postgres) -> str:
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
-def test_api_answers_busy_and_everything_resumes_after_a_database_outage(mode, postgres, url, models_dir, tmp_path):
+def test_api_answers_busy_and_everything_resumes_after_a_database_outage(
+    mode, postgres, url, models_dir, tmp_path, report
+):
     data_dir = tmp_path / "data"
     env = {
         **os.environ,
@@ -171,31 +168,17 @@ def test_api_answers_busy_and_everything_resumes_after_a_database_outage(mode, p
         "PICSERVE_MAX_OPEN_TASKS": "0",
         "PICSERVE_LOG_LEVEL": "info",
     }
-    made = subprocess.run(
-        [sys.executable, "-m", "picserve", "keys", "create", "--credits", "1000000"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert made.returncode == 0, made.stderr
-    key = json.loads(made.stdout)
-
-    port = free_port()
+    key = create_key("--credits", 1_000_000, env=env)
+    port = processes.free_port()
     base = f"http://127.0.0.1:{port}"
-    log_path = Path(tmp_path / "serve.log")
-    with log_path.open("wb") as log_file:
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "picserve", "serve", "--port", str(port), "--workers", "1"],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    serve = processes.spawn(
+        processes.picserve_command("serve", "--port", port, "--workers", 1), tmp_path / "serve.log", env
+    )
     halt = threading.Event()
     load = Load(base, key["PublicKey"], key["PrivateKey"], halt)
     loads = [load, *(Load(base, key["PublicKey"], key["PrivateKey"], halt, source=load) for _ in range(READERS))]
     try:
-        wait_healthy(base, serve, timeout=120)
+        processes.wait_healthy(serve, base, timeout=120)
         workers = wait_for(lambda: picserve_workers(serve.pid), 60, "the worker process")
         with Client(base, key["PublicKey"], key["PrivateKey"]) as warm:  # the worker loads the model
             warm_uid = warm.generate_images_sdxl(**TASK)
@@ -234,16 +217,12 @@ def test_api_answers_busy_and_everything_resumes_after_a_database_outage(mode, p
             return all(rows.get(uid, {}).get("status") in ("Finished", "Error", "Canceled") for uid in load.accepted)
 
         wait_for(all_ended, 180, "every accepted task ended", every=0.5)
-        assert serve.poll() is None, "serve exited"
+        assert serve.returncode is None, serve.describe()
         assert picserve_workers(serve.pid) == workers, "the worker process was restarted"
     finally:
         halt.set()
-        serve.terminate()
-        try:
-            serve.wait(60)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-    log_text = log_path.read_text(errors="replace")
+        serve.stop()
+    log_text = serve.output()
 
     rows = task_rows(url, key["PublicKey"])
     replies = [reply for each in loads for reply in each.replies]
@@ -268,7 +247,7 @@ def test_api_answers_busy_and_everything_resumes_after_a_database_outage(mode, p
         "running at stop": len(running_at_stop),
         "tasks not accepted but stored": len(set(rows) - {*load.accepted, warm_uid}),
     }
-    print(f"\ndatabase outage figures: {json.dumps(figures)}")  # noqa: T201
+    report(f"database outage figures: {json.dumps(figures)}")
 
     assert not unexpected, f"replies other than 0 and 290: {unexpected[:5]}\n{log_text[-3000:]}"
     assert during and all(r.ret_code == 290 for r in during), [r for r in during if r.ret_code != 290][:5]
@@ -282,7 +261,7 @@ def test_api_answers_busy_and_everything_resumes_after_a_database_outage(mode, p
     assert used_credits(url, key["PublicKey"]) == sum(row["cost"] for row in rows.values())
     rerun = {uid: row["attempt"] for uid, row in rows.items() if row["attempt"] != 1}
     assert not rerun, f"tasks run more than once (the worker lost its place): {rerun}"
-    # The worker waited for the database: procrastinate's loop never ended (worker.work's fallback).
+    # The worker waited for the database: procrastinate's loop never ended (process.work's fallback).
     assert "procrastinate's loop ended" not in log_text and "Side task" not in log_text, log_text[-3000:]
 
 
@@ -306,7 +285,7 @@ def test_a_worker_loop_that_ends_is_started_again_in_the_process(url, models_dir
 
         async def run() -> None:
             tasks.append(asyncio.current_task())
-            await worker.run_worker(settings, url, "in-process", engine=FakeEngine(step_seconds=0.01))
+            await process.run_worker(settings, url, "in-process", engine=FakeEngine(step_seconds=0.01))
 
         running = api.portal.start_task_soon(run)
         wait_for(lambda: tasks, 10, "the worker task")
@@ -315,7 +294,7 @@ def test_a_worker_loop_that_ends_is_started_again_in_the_process(url, models_dir
             wait_for(lambda: client.list_tasks_details([first])[0]["Status"] == "Finished", 60, "the first task")
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("DELETE FROM procrastinate_workers")
-            with caplog.at_level(logging.WARNING, logger="picserve.tasks.worker"):
+            with caplog.at_level(logging.WARNING, logger="picserve.worker.process"):
                 second = client.generate_images_sdxl(**TASK)
                 wait_for(lambda: client.list_tasks_details([second])[0]["Status"] == "Finished", 60, "the second task")
         finally:  # as SIGTERM stops it: the worker's graceful stop

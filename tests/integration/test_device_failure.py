@@ -1,5 +1,5 @@
 """A worker whose device breaks (a sticky CUDA error) requeues its task, marks itself unhealthy and
-stops with exit code 75; another worker then runs the task (tasks/jobs.py, engine/faults.py)."""
+stops with exit code 75; another worker then runs the task (worker/jobs.py, engine/faults.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from picserve.config import Settings
 from picserve.engine.base import Generated, PreviewCallback, StepCallback
 from picserve.engine.fake import FakeEngine
 from picserve.keycipher import KeyCipher
-from picserve.tasks import database, jobs, registry, worker
+from picserve.tasks import database, workers
+from picserve.worker import jobs, process
 
 pytestmark = pytest.mark.postgres
 
@@ -119,7 +120,7 @@ def test_a_broken_device_requeues_the_task_and_stops_the_worker(settings: Settin
             before = _failures()
             broken = BrokenEngine(error)
             # not a burst worker: only the device failure stops it
-            running = asyncio.create_task(worker.run_worker(settings, url, name="broken", engine=broken))
+            running = asyncio.create_task(process.run_worker(settings, url, name="broken", engine=broken))
             with pytest.raises(jobs.DeviceFailure) as failure:
                 await asyncio.wait_for(running, 60)
             assert "illegal memory access" in str(failure.value) or "unspecified launch failure" in str(failure.value)
@@ -135,25 +136,25 @@ def test_a_broken_device_requeues_the_task_and_stops_the_worker(settings: Settin
 
             # the row stays, unhealthy with the reason and holding nothing, listed though silent
             async with db.pool.connection() as conn:
-                listed = {w.name: w for w in await registry.list_workers(conn, settings.stalled_after)}
+                listed = {w.name: w for w in await workers.list_workers(conn, settings.stalled_after)}
             row = listed["broken"]
             assert row.unhealthy is not None and ("CUDA error" in row.unhealthy), row.unhealthy
             assert row.main_models == () and row.current_task is None and row.dtype == "float32"
 
             # a healthy worker then runs the task
             healthy = FakeEngine(step_seconds=0.0)
-            await asyncio.wait_for(worker.run_worker(settings, url, name="healthy", engine=healthy, burst=True), 60)
+            await asyncio.wait_for(process.run_worker(settings, url, name="healthy", engine=healthy, burst=True), 60)
             task = await _row(db, "SELECT status, worker FROM picserve_tasks WHERE task_uid = %(u)s", {"u": uid})
             assert task == {"status": "Finished", "worker": "healthy"}
             account = await db.repo.get_account(key)
             assert account is not None and account.used_credits == 7
 
             # restarted under its name, the worker is healthy again
-            restarted = asyncio.create_task(worker.run_worker(settings, url, name="broken", engine=FakeEngine()))
+            restarted = asyncio.create_task(process.run_worker(settings, url, name="broken", engine=FakeEngine()))
             try:
                 for _ in range(200):
                     async with db.pool.connection() as conn:
-                        rows = {w.name: w for w in await registry.list_workers(conn, settings.stalled_after)}
+                        rows = {w.name: w for w in await workers.list_workers(conn, settings.stalled_after)}
                     if rows["broken"].unhealthy is None:
                         break
                     await asyncio.sleep(0.05)
@@ -173,7 +174,7 @@ def test_the_worker_command_exits_75_and_workers_shows_why(settings: Settings, m
             await _task(db)
 
     asyncio.run(submit())
-    monkeypatch.setattr(worker, "build_engine", lambda _settings: BrokenEngine(ERRORS["RuntimeError"]))
+    monkeypatch.setattr(process, "build_engine", lambda _settings: BrokenEngine(ERRORS["RuntimeError"]))
     runner = CliRunner()
     env = {"PICSERVE_STALLED_AFTER": str(settings.stalled_after), "PICSERVE_DEVICE": "cpu"}
     result = runner.invoke(

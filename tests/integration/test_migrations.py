@@ -4,6 +4,7 @@ concurrent starts, and the `picserve db` commands."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 import procrastinate.schema
@@ -11,7 +12,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from picserve import cli
+from picserve import cli, domain
 from picserve.keycipher import KeyCipher
 from picserve.tasks import database, migrations
 
@@ -105,6 +106,13 @@ def make_first_release_database(url: str) -> None:
             "INSERT INTO picserve_tasks (task_uid, public_key, action, status, spec, cost, finished_at) "
             "VALUES ('t-old', 'pub', 'GenerateImagesSDXL', 'Finished', '{\"Width\": 64}', 20, now())"
         )
+        # a generation as the first release stored its spec: its fields of then, nothing of kinds
+        first_spec = {"model_code": "tiny", "prompt": "a cat", "width": 64, "height": 64, "seed": 7, "sub_models": []}
+        conn.execute(
+            "INSERT INTO picserve_tasks (task_uid, public_key, action, status, spec, cost) "
+            "VALUES ('t-gen', 'pub', 'GenerateImagesSDXL', 'Queuing', %s, 5)",
+            (json.dumps(first_spec),),
+        )
 
 
 def test_migrations_are_numbered_files_in_order():
@@ -170,8 +178,14 @@ def test_a_first_release_database_is_upgraded_in_place(database_url):
             account = await db.repo.get_account("pub")
             assert account is not None
             assert (account.name, account.total_credits, account.used_credits) == ("old key", 500, 20)
+            # tasks of the first release read back through the union of task kinds: generations (0009)
+            (task,) = await db.repo.get_many(["t-gen"], "pub")
+            assert task.spec == domain.GenerationSpec(model_code="tiny", prompt="a cat", width=64, height=64, seed=7)
+            assert (task.spec.kind, task.spec.version) == ("generation", 1)
 
     run(open_and_read())
+    kinds = "SELECT DISTINCT spec_kind || '/' || spec_version FROM picserve_tasks"
+    assert run(scalar(database_url, kinds)) == "generation/1"
     # the first release stored private keys in plaintext: opening with the server secret sealed them
     assert run(scalar(database_url, "SELECT private_key FROM picserve_keys WHERE public_key = 'pub'")).startswith(
         "fernet:"

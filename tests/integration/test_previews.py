@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from picserve.engine.fake import FakeEngine
-from picserve.tasks import worker
+from picserve.worker import process
 
 from .conftest import tiny_request
 
@@ -20,7 +20,7 @@ from .conftest import tiny_request
 def _run_worker_in_thread(settings, engine) -> threading.Thread:
     thread = threading.Thread(
         target=lambda: asyncio.run(
-            worker.run_worker(settings, settings.database_url, name="preview-worker", burst=True, engine=engine)
+            process.run_worker(settings, settings.database_url, name="preview-worker", burst=True, engine=engine)
         ),
         daemon=True,
     )

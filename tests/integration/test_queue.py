@@ -3,8 +3,6 @@
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -13,7 +11,8 @@ from fastapi.testclient import TestClient
 from picserve.api.app import create_app, services_of
 from picserve.sdk import Client
 from picserve.tasks.embedded_pg import EmbeddedPostgres
-from tests.waiting import wait_for
+from tests import processes
+from tests.processes import wait_for
 
 from .conftest import tiny_request
 
@@ -24,9 +23,11 @@ def status(client, uid):
     return client.list_tasks_details([uid])[0]
 
 
-def worker_process(settings, *extra, log_level="warning", stderr=None):
+def worker_process(settings, name, *extra, log_level="warning") -> processes.Process:
+    """`picserve worker --name NAME EXTRA` on `settings`, its output in worker-NAME.log beside the data folder."""
     env = {**os.environ, **settings.to_env(), "PICSERVE_LOG_LEVEL": log_level}
-    return subprocess.Popen([sys.executable, "-m", "picserve", "worker", *extra], env=env, stderr=stderr)
+    log = settings.data_dir.parent / f"worker-{name}.log"
+    return processes.worker("--name", name, *extra, log=log, env=env)
 
 
 def test_cancel_a_running_task_at_its_next_step(make_client, run_worker):
@@ -46,9 +47,13 @@ def test_cancel_a_running_task_at_its_next_step(make_client, run_worker):
 def test_two_worker_processes_share_the_queue(settings, make_client):
     client = make_client()
     uids = [client.generate_images_sdxl(**tiny_request(Seed=i, Width=256, Height=256)) for i in range(6)]
-    workers = [worker_process(settings, "--burst", "--name", f"w{i}") for i in range(2)]
-    for w in workers:
-        assert w.wait(180) == 0
+    workers = [worker_process(settings, f"w{i}", "--burst") for i in range(2)]
+    try:
+        for w in workers:
+            assert w.popen.wait(180) == 0, w.describe()
+    finally:
+        for w in workers:
+            w.stop()
     details = client.list_tasks_details(uids)
     assert [d["Status"] for d in details] == ["Finished"] * 6
     assert [d["Seed"] for d in details] == list(range(6))
@@ -72,9 +77,9 @@ def test_queued_tasks_survive_a_restart(tmp_path, settings, engine, run_worker):
             assert [d["Status"] for d in client.list_tasks_details(uids)] == ["Queuing"] * 2
             import asyncio
 
-            from picserve.tasks import worker
+            from picserve.worker import process
 
-            asyncio.run(worker.run_worker(own, pg.uri, burst=True, engine=engine))
+            asyncio.run(process.run_worker(own, pg.uri, burst=True, engine=engine))
             assert [d["Status"] for d in client.list_tasks_details(uids)] == ["Finished"] * 2
     finally:
         pg.stop()
@@ -83,47 +88,44 @@ def test_queued_tasks_survive_a_restart(tmp_path, settings, engine, run_worker):
 def test_a_killed_workers_task_runs_again(settings, api, make_client, run_worker):
     client = make_client()
     uid = client.generate_images_sdxl(**tiny_request(**SLOW))
-    victim = worker_process(settings, "--name", "victim")
+    victim = worker_process(settings, "victim")
     try:
         wait_for(lambda: status(client, uid)["Status"] == "Running", timeout=120)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(10)
+        victim.kill()
         # The API's sweeper sees the silent worker after `stalled_after` seconds and queues the task again.
         wait_for(lambda: status(client, uid)["Status"] == "Queuing", timeout=30)
     finally:
-        if victim.poll() is None:
-            victim.kill()
+        victim.kill()
+        victim.stop()
     run_worker(name="rescuer")
     detail = status(client, uid)
     assert detail["Status"] == "Finished" and len(detail["ImgList"]) == 1
     assert client.get_credit_balance()["UsedCredits"] == detail["ConsumeApiPoint"]
 
 
-def test_a_frozen_worker_that_thaws_writes_nothing(settings, api, make_client, tmp_path):
+def test_a_frozen_worker_that_thaws_writes_nothing(settings, api, make_client):
     # A worker frozen past the heartbeat timeout (SIGSTOP: a GC pause, a stalled disk) loses its task
     # to another worker. When it thaws it finishes its generation, but its run was superseded: its
     # result is refused, its files are deleted, and the task keeps the second run's images.
     client = make_client()
     uid = client.generate_images_sdxl(**tiny_request(**SLOW))
-    log = tmp_path / "frozen.log"
-    with open(log, "w") as stderr:
-        frozen = worker_process(settings, "--name", "frozen", log_level="info", stderr=stderr)
+    frozen = worker_process(settings, "frozen", log_level="info")
+    log = frozen.log
     rescuer = None
     try:
         wait_for(lambda: status(client, uid)["Progress"] > 0, timeout=120, every=0.5)
-        frozen.send_signal(signal.SIGSTOP)
+        frozen.signal(signal.SIGSTOP)
         wait_for(lambda: status(client, uid)["Status"] == "Queuing", timeout=30)  # the API's sweeper
-        rescuer = worker_process(settings, "--name", "rescuer")
+        rescuer = worker_process(settings, "rescuer")
         # Poll slowly: on two cores, a busy poller starves the rescuer's OpenMP threads.
         wait_for(lambda: status(client, uid)["Status"] == "Finished", timeout=180, every=1.0)
-        frozen.send_signal(signal.SIGCONT)
+        frozen.signal(signal.SIGCONT)
         wait_for(lambda: "superseded" in log.read_text(), timeout=180, every=1.0)
     finally:
         for process in (frozen, rescuer):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGCONT)
-                process.terminate()
-                process.wait(60)
+            if process is not None:
+                process.signal(signal.SIGCONT)
+                process.stop()
     detail = status(client, uid)
     assert detail["Status"] == "Finished" and len(detail["ImgList"]) == 1
     assert client.get_credit_balance()["UsedCredits"] == detail["ConsumeApiPoint"]

@@ -1,7 +1,7 @@
 """A fleet on one PostgreSQL: model-affinity routing, its wait, fair share and priority between keys,
-and the worker registry (tasks/routing.py, tasks/registry.py).
+and the worker registry (worker/routing.py, worker/registry.py).
 
-Several real workers (`worker.run_worker`) run in this process on one event loop, each with its own
+Several real workers (`process.run_worker`) run in this process on one event loop, each with its own
 `LoadingEngine`: a FakeEngine that holds one main model and takes `load_seconds` to load another.
 """
 
@@ -27,7 +27,9 @@ from picserve.config import Settings
 from picserve.engine.base import Generated, PreviewCallback, StepCallback
 from picserve.engine.fake import FakeEngine
 from picserve.keycipher import KeyCipher
-from picserve.tasks import database, jobs, recovery, registry, routing, worker
+from picserve.resilience import Retry
+from picserve.tasks import database, recovery, workers
+from picserve.worker import connector, jobs, process, routing
 
 pytestmark = pytest.mark.postgres
 
@@ -84,7 +86,7 @@ class Fleet:
         settings = self.settings.evolve(**changes)
         self.engines[name] = engine
         self.workers[name] = asyncio.create_task(
-            worker.run_worker(settings, settings.database_url or "", name=name, engine=engine)
+            process.run_worker(settings, settings.database_url or "", name=name, engine=engine)
         )
         await self.until(lambda: self.registered(name), f"{name} registered")
         # and listening: a job queued before its LISTEN would reach it only at its next poll
@@ -127,9 +129,9 @@ class Fleet:
         )
         return {row["task_uid"]: row for row in rows}
 
-    async def listing(self, everyone: bool = False) -> list[registry.WorkerInfo]:
+    async def listing(self, everyone: bool = False) -> list[workers.WorkerInfo]:
         async with self.db.pool.connection() as conn:
-            return await registry.list_workers(conn, self.settings.stalled_after, everyone)
+            return await workers.list_workers(conn, self.settings.stalled_after, everyone)
 
     async def rows(self, query: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
         from psycopg.rows import dict_row
@@ -218,7 +220,7 @@ def test_affinity_makes_far_fewer_model_loads(fleet: Callable[..., None], report
 
         # the registry counted the same loads as the engines (a worker writes its row once the task's
         # outcome is in: the last task's row may land a moment after the task ended)
-        async def counted() -> dict[str, registry.WorkerInfo] | None:
+        async def counted() -> dict[str, workers.WorkerInfo] | None:
             listed = {w.name: w for w in await crew.listing()}
             return listed if sum(listed[n].tasks_done for n in names) == 24 else None
 
@@ -363,7 +365,7 @@ async def _position(crew: Fleet, uid: str) -> int:
 
 def _fetching(crew: Fleet, letters: dict[str, str], affinity_wait: float = 2.0) -> Callable[..., Awaitable[str]]:
     route = routing.Routing(worker="probe", affinity_wait=affinity_wait, live_after=crew.settings.stalled_after)
-    app = database.make_app("", database.ResilientConnector(database.worker_retry(), route))
+    app = database.make_app("", connector.ResilientConnector(Retry(), route))
     opened: list[int] = []
 
     async def fetch(count: int, finish: bool = False) -> str:
@@ -499,7 +501,7 @@ def test_the_registry_lists_live_workers_and_forgets_dead_ones(fleet: Callable[.
         async with crew.db.pool.connection() as conn:
             await conn.execute(
                 "UPDATE picserve_workers SET last_heartbeat = now() - make_interval(secs => %s) WHERE name = 'ghost'",
-                (registry.AGE_OUT * settings.stalled_after + 1,),
+                (workers.AGE_OUT * settings.stalled_after + 1,),
             )
         await recovery.sweep(crew.db, settings.stalled_after)
         assert {w.name for w in await crew.listing(everyone=True)} == {"alpha"}
@@ -579,7 +581,7 @@ def test_poll_interval_follows_the_wait() -> None:
 def test_a_fake_engine_worker_reads_no_gpu() -> None:
     # in a fresh interpreter: this one may have imported torch for another test
     code = (
-        "import sys; from picserve.tasks import registry, worker; "
+        "import sys; from picserve.worker import process, registry; "
         "assert registry.describe_device('cuda:0') == ('cuda:0', None, None); "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )

@@ -1,6 +1,6 @@
 """The web playground in a real browser: Playwright for Python driving the system's Chromium (Debian's
 `chromium`, which .ci/run installs; Playwright's own browser downloads are never used). Where either
-is missing the browser tests skip and say which.
+is missing the browser tests skip and say which (under CI, `CI=true`, they fail instead: tests/needs.py).
 
 Chromium maps `playground.test` to 127.0.0.1: a page opened there is not a secure context (no
 WebCrypto), as when the playground is opened over plain HTTP from a LAN address.
@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 from PIL import Image
+
+from tests import needs
 
 #: the host name that Chromium resolves to 127.0.0.1 (not "potentially trustworthy", unlike localhost)
 INSECURE_HOST = "playground.test"
@@ -45,12 +47,16 @@ def chromium_path() -> str | None:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """One Chromium for the module (module-scoped: Playwright's loop is gone before other modules run)."""
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright for Python is not installed (it is in the test extra)"
+    sync_api = needs.need_module(
+        "playwright.sync_api", "Playwright for Python is not installed (it is in the test extra)"
     )
     executable = chromium_path()
-    if executable is None:
-        pytest.skip("no Chromium: install Debian's `chromium` (.ci/run does) to run the playground's browser tests")
+    needs.need(
+        None
+        if executable is not None
+        else "no Chromium: install Debian's `chromium` (.ci/run does) to run the playground's browser tests"
+    )
+    assert executable is not None
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=executable, args=_ARGS)
         yield chromium

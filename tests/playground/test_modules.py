@@ -19,10 +19,11 @@ from PIL import Image, PngImagePlugin
 from picserve import domain
 from picserve.playground import STATIC_DIR
 from picserve.protocol import signature
+from tests import needs
 from tests.playground.conftest import INSECURE_HOST, BrowserErrors
 from tests.unit.test_signature import PRIVATE, VECTORS
 
-pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed (it is in the test extra)")
+needs.need_module("playwright.sync_api", "Playwright for Python is not installed (it is in the test extra)")
 
 
 def _serve_static(route: Any) -> None:

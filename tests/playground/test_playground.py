@@ -11,8 +11,6 @@ import base64
 import json
 import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
@@ -23,12 +21,13 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from picserve.demo import free_port, wait_healthy
 from picserve.protocol import signature
 from picserve.sdk import Client
+from tests import needs
 from tests.playground.conftest import INSECURE_HOST, BrowserErrors
+from tests.processes import create_key, running, serve
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed (test extra)")
+sync_api = needs.need_module("playwright.sync_api", "Playwright for Python is not installed (test extra)")
 expect = sync_api.expect
 
 pytestmark = [pytest.mark.postgres, pytest.mark.models]
@@ -52,29 +51,14 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, models_dir) -> Iterator[Server]:
     data_dir = tmp_path_factory.mktemp("playground")
-    port = free_port()
     # previews and progress often enough to be seen within a short task
     env = {**os.environ, "PICSERVE_LOG_LEVEL": "warning", "PICSERVE_PREVIEW_INTERVAL": "0.05"}
     env["PICSERVE_PROGRESS_INTERVAL"] = "0.05"
-    command = [sys.executable, "-m", "picserve", "serve", "--port", port, "--data-dir", data_dir]
-    command += ["--models-dir", models_dir, "--device", "cpu"]
-    serve = subprocess.Popen(list(map(str, command)), env=env)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_healthy(base, serve)
-        created = subprocess.run(
-            [sys.executable, "-m", "picserve", "keys", "create", "--name", "playground", "--data-dir", str(data_dir)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert created.returncode == 0, created.stderr
-        key = json.loads(created.stdout)
-        yield Server(base, port, key["PublicKey"], key["PrivateKey"])
-    finally:
-        serve.terminate()
-        serve.wait(60)
+    log = data_dir.parent / f"{data_dir.name}-serve.log"
+    process = serve("--data-dir", data_dir, "--models-dir", models_dir, "--device", "cpu", log=log, env=env)
+    with running(process):
+        key = create_key(name="playground", data_dir=data_dir, env=env)
+        yield Server(process.base, process.port, key["PublicKey"], key["PrivateKey"])
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ def test_api_and_sdk_import_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['diffusers'] = None; "
         "import picserve.api.app, picserve.sdk, picserve.cli, picserve.protocol.messages, "
-        "picserve.tasks.jobs, picserve.tasks.worker, picserve.tasks.memory, picserve.engine.fake; print('ok')"
+        "picserve.worker.jobs, picserve.worker.process, picserve.tasks.memory, picserve.engine.fake; print('ok')"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr

@@ -7,11 +7,13 @@ process), so every check reads a delta between two scrapes.
 
 from __future__ import annotations
 
-import socket
 import sys
+import threading
 import urllib.error
 import urllib.request
 
+import prometheus_client
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -19,6 +21,7 @@ from picserve import errors, metrics
 from picserve.engine.fake import FakeEngine
 from picserve.tasks.memory import InMemoryRepository, in_memory_app
 from picserve.translate.prompts import PromptTranslator
+from tests import processes
 from tests.api.conftest import MODEL, client, models_folder, request, settings, stack  # noqa: F401
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -176,7 +179,7 @@ def test_translation_cache_hits_and_misses(tmp_path):
 def test_a_database_that_cannot_be_read_leaves_its_series_out():
     class Down(InMemoryRepository):
         async def queued_by_model(self) -> dict[str, int]:
-            raise errors.ServerBusy("database unreachable")
+            raise errors.DatabaseUnreachable("database unreachable")
 
     import asyncio
 
@@ -203,10 +206,7 @@ def test_size_buckets_are_output_megapixels(stack):  # noqa: F811
 
 @pytest.fixture
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
+    return processes.free_port()
 
 
 def test_worker_metrics_server_answers_on_loopback(stack, client, free_port):  # noqa: F811
@@ -230,8 +230,33 @@ def test_worker_metrics_server_answers_on_loopback(stack, client, free_port):  #
         urllib.request.urlopen(f"http://127.0.0.1:{free_port}/metrics", timeout=2)
 
 
-def test_port_zero_serves_nothing():
-    metrics.serve_worker(0, "127.0.0.1", "cpu")()  # no server to stop: the returned function does nothing
+def _listening() -> set[tuple[str, int]]:
+    """The TCP addresses this process listens on."""
+    return {
+        (c.laddr.ip, c.laddr.port) for c in psutil.Process().net_connections("tcp") if c.status == psutil.CONN_LISTEN
+    }
+
+
+def test_port_zero_serves_nothing(monkeypatch, free_port):
+    # What a real port does, seen the way the port-0 case is checked below: a new listening socket, a thread.
+    threads, sockets = set(threading.enumerate()), _listening()
+    stop = metrics.serve_worker(free_port, "127.0.0.1", "cpu")
+    try:
+        assert ("127.0.0.1", free_port) in _listening() - sockets
+        assert set(threading.enumerate()) - threads
+    finally:
+        stop()
+
+    # Port 0 (PICSERVE_WORKER_METRICS_PORT's default): no server is started, nothing listens, no thread runs,
+    # and the function it returns has nothing to stop.
+    started: list[tuple[object, ...]] = []
+    monkeypatch.setattr(prometheus_client, "start_http_server", lambda *args, **kwargs: started.append(args))
+    threads, sockets = set(threading.enumerate()), _listening()
+    stop = metrics.serve_worker(0, "127.0.0.1", "cpu")
+    assert started == []
+    assert _listening() - sockets == set()
+    assert set(threading.enumerate()) - threads == set()
+    assert stop() is None and stop() is None  # stopping nothing, as often as asked, raises nothing
 
 
 def test_gpu_memory_is_read_from_torch_where_cuda_is_there(monkeypatch, free_port):

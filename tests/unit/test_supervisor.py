@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
 from picserve import supervisor
 from picserve.config import Settings
-from picserve.supervisor import Backoff, Supervisor, exit_reason
+from picserve.resilience import Backoff
+from picserve.supervisor import Supervisor, exit_reason
 
 
 def test_backoff_doubles_per_quick_crash_up_to_the_cap():
@@ -176,14 +178,23 @@ def test_an_explicit_device_goes_to_every_worker_as_it_is(device):
 
 
 @pytest.fixture
-def gpus(monkeypatch):
+def torch_stub(monkeypatch) -> types.SimpleNamespace:
+    """A stand-in for torch and its CUDA API as `visible_gpus` imports it: the fast tier loads no torch
+    (importing the real one took 3 s of it)."""
+    cuda = types.SimpleNamespace(is_available=lambda: False, device_count=lambda: 0)
+    stub = types.SimpleNamespace(cuda=cuda)
+    monkeypatch.setitem(sys.modules, "torch", stub)
+    return stub
+
+
+@pytest.fixture
+def gpus(monkeypatch, torch_stub):
     """Sets how many CUDA devices torch reports (CUDA_VISIBLE_DEVICES applied); returns the setter."""
-    import torch
 
     def set_count(count: int) -> None:
         monkeypatch.setattr(supervisor, "_gpu_driver", lambda: True)
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
-        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(torch_stub.cuda, "is_available", lambda: count > 0)
+        monkeypatch.setattr(torch_stub.cuda, "device_count", lambda: count)
 
     return set_count
 
@@ -194,11 +205,9 @@ def test_visible_gpus_is_torchs_count(gpus, count):
     assert supervisor.visible_gpus() == count
 
 
-def test_without_a_gpu_driver_no_gpu_is_counted_and_torch_is_not_asked(monkeypatch):
-    import torch
-
+def test_without_a_gpu_driver_no_gpu_is_counted_and_torch_is_not_asked(monkeypatch, torch_stub):
     monkeypatch.setattr(supervisor, "_gpu_driver", lambda: False)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: pytest.fail("torch was asked"))
+    monkeypatch.setattr(torch_stub.cuda, "device_count", lambda: pytest.fail("torch was asked"))
     assert supervisor.visible_gpus() == 0
 
 

@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse, Response
 
 from picserve import __version__, keycipher, metrics, playground
 from picserve.api import endpoint, openai_compat, openapi
-from picserve.api.services import Services
 from picserve.config import Settings
+from picserve.services import Services
 from picserve.storage.factory import open_store
 from picserve.tasks import database, recovery, retention
 from picserve.translate.prompts import PromptTranslator

@@ -20,9 +20,9 @@ from fastapi.responses import JSONResponse
 from picserve import errors, logs, metrics
 from picserve.api import auth
 from picserve.api.actions import ACTIONS
-from picserve.api.services import Services
 from picserve.protocol import envelope as envelope_module
 from picserve.protocol.envelope import Envelope, error_reply, ok_reply
+from picserve.services import Services
 
 __all__ = ["handle"]
 

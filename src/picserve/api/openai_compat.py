@@ -2,8 +2,10 @@
 
 Tools that speak OpenAI's images API use picserve unchanged. Nothing here is a second generation
 path: each request is rewritten as the `GenerateImagesSDXL` params it means, then goes exactly where a
-PICPIK request goes (`messages.parse` → `generate_images_sdxl.to_spec` → `TaskService.submit`), so the
-validation, model defaults, credits and limits are the PICPIK endpoint's. The request then waits for
+PICPIK request goes (`submission.submit`: idempotency, validation, model defaults, the memory admission
+check, the key's default webhook, credits and limits, the queue), so every rule is the PICPIK
+endpoint's. An `Idempotency-Key` header (OpenAI's and Stripe's convention) makes a resend of the same
+request within PICSERVE_IDEMPOTENCY_WINDOW return the first request's task. The request then waits for
 its task (polling the repository, at most `Settings.openai_wait_timeout` seconds) and answers as
 OpenAI does: `{"created": …, "data": [{"url": …} | {"b64_json": …}, …]}`.
 
@@ -11,8 +13,8 @@ OpenAI does: `{"created": …, "data": [{"url": …} | {"b64_json": …}, …]}`
      │ auth.authenticate_key         unknown/revoked/expired key, wrong private key → 401; rate → 429
      │ _generation / _edit           OpenAI fields → GenerateImagesSDXL params (size → Width/Height,
      │                               n → BatchSize, an alpha mask → a white-=-repaint mask, …)
-     │ messages.parse + to_spec      the PICPIK checks; their field names are mapped back (`_openai_param`)
-     │ tasks.submit → _wait          poll until Finished (→ 200) or Error/Canceled (→ 500/503)
+     │ submission.submit             the PICPIK path; field names in refusals mapped back (`_openai_param`)
+     │ _wait                         poll until Finished (→ 200) or Error/Canceled (→ 500/503)
      ◄ {"created", "data"}  or  {"error": {"message", "type", "param", "code"}}
 
 This module is the one place where an exception becomes an OpenAI error object and HTTP status, as
@@ -37,12 +39,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
 
-from picserve import domain, errors, reference_images
-from picserve.api import auth
-from picserve.api.actions import generate_images_sdxl
-from picserve.api.services import Services
+from picserve import domain, errors, reference_images, submission
+from picserve.api import auth, idempotency
 from picserve.protocol import envelope as envelope_module
 from picserve.protocol import messages
+from picserve.services import Services
 
 __all__ = ["IGNORED", "router"]
 
@@ -105,6 +106,8 @@ _OPENAI_NAMES = _EDIT_FIELDS
 _SIZE = re.compile(r"([0-9]{1,6})x([0-9]{1,6})")
 _INT = re.compile(r"-?[0-9]{1,12}")
 _FLOAT = re.compile(r"-?[0-9]{1,6}(\.[0-9]{1,12})?")
+#: what an images request is, to the rest of picserve
+_ACTION = "GenerateImagesSDXL"
 #: the longest wait between two polls of a waiting task
 _POLL_MAX = 0.5
 
@@ -291,16 +294,11 @@ async def _images(services: Services, account: domain.Account, request: Request,
         if not isinstance(body, dict):
             raise errors.ParamError(f"the request body must be a JSON object, got {envelope_module.describe(body)}")
         images = await asyncio.to_thread(_generation, body, services)
-    # From here on, exactly the path of a PICPIK GenerateImagesSDXL (see generate_images_sdxl.handle).
-    picpik = messages.parse(messages.GenerateImagesSDXL, images.params)
-    spec = await asyncio.to_thread(
-        generate_images_sdxl.to_spec,
-        picpik,
-        services.catalog,
-        services.translator,
-        services.settings.append_trigger_words,
-    )
-    task_uid = await services.tasks.submit(account, "GenerateImagesSDXL", spec)
+    # From here on, exactly the path of a PICPIK GenerateImagesSDXL (submission.py).
+    key = request.headers.get("idempotency-key")
+    window = services.settings.idempotency_window
+    repeat_id = idempotency.for_key(key, request.url.path, images.params, window) if key is not None else None
+    task_uid = await submission.submit(services, account, _ACTION, images.params, repeat_id)
     task = await _wait(services, account, task_uid, request)
     if task.status is not domain.TaskStatus.FINISHED:
         raise errors.from_ret_code(task.error_code or 500, task.error_message or f"task {task_uid} {task.status}")
@@ -538,8 +536,10 @@ async def _wait(services: Services, account: domain.Account, task_uid: str, requ
 
 async def _answer(services: Services, task: domain.TaskRecord, response_format: str, base_url: str) -> dict[str, Any]:
     """OpenAI's ImagesResponse for a finished task; `seed` per image is a picserve extension."""
-    seeds = list(task.seeds or task.spec.seeds)
-    translated = task.spec.original_prompt is not None and task.spec.prompt != task.spec.original_prompt
+    spec = task.spec
+    assert isinstance(spec, domain.GenerationSpec)  # what this route submits
+    seeds = list(task.seeds or spec.seeds)
+    translated = spec.original_prompt is not None and spec.prompt != spec.original_prompt
     data = []
     for i, key in enumerate(task.result_keys):
         item: dict[str, Any]
@@ -551,7 +551,7 @@ async def _answer(services: Services, task: domain.TaskRecord, response_format: 
         else:
             item = {"url": services.result_url(key, base_url)}
         if translated:  # OpenAI's field for the prompt the model actually saw
-            item["revised_prompt"] = task.spec.prompt
+            item["revised_prompt"] = spec.prompt
         if i < len(seeds):
             item["seed"] = seeds[i]
         data.append(item)

@@ -1,4 +1,4 @@
-"""Engine speed switches for CUDA: channels_last, fused QKV projections, a compiled UNet, LoRA hot-swap slots.
+"""Engine speed switches for CUDA: channels_last, fused QKV projections, a compiled UNet (with LoRA slots).
 
 Each switch is a field of `Acceleration` (the worker builds it from `PICSERVE_*`, config.py). The loader
 applies them to every main model it loads (`prepare`); the worker compiles at start (`warm_up`), so the
@@ -15,7 +15,7 @@ published gains to check are small: on an A100, compile + channels_last 3.31 →
 **Fused QKV** (`fuse_qkv_projections`): one matmul for q, k and v of each self-attention (k and v of
 each cross-attention), in the UNet and the VAE. The fused processor reads a copy of the weights made
 when fusing: it would not see a LoRA (a PEFT adapter on to_q/to_k/to_v, or a LyCORIS patch of their
-weights). So adapters.py unfuses the UNet (`set_fused(pipe, False)`, diffusers' `unfuse_qkv_projections`)
+weights). So lora/apply.py unfuses the UNet (`set_fused(pipe, False)`, diffusers' `unfuse_qkv_projections`)
 before it applies a request's LoRAs, and fuses it again, from the base weights restored, for a request
 without any. Fused QKV therefore speeds up only the requests without LoRAs. diffusers keeps the unfused
 layers beside the fused copy: the UNet's q/k/v weights are held twice.
@@ -36,18 +36,9 @@ The mode ("default", "reduce-overhead" = CUDA graphs, "max-autotune") is to be c
 
 **LoRA hot-swap slots** (`lora_slots`, `lora_max_rank`). Loading a PEFT adapter changes the UNet's
 modules, and with them the compiled graph. With compile on, `prepare` gives the UNet `lora_slots` PEFT
-adapters of rank `lora_max_rank` on every linear layer (what LoRA files target; LoCon files, on convs,
-are patched into the weights instead, lycoris.py), all always active, their scalings tensors
-(peft's `prepare_model_for_compiled_hotswap`). A request's LoRA is put into a slot with diffusers'
-hot-swap (`load_lora_into_unet(..., adapter_name=slot, hotswap=True)`: the weights copied into the
-slot's, zero-padded to its rank, layers the file does not target zeroed) and weighted by writing the
-slot's scaling tensors in place (`LoraSlots.set_weights`), so neither a new LoRA nor a new weight
-changes the graph. A slot not in use has weight 0: its term is exactly 0, and the image is the base
-model's bit for bit (tested; compiled, a request without LoRAs gives the same image whatever the slots
-hold). Text encoders are not compiled: a
-LoRA's text-encoder parts stay PEFT adapters there, as without compile (diffusers cannot hot-swap them).
-The price: every linear layer computes `lora_slots` extra rank-`lora_max_rank` products at every step,
-used or not; bench/sdxl.py measures it.
+adapters of rank `lora_max_rank` on every linear layer, before compiling (they are part of the graph):
+lora/slots.py's `LoraSlots`, into which a request's LoRAs are hot-swapped and weighted without changing
+the graph (how, and what it costs: its docstring).
 """
 
 from __future__ import annotations
@@ -61,14 +52,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from picserve.engine.lora.slots import LoraSlots
+
 __all__ = [
     "COMPILE_MODES",
     "SDXL_SIZES",
     "Acceleration",
-    "LoraSlots",
     "Prepared",
     "compiled",
-    "lora_slots",
     "parse_sizes",
     "prepare",
     "prepared",
@@ -185,12 +176,6 @@ def prepared(pipe: Any) -> Prepared | None:
     """What `prepare` did to `pipe`'s UNet, or None (a pipeline prepare never saw runs as diffusers made it)."""
     state = getattr(pipe.unet, _ATTRIBUTE, None)
     return state if isinstance(state, Prepared) else None
-
-
-def lora_slots(pipe: Any) -> LoraSlots | None:
-    """`pipe`'s LoRA hot-swap slots, or None when its LoRAs are plain PEFT adapters (no compile)."""
-    state = prepared(pipe)
-    return state.slots if state is not None else None
 
 
 def compiled(pipe: Any) -> bool:
@@ -372,131 +357,3 @@ class _Dispatch:
         # UNet turns them into float32 first thing (get_timestep_embedding), so this changes nothing.
         timestep = torch.as_tensor(timestep, dtype=torch.float32, device=sample.device)
         return self.compiled(sample, timestep, encoder_hidden_states, **kwargs)
-
-
-# --- LoRA hot-swap slots -------------------------------------------------------------------------------
-class LoraSlots:
-    """A compiled UNet's LoRA hot-swap slots (see the module docstring).
-
-    `count` PEFT adapters named `names`, of rank `max_rank`, on every linear layer of the UNet, always
-    active. adapters.py puts a LoRA's UNet part into a slot (`load`), weights the slots for each request
-    (`set_weights`; a slot left out gets 0) and records in `holding` what each slot holds.
-    """
-
-    def __init__(self, unet: nn.Module, count: int, max_rank: int) -> None:
-        from peft import LoraConfig
-        from peft.tuners.lora import LoraLayer
-        from peft.utils.hotswap import prepare_model_for_compiled_hotswap
-
-        # Equal-length names: peft's hot-swap finds a slot's keys by substring, so no name may hold another.
-        self.names = tuple(f"picserve_slot_{i:02d}" for i in range(count))
-        self.max_rank = max_rank
-        #: what adapters.py loaded into each slot (its adapter name), None for a free slot
-        self.holding: list[str | None] = [None] * count
-        #: slots lost to a hot-swap that failed inside diffusers (which then deletes the adapter): never used again
-        self.dead: set[int] = set()
-        self._unet = unet
-        targets = sorted(name for name, module in unet.named_modules() if isinstance(module, nn.Linear))
-        self._targets = frozenset(targets)
-        for name in self.names:
-            # alpha = rank: a scaling of 1 until a file's own is swapped in
-            unet.add_adapter(LoraConfig(r=max_rank, lora_alpha=max_rank, target_modules=targets), adapter_name=name)
-        unet.set_adapters(list(self.names), [0.0] * count)  # all active, each at weight 0
-        prepare_model_for_compiled_hotswap(unet, target_rank=max_rank, check_compiled="ignore")  # scalings: tensors
-        self._layers = [m for m in unet.modules() if isinstance(m, LoraLayer) and self.names[0] in m.scaling]
-        #: per slot, the scaling its file gives each layer at weight 1 (alpha / rank), in `_layers` order
-        self._scales: list[list[float]] = [[0.0] * len(self._layers) for _ in self.names]
-        self._weights: list[float] = [0.0] * count
-
-    @property
-    def count(self) -> int:
-        return len(self.names)
-
-    def load(self, pipe: Any, index: int, state_dict: dict[str, Any], network_alphas: Any, metadata: Any) -> None:
-        """Hot-swap a LoRA's UNet part into slot `index`, at weight 0 until `set_weights`.
-
-        `state_dict`, `network_alphas`, `metadata`: what diffusers' `lora_state_dict` returns for the file.
-        Raises ValueError, the slot left free, for a file the slots cannot take: a rank above theirs, a
-        layer they do not cover, DoRA (lycoris.py patches those). Checked here, before diffusers is called:
-        a hot-swap that fails inside diffusers deletes the slot's adapter (a change of the graph), and
-        the slot is then dead.
-        """
-        config, layers = _unet_lora_config(state_dict, network_alphas, metadata)
-        rank = max([config.r, *config.rank_pattern.values()])
-        if rank > self.max_rank:
-            raise ValueError(
-                f"its rank {rank} is above the {self.max_rank} of the compiled UNet's LoRA slots "
-                "(PICSERVE_LORA_MAX_RANK)"
-            )
-        if uncovered := sorted(layers - self._targets):
-            raise ValueError(
-                f"it changes layers the compiled UNet's LoRA slots do not cover: {', '.join(uncovered[:8])}"
-            )
-        if config.use_dora:
-            raise ValueError("it is a DoRA in a layout the compiled UNet's LoRA slots do not take")
-        name = self.names[index]
-        self.holding[index] = None
-        # peft refuses to hot-swap a file whose config differs from the slot's in these, lest the slot
-        # keep the old alphas; but it sets every layer's scaling from the new file's config, so the slot
-        # takes the file's (dropout does nothing at inference).
-        slot_config = self._unet.peft_config[name]
-        slot_config.alpha_pattern = dict(config.alpha_pattern)
-        slot_config.lora_dropout = config.lora_dropout
-        slot_config.use_rslora = config.use_rslora
-        try:
-            pipe.load_lora_into_unet(
-                state_dict,
-                network_alphas=network_alphas,
-                unet=pipe.unet,
-                adapter_name=name,
-                metadata=metadata,
-                _pipeline=pipe,
-                hotswap=True,
-            )
-            # peft set each layer's scaling to the file's alpha / rank (layers it does not target: zeroed)
-            self._scales[index] = torch.stack([layer.scaling[name] for layer in self._layers]).float().tolist()
-        except BaseException:
-            if name not in getattr(self._unet, "peft_config", {}):
-                self.dead.add(index)
-                log.error("LoRA slot %s was deleted by a failed hot-swap; %d slots left", name, self.usable)
-            raise
-        finally:
-            self._weights[index] = float("nan")  # written anew below, whatever it was
-            self._fill(index, 0.0)
-
-    @property
-    def usable(self) -> int:
-        return self.count - len(self.dead)
-
-    def set_weights(self, weights: Mapping[int, float]) -> None:
-        """Each slot's weight: `weights[index]`, 0 for a slot left out."""
-        for index in range(self.count):
-            self._fill(index, weights.get(index, 0.0))
-
-    def _fill(self, index: int, weight: float) -> None:
-        if self._weights[index] == weight or index in self.dead:
-            return
-        name = self.names[index]
-        with torch.no_grad():
-            for layer, scale in zip(self._layers, self._scales[index], strict=True):
-                layer.scaling[name].fill_(weight * scale)
-        self._weights[index] = weight
-
-
-def _unet_lora_config(state_dict: dict[str, Any], network_alphas: Any, metadata: Any) -> tuple[Any, set[str]]:
-    """The LoraConfig diffusers' `load_lora_adapter` builds for a file's UNet part (the same steps, with
-    diffusers' own functions), and the UNet layers it changes."""
-    from diffusers.utils import convert_unet_state_dict_to_peft, get_peft_kwargs
-    from peft import LoraConfig
-
-    state = {key.removeprefix("unet."): value for key, value in state_dict.items() if key.startswith("unet.")}
-    if state and "lora_A" not in next(iter(state)):
-        state = convert_unet_state_dict_to_peft(state)
-    layers = {key.split(".lora_")[0] for key in state}
-    if metadata:
-        metadata = {k.removeprefix("unet."): v for k, v in metadata.items() if k.startswith("unet.")}
-    if metadata:
-        return LoraConfig(**metadata), layers
-    ranks = {f"^{key}": value.shape[1] for key, value in state.items() if "lora_B" in key and value.ndim > 1}
-    alphas = {k.removeprefix("unet."): v for k, v in (network_alphas or {}).items() if k.startswith("unet.")}
-    return LoraConfig(**get_peft_kwargs(ranks, network_alpha_dict=alphas or None, peft_state_dict=state)), layers

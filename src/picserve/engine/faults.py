@@ -4,7 +4,7 @@ Most failures of a generation are the task's (a bad input, running out of memory
 the worker goes on with the next task. A *sticky* error is the device's: an illegal memory access, a
 device-side assert, an uncorrectable ECC or NVLink error (what the driver logs as an Xid), an
 unspecified launch failure. CUDA then refuses every later call of the process's context, so every
-task that worker takes would fail at once: it must stop and be started again (tasks/jobs.py requeues
+task that worker takes would fail at once: it must stop and be started again (worker/jobs.py requeues
 the task, marks the worker unhealthy and stops it). No torch here: a worker with a fake engine never
 loads it, and no torch error can have been raised where it is not loaded.
 

@@ -103,7 +103,7 @@ class LoadedModel:
         self.scheduler_config: dict[str, Any] = dict(pipe.scheduler.config)
         #: what of the catalog entry it was loaded with: its VAE and prediction type (see `_recipe`)
         self.recipe = recipe
-        #: PEFT adapter name → file version (mtime_ns, size) of the LoRAs loaded into this model (see adapters.py)
+        #: PEFT adapter name → file version (mtime_ns, size) of the LoRAs loaded into this model (see lora/apply.py)
         self.loras: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._derived_pipelines: dict[str, Any] = {}  # mode → img2img/inpaint pipeline sharing `base`'s modules
         #: bytes of its weights and buffers (set by the cache once it is loaded)

@@ -14,46 +14,43 @@ API processes and workers; none of them is restarted for it, and no accepted tas
 - *Worker.* procrastinate 3.10 does not survive an outage by itself: a failed `fetch_job` ends the
   worker's loop, a failed heartbeat or LISTEN reconnect ends its side task and, with it, the worker
   (which aborts its running job on the way out), and a failed `finish_job` is lost in the job's task.
-  So a worker's App runs on `ResilientConnector`, which retries procrastinate's own statements (fetch,
-  heartbeat, abort polling, finishing a job) and LISTEN's reconnection until the database answers;
-  picserve's statements are retried by `jobs.Retry` (taking a task, writing its outcome). The worker
+  So a worker's App runs on `ResilientConnector` (worker/connector.py), which retries procrastinate's
+  own statements (fetch, heartbeat, abort polling, finishing a job) and LISTEN's reconnection until the
+  database answers; picserve's statements are retried by `resilience.Retry` (taking a task, writing
+  its outcome). The worker
   just waits: its running generation goes on, its outcome is written when the database is back, and it
-  takes the next job. `worker.work` restarts procrastinate's loop in the process if it ends anyway.
+  takes the next job. `process.work` restarts procrastinate's loop in the process if it ends anyway.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+import math
+import time
+import weakref
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, LiteralString
+from typing import Any
 
 import procrastinate
 import procrastinate.exceptions
 import procrastinate.schema
 import procrastinate.sql
-import psycopg
-import psycopg_pool
-from procrastinate.connector import Notify
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from picserve import errors
 from picserve.config import Settings
 from picserve.keycipher import KeyCipher
-from picserve.tasks import jobs, migrations, routing
+from picserve.tasks import migrations
 from picserve.tasks.postgres import PostgresRepository
 
 __all__ = [
     "CONNECT_TIMEOUT",
     "Database",
-    "ResilientConnector",
     "make_app",
-    "maybe_applied",
     "open_database",
-    "unreachable",
     "upgrade_schema",
-    "worker_retry",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,128 +75,29 @@ class Database:
 
 
 def make_app(conninfo: str, connector: procrastinate.PsycopgConnector | None = None) -> procrastinate.App:
-    """A procrastinate App on `conninfo` (or on `connector`) with picserve's job registered."""
-    return jobs.register(procrastinate.App(connector=connector or procrastinate.PsycopgConnector(conninfo=conninfo)))
+    """A procrastinate App on `conninfo` (or on `connector`). Jobs are deferred by name (tasks/queue.py);
+    a worker registers the function that runs them (worker/jobs.py `register`)."""
+    return procrastinate.App(connector=connector or procrastinate.PsycopgConnector(conninfo=conninfo))
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """`exc` and the exceptions it was raised from (ServerBusy ← ConnectorException ← psycopg's)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__
+#: a connection back in the pool for less than this many seconds is handed out again unchecked: under
+#: load that saves a round trip per request, and a server restart (which takes longer) is still caught
+#: by the check on every connection that waited through it
+CHECK_AFTER_IDLE = 2.0
+_returned_at: weakref.WeakKeyDictionary[AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
 
 
-def unreachable(exc: BaseException) -> bool:
-    """Whether `exc` means the database could not be reached — the server down, starting or shutting
-    down, the connection lost, no pooled connection in time — rather than a statement refused. The
-    repository's ServerBusy and procrastinate's ConnectorException count by what they were raised from.
-    A pool being closed (this process shutting down) does not count."""
-    for cause in _causes(exc):
-        if isinstance(cause, psycopg_pool.PoolClosed):
-            return False
-        if isinstance(cause, psycopg.OperationalError):
-            return True
-    return False
+async def _autocommit(conn: AsyncConnection[Any]) -> None:
+    await conn.set_autocommit(True)
 
 
-def maybe_applied(exc: BaseException) -> bool:
-    """Whether a statement that failed with `exc` may have been applied all the same: its connection
-    broke after it was sent. Not when no connection was had at all (the pool's timeout)."""
-    return unreachable(exc) and not any(isinstance(cause, psycopg_pool.PoolTimeout) for cause in _causes(exc))
+async def _returned(conn: AsyncConnection[Any]) -> None:
+    _returned_at[conn] = time.monotonic()
 
 
-def worker_retry() -> jobs.Retry:
-    """The `jobs.Retry` of a worker: PostgreSQL's errors told apart."""
-    return jobs.Retry(transient=unreachable, maybe_applied=maybe_applied)
-
-
-_QUERY_NAMES = {text: name for name, text in procrastinate.sql.queries.items()}
-_FETCH_JOB = procrastinate.sql.queries["fetch_job"]
-#: a job this worker holds in `doing` (what a fetch whose reply was lost took); the columns of fetch_job
-_HELD_JOB: LiteralString = (
-    "SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name, attempts, "
-    "worker_id FROM procrastinate_jobs WHERE worker_id = %(worker_id)s AND status = 'doing' ORDER BY id LIMIT 1"
-)
-
-
-class ResilientConnector(procrastinate.PsycopgConnector):
-    """A worker's procrastinate connector: its statements wait out a database outage (see the module's
-    docstring for why), retried by `retry` until the database answers or the worker is stopping.
-
-    Only the statements run on a pooled connection are retried; one run on a connection the caller
-    holds (a job deferred inside the caller's transaction) fails at once, for the caller to handle.
-    LISTEN reconnects the same way; the notifications it misses meanwhile are covered by the worker's
-    polling. A fetch whose connection broke may have taken a job without its reply coming back: the
-    worker (one job at a time, so it fetches only while it holds none) then takes the job it holds
-    under its id instead of a new one, so no job is left `doing` behind a live worker.
-
-    With `route`, procrastinate's fetch is replaced by picserve's (routing.py: key priority, fair
-    share, model affinity), with the same retries and the same taking back of a lost fetch's job.
-    """
-
-    def __init__(self, retry: jobs.Retry, route: routing.Routing | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.retry = retry
-        self.route = route
-
-    async def execute_query_async(self, query: LiteralString, **arguments: Any) -> None:
-        parent = super().execute_query_async
-        await self.retry.run(_what(query), lambda: parent(query, **arguments), patient=_patient(query))
-
-    async def execute_query_one_async(self, query: LiteralString, **arguments: Any) -> dict[str, Any]:
-        parent = super().execute_query_one_async
-        if query == _FETCH_JOB:
-            return await self._fetch_job(parent, arguments)
-        return await self.retry.run(_what(query), lambda: parent(query, **arguments), patient=_patient(query))
-
-    async def execute_query_all_async(self, query: LiteralString, **arguments: Any) -> list[dict[str, Any]]:
-        parent = super().execute_query_all_async
-        return await self.retry.run(_what(query), lambda: parent(query, **arguments), patient=_patient(query))
-
-    async def _fetch_job(
-        self, parent: Callable[..., Awaitable[dict[str, Any]]], arguments: dict[str, Any]
-    ) -> dict[str, Any]:
-        lost = False
-
-        async def attempt() -> dict[str, Any]:
-            nonlocal lost
-            if lost:
-                try:
-                    held = await parent(_HELD_JOB, worker_id=arguments["worker_id"])
-                    log.warning("took back job %s, fetched before the connection broke", held["id"])
-                    return held
-                except procrastinate.exceptions.NoResult:
-                    lost = False
-            try:
-                if self.route is not None:
-                    return await parent(routing.FETCH_JOB, **arguments, **self.route.arguments())
-                return await parent(_FETCH_JOB, **arguments)
-            except Exception as exc:
-                lost = lost or maybe_applied(exc)
-                raise
-
-        return await self.retry.run("procrastinate fetch_job", attempt, patient=False)
-
-    async def listen_notify(self, on_notification: Notify, channels: Iterable[str]) -> None:
-        parent = super().listen_notify
-        names = list(channels)
-        # procrastinate's loop reconnects after a lost connection, but fails when the server refuses
-        await self.retry.run(
-            "procrastinate LISTEN", lambda: parent(on_notification=on_notification, channels=names), patient=False
-        )
-
-
-def _what(query: str) -> str:
-    return f"procrastinate {_QUERY_NAMES.get(query, 'query')}"
-
-
-def _patient(query: str) -> bool:
-    """Whether a stopping worker still retries `query`: only the end of a job it ran is worth it (the
-    rest — fetching, heartbeats, unregistering — a stopping worker can do without)."""
-    return _QUERY_NAMES.get(query) in ("finish_job", "retry_job")
+async def _check_when_idle(conn: AsyncConnection[Any]) -> None:
+    if time.monotonic() - _returned_at.get(conn, -math.inf) >= CHECK_AFTER_IDLE:
+        await AsyncConnectionPool.check_connection(conn)
 
 
 @asynccontextmanager
@@ -225,8 +123,9 @@ async def open_database(
     repository answers ServerBusy); see the module's docstring for what happens while the database is
     away.
     """
-    # No autocommit here: procrastinate's LISTEN connection adds its own, and a pooled
-    # connection commits when its `async with` block ends anyway.
+    # Autocommit: a statement outside `conn.transaction()` is its own transaction, so a one-statement
+    # read or write costs one round trip, not three (BEGIN, the statement, COMMIT); every multi-statement
+    # change is an explicit `conn.transaction()`.
     options = f"-c idle_in_transaction_session_timeout={int(idle_transaction_timeout * 1000)}"
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         conninfo,
@@ -234,10 +133,13 @@ async def open_database(
         max_size=max_size,
         open=False,
         kwargs={"options": options, "connect_timeout": CONNECT_TIMEOUT, **_KEEPALIVES},
+        # (not a connect argument: procrastinate's LISTEN connection passes its own autocommit=True)
+        configure=_autocommit,
         timeout=wait_timeout,
-        # a connection is checked (one round trip) before it is handed out: one broken by a restart
-        # of the server is replaced instead of failing the statement it was given for
-        check=AsyncConnectionPool.check_connection,
+        # a connection idle for a while is checked (one round trip) before it is handed out: one broken
+        # by a restart of the server is replaced instead of failing the statement it was given for
+        check=_check_when_idle,
+        reset=_returned,
         # a lost connection is retried by the pool for as long as a request waits; after that, a
         # waiting request starts a fresh attempt at once (the pool's own retries back off to minutes)
         reconnect_timeout=max(wait_timeout, 1.0),
@@ -245,7 +147,7 @@ async def open_database(
     try:
         await pool.open(wait=True, timeout=30)
     except Exception as exc:  # psycopg_pool.PoolTimeout and connection errors
-        raise errors.ServerBusy(f"database unreachable: {exc}") from exc
+        raise errors.DatabaseUnreachable(f"database unreachable: {exc}") from exc
     app = make_app(conninfo)
     try:
         await app.open_async(pool)

@@ -7,14 +7,18 @@ first, or the server would be kept forever.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 
-__all__ = ["EmbeddedPostgres"]
+from picserve.config import Settings
+
+__all__ = ["EmbeddedPostgres", "database"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,20 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         self._server.cleanup()
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The database URL: PICSERVE_DATABASE_URL when set, else the embedded server in the data folder
+    (started, or joined, for the block)."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    server = EmbeddedPostgres(settings.pg_dir)
+    try:
+        yield server.uri
+    finally:
+        server.stop()
 
 
 def _prune_dead_handles(pg_dir: Path) -> None:

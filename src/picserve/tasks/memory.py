@@ -20,8 +20,9 @@ from datetime import UTC, datetime, timedelta
 import procrastinate
 import procrastinate.testing
 
-from picserve import domain, errors, webhooks
-from picserve.tasks import jobs, repository
+from picserve import domain, errors
+from picserve.tasks import repository
+from picserve.tasks.queue import QUEUE, TASK_NAME, WEBHOOK_QUEUE, WEBHOOK_TASK_NAME
 
 __all__ = ["InMemoryRepository", "in_memory_app"]
 
@@ -29,12 +30,12 @@ _OPEN = (domain.TaskStatus.QUEUING, domain.TaskStatus.RUNNING)
 
 
 def in_memory_app() -> procrastinate.App:
-    """A procrastinate App on an InMemoryConnector with the generation job registered.
+    """A procrastinate App on an InMemoryConnector.
 
-    Ready to defer jobs without `open_async()`; a worker run on it opens it as usual.
+    Ready to defer jobs without `open_async()`; a worker run on it (worker/process.py `work`)
+    registers the job and opens it as usual.
     """
     app = procrastinate.App(connector=procrastinate.testing.InMemoryConnector())
-    app.task(name=jobs.TASK_NAME, queue=jobs.QUEUE, pass_context=True)(jobs.run_generation)
     return app
 
 
@@ -145,7 +146,7 @@ class InMemoryRepository:
         task_uid: str,
         public_key: str,
         action: str,
-        spec: domain.GenerationSpec,
+        spec: domain.ActionSpec,
         cost: int,
         *,
         max_open_tasks: int = 0,
@@ -178,7 +179,7 @@ class InMemoryRepository:
                 webhook=webhook,
             )
             try:
-                job_id = await self.app.tasks[jobs.TASK_NAME].defer_async(task_uid=task_uid)
+                job_id = await self.app.configure_task(TASK_NAME, queue=QUEUE).defer_async(task_uid=task_uid)
             except BaseException:
                 del self._tasks[task_uid]  # all or nothing, as PostgreSQL's rollback
                 raise
@@ -191,7 +192,8 @@ class InMemoryRepository:
         return sum(1 for t in self._tasks.values() if t.status is domain.TaskStatus.QUEUING)
 
     async def queued_by_model(self) -> dict[str, int]:
-        return dict(Counter(t.spec.model_code for t in self._tasks.values() if t.status is domain.TaskStatus.QUEUING))
+        queued = (t.spec for t in self._tasks.values() if t.status is domain.TaskStatus.QUEUING)
+        return dict(Counter(spec.needs().model_code or spec.kind for spec in queued))
 
     async def worker_memory(self, live_after: float) -> list[tuple[str, int]]:
         return []  # workers register in PostgreSQL only
@@ -213,7 +215,7 @@ class InMemoryRepository:
             for t in reversed(self._tasks.values())
             if (not statuses or t.status in statuses)
             and public_key in (None, t.public_key)
-            and model_code in (None, t.spec.model_code)
+            and model_code in (None, t.spec.needs().model_code)
         ]
         return found[:limit]
 
@@ -245,7 +247,7 @@ class InMemoryRepository:
         return ended
 
     # --- the worker side (fenced transitions) -----------------------------------------------------
-    async def mark_running(self, task_uid: str, worker: str) -> tuple[domain.Run, domain.GenerationSpec] | None:
+    async def mark_running(self, task_uid: str, worker: str) -> tuple[domain.Run, domain.ActionSpec] | None:
         task = self._task_in(task_uid, domain.TaskStatus.QUEUING)
         if task is None:
             return None
@@ -308,7 +310,9 @@ class InMemoryRepository:
         if task is None:
             return False
         self._save(dataclasses.replace(task, status=domain.TaskStatus.QUEUING, worker=None, progress=0.0))
-        self._job_ids[run.task_uid] = await self.app.tasks[jobs.TASK_NAME].defer_async(task_uid=run.task_uid)
+        self._job_ids[run.task_uid] = await self.app.configure_task(TASK_NAME, queue=QUEUE).defer_async(
+            task_uid=run.task_uid
+        )
         return True
 
     # --- helpers ------------------------------------------------------------------------------
@@ -356,7 +360,7 @@ class InMemoryRepository:
             progress=task.progress,
         )
         self.deliveries[delivery.delivery_id] = delivery
-        job = self.app.configure_task(webhooks.TASK_NAME, queue=webhooks.QUEUE)
+        job = self.app.configure_task(WEBHOOK_TASK_NAME, queue=WEBHOOK_QUEUE)
         deferring = asyncio.ensure_future(job.defer_async(delivery_id=delivery.delivery_id))
         self._deferring.add(deferring)
         deferring.add_done_callback(self._deferring.discard)

@@ -23,7 +23,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from picserve import domain, errors
 from picserve.keycipher import KeyCipher
-from picserve.tasks import jobs, registry, repository
+from picserve.tasks import repository, workers
+from picserve.tasks.queue import QUEUE, TASK_NAME
 
 __all__ = ["PostgresRepository"]
 
@@ -45,8 +46,8 @@ Row = dict[str, Any]
 _UNREACHABLE = (psycopg.OperationalError, psycopg_pool.PoolTimeout, procrastinate.exceptions.ConnectorException)
 
 
-def _busy(exc: BaseException) -> errors.ServerBusy:
-    return errors.ServerBusy(f"database unreachable ({type(exc).__name__}); retry later")
+def _busy(exc: BaseException) -> errors.DatabaseUnreachable:
+    return errors.DatabaseUnreachable(f"database unreachable ({type(exc).__name__}); retry later")
 
 
 class PostgresRepository:
@@ -231,7 +232,7 @@ class PostgresRepository:
         task_uid: str,
         public_key: str,
         action: str,
-        spec: domain.GenerationSpec,
+        spec: domain.ActionSpec,
         cost: int,
         *,
         max_open_tasks: int = 0,
@@ -239,46 +240,55 @@ class PostgresRepository:
         webhook: domain.Webhook | None = None,
     ) -> str:
         async with self._connection() as conn, conn.transaction():
-            open_count, available = await _lock_balance(conn, public_key)
-            if request is not None:
-                earlier = await _find_request(conn, public_key, request)
-                if earlier is not None:
-                    return earlier
+            open_count, available, earlier = await _lock_balance(conn, public_key, request)
+            if earlier is not None:
+                return earlier
             if max_open_tasks and open_count >= max_open_tasks:
                 raise repository.too_many_open_tasks(open_count, max_open_tasks)
             if available < cost:
                 raise errors.InsufficientCredits(
                     f"this request costs {cost} credits and {max(available, 0)} are available"
                 )
-            # model_code and loras: what the workers' fetch routes the task by (routing.py)
-            await conn.execute(
-                "INSERT INTO picserve_tasks (task_uid, public_key, action, status, spec, cost, model_code, loras, "
-                "webhook_url, webhook_events) VALUES (%s, %s, %s, 'Queuing', %s, %s, %s, %s, %s, %s)",
-                (
-                    task_uid,
-                    public_key,
-                    action,
-                    Jsonb(spec.to_dict()),
-                    cost,
-                    spec.model_code,
-                    registry.lora_keys([s.code for s in spec.sub_models if s.kind == "lora"]),
-                    webhook.url if webhook else None,
-                    list(webhook.events) if webhook else [],
-                ),
+            # The job first (its id goes in the task's row), then the task and its request in one
+            # statement: one transaction of five round trips, while the key's row is locked.
+            job_id = await self.app.configure_task(TASK_NAME, queue=QUEUE, connection=conn).defer_async(
+                task_uid=task_uid
             )
-            if request is not None:  # replaces a row of this request_uuid older than the window
-                await conn.execute(
-                    "INSERT INTO picserve_requests (public_key, request_uuid, fingerprint, task_uid) "
-                    "VALUES (%s, %s, %s, %s) ON CONFLICT (public_key, request_uuid) DO UPDATE "
-                    "SET fingerprint = EXCLUDED.fingerprint, task_uid = EXCLUDED.task_uid, created_at = now()",
-                    (public_key, request.request_uuid, request.fingerprint, task_uid),
-                )
-            await self._defer(conn, task_uid)
+            # model_code and loras: what the workers' fetch routes the task by (routing.py)
+            needs = spec.needs()
+            await conn.execute(
+                "WITH task AS (INSERT INTO picserve_tasks (task_uid, public_key, action, status, spec_kind, "
+                "spec_version, spec, cost, model_code, loras, webhook_url, webhook_events, job_id) "
+                "VALUES (%(uid)s, %(key)s, %(action)s, 'Queuing', %(kind)s, %(version)s, %(spec)s, %(cost)s, "
+                "%(model)s, %(loras)s, %(url)s, %(events)s, %(job)s) RETURNING task_uid) "
+                # the request, when there is one; it replaces a row of its request_uuid older than the window
+                "INSERT INTO picserve_requests (public_key, request_uuid, fingerprint, task_uid) "
+                "SELECT %(key)s::text, %(request)s::text, %(fingerprint)s::text, task_uid FROM task "
+                "WHERE %(request)s::text IS NOT NULL "
+                "ON CONFLICT (public_key, request_uuid) DO UPDATE "
+                "SET fingerprint = EXCLUDED.fingerprint, task_uid = EXCLUDED.task_uid, created_at = now()",
+                {
+                    "uid": task_uid,
+                    "key": public_key,
+                    "action": action,
+                    "kind": spec.kind,
+                    "version": spec.version,
+                    "spec": Jsonb(spec.to_dict()),
+                    "cost": cost,
+                    "model": needs.model_code,
+                    "loras": workers.lora_keys(needs.loras),
+                    "url": webhook.url if webhook else None,
+                    "events": list(webhook.events) if webhook else [],
+                    "job": job_id,
+                    "request": request.request_uuid if request else None,
+                    "fingerprint": request.fingerprint if request else None,
+                },
+            )
             return task_uid
 
     async def _defer(self, conn: AsyncConnection[Any], task_uid: str) -> None:
         """Queue the task's job in the caller's transaction and point the task at it."""
-        job = self.app.tasks[jobs.TASK_NAME].configure(connection=conn)
+        job = self.app.configure_task(TASK_NAME, queue=QUEUE, connection=conn)
         job_id = await job.defer_async(task_uid=task_uid)
         await conn.execute("UPDATE picserve_tasks SET job_id = %s WHERE task_uid = %s", (job_id, task_uid))
 
@@ -288,7 +298,7 @@ class PostgresRepository:
 
     async def queued_by_model(self) -> dict[str, int]:
         rows = await self._all(
-            "SELECT coalesce(model_code, spec->>'model_code') AS model, count(*) AS n FROM picserve_tasks "
+            "SELECT coalesce(model_code, spec->>'model_code', spec_kind) AS model, count(*) AS n FROM picserve_tasks "
             "WHERE status = 'Queuing' GROUP BY 1"
         )
         return {r["model"]: int(r["n"]) for r in rows}
@@ -380,15 +390,17 @@ class PostgresRepository:
         return [domain.TaskRecord.from_row(row) for row in rows]
 
     # --- the worker side (fenced transitions) -----------------------------------------------------
-    async def mark_running(self, task_uid: str, worker: str) -> tuple[domain.Run, domain.GenerationSpec] | None:
+    async def mark_running(self, task_uid: str, worker: str) -> tuple[domain.Run, domain.ActionSpec] | None:
         row = await self._one(
             "UPDATE picserve_tasks SET status = 'Running', worker = %s, started_at = now(), progress = 0, "
-            "attempt = attempt + 1 WHERE task_uid = %s AND status = 'Queuing' RETURNING spec, attempt",
+            "attempt = attempt + 1 WHERE task_uid = %s AND status = 'Queuing' "
+            "RETURNING spec_kind, spec_version, spec, attempt",
             (worker, task_uid),
         )
         if row is None:
             return None
-        return domain.Run(task_uid, worker, row["attempt"]), domain.GenerationSpec.from_json(row["spec"])
+        spec = domain.spec_from_json(row["spec_kind"], row["spec_version"], row["spec"])
+        return domain.Run(task_uid, worker, row["attempt"]), spec
 
     async def run_of(self, task_uid: str) -> tuple[domain.TaskStatus, domain.Run | None] | None:
         row = await self._one("SELECT status, worker, attempt FROM picserve_tasks WHERE task_uid = %s", (task_uid,))
@@ -485,8 +497,11 @@ class PostgresRepository:
             return True, task_uid
 
 
-async def _lock_balance(conn: AsyncConnection[Any], public_key: str) -> tuple[int, int]:
-    """The key's open tasks and its credits still available (open tasks count as spent); locks the key
+async def _lock_balance(
+    conn: AsyncConnection[Any], public_key: str, request: domain.RequestId | None
+) -> tuple[int, int, str | None]:
+    """The key's open tasks, its credits still available (open tasks count as spent) and the TaskUID
+    already made for `request` (IdempotencyConflict when made from other parameters); locks the key
     row first, which serialises the submits of one key.
 
     Two statements on purpose: a statement reads the snapshot it started with, so a balance summed in
@@ -495,14 +510,27 @@ async def _lock_balance(conn: AsyncConnection[Any], public_key: str) -> tuple[in
     """
     await conn.execute("SELECT 1 FROM picserve_keys WHERE public_key = %s FOR UPDATE", (public_key,))
     cur = await conn.cursor(row_factory=dict_row).execute(
-        "SELECT o.n AS open_count, k.total_credits - k.used_credits - o.cost AS available "
-        "FROM picserve_keys k, LATERAL (SELECT count(*) AS n, COALESCE(sum(cost), 0) AS cost "
-        "  FROM picserve_tasks t WHERE t.public_key = k.public_key AND t.status = ANY(%s)) o "
-        "WHERE k.public_key = %s",
-        (_OPEN, public_key),
+        "SELECT o.n AS open_count, k.total_credits - k.used_credits - o.cost AS available, "
+        "  r.fingerprint, r.task_uid AS earlier "
+        "FROM picserve_keys k CROSS JOIN LATERAL (SELECT count(*) AS n, COALESCE(sum(cost), 0) AS cost "
+        "  FROM picserve_tasks t WHERE t.public_key = k.public_key AND t.status = ANY(%(open)s)) o "
+        "LEFT JOIN picserve_requests r ON r.public_key = k.public_key AND r.request_uuid = %(request)s::text "
+        "  AND r.created_at > now() - make_interval(secs => %(window)s) "
+        "WHERE k.public_key = %(key)s",
+        {
+            "open": _OPEN,
+            "key": public_key,
+            "request": request.request_uuid if request else None,
+            "window": request.window if request else 0,
+        },
     )
     row: DictRow | None = await cur.fetchone()
-    return (int(row["open_count"]), int(row["available"])) if row else (0, 0)
+    if row is None:
+        return 0, 0, None
+    earlier: str | None = row["earlier"]
+    if earlier is not None and request is not None and row["fingerprint"] != request.fingerprint:
+        raise repository.idempotency_conflict(request.request_uuid, earlier)
+    return int(row["open_count"]), int(row["available"]), earlier
 
 
 async def _find_request(conn: AsyncConnection[Any], public_key: str, request: domain.RequestId) -> str | None:

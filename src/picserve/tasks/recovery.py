@@ -9,7 +9,7 @@ database, see database.py). So a sweeper that could not reach the database judge
 `stalled_after` seconds after it is back: every live worker has beaten again by then, and only the
 workers that really died meanwhile are found stalled.
 
-The sweep also tidies what routing (routing.py) leaves behind: a worker silent for `registry.AGE_OUT`
+The sweep also tidies what routing (routing.py) leaves behind: a worker silent for `workers.AGE_OUT`
 × `stalled_after` is deleted from the registry (it stopped counting as live long before), and a queued
 job whose task is no longer queued (its cancel reached the task but not the job, say) is cancelled:
 picserve's fetch picks jobs through their queued tasks, so no worker would ever take it.
@@ -21,7 +21,9 @@ import asyncio
 import logging
 import time
 
-from picserve.tasks import database, jobs, registry
+from picserve import resilience
+from picserve.tasks import database, workers
+from picserve.tasks.queue import TASK_NAME
 
 __all__ = ["sweep", "sweep_forever"]
 
@@ -32,16 +34,16 @@ async def sweep(db: database.Database, stalled_after: float) -> list[str]:
     """Re-queue the jobs of dead workers; returns the TaskUIDs put back in the queue. Also deletes the
     long-dead workers from the registry, and cancels the queued jobs no task waits for."""
     async with db.pool.connection() as conn:
-        for name in await registry.prune(conn, registry.AGE_OUT * stalled_after):
-            log.info("worker %s silent for %g s: removed from the registry", name, registry.AGE_OUT * stalled_after)
-        cur = await conn.execute(_ORPHANS, {"task_name": jobs.TASK_NAME, "grace": stalled_after})
+        for name in await workers.prune(conn, workers.AGE_OUT * stalled_after):
+            log.info("worker %s silent for %g s: removed from the registry", name, workers.AGE_OUT * stalled_after)
+        cur = await conn.execute(_ORPHANS, {"task_name": TASK_NAME, "grace": stalled_after})
         orphans = [int(row[0]) for row in await cur.fetchall()]
     for job_id in orphans:
         if await db.app.job_manager.cancel_job_by_id_async(job_id):
             log.info("job %s: its task is no longer queued; cancelled", job_id)
     requeued = []
     # generation jobs only: a webhook delivery's job is retried as it is (webhooks/delivery.py)
-    stalled = await db.app.job_manager.get_stalled_jobs(task_name=jobs.TASK_NAME, seconds_since_heartbeat=stalled_after)
+    stalled = await db.app.job_manager.get_stalled_jobs(task_name=TASK_NAME, seconds_since_heartbeat=stalled_after)
     for job in stalled:
         # The stalled job ends and its task goes back to the queue under a new job, in one transaction
         # (postgres.requeue_job says why never the same job); a sweeper that lost the race does nothing.
@@ -78,12 +80,14 @@ async def sweep_forever(db: database.Database, stalled_after: float, every: floa
             if time.monotonic() >= resume_at:
                 await sweep(db, stalled_after)
         except Exception as exc:  # keep sweeping through database errors
-            if not database.unreachable(exc):
+            if not resilience.unreachable(exc):
                 log.exception("stalled-job sweep failed")
             elif not down:
                 down = True
                 log.warning(
-                    "stalled-job sweep: database unreachable (%s); trying again every %g s", jobs.root_cause(exc), every
+                    "stalled-job sweep: database unreachable (%s); trying again every %g s",
+                    resilience.root_cause(exc),
+                    every,
                 )
         await asyncio.sleep(every)
 

@@ -10,30 +10,44 @@ with the task by retention when it never ran).
 from __future__ import annotations
 
 import base64
+import dataclasses
 
 from picserve import domain, errors
 from picserve.storage.base import Store
 
-__all__ = ["SUFFIX", "drop", "keys", "restore", "stash"]
+__all__ = ["SUFFIX", "carried", "drop", "keys", "restore", "stash"]
 
 #: the key suffix of a task input, as opposed to a result's `.png`
 SUFFIX = ".ref"
 
 
-def stash(spec: domain.GenerationSpec, store: Store) -> domain.GenerationSpec:
-    """`spec` with its image and mask moved into `store` (the spec keeps their keys)."""
-    changes: dict[str, str | None] = {}
-    if spec.init_image:
-        changes.update(init_image=None, init_image_key=store.put(base64.b64decode(spec.init_image), SUFFIX))
-    if spec.mask_image:
-        changes.update(mask_image=None, mask_image_key=store.put(base64.b64decode(spec.mask_image), SUFFIX))
-    return spec.evolve(**changes) if changes else spec
+def _pairs(spec: domain.ActionSpec) -> list[str]:
+    """The names of `spec`'s reference images: every field `name` with a `name_key` beside it
+    (GenerationSpec's init_image and mask_image; any task kind's images the same way)."""
+    names: set[str] = {f.name for f in dataclasses.fields(spec)} if dataclasses.is_dataclass(spec) else set()
+    return sorted(name for name in names if f"{name}_key" in names)
 
 
-def restore(spec: domain.GenerationSpec, store: Store) -> domain.GenerationSpec:
-    """`spec` with its image and mask read back from `store`; GenerationError when one is gone."""
+def carried(spec: domain.ActionSpec) -> bool:
+    """Whether `spec` carries an image to stash (most requests carry none: no store call for them)."""
+    return any(getattr(spec, name) for name in _pairs(spec))
+
+
+def stash(spec: domain.ActionSpec, store: Store) -> domain.ActionSpec:
+    """`spec` with its images moved into `store` (the spec keeps their keys)."""
     changes: dict[str, str | None] = {}
-    for name, key in (("init_image", spec.init_image_key), ("mask_image", spec.mask_image_key)):
+    for name in _pairs(spec):
+        data = getattr(spec, name)
+        if data:
+            changes.update({name: None, f"{name}_key": store.put(base64.b64decode(data), SUFFIX)})
+    return _evolve(spec, changes)
+
+
+def restore(spec: domain.ActionSpec, store: Store) -> domain.ActionSpec:
+    """`spec` with its images read back from `store`; GenerationError when one is gone."""
+    changes: dict[str, str | None] = {}
+    for name in _pairs(spec):
+        key = getattr(spec, f"{name}_key")
         if key is None:
             continue
         data = store.get(key)
@@ -41,15 +55,19 @@ def restore(spec: domain.GenerationSpec, store: Store) -> domain.GenerationSpec:
             raise errors.GenerationError(f"the task's reference {name.split('_')[0]} is no longer stored; submit again")
         changes[name] = base64.b64encode(data).decode()
         changes[f"{name}_key"] = None
-    return spec.evolve(**changes) if changes else spec
+    return _evolve(spec, changes)
 
 
-def keys(spec: domain.GenerationSpec) -> list[str]:
+def keys(spec: domain.ActionSpec) -> list[str]:
     """The store keys of `spec`'s references."""
-    return [key for key in (spec.init_image_key, spec.mask_image_key) if key is not None]
+    return [key for name in _pairs(spec) if (key := getattr(spec, f"{name}_key")) is not None]
 
 
-def drop(spec: domain.GenerationSpec, store: Store) -> None:
+def drop(spec: domain.ActionSpec, store: Store) -> None:
     """Delete `spec`'s references from `store` (already gone is fine)."""
     for key in keys(spec):
         store.delete(key)
+
+
+def _evolve(spec: domain.ActionSpec, changes: dict[str, str | None]) -> domain.ActionSpec:
+    return dataclasses.replace(spec, **changes) if changes else spec  # type: ignore[type-var]

@@ -61,7 +61,7 @@ class TaskRepository(Protocol):
         ...
 
     async def set_scheduling(self, public_key: str, priority: int, weight: float) -> bool:
-        """Set the key's scheduling (tasks/routing.py): `priority` (higher first, strictly; default 0)
+        """Set the key's scheduling (worker/routing.py): `priority` (higher first, strictly; default 0)
         and `weight` (> 0: its share among keys of equal priority; default 1); False when there is no
         such key. Raises ValueError for a weight ≤ 0."""
         ...
@@ -92,7 +92,7 @@ class TaskRepository(Protocol):
         task_uid: str,
         public_key: str,
         action: str,
-        spec: domain.GenerationSpec,
+        spec: domain.ActionSpec,
         cost: int,
         *,
         max_open_tasks: int = 0,
@@ -166,7 +166,7 @@ class TaskRepository(Protocol):
         ...
 
     # --- the worker side (fenced transitions) -----------------------------------------------------
-    async def mark_running(self, task_uid: str, worker: str) -> tuple[domain.Run, domain.GenerationSpec] | None:
+    async def mark_running(self, task_uid: str, worker: str) -> tuple[domain.Run, domain.ActionSpec] | None:
         """Queuing → Running under a new attempt number; the run and the task's spec, or None when the
         task is not Queuing (cancelled, or taken by another worker)."""
         ...
@@ -212,9 +212,10 @@ def check_weight(weight: float) -> None:
 
 def idempotency_conflict(request_uuid: str, task_uid: str) -> errors.IdempotencyConflict:
     """The refusal of a request_uuid reused with other parameters (every implementation words it so)."""
+    field, value = domain.RequestId.field_of(request_uuid)
     return errors.IdempotencyConflict(
-        f"request_uuid {request_uuid!r} was already used for task {task_uid} with other parameters: a retry "
-        "must resend the same request; a new request needs a new request_uuid"
+        f"{field} {value!r} was already used for task {task_uid} with other parameters: a retry "
+        f"must resend the same request; a new request needs a new {field}"
     )
 
 

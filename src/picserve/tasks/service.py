@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Sequence
 
 from picserve import domain, errors
@@ -12,14 +11,9 @@ from picserve.storage.base import Store
 from picserve.tasks import references, xid
 from picserve.tasks.repository import TaskRepository
 
-__all__ = ["TaskService", "cost_of"]
+__all__ = ["TaskService"]
 
 log = logging.getLogger(__name__)
-
-
-def cost_of(spec: domain.GenerationSpec, divisor: int) -> int:
-    """Credits a generation costs: pixels × steps × images / divisor, at least 1."""
-    return max(1, math.ceil(spec.width * spec.height * spec.steps * spec.batch_size / divisor))
 
 
 class TaskService:
@@ -43,7 +37,7 @@ class TaskService:
         self,
         account: domain.Account,
         action: str,
-        spec: domain.GenerationSpec,
+        spec: domain.ActionSpec,
         request: domain.RequestId | None = None,
         webhook: domain.Webhook | None = None,
     ) -> str:
@@ -53,14 +47,14 @@ class TaskService:
             raise errors.ServerBusy(f"the queue holds {self.max_queued} tasks already; retry later")
         cap = account.max_open_tasks if account.max_open_tasks is not None else self.max_open_tasks
         task_uid = xid.new_xid()
-        stashed = await asyncio.to_thread(references.stash, spec, self.store)
+        stashed = await asyncio.to_thread(references.stash, spec, self.store) if references.carried(spec) else spec
         try:
             created = await self.repo.create_task(
                 task_uid,
                 account.public_key,
                 action,
                 stashed,
-                cost_of(spec, self.credit_divisor),
+                spec.cost(self.credit_divisor),
                 max_open_tasks=cap,
                 request=request,
                 webhook=webhook,
@@ -71,7 +65,7 @@ class TaskService:
         if created != task_uid:  # a resend that raced its first copy: that one's task stands
             await asyncio.to_thread(references.drop, stashed, self.store)
         else:
-            log.info("task %s queued", created, extra={"task_uid": created, "model": spec.model_code})
+            log.info("task %s queued", created, extra={"task_uid": created, "model": spec.needs().model_code})
         return created
 
     async def get_many(self, account: domain.Account, task_uids: Sequence[str]) -> list[domain.TaskRecord]:

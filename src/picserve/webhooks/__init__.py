@@ -6,15 +6,12 @@ key names, through the queue (retried with backoff, never lost: see delivery.py)
 - `store.py`: the deliveries, on PostgreSQL (made by migration 0006's trigger) or in memory.
 - `delivery.py`: the job that posts one delivery, and the worker that runs those jobs in the API.
 
-Only the names below are imported by `picserve.tasks` (to queue a delivery): this module imports
-nothing.
+The queue and job names are durable, so they live with the task queue's (tasks/queue.py).
 """
 
 from __future__ import annotations
 
-__all__ = ["QUEUE", "TASK_NAME"]
+from picserve.tasks.queue import WEBHOOK_QUEUE as QUEUE
+from picserve.tasks.queue import WEBHOOK_TASK_NAME as TASK_NAME
 
-#: the procrastinate queue of deliveries (the API processes run it; generation workers never do)
-QUEUE = "webhooks"
-#: the job that posts one delivery: its args are {"delivery_id": …} (migration 0006 defers it by name)
-TASK_NAME = "picserve.deliver_webhook"
+__all__ = ["QUEUE", "TASK_NAME"]

@@ -42,12 +42,11 @@ import procrastinate
 from procrastinate.jobs import Job
 from procrastinate.worker import Worker
 
-from picserve import errors
-from picserve.api.actions.list_tasks_details import task_detail
+from picserve import errors, resilience
 from picserve.config import Settings
+from picserve.protocol.task_detail import task_detail
 from picserve.storage.base import Store
-from picserve.supervisor import Backoff as RestartBackoff
-from picserve.tasks import registry
+from picserve.tasks import workers
 from picserve.webhooks import QUEUE, TASK_NAME, rules, signing
 from picserve.webhooks.store import DeliveryStore, Pending
 
@@ -197,8 +196,8 @@ class WebhookWorker:
             update_heartbeat_interval=self.heartbeat_interval,
             # procrastinate prunes the worker rows silent this long when a Worker starts, on every queue:
             # a generation worker that waited out a database outage must not lose its row to a webhook
-            # loop started again after the same outage, so only the long dead go (as in registry.py)
-            stalled_worker_timeout=registry.AGE_OUT * self.stalled_after,
+            # loop started again after the same outage, so only the long dead go (as in tasks/workers.py)
+            stalled_worker_timeout=workers.AGE_OUT * self.stalled_after,
             delete_jobs="successful",
             install_signal_handlers=False,
             wait=not burst,
@@ -213,24 +212,8 @@ class WebhookWorker:
         """Deliver until cancelled: procrastinate's loop, started again after an error (a database
         outage ends it), beside a sweep that queues again the deliveries of dead API processes."""
         sweeper = asyncio.create_task(self._sweep_forever())
-        backoff = RestartBackoff(first=1.0, cap=30.0, reset_after=60.0)
-        loop = asyncio.get_running_loop()
         try:
-            while True:
-                started = loop.time()
-                try:
-                    await self._worker(burst=False).run()
-                    return
-                except Exception as exc:
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
-                        # cancelled (the API is stopping) and procrastinate's loop ended on an error of its
-                        # own meanwhile (its database closing): stop, or the cancel would be lost and the
-                        # loop restart for ever, holding the event loop's shutdown
-                        raise asyncio.CancelledError() from exc
-                    delay = backoff.next_delay(loop.time() - started)
-                    log.warning("webhook worker stopped (%s); starting it again in %g s", exc, delay)
-                    await asyncio.sleep(delay)
+            await resilience.run_restarting("webhook worker", lambda: self._worker(burst=False).run())
         finally:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

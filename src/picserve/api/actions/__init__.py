@@ -14,8 +14,8 @@ from picserve.api.actions import (
     list_running_tasks,
     list_tasks_details,
 )
-from picserve.api.services import Services
 from picserve.protocol.envelope import Envelope
+from picserve.services import Services
 
 __all__ = ["ACTIONS", "Handler"]
 

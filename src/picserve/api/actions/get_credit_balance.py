@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from picserve import domain
-from picserve.api.services import Services
 from picserve.protocol import messages
 from picserve.protocol.envelope import Envelope
+from picserve.services import Services
 
 __all__ = ["handle"]
 

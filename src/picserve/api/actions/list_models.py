@@ -14,9 +14,9 @@ from typing import Any
 
 from picserve import catalog as catalog_module
 from picserve import domain
-from picserve.api.services import Services
 from picserve.protocol import messages
 from picserve.protocol.envelope import Envelope
+from picserve.services import Services
 
 __all__ = ["handle"]
 

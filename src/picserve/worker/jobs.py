@@ -21,7 +21,7 @@ The run is a protocol (cog's worker and `Done`, InvokeAI's one thread per device
 6. A sticky device error (engine/faults.py: an illegal memory access, a device-side assert, an ECC
    fault) is the worker's, not the task's: every later engine call would fail too. The task goes back
    to the queue, uncharged and not failed, the worker marks itself unhealthy in the registry, counts
-   it (picserve_worker_device_failures_total) and stops taking jobs; `worker.work` then raises
+   it (picserve_worker_device_failures_total) and stops taking jobs; `process.work` then raises
    `DeviceFailure` and `picserve worker` exits with code 75 (`DeviceFailure.exit_code`), for
    `picserve serve` or an orchestrator to start it again.
 """
@@ -36,20 +36,21 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import procrastinate
 from PIL import Image
 from procrastinate.job_context import AbortReason
 
 from picserve import domain, errors, logs, metrics
-from picserve.engine import faults
+from picserve.engine import faults, pipelines
 from picserve.engine.base import GenerationEngine, PreviewCallback, StepCallback
+from picserve.resilience import Retry
 from picserve.storage.base import Store
 from picserve.tasks import references
-from picserve.tasks.engine_thread import EngineThread
-from picserve.tasks.registry import WorkerRegistry
+from picserve.tasks.queue import QUEUE, TASK_NAME
 from picserve.tasks.repository import TaskRepository
+from picserve.worker.engine_thread import EngineThread
+from picserve.worker.registry import WorkerRegistry
 
 __all__ = [
     "INTERNAL_ERROR",
@@ -62,109 +63,16 @@ __all__ = [
     "Finished",
     "Outcome",
     "Requeued",
-    "Retry",
     "WorkerRuntime",
     "register",
-    "root_cause",
     "run_generation",
 ]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-QUEUE = "generation"
-TASK_NAME = "picserve.run_generation"
 
 #: what a client reads when a task fails for a reason of ours; the traceback goes to the worker's log
 INTERNAL_ERROR = "internal error while generating; the server log has the details (task {task_uid})"
-
-
-def _server_busy(exc: BaseException) -> bool:
-    return isinstance(exc, errors.ServerBusy)
-
-
-def _always(exc: BaseException) -> bool:
-    return True
-
-
-class Retry:
-    """Runs a worker's database statement again while the database is unreachable, until it answers.
-
-    `transient(exc)` says whether a failure means "unreachable, try again" (the repository's
-    ServerBusy by default; the worker passes `database.unreachable`, which also knows psycopg's and
-    procrastinate's errors) and `maybe_applied(exc)` whether the statement may have been applied all
-    the same (its connection broke after it was sent; by default, always). Waits grow from
-    `first_delay` to `max_delay` seconds; each attempt also waits up to the pool's timeout for a
-    connection. Once `stop(grace)` is called (the worker is shutting down) failures are retried for
-    `grace` more seconds only, then raised — at once for a statement run with `patient=False`, which
-    is not worth waiting for (fetching the next job, say). What a stopping worker could not write, the
-    stalled-worker sweep recovers: its task is queued again once its heartbeats stop.
-    """
-
-    def __init__(
-        self,
-        transient: Callable[[BaseException], bool] = _server_busy,
-        maybe_applied: Callable[[BaseException], bool] = _always,
-        first_delay: float = 0.2,
-        max_delay: float = 2.0,
-    ) -> None:
-        self.transient = transient
-        self.maybe_applied = maybe_applied
-        self.first_delay = first_delay
-        self.max_delay = max_delay
-        self._give_up_at: float | None = None
-
-    def stop(self, grace: float) -> None:
-        """From now on, give up on a failure `grace` seconds from now (the earliest call wins)."""
-        if self._give_up_at is None:
-            self._give_up_at = time.monotonic() + grace
-
-    @property
-    def stopping(self) -> bool:
-        return self._give_up_at is not None
-
-    async def run(self, what: str, attempt: Callable[[], Awaitable[T]], *, patient: bool = True) -> T:
-        """`attempt()`'s result, attempted as often as the database is unreachable."""
-        result, _ = await self.run_tracked(what, attempt, patient=patient)
-        return result
-
-    async def run_tracked(
-        self, what: str, attempt: Callable[[], Awaitable[T]], *, patient: bool = True
-    ) -> tuple[T, bool]:
-        """`attempt()`'s result, and whether a failed attempt before it may have been applied."""
-        delay, failed_at, maybe_applied = self.first_delay, 0.0, False
-        while True:
-            try:
-                result = await attempt()
-            except Exception as exc:
-                if not self.transient(exc):
-                    raise
-                now = time.monotonic()
-                if self._give_up_at is not None and (now >= self._give_up_at or not patient):
-                    log.warning("%s: database still unreachable while stopping; giving up (%s)", what, root_cause(exc))
-                    raise
-                maybe_applied = maybe_applied or self.maybe_applied(exc)
-                if not failed_at:
-                    failed_at = now
-                    log.warning("%s: database unreachable (%s); retrying until it answers", what, root_cause(exc))
-                else:
-                    log.debug("%s: database still unreachable (%s)", what, root_cause(exc))
-                if self._give_up_at is not None:
-                    delay = min(delay, max(0.0, self._give_up_at - now))
-                await asyncio.sleep(delay)
-                delay = min(self.max_delay, delay * 2)
-                continue
-            if failed_at:
-                log.info("%s: done after the database was unreachable for %.1f s", what, time.monotonic() - failed_at)
-            return result, maybe_applied
-
-
-def root_cause(exc: BaseException) -> str:
-    """The innermost cause of `exc`, in one line."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
 
 
 class DeviceFailure(Exception):
@@ -204,13 +112,15 @@ class WorkerRuntime:
     device: str = "unknown"
     #: set once a job found the device broken: the worker takes no more jobs
     device_failure: DeviceFailure | None = None
-    #: called right after: stops the worker's loop (`worker.work` sets it)
+    #: called right after: stops the worker's loop (`process.work` sets it)
     stop_worker: Callable[[], None] = _nothing
 
 
 def register(app: procrastinate.App) -> procrastinate.App:
-    """Register the generation job on `app` (any connector); returns `app`."""
-    app.task(name=TASK_NAME, queue=QUEUE, pass_context=True)(run_generation)
+    """Register the job that runs a task (tasks/queue.py's TASK_NAME) on `app` (any connector), once;
+    returns `app`."""
+    if TASK_NAME not in app.tasks:
+        app.task(name=TASK_NAME, queue=QUEUE, pass_context=True)(run_generation)
     return app
 
 
@@ -249,7 +159,7 @@ Outcome = Finished | Failed | Canceled | Requeued
 
 async def run_generation(context: procrastinate.JobContext, task_uid: str) -> None:
     runtime: WorkerRuntime = context.additional_context["picserve"]
-    ran: list[domain.GenerationSpec] = []  # the spec, once the task is taken
+    ran: list[domain.ActionSpec] = []  # the spec, once the task is taken
     if runtime.registry is not None:
         runtime.registry.job_started(task_uid)
     try:
@@ -259,7 +169,7 @@ async def run_generation(context: procrastinate.JobContext, task_uid: str) -> No
         if runtime.device_failure is not None:
             await asyncio.shield(_stop_for_device(runtime, runtime.device_failure))
         elif runtime.registry is not None:
-            await asyncio.shield(_report(runtime, ran[0].model_code if ran else None))
+            await asyncio.shield(_report(runtime, ran[0].needs().model_code if ran else None))
 
 
 async def _stop_for_device(runtime: WorkerRuntime, failure: DeviceFailure) -> None:
@@ -291,7 +201,7 @@ async def _report(runtime: WorkerRuntime, model_code: str | None) -> None:
 
 
 async def _run(
-    context: procrastinate.JobContext, runtime: WorkerRuntime, task_uid: str, ran: list[domain.GenerationSpec]
+    context: procrastinate.JobContext, runtime: WorkerRuntime, task_uid: str, ran: list[domain.ActionSpec]
 ) -> None:
     started, maybe_applied = await runtime.retry.run_tracked(
         f"task {task_uid}: starting", lambda: runtime.repo.mark_running(task_uid, runtime.name)
@@ -307,7 +217,7 @@ async def _run(
         return
     run, spec = started
     ran.append(spec)
-    logs.bind(model=spec.model_code, attempt=run.attempt)
+    logs.bind(model=spec.needs().model_code, attempt=run.attempt)
     watch = metrics.TaskWatch(spec)
     outcome: Outcome = Failed(500, INTERNAL_ERROR.format(task_uid=task_uid))
     try:
@@ -327,16 +237,17 @@ async def _execute(
     context: procrastinate.JobContext,
     runtime: WorkerRuntime,
     run: domain.Run,
-    spec: domain.GenerationSpec,
+    spec: domain.ActionSpec,
     watch: metrics.TaskWatch,
 ) -> Outcome:
-    """Generate and store; the outcome, or CancelledError (after the engine thread has returned)."""
+    """Run the spec's pipeline and store its images; the outcome, or CancelledError (after the engine
+    thread has returned)."""
     on_step, on_preview = _step_callback(context, runtime, run)
     on_step = watch.steps(on_step)
 
     def generate() -> tuple[list[bytes], list[int]]:  # on the engine thread
         with watch.engine_call(runtime.engine.holdings):  # what it loads, for the metrics
-            generated = runtime.engine.generate(spec, on_step, on_preview)
+            generated = pipelines.run(runtime.engine, spec, on_step, on_preview)
         if context.should_abort():  # asked to stop during the VAE decode: no files for this run
             raise errors.TaskCanceled()
         return generated.pngs(), generated.seeds
@@ -455,7 +366,7 @@ def _aborted(context: procrastinate.JobContext) -> Outcome:
     return Requeued() if context.abort_reason() == AbortReason.SHUTDOWN else Canceled()
 
 
-async def _apply(runtime: WorkerRuntime, run: domain.Run, spec: domain.GenerationSpec, outcome: Outcome) -> None:
+async def _apply(runtime: WorkerRuntime, run: domain.Run, spec: domain.ActionSpec, outcome: Outcome) -> None:
     """The one place a run's outcome is written. A superseded run's write is refused (its task was
     queued again and another worker runs it now): its files are deleted and the refusal logged. A task
     that ended has its reference images deleted; a requeued one keeps them for its next run."""

@@ -4,7 +4,7 @@ Loading an SDXL checkpoint costs seconds (switching LoRAs less), so the biggest 
 fleet is sending each task to a worker that already holds its model; and a key that floods the queue
 must not starve the others. Both are decided in ONE place: the statement a free worker fetches its
 next job with. picserve replaces procrastinate's fetch (`procrastinate_fetch_job_v2`) for generation
-workers by its own, `picserve_fetch_job_v1` (migration 0004), which `database.ResilientConnector`
+workers by its own, `picserve_fetch_job_v1` (migration 0004), which `connector.ResilientConnector`
 sends instead of procrastinate's `fetch_job` query. It keeps procrastinate's contract exactly — jobs
 in `todo`, of the worker's queues, due, first of their lock, taken `FOR UPDATE SKIP LOCKED` and set
 `doing` under the worker's id by the same UPDATE — so procrastinate's triggers, its worker, its

@@ -12,7 +12,7 @@ from picserve.tasks.repository import TaskRepository
 from picserve.tasks.service import TaskService
 from picserve.translate.prompts import PromptTranslator
 
-if TYPE_CHECKING:  # webhooks.delivery imports the API's task_detail
+if TYPE_CHECKING:
     from picserve.webhooks.delivery import WebhookWorker
 
 __all__ = ["Services"]

@@ -35,7 +35,7 @@ computes ΔW as their forward does (and as A1111 and ComfyUI do), which the test
 renormalised W + ΔW: at w = 1 it is the file's weight exactly (LyCORIS' own merge), and w moves linearly
 between the base and it, as A1111 and ComfyUI weight DoRA (LyCORIS' own merge at w ≠ 1 keeps the full
 ΔW and scales only the renormalisation; at w = 0 it would not be the base model). A weight of 0 is never
-patched at all (adapters.py skips the file): the base image, bit for bit.
+patched at all (engine/adapters.py skips the file): the base image, bit for bit.
 
 **Nothing partial.** Every tensor of a file must land on a layer of the model: a module name that matches
 nothing (a file for another base model, an unknown naming scheme) or a tensor of an algorithm this
@@ -50,7 +50,7 @@ alpha = rank, diffusers' default): diffusers 0.42's loader drops the text encode
 (transformers 5 names them `….lora_magnitude_vector.<adapter>.weight`) without a word.
 
 Plain LoRAs (kohya `lora_down`/`lora_up`/`alpha` or PEFT `lora_A`/`lora_B`, on linear layers) keep going
-through diffusers' loader (PEFT adapters, switched with `set_adapters`): `is_lycoris` tells them apart.
+through diffusers' loader (peft_adapters.py, or slots.py with a compiled UNet): `is_lycoris` tells them apart.
 """
 
 from __future__ import annotations

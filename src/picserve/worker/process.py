@@ -1,7 +1,7 @@
-"""A worker process: one engine on one device, taking generation jobs from the queue.
+"""A worker process: one engine on one device, taking the queue's jobs (a task of any kind each).
 
 A database outage does not stop a worker (database.py's docstring has the whole design): its App runs
-on `database.ResilientConnector` and its run writes go through `jobs.Retry`, so it waits for the
+on `connector.ResilientConnector` and its run writes go through `resilience.Retry`, so it waits for the
 database with its running task going on, and carries on when it is back. Should procrastinate's loop
 end on an error all the same, `work` starts it again in this process; `picserve serve` restarting
 the whole worker process is only the last resort.
@@ -22,14 +22,14 @@ from typing import Any, Protocol
 import procrastinate
 from procrastinate.worker import Worker
 
-from picserve import admission, metrics
+from picserve import admission, metrics, resilience
 from picserve.catalog import Catalog
 from picserve.config import Settings
 from picserve.engine.base import GenerationEngine
 from picserve.errors import PicserveError
 from picserve.storage.factory import open_store
-from picserve.supervisor import Backoff
-from picserve.tasks import database, jobs, recovery, registry, routing
+from picserve.tasks import database, recovery
+from picserve.worker import connector, jobs, registry, routing
 
 __all__ = ["build_engine", "preload_codes", "run_worker", "work"]
 
@@ -120,7 +120,7 @@ async def run_worker(
     """
     name = name or f"{socket.gethostname()}:{os.getpid()}:{settings.device}"
     engine = engine or build_engine(settings)
-    retry = database.worker_retry()
+    retry = resilience.Retry()
     affinity_wait = 0.0 if burst else settings.affinity_wait
     settings = settings.evolve(affinity_wait=affinity_wait)
     async with database.open_database(
@@ -130,7 +130,7 @@ async def run_worker(
         wait_timeout=settings.db_wait_timeout,
     ) as db:
         route = routing.Routing(worker=name, affinity_wait=affinity_wait, live_after=settings.stalled_after)
-        app = database.make_app(database_url, database.ResilientConnector(retry, route))
+        app = database.make_app(database_url, connector.ResilientConnector(retry, route))
         await app.open_async(db.pool)
         device, gpu, gpu_memory = registry.describe_device(settings.device)
         roster = registry.WorkerRegistry(db.pool, name, device, gpu=gpu, gpu_memory=gpu_memory)
@@ -197,6 +197,7 @@ async def work(app: procrastinate.App, runtime: jobs.WorkerRuntime, settings: Se
     A job that finds the device broken (jobs.py, engine/faults.py) stops the loop as a signal would;
     then `jobs.DeviceFailure` is raised.
     """
+    jobs.register(app)
     log.info("worker %s ready", runtime.name)
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
@@ -212,68 +213,59 @@ async def work(app: procrastinate.App, runtime: jobs.WorkerRuntime, settings: Se
         _uninstall_signal_handlers(loop)  # a second signal: the default (procrastinate's behaviour too)
 
     handlers = not burst and _install_signal_handlers(loop, stop)
-    backoff = Backoff(first=1.0, cap=30.0, reset_after=60.0)
     runtime.stop_worker = stop  # called by the job that finds the device broken
-    try:
-        while True:
+
+    async def run_once() -> None:
+        if runtime.device_failure is not None:
+            raise runtime.device_failure
+        worker: _Loop = Worker(
+            app=app,
+            queues=[jobs.QUEUE],
+            name=runtime.name,
+            concurrency=1,
+            additional_context={"picserve": runtime},
+            update_heartbeat_interval=settings.heartbeat_interval,
+            stalled_worker_timeout=settings.stalled_after,
+            delete_jobs="successful",
+            install_signal_handlers=False,
+            wait=not burst,
+            # a job held back for its model's holder is free for anyone after the wait, unannounced
+            fetch_job_polling_interval=routing.poll_interval(settings.affinity_wait),
+            abort_job_polling_interval=1.0,
+            shutdown_graceful_timeout=settings.shutdown_grace,
+        )
+        current[:] = [worker]
+        running = asyncio.create_task(worker.run(), name=f"procrastinate worker {runtime.name}")
+        try:
+            # shielded: a cancellation first sets the retry deadline (stop), then reaches the loop
+            await asyncio.shield(running)
+        except asyncio.CancelledError:
+            stop()
+            running.cancel()  # procrastinate's own graceful shutdown: the running job gets its grace
+            await asyncio.wait([running])
+            raise
+        except Exception as exc:
             if runtime.device_failure is not None:
-                raise runtime.device_failure
-            worker: _Loop = Worker(
-                app=app,
-                queues=[jobs.QUEUE],
-                name=runtime.name,
-                concurrency=1,
-                additional_context={"picserve": runtime},
-                update_heartbeat_interval=settings.heartbeat_interval,
-                stalled_worker_timeout=settings.stalled_after,
-                delete_jobs="successful",
-                install_signal_handlers=False,
-                wait=not burst,
-                # a job held back for its model's holder is free for anyone after the wait, unannounced
-                fetch_job_polling_interval=routing.poll_interval(settings.affinity_wait),
-                abort_job_polling_interval=1.0,
-                shutdown_graceful_timeout=settings.shutdown_grace,
-            )
-            current[:] = [worker]
-            started = loop.time()
-            running = asyncio.create_task(worker.run(), name=f"procrastinate worker {runtime.name}")
-            try:
-                # shielded: a cancellation first sets the retry deadline (stop), then reaches the loop
-                await asyncio.shield(running)
-                if runtime.device_failure is not None:
-                    raise runtime.device_failure
-                return
-            except asyncio.CancelledError:
-                stop()
-                running.cancel()  # procrastinate's own graceful shutdown: the running job gets its grace
-                await asyncio.wait([running])
-                raise
-            except jobs.DeviceFailure:
-                raise
-            except Exception as exc:
-                if runtime.device_failure is not None:
-                    raise runtime.device_failure from exc
-                if burst:
-                    raise
-                if stopped.is_set():
-                    if database.unreachable(exc):
-                        log.warning(
-                            "worker %s stopped with the database unreachable (%s)", runtime.name, jobs.root_cause(exc)
-                        )
-                        return
-                    raise
-                delay = backoff.next_delay(loop.time() - started)
+                raise runtime.device_failure from exc
+            if stopped.is_set() and resilience.unreachable(exc):
                 log.warning(
-                    "worker %s: procrastinate's loop ended (%s); starting it again in %g s",
-                    runtime.name,
-                    jobs.root_cause(exc),
-                    delay,
-                    exc_info=not database.unreachable(exc),
+                    "worker %s stopped with the database unreachable (%s)", runtime.name, resilience.root_cause(exc)
                 )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopped.wait(), delay)
-            if stopped.is_set() and runtime.device_failure is None:
                 return
+            raise
+        if runtime.device_failure is not None:
+            raise runtime.device_failure
+
+    def fatal(exc: Exception) -> bool:
+        # the device broken, a drained queue's error, or an error while stopping: not worth a restart
+        return isinstance(exc, jobs.DeviceFailure) or burst or stopped.is_set()
+
+    try:
+        await resilience.run_restarting(
+            f"worker {runtime.name}: procrastinate's loop", run_once, fatal=fatal, stopped=stopped
+        )
+        if runtime.device_failure is not None:
+            raise runtime.device_failure
     finally:
         current.clear()
         if handlers:

@@ -1,0 +1,37 @@
+"""The `picserve` command: parses flags, builds Settings, calls the runtime or the SDK. No logic here.
+
+Every option can also be set with its `PICSERVE_*` variable (e.g. `--data-dir` ↔ PICSERVE_DATA_DIR).
+
+One module per command group: service (serve, worker, workers, demo), generate, tasks, keys, models, db;
+common holds what they share, watch follows tasks for generate and `tasks wait`. Each module imports
+what a command needs inside it, so that `picserve --help` starts without torch, the API or the worker.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from picserve.cli import db, generate, keys, models, service, tasks
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="Self-hosted SDXL behind the PICPIK API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+# in this order in --help: the commands, then the groups
+app.command()(service.serve)
+app.command()(service.worker)
+app.command()(service.workers)
+app.command()(generate.generate)
+app.command()(service.demo)
+app.add_typer(keys.keys_app, name="keys")
+app.add_typer(models.models_app, name="models")
+app.add_typer(db.db_app, name="db")
+app.add_typer(tasks.tasks_app, name="tasks")
+
+
+def main() -> None:
+    app()

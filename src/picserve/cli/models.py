@@ -1,0 +1,106 @@
+"""`picserve models`: the models folder (list, add, inspect, the tiny model, translation models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from picserve.cli.common import ModelsDir, load_settings
+
+models_app = typer.Typer(help="The models folder.", no_args_is_help=True)
+
+
+@models_app.command("make-tiny")
+def models_make_tiny(
+    models_dir: Path | None = ModelsDir, overwrite: bool = typer.Option(False, help="rebuild even if present")
+):
+    """Write the tiny random SDXL (single file + diffusers folder) into models/main/."""
+    from picserve.engine import tiny
+
+    settings = load_settings(models_dir=models_dir)
+    for path in tiny.write_model(settings.models_dir, overwrite=overwrite):
+        typer.echo(str(path))
+
+
+@models_app.command("pull-translation")
+def models_pull_translation(
+    languages: list[str] = typer.Argument(..., help="source languages, e.g. zh ja fr"),
+    models_dir: Path | None = ModelsDir,
+    index_url: str | None = typer.Option(None, help="Argos package index URL"),
+):
+    """Download and install LANG→en translation models (needs internet; the service never downloads)."""
+    from picserve import errors
+    from picserve.translate import pull
+
+    settings = load_settings(models_dir=models_dir, translation_index_url=index_url)
+    try:
+        for folder in pull.pull(
+            languages, settings.translation_dir, settings.translation_index_url or pull.DEFAULT_INDEX
+        ):
+            typer.echo(f"installed {folder}")
+    except errors.PullError as exc:
+        typer.echo(f"pull-translation failed: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+
+
+@models_app.command("list")
+def models_list(models_dir: Path | None = ModelsDir):
+    """Show what the models folder holds, as ListModels would."""
+    from picserve import catalog
+
+    cat = catalog.Catalog.of(load_settings(models_dir=models_dir))
+    for kind in catalog.KINDS:
+        for code, entry in cat.entries(kind).items():
+            typer.echo(f"{kind:13} {code:32} {entry.path}")
+
+
+@models_app.command("add")
+def models_add(
+    source: str = typer.Argument(..., metavar="URL|PATH", help="http(s) URL or local file"),
+    sha256: str | None = typer.Option(None, "--sha256", help="refuse the file unless its SHA-256 is this"),
+    name: str | None = typer.Option(None, "--name", help="ModelCode [the file's name]"),
+    kind: str | None = typer.Option(None, "--kind", help="main, lora, embedding, hypernetwork, vae [from its tensors]"),
+    force: bool = typer.Option(False, "--force", help="replace a model of the same name"),
+    retries: int = typer.Option(3, "--retries", help="resumes after a dropped connection"),
+    models_dir: Path | None = ModelsDir,
+):
+    """Download (resumable) or copy a model file, check it, and file it in the models folder by its tensors."""
+    from picserve import errors, modelfiles
+
+    settings = load_settings(models_dir=models_dir)
+    try:
+        added = modelfiles.add(
+            source, settings.models_dir, sha256=sha256, name=name, kind=kind, force=force, retries=retries
+        )
+    except errors.PullError as exc:
+        typer.echo(f"models add: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    for warning in added.warnings:
+        typer.echo(f"models add: warning: {warning}", err=True)
+    found = added.inspection
+    layout = f" {'/'.join(found.layout)}" if found.layout else ""
+    typer.echo(f"{added.kind} {added.code}: {found.base}{layout}, sha256 {found.sha256}")
+    typer.echo(str(added.path))
+
+
+@models_app.command("info")
+def models_info(
+    file: Path = typer.Argument(..., help="a model file"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object"),
+):
+    """What a model file is, by its tensors: kind, base, layout, rank, dtypes, trigger words, sha256."""
+    from picserve import modelfiles
+
+    found = modelfiles.inspect_file(file)
+    refusal = modelfiles.unfit(found, None)
+    if as_json:
+        typer.echo(json.dumps({**found.to_json(), "refused": refusal}))
+    else:
+        for label, value in modelfiles.describe(found):
+            typer.echo(f"{label:13} {value}")
+        if refusal:
+            typer.echo(f"{'refused':13} {refusal}")
+    if found.problem:
+        raise typer.Exit(1)

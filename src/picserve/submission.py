@@ -1,0 +1,95 @@
+"""The one path from a decoded request to a queued task. No torch here.
+
+Every PICPIK action that makes a task and every `/v1` route comes through `submit`, so what a task
+goes through before it is queued is written once:
+
+    submit(services, account, action, params, request)
+     │ 1. idempotency      a resend of an accepted request (same key, request_uuid or Idempotency-Key,
+     │                     same parameters) gets the first TaskUID back, before any other work
+     │ 2. decode           messages.parse(kind.message, params): the wire message, strictly typed
+     │ 3. spec             kind.to_spec(request, services), off the event loop (catalog reads, image
+     │                     decoding, translation): a frozen, fully checked domain.ActionSpec
+     │ 4. webhook          the request's own (checked: http(s), a public address unless allowed), else
+     │                     the key's default, for `completed`
+     │ 5. admission        the kind's memory plan against the live workers (off the loop); then, in
+     │                     TaskService.submit's one transaction: queue bound, open-task cap, credits
+     │ 6. queue            the task row and its job; the TaskUID is durable once this returns
+     ◄ TaskUID
+
+A task kind that a client submits is one `Kind` in `KINDS`, keyed by its PICPIK Action name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from picserve import domain
+from picserve.protocol import messages
+from picserve.services import Services
+from picserve.specs import generation
+from picserve.webhooks import rules
+
+__all__ = ["KINDS", "Kind", "find_repeat", "submit"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What `submit` needs to know of one Action: its wire message, how a parsed message becomes a
+    checked spec, and its memory plan (None: nothing to check against the workers' memory)."""
+
+    message: type[BaseModel]
+    #: (parsed message, services) → the spec; raises the ClientError naming the field (off the loop)
+    to_spec: Callable[[Any, Services], domain.ActionSpec]
+    #: (spec, live workers' (device, memory), catalog) → raises ParamError when no worker fits it
+    check_memory: Callable[[Any, list[tuple[str, int]], Any], None] | None = None
+
+
+#: the Actions that make tasks, by PICPIK name
+KINDS: dict[str, Kind] = {
+    "GenerateImagesSDXL": Kind(messages.GenerateImagesSDXL, generation.from_request, generation.check_memory),
+}
+
+
+async def find_repeat(services: Services, account: domain.Account, request: domain.RequestId | None) -> str | None:
+    """The TaskUID already made for `request` (a resend), or None; IdempotencyConflict when its id was
+    used with other parameters."""
+    return await services.tasks.find_repeat(account, request)
+
+
+async def submit(
+    services: Services,
+    account: domain.Account,
+    action: str,
+    params: Mapping[str, Any],
+    request: domain.RequestId | None = None,
+) -> str:
+    """Queue a task of `action` for `params` (the wire fields); its TaskUID."""
+    repeat = await find_repeat(services, account, request)  # 1
+    if repeat is not None:
+        return repeat
+    kind = KINDS[action]
+    parsed = messages.parse(kind.message, params)  # 2
+    spec = await asyncio.to_thread(kind.to_spec, parsed, services)  # 3
+    webhook = await _webhook(getattr(parsed, "Webhook", None), account, services.settings.webhook_allow)  # 4
+    if kind.check_memory is not None:  # 5
+        workers = await services.repo.worker_memory(services.settings.stalled_after)
+        if workers:
+            await asyncio.to_thread(kind.check_memory, spec, workers, services.catalog)
+    return await services.tasks.submit(account, action, spec, request, webhook)  # 5, 6
+
+
+async def _webhook(
+    given: messages.WebhookModel | None, account: domain.Account, allow: str | None
+) -> domain.Webhook | None:
+    """The request's Webhook, checked (http(s), a public address unless PICSERVE_WEBHOOK_ALLOW allows
+    it); else the key's default (checked when it is delivered), for `completed`; else none."""
+    if given is None:
+        return domain.Webhook(account.webhook_url, ("completed",)) if account.webhook_url else None
+    await rules.check(given.Url, rules.parse_allow(allow), "Webhook.Url")
+    events = tuple(e for e in domain.WEBHOOK_EVENTS if e in given.Events)
+    return domain.Webhook(given.Url, events)

@@ -1,0 +1,130 @@
+"""Tasks as a tagged union of action specs, on both repositories: a task of a second kind (a test-only
+one here; the image toolkit brings the first real one) is stored with its kind and version, read back
+as its own spec type, counted and filtered by the model it needs (what the workers' fetch routes by),
+run by the pipeline of its kind, and finished, its reference image stashed and dropped like a
+generation's. A spec stored by an earlier version of its kind reads back."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import pytest
+from PIL import Image
+
+from picserve import domain
+from picserve.config import Settings
+from picserve.engine import pipelines
+from picserve.engine.base import Generated, GenerationEngine, PreviewCallback, StepCallback
+from picserve.engine.fake import FakeEngine
+from picserve.storage.memory import MemoryStore
+from picserve.tasks import references
+from picserve.tasks.service import TaskService
+from picserve.worker import jobs, process
+from tests.contract.conftest import BackendFactory
+
+Status = domain.TaskStatus
+
+
+@dataclasses.dataclass(frozen=True)
+class EchoSpec:
+    """A test-only task kind: an image of `side`² in `colour`, from model `model_code`. Version 1
+    stored the colour as `color`; version 2 reads both."""
+
+    colour: str
+    side: int = 8
+    model_code: str | None = "echo-model"
+    #: a reference image, stashed in the store while queued (tasks/references.py: any `x` / `x_key` pair)
+    image: str | None = None
+    image_key: str | None = None
+
+    kind: ClassVar[str] = "test-echo"
+    version: ClassVar[int] = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any], version: int = 1) -> EchoSpec:
+        data = json.loads(text) if isinstance(text, str) else dict(text)
+        if version == 1:
+            data["colour"] = data.pop("color")
+        return cls(**data)
+
+    def needs(self) -> domain.Needs:
+        return domain.Needs(self.model_code)
+
+    def cost(self, divisor: int) -> int:
+        return self.side
+
+
+def _echo(
+    engine: GenerationEngine, spec: domain.ActionSpec, on_step: StepCallback, on_preview: PreviewCallback | None
+) -> Generated:
+    assert isinstance(spec, EchoSpec) and spec.image is not None  # the reference image is back
+    on_step(1.0)
+    return Generated([Image.new("RGB", (spec.side, spec.side), spec.colour)], [0], [f"echo {spec.colour}"])
+
+
+if EchoSpec.kind not in domain.SPEC_TYPES:
+    domain.register_spec(EchoSpec)
+    pipelines.register(EchoSpec.kind, _echo)
+
+PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+def test_a_second_task_kind_is_stored_fetched_routed_and_finished(backend_factory: BackendFactory, tmp_path) -> None:
+    async def main() -> None:
+        async with backend_factory() as backend:
+            repo, store = backend.repo, MemoryStore(3600)
+            account = await repo.create_key("kinds", 1_000)
+            service = TaskService(repo, store, credit_divisor=1_000_000, max_queued=10)
+            spec = EchoSpec("red", side=8, image=PNG_B64)
+            uid = await service.submit(account, "TestEcho", spec)
+            other = await service.submit(
+                account, "GenerateImagesSDXL", domain.GenerationSpec(model_code="tiny", prompt="x", width=64, height=64)
+            )
+            # stored with its kind, its image stashed; read back as its own type
+            (task,) = await repo.get_many([uid], account.public_key)
+            assert isinstance(task.spec, EchoSpec) and (task.action, task.cost) == ("TestEcho", 8)
+            assert task.spec.image is None and task.spec.image_key is not None
+            assert references.keys(task.spec) == [task.spec.image_key] and store.get(task.spec.image_key) is not None
+            # what the fetch routes by and the queue metrics count: the model each kind needs
+            assert await repo.queued_by_model() == {"echo-model": 1, "tiny": 1}
+            found = await repo.list_tasks([Status.QUEUING], account.public_key, "echo-model", 10)
+            assert [t.task_uid for t in found] == [uid]
+            # a worker takes both and runs each by its kind's pipeline
+            engine = FakeEngine()
+            runtime = jobs.WorkerRuntime(repo=repo, engine=engine, store=store, name="kinds-worker")
+            await process.work(backend.app, runtime, Settings(data_dir=tmp_path), burst=True)
+            done = {t.task_uid: t for t in await repo.get_many([uid, other], account.public_key)}
+            assert done[uid].status is Status.FINISHED and done[other].status is Status.FINISHED
+            assert [s.model_code for s in engine.calls] == ["tiny"]  # only the generation went to the engine
+            (key,) = done[uid].result_keys
+            png = store.get(key)
+            assert png is not None
+            with Image.open(io.BytesIO(png)) as image:
+                assert (image.size, image.convert("RGB").getpixel((0, 0))) == ((8, 8), (255, 0, 0))
+            assert store.get(task.spec.image_key) is None  # the reference went with the ended task
+            assert (await repo.get_account(account.public_key)).used_credits == 8 + done[other].cost
+
+    asyncio.run(main())
+
+
+def test_a_spec_stored_by_an_earlier_version_of_its_kind_reads_back() -> None:
+    old = domain.spec_from_json("test-echo", 1, {"color": "blue", "side": 4})
+    assert old == EchoSpec("blue", side=4)
+    # a generation row written before kinds existed (no kind, no version: migration 0009's defaults)
+    row_spec = domain.GenerationSpec(model_code="m", prompt="p").to_dict()
+    assert domain.spec_from_json("generation", 1, row_spec) == domain.GenerationSpec(model_code="m", prompt="p")
+
+
+def test_an_unknown_kind_or_a_newer_version_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown task kind 'upscale-9000'"):
+        domain.spec_from_json("upscale-9000", 1, {})
+    with pytest.raises(ValueError, match="version 3 is newer than this picserve's"):
+        domain.spec_from_json("test-echo", 3, {"colour": "red"})
