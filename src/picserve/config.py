@@ -90,6 +90,22 @@ class Settings:
     #: worker heartbeat seconds; a worker silent for stalled_after seconds has its task re-run
     heartbeat_interval: float = 5.0
     stalled_after: float = 30.0
+    #: a task whose runs were lost (its worker died under it, its device failed, or it hung past its
+    #: deadline) more than this many times ends Error 505 instead of running again (2: the third loss ends it)
+    max_lost_runs: int = 2
+    #: Run deadlines. A run that gives no sign of life (a step, its end) for longer than its limit is
+    #: abandoned: its task is queued again under PICSERVE_MAX_LOST_RUNS, or ends, and the worker restarts
+    #: if its engine call does not return. The limit is run_deadline_factor × the run's expected seconds
+    #: (its work ÷ the speed the worker measured on earlier runs of its kind, or ÷ run_speed before that),
+    #: kept between run_deadline_floor and run_deadline_cap seconds; a run_deadline_cap of 0 turns them off
+    run_deadline_factor: float = 4.0
+    run_deadline_floor: float = 300.0
+    run_deadline_cap: float = 3600.0
+    #: work per second (pixel·steps for a generation) assumed before a worker has measured its own;
+    #: 0 = unknown: the cap until the first run of a kind has finished
+    run_speed: float = 0.0
+    #: seconds an abandoned run's engine call gets to stop after being told to; else the worker restarts
+    run_deadline_grace: float = 10.0
     #: seconds a queued task waits for a live worker that holds its main model before any free worker
     #: takes it (and loads the model); 0 = no model affinity (fair share and queue order only)
     affinity_wait: float = 5.0
@@ -209,7 +225,7 @@ def unknown_variables(env: Mapping[str, str]) -> list[str]:
         suffix = name.removeprefix(_PREFIX)
         if name.startswith(_PREFIX) and suffix not in known and name not in _NOT_SETTINGS:
             close = difflib.get_close_matches(suffix, known, n=1, cutoff=0.6)
-            hint = f"; did you mean {_PREFIX}{close[0]}?" if close else " (see the README's configuration table)"
+            hint = f"; did you mean {_PREFIX}{close[0]}?" if close else " (see docs/settings.md)"
             messages.append(f"{name} is not a picserve setting and is ignored{hint}")
     return messages
 

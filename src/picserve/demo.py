@@ -1,7 +1,8 @@
 """`picserve demo`: the whole product once, end to end, on the embedded default.
 
 Makes the tiny model if the models folder has no main model, starts `picserve serve` on a free port,
-creates a key, generates through the SDK, saves the PNGs and stops everything it started.
+uses the data folder's "demo" key (made on the first run, topped up when low), generates through the
+SDK, saves the PNGs, stops everything it started and says what to do next.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ from picserve import errors, keycipher, supervisor
 from picserve.config import Settings
 from picserve.sdk import Client
 
-__all__ = ["free_port", "run", "wait_healthy"]
+__all__ = ["DEMO_KEY", "free_port", "next_steps", "run", "wait_healthy"]
+
+#: the name of the key the demo makes once and reuses
+DEMO_KEY = "demo"
+#: the demo key's credits: made with, and topped up to, this many
+DEMO_CREDITS = 100_000
 
 
 def run(
@@ -48,7 +54,7 @@ def run(
 
     port = free_port()
     with supervisor.database(settings) as url:
-        account = asyncio.run(_create_key(url, keycipher.load(settings)))
+        account = asyncio.run(_demo_key(url, keycipher.load(settings)))
         env = {
             **os.environ,
             **settings.to_env(),
@@ -80,10 +86,36 @@ def run(
                 ):
                     path = client.download(image_url, out / f"{uid}-{index}.png")
                     yield f"{path}  seed={image_seed}  {width}x{height}"
-                yield f"seed {detail['Seed']}"
         finally:
             service.terminate()
             service.wait(60)
+    yield from next_steps(settings, tiny_model=model == _tiny_code())
+
+
+def next_steps(settings: Settings, *, tiny_model: bool) -> list[str]:
+    """What the demo says last: what its image is, and what to do next."""
+    playground = f"http://{settings.host}:{settings.port}/playground/"
+    lines = [""]
+    if tiny_model:
+        lines += [
+            "The image is noise by design: the tiny model has random weights. It shows that every layer,",
+            "from the signed request to the PNG, works. For real images add an SDXL checkpoint (README:",
+            '"Your first real image").',
+            "",
+        ]
+    lines += [
+        "Next:",
+        "  make serve                                      run the service in the foreground (Ctrl-C stops it)",
+        "  .venv/bin/picserve keys create --name me        a key of your own (PublicKey, PrivateKey)",
+        f"  {playground:<47} the playground, while `make serve` runs",
+    ]
+    return lines
+
+
+def _tiny_code() -> str:
+    from picserve.engine import tiny
+
+    return tiny.TINY_CODE
 
 
 def _submit(client: Client, **params) -> str:
@@ -93,11 +125,19 @@ def _submit(client: Client, **params) -> str:
         raise SystemExit(f"request refused (RetCode {exc.ret_code}): {exc.message}") from None
 
 
-async def _create_key(url: str, cipher: keycipher.KeyCipher):
+async def _demo_key(url: str, cipher: keycipher.KeyCipher):
+    """The data folder's demo key: the live one named DEMO_KEY (topped up to DEMO_CREDITS when it has
+    less left), else a new one. One key, however many times the demo runs."""
     from picserve.tasks import database
 
     async with database.open_database(url, max_size=2, cipher=cipher) as db:
-        return await db.repo.create_key("demo", 100_000)
+        for account in await db.repo.list_keys():
+            if account.name == DEMO_KEY and not account.revoked and account.expire_at is None:
+                left = account.total_credits - account.used_credits
+                if left < DEMO_CREDITS:
+                    await db.repo.add_credits(account.public_key, DEMO_CREDITS - left)
+                return account
+        return await db.repo.create_key(DEMO_KEY, DEMO_CREDITS)
 
 
 def free_port() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -21,14 +22,19 @@ __all__ = [
     "GenerationSpec",
     "Needs",
     "RequestId",
+    "Requeue",
     "Run",
+    "RunEnd",
+    "RunRecord",
     "SubModel",
     "TaskRecord",
     "TaskStatus",
     "Webhook",
     "WebhookDelivery",
     "canonical_sampler",
+    "gave_up_message",
     "register_spec",
+    "spec_digest",
     "spec_from_json",
 ]
 
@@ -120,9 +126,13 @@ class GenerationSpec:
     def needs(self) -> Needs:
         return Needs(self.model_code, tuple(s.code for s in self.sub_models if s.kind == "lora"))
 
+    def work(self) -> int:
+        """Pixels × steps × images."""
+        return self.width * self.height * self.steps * self.batch_size
+
     def cost(self, divisor: int) -> int:
         """Credits: pixels × steps × images / divisor, at least 1."""
-        return max(1, math.ceil(self.width * self.height * self.steps * self.batch_size / divisor))
+        return max(1, math.ceil(self.work() / divisor))
 
 
 @dataclass(frozen=True)
@@ -156,6 +166,11 @@ class ActionSpec(Protocol):
 
     def needs(self) -> Needs:
         """The models its run needs (routing, the worker registry, admission)."""
+        ...
+
+    def work(self) -> int:
+        """How much work its run is, in the kind's own unit (pixels × steps × images for a generation):
+        what a worker's run deadline scales with, by the speed it measured on earlier runs of the kind."""
         ...
 
     def cost(self, divisor: int) -> int:
@@ -242,6 +257,91 @@ class Run:
     worker: str
     #: the task's attempt number when this run took it (1 for the first run)
     attempt: int
+
+
+class RunEnd(enum.StrEnum):
+    """How a run ended, as its record keeps it (migration 0010)."""
+
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    #: its worker was shutting down: handed back to the queue (not a loss)
+    REQUEUED = "requeued"
+    #: its worker died under it (killed, crashed, frozen past the heartbeat timeout): a loss
+    LOST = "lost"
+    #: its worker's device failed for good (a sticky CUDA error): a loss
+    DEVICE_LOST = "device_lost"
+    #: it gave no sign of life within its deadline (the engine hung): a loss
+    TIMED_OUT = "timed_out"
+
+    @property
+    def is_loss(self) -> bool:
+        """A loss counts against PICSERVE_MAX_LOST_RUNS: the run took its worker down, or might have."""
+        return self in (RunEnd.LOST, RunEnd.DEVICE_LOST, RunEnd.TIMED_OUT)
+
+    @property
+    def in_words(self) -> str:
+        return _RUN_END_WORDS[self]
+
+
+_RUN_END_WORDS = {
+    RunEnd.FINISHED: "finished",
+    RunEnd.FAILED: "failed",
+    RunEnd.CANCELED: "cancelled",
+    RunEnd.REQUEUED: "handed back by a stopping worker",
+    RunEnd.LOST: "its worker died",
+    RunEnd.DEVICE_LOST: "its worker's device failed",
+    RunEnd.TIMED_OUT: "it hung past its deadline",
+}
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One ended run of a task: who ran it, when, and how it ended."""
+
+    task_uid: str
+    attempt: int
+    worker: str | None
+    started_at: datetime | None
+    ended_at: datetime
+    ended_as: RunEnd
+    #: the failure's message, or what the loss was (a device error, the deadline), or ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """What handing a task back to the queue did: queued it again, or ended it (Error, ErrorCode 505)
+    because its runs were lost more than PICSERVE_MAX_LOST_RUNS times."""
+
+    task_uid: str
+    #: QUEUING (queued again) or ERROR (given up)
+    status: TaskStatus
+    #: its lost runs so far, this one included
+    lost_runs: int
+    #: `spec_digest` of the task's spec: what operators match poison requests by in the logs
+    digest: str
+
+    @property
+    def gave_up(self) -> bool:
+        return self.status is TaskStatus.ERROR
+
+
+def spec_digest(spec: ActionSpec) -> str:
+    """A short digest of a spec's parameters (sha256 of its canonical JSON, first 16 hex digits): the
+    same request gives the same digest, and the log names no prompt."""
+    canonical = json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return f"{spec.kind}:{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
+
+
+def gave_up_message(losses: Mapping[RunEnd, int]) -> str:
+    """The ErrorMassage of a task ended after too many lost runs (`losses`: each loss cause, counted)."""
+    total = sum(losses.values())
+    causes = "; ".join(f"{cause.in_words}: {count}" for cause, count in losses.items() if count)
+    return (
+        f"this task stopped its workers: {total} runs ended without it ({causes}); "
+        "it was not run again, and nothing was charged"
+    )
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,17 @@
     │   ├── OutOfMemory                502  the device ran out of memory, even one image at a time
     │   ├── ModelLoadError             503  a model file vanished or could not be read after submit
     │   ├── NonFiniteImage             504  the image came out NaN/Inf (an overflow in fp16), even decoded in fp32
+    │   ├── StoppedItsWorkers          505  its runs lost their workers more than PICSERVE_MAX_LOST_RUNS times
     │   ├── TaskCanceled               510  the task was cancelled
     │   └── StorageError               520  a result could not be stored
     ├── PullError                           installing a translation model failed (CLI only)
+    ├── ClusterVersionMismatch              the data folder's database is of another PostgreSQL major (CLI only)
+    ├── DatabaseAdminError                  a `picserve db` backup, restore or upgrade could not be done (CLI only)
     └── SDKError                            raised by the SDK itself, never sent by a server
         ├── TransportError                  the server could not be reached, or its reply was not PICPIK's
         └── WaitTimeout                     `Client.wait` gave up (also a TimeoutError)
 
-Each class's docstring is its default message. RetCodes are listed in the README. A class that
+Each class's docstring is its default message. RetCodes are listed in docs/api.md. A class that
 declares its own `ret_code` is on the wire; `from_ret_code` maps a reply's RetCode back to it.
 """
 
@@ -149,6 +152,13 @@ class NonFiniteImage(GenerationError):
     ret_code = 504
 
 
+class StoppedItsWorkers(GenerationError):
+    """The task stopped its workers (each of its runs died with its worker, or hung) and was not run again;
+    nothing was charged."""
+
+    ret_code = 505
+
+
 class TaskCanceled(GenerationError):
     """Task was cancelled."""
 
@@ -163,6 +173,14 @@ class StorageError(GenerationError):
 
 class PullError(PicserveError):
     """Installing a model (`models pull-translation`, `models add`) failed."""
+
+
+class ClusterVersionMismatch(PicserveError):
+    """The data folder's database was made by another PostgreSQL major version; it was left untouched."""
+
+
+class DatabaseAdminError(PicserveError):
+    """The database could not be backed up, restored or upgraded."""
 
 
 class SDKError(PicserveError):

@@ -83,7 +83,8 @@ class KeyCipher:
                 return self.open(stored)
         raise errors.PicserveError(
             "a stored private key does not open with this server's secret: every API node and key command "
-            "must share the secret (PICSERVE_SECRET_KEY or the data folder's secret.key); see the README's Security"
+            "must share the secret (PICSERVE_SECRET_KEY or the data folder's secret.key); "
+            "see docs/operations.md, Security"
         )
 
     def reseal(self, stored: str) -> str:

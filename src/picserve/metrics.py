@@ -9,6 +9,9 @@ an embedding program) each expose only their own series:
 - `WORKER_REGISTRY`: task durations by model and size, denoising step times, model loads and their
   durations, LoRA switches, task errors by ErrorCode, device failures (the worker then stops), and
   GPU memory (only where torch has CUDA).
+- Both: `picserve_lost_runs_total`, the runs lost (a dead worker, a failed device, a hung run) by
+  cause and what became of their task, counted where the loss was written (a worker's own run, or
+  the stalled-worker sweep, which API processes and workers both run).
 
 The worker's numbers are taken at the job's boundary (worker/jobs.py) by a `TaskWatch`: the engine
 knows nothing of Prometheus. What the engine did is derived from what the job sees of it: model and
@@ -54,6 +57,7 @@ __all__ = [
     "WORKER_REGISTRY",
     "TaskWatch",
     "count_device_failure",
+    "lost_runs_counter",
     "observe_request",
     "open_task_bucket",
     "render_api",
@@ -229,8 +233,30 @@ _DEVICE_FAILURES = Counter(
 
 
 def count_device_failure(device: str) -> None:
-    """A worker found its device unusable (engine/faults.py) and stops."""
+    """A worker found its device unusable (engine/faults.py), or its engine hung, and stops."""
     _DEVICE_FAILURES.labels(device=device).inc()
+
+
+# --- lost runs (either kind of process: the stalled-worker sweep runs in both) ---------------------
+
+_LOST_RUN_HELP = (
+    "Runs lost by cause (lost: the worker died; device_lost: its device failed; timed_out: it hung past its "
+    "deadline) and what became of the task (requeued, or ended: Error 505 after PICSERVE_MAX_LOST_RUNS)"
+)
+_LOST_RUNS = {
+    registry: Counter("picserve_lost_runs", _LOST_RUN_HELP, ["cause", "task"], registry=registry)
+    for registry in (API_REGISTRY, WORKER_REGISTRY)
+}
+
+
+def lost_runs_counter(registry: CollectorRegistry) -> Callable[[domain.RunEnd, domain.Requeue], None]:
+    """What counts a lost run in `registry` (API_REGISTRY or WORKER_REGISTRY): recovery's `on_loss`."""
+    counter = _LOST_RUNS[registry]
+
+    def count(cause: domain.RunEnd, requeue: domain.Requeue) -> None:
+        counter.labels(cause=cause.value, task="ended" if requeue.gave_up else "requeued").inc()
+
+    return count
 
 
 def size_bucket(spec: domain.ActionSpec) -> str:

@@ -38,10 +38,12 @@ from typing import IO, Any
 
 from picserve import catalog, download, errors, modelinfo
 
-__all__ = ["KINDS", "Added", "Inspection", "add", "describe", "inspect_file", "unfit"]
+__all__ = ["KINDS", "SIDECAR_MODE", "Added", "Inspection", "add", "describe", "inspect_file", "unfit"]
 
 #: the kinds a file can be filed as; each is its folder's name
 KINDS = catalog.KINDS
+#: a sidecar's mode: readable by a service running as another user of the group (or any user)
+SIDECAR_MODE = 0o644
 _PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
 _BASES = {2048: "SDXL", 768: "SD1", 1024: "SD2"}  # UNet cross-attention width → family, as in modelinfo
 _DTYPE_BYTES = {
@@ -477,6 +479,10 @@ def add(
         suffix = _suffix_for(named, chosen)
         assert suffix is not None
         warnings = _check_free(models_dir, chosen, code, suffix, force)
+        if reason := _will_not_load(inspection, chosen, models_dir / chosen / f"{code}.json"):
+            if not force:
+                raise errors.PullError(f"refused: {reason}; --force files it anyway")
+            warnings.append(f"filed as asked (--force), but it WILL NOT LOAD as it is: {reason}")
         warnings += _warnings(inspection, chosen)
         target, sidecar = _file(
             fetched.path, models_dir, chosen, code, suffix, inspection, _source_label(source), force
@@ -545,11 +551,28 @@ def _warnings(inspection: Inspection, kind: str) -> list[str]:
         warnings.append(f"filed as {kind} as asked, though its tensors look like a {inspection.kind}")
     if kind in ("lora", "embedding", "hypernetwork") and inspection.base in ("SD1", "SD2"):
         warnings.append(f"an {inspection.base} {kind}: it fits no SDXL main model")
-    if kind == "main" and inspection.base.startswith("custom"):
-        warnings.append(f"its widths are not SDXL base's ({inspection.base}): add a Config folder to its sidecar")
     if kind == "vae":
         warnings.append("SDXL's and SD1's VAEs have the same shapes: make sure it is an SDXL VAE")
     return warnings
+
+
+def _will_not_load(inspection: Inspection, kind: str, sidecar: Path) -> str | None:
+    """Why a file `models add` could file would still fail to load (None: it loads): a main model whose
+    widths are not SDXL base's loads only with a Config folder (a diffusers folder of its architecture)
+    named in its sidecar."""
+    if kind != "main" or not inspection.base.startswith("custom"):
+        return None
+    try:
+        meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    except (OSError, ValueError):
+        meta = {}
+    if isinstance(meta, dict) and meta.get("Config"):
+        return None
+    return (
+        f"its widths are not SDXL base's ({inspection.base}), so it loads only with a Config folder: a diffusers "
+        f"folder of its architecture beside it, named in its sidecar ({sidecar.name}: "
+        '{"Config": "<folder>"})'
+    )
 
 
 def _source_label(source: str) -> str:
@@ -592,6 +615,8 @@ def _file(
             with os.fdopen(fd, "w") as f:
                 json.dump(meta, f, indent=2, ensure_ascii=False)
                 f.write("\n")
+            # mkstemp makes it 0600: readable by the service's user and group, like the model file
+            os.chmod(temp, SIDECAR_MODE)
             if force:
                 for other in catalog.SUFFIXES[kind]:
                     if other != suffix:

@@ -237,8 +237,11 @@ def _worker_devices(settings: Settings) -> list[str]:
     return devices
 
 
-def serve(settings: Settings) -> None:
-    """API + `settings.workers` workers on one database, in the foreground until interrupted."""
+def serve(settings: Settings, access_log: bool | None = None) -> None:
+    """API + `settings.workers` workers on one database, in the foreground until interrupted.
+
+    `access_log`: uvicorn's line per HTTP request; by default only at log level debug (a task's polling
+    alone writes two a second; the API logs each refusal itself, see api/requestlog.py)."""
     devices = _worker_devices(settings)  # first: a plan that cannot run refuses before anything starts
     import uvicorn
 
@@ -262,6 +265,7 @@ def serve(settings: Settings) -> None:
                 host=settings.host,
                 port=settings.port,
                 log_level=settings.log_level,
+                access_log=settings.log_level.lower() == "debug" if access_log is None else access_log,
                 # JSON logs: uvicorn's records go to the root logger's handler too, instead of its own text
                 log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
             )

@@ -45,6 +45,9 @@ def test_serve_keys_and_sdk_end_to_end(data_dir, models_dir, tmp_path):
         assert len(workers) == 1, workers  # serve's default: one worker beside the API
         # A key made while serve runs on the same data folder.
         late = create_key(name="late", data_dir=data_dir)
+        # a database command joins the running PostgreSQL, and does not claim to start one
+        joined = picserve("keys", "list", "--data-dir", data_dir, env={**os.environ, "PICSERVE_LOG_LEVEL": "info"})
+        assert joined.returncode == 0 and "starting embedded PostgreSQL" not in joined.stderr, joined.stderr
 
         with Client(base, early["PublicKey"], early["PrivateKey"]) as client:
             uid = client.generate_images_sdxl(
@@ -138,7 +141,12 @@ def test_serve_keys_and_sdk_end_to_end(data_dir, models_dir, tmp_path):
         assert shown.returncode == 0 and json.loads(shown.stdout)["Status"] == "Finished", shown.stderr
         waited = picserve("tasks", "wait", uid, cli_uid, *keys)
         assert waited.returncode == 0 and f"{cli_uid} Finished" in waited.stdout, waited.stderr
-        assert picserve("tasks", "cancel", cli_uid, *keys).returncode == 0  # an ended task: nothing to do
+        ended = picserve("tasks", "cancel", cli_uid, *keys)  # an ended task: nothing to do, and said so
+        assert ended.returncode == 0 and f"{cli_uid}: already ended (Finished)" in ended.stdout, ended.stderr
+        # the operator's cancel, in the database, of any key's task
+        operator = picserve("tasks", "cancel", uid, "nope", "--operator", "--data-dir", data_dir)
+        assert operator.returncode == 1 and f"{uid}: already ended (Finished)" in operator.stdout, operator.stderr
+        assert "no such task: nope" in operator.stderr
         listed_tasks = picserve("tasks", "list", "--json", "--status", "Finished", "--data-dir", data_dir)
         rows = [json.loads(line) for line in listed_tasks.stdout.splitlines()]
         assert [r["TaskUID"] for r in rows] == [cli_uid, uid], listed_tasks.stderr  # newest first
@@ -183,5 +191,33 @@ def test_demo_prints_png_and_seed(data_dir, models_dir, tmp_path):
     assert [seed for _, seed in paths] == ["5", "6"]
     for path, _ in paths:
         assert Image.open(path).size == (96, 64)
-    assert "seed 5" in result.stdout
+    assert len(re.findall(r"\sseed=\d+", result.stdout)) == 2 and not re.search(r"^seed ", result.stdout, re.M)
+    # it ends with what the image is and what to do next
+    assert "The image is noise by design" in result.stdout
+    for step in ("make serve", "picserve keys create", "http://127.0.0.1:8080/playground/"):
+        assert step in result.stdout, result.stdout
     assert not (data_dir / "pg" / "postmaster.pid").exists()
+
+    # a second run reuses the demo key (topped up), instead of leaving a new key behind every time
+    again = picserve(
+        "demo",
+        "--data-dir",
+        data_dir,
+        "--models-dir",
+        models_dir,
+        "--width",
+        64,
+        "--height",
+        64,
+        "--steps",
+        6,
+        "--out",
+        out,
+        env={**os.environ, "PICSERVE_LOG_LEVEL": "info"},
+    )
+    assert again.returncode == 0, again.stderr
+    listed = picserve("keys", "list", "--data-dir", data_dir, env={**os.environ, "PICSERVE_LOG_LEVEL": "info"})
+    keys = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [k["Name"] for k in keys] == ["demo"], listed.stdout
+    # the demo started the embedded PostgreSQL once; its `serve` joined it and said nothing of starting one
+    assert again.stderr.count("starting embedded PostgreSQL") == 1, again.stderr

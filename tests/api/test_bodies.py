@@ -134,7 +134,10 @@ def test_the_content_type_is_json(app, content_type, accepted):
     if accepted:
         assert reply["Message"].startswith("Action: missing")
     else:
-        assert reply["Message"] == f'Content-Type: must be application/json (UTF-8), got the string "{content_type}"'
+        assert reply["Message"] == (
+            f'Content-Type: must be application/json (UTF-8), got the string "{content_type}"; send the header '
+            "`Content-Type: application/json` (curl: -H 'Content-Type: application/json')"
+        )
 
 
 @pytest.mark.parametrize(

@@ -89,7 +89,7 @@ async def refused_everything(repo: TaskRepository, run: domain.Run) -> bool:
         await repo.finish_task(run, ["stale.png"], [9]),
         await repo.fail_task(run, 500, "stale"),
         await repo.cancel_run(run),
-        await repo.requeue_run(run),
+        await repo.requeue_run(run) is not None,
     ]
     return outcomes == [False] * 5
 
@@ -478,7 +478,8 @@ def test_requeue_run_queues_the_task_again_under_a_new_attempt(run_with_repo: Ru
         run1 = await running(repo, key, cost=30)
         assert run1.attempt == 1
         assert await repo.record_progress(run1, 0.5)
-        assert await repo.requeue_run(run1) is True
+        requeue = await repo.requeue_run(run1)
+        assert requeue is not None and (requeue.status, requeue.lost_runs) == (Status.QUEUING, 0)
         task = await record(repo, run1.task_uid, key)
         assert (task.status, task.worker, task.progress, task.attempt) == (Status.QUEUING, None, 0.0, 1)
         assert await repo.open_tasks(key) == [run1.task_uid]

@@ -58,6 +58,9 @@ class EchoSpec:
     def needs(self) -> domain.Needs:
         return domain.Needs(self.model_code)
 
+    def work(self) -> int:
+        return self.side * self.side
+
     def cost(self, divisor: int) -> int:
         return self.side
 

@@ -257,7 +257,7 @@ def test_db_status_and_upgrade_commands(database_url):
     assert upgrade.output.splitlines() == [f"applied {m.label}" for m in migrations.MIGRATIONS[1:]]
 
     again = runner.invoke(cli.app, ["db", "upgrade", "--database-url", database_url])
-    assert again.exit_code == 0 and again.output.strip() == "up to date"
+    assert again.exit_code == 0 and again.output.strip() == "migrations: up to date"
 
     status = runner.invoke(cli.app, ["db", "status", "--database-url", database_url])
     for line, migration in zip(status.output.splitlines(), migrations.MIGRATIONS, strict=True):

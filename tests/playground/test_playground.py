@@ -134,6 +134,34 @@ def decode_data_uri(uri: str) -> Image.Image:
     return Image.open(BytesIO(base64.b64decode(uri.split(",", 1)[1])))
 
 
+#: the prompt the page opens with: real text, sent as it is
+EXAMPLE_PROMPT = "a red fox sitting in fresh snow at golden hour, soft light, detailed fur, photograph"
+
+
+def test_the_first_view_has_a_real_prompt_and_says_where_keys_come_from(page, server, screenshot):
+    page.goto(f"http://127.0.0.1:{server.port}/playground/")
+    prompt = page.get_by_label("Prompt", exact=True)
+    expect(prompt).to_have_value(EXAMPLE_PROMPT)  # a value, not a placeholder that looks typed
+    expect(page.locator("#key-source")).to_contain_text("picserve keys create --name me")
+    expect(page.locator("#key-source")).to_be_visible()
+    screenshot(page, "playground-first-view.png")
+
+    open_playground(page, server)
+    prompt.fill("   ")
+    sent: list[Any] = []
+    page.on("request", lambda r: sent.append(r) if "GenerateImagesSDXL" in (r.post_data or "") else None)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#prompt-error")).to_have_text("PositivePrompts: describe the image to make")
+    assert sent == []  # never an empty prompt
+
+    open_playground(page, server)  # a fresh load: the example again, generated as it is
+    page.get_by_label("Width", exact=True).fill("64")
+    page.get_by_label("Height", exact=True).fill("64")
+    body, uid = submit(page)
+    assert body["PositivePrompts"] == [EXAMPLE_PROMPT]
+    finished(page, uid)
+
+
 def test_generate_a_64x64_image_end_to_end(page, server, screenshot):
     open_playground(page, server)
     # the model's defaults from ListModels (its sidecar: 6 steps, CFG 5), not the form's own

@@ -45,6 +45,7 @@ ALLOWED_UPWARD: dict[tuple[str, str], str] = {
     ("engine", "picserve"): "the PNG text names picserve's version (picserve.__version__)",
     ("api", "picserve"): "OpenAPI and /health name picserve's version",
     ("playground", "picserve"): "the page names picserve's version",
+    ("cli", "picserve"): "`picserve --version` prints it",
 }
 
 

@@ -295,7 +295,7 @@ def test_gpu_memory_is_read_from_torch_where_cuda_is_there(monkeypatch, free_por
     assert not any(name == gpu for name, _ in worker_samples())
 
 
-def test_the_dashboard_and_the_readme_name_only_series_that_exist():
+def test_the_dashboard_and_the_docs_name_only_series_that_exist():
     import json
     import re
     from pathlib import Path
@@ -304,8 +304,9 @@ def test_the_dashboard_and_the_readme_name_only_series_that_exist():
     dashboard = json.loads((root / "docs" / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())]
     used = {re.sub(r"_(bucket|count|sum)$", "", n) for e in exprs for n in re.findall(r"picserve_\w+", e)}
-    readme = (root / "README.md").read_text()
-    section = readme[readme.index("\n## Metrics\n") : readme.index("\n## The API\n")]
+    page = (root / "docs" / "operations.md").read_text()  # the Metrics section, up to the next one
+    start = page.index("\n## Metrics\n")
+    section = page[start : page.index("\n## ", start + 1)]
     listed = set(re.findall(r"^\| `(picserve_\w+)`(?:, `(picserve_\w+)`)?", section, re.M))
     documented = {name for pair in listed for name in pair if name}
     assert used <= documented, used - documented

@@ -510,3 +510,42 @@ def test_models_info_json(tmp_path):
     assert found["trigger_words"] == ["zxc style"] and found["sha256"] == sha256(source)
     human = runner.invoke(cli.app, ["models", "info", str(source)])
     assert human.exit_code == 0 and "LyCORIS LoCon" in human.stdout and "zxc style" in human.stdout
+
+
+# --- what cannot load, and who can read the sidecar ---------------------------------------------------
+#: a main model whose UNet widths are not SDXL base's: it loads only with a Config folder named in its sidecar
+CUSTOM_MAIN = {**SDXL_MAIN, "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": (2, 1536)}
+
+
+def test_a_main_model_that_cannot_load_is_refused_unless_forced(tmp_path):
+    source = write_safetensors(tmp_path / "odd.safetensors", CUSTOM_MAIN)
+    models = tmp_path / "models"
+    refused = add(models, str(source))
+    assert refused.exit_code == 1, refused.output
+    assert "refused: its widths are not SDXL base's (custom" in refused.output and "--force" in refused.output
+    assert not (models / "main" / "odd.safetensors").exists() and leftovers(models) == []
+
+    forced = add(models, str(source), "--force")
+    assert forced.exit_code == 0, forced.output
+    assert "warning: filed as asked (--force), but it WILL NOT LOAD as it is" in forced.output
+    assert (models / "main" / "odd.safetensors").exists()
+
+    # once its sidecar names a Config folder, it loads: filed again without --force's warning
+    sidecar = models / "main" / "odd.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "Config": "odd-config"}))
+    again = add(models, str(source), "--force")  # --force: the name is taken
+    assert again.exit_code == 0 and "WILL NOT LOAD" not in again.output, again.output
+
+
+def test_the_sidecar_is_readable_by_the_group(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o077)  # the strictest usual umask: the sidecar is still readable by the service's group
+    try:
+        result = add(tmp_path / "models", str(write_safetensors(tmp_path / "style.safetensors", KOHYA_LORA)))
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    mode = stat.S_IMODE((tmp_path / "models" / "lora" / "style.json").stat().st_mode)
+    assert mode & 0o040 and mode == modelfiles.SIDECAR_MODE, oct(mode)

@@ -59,7 +59,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                     # deliveries on procrastinate's own fetch (db.app), queue "webhooks" only
                     webhooks=delivery.worker_for(settings, db.app, PostgresDeliveries(db.pool, cipher), store),
                 )
-                sweep = recovery.sweep_forever(db, settings.stalled_after, settings.stalled_after / 3)
+                sweep = recovery.sweep_forever(db, settings, metrics.lost_runs_counter(metrics.API_REGISTRY))
                 background.append(asyncio.create_task(sweep))
             app.state.services = chosen
             if chosen.translator is not None:

@@ -12,7 +12,15 @@ from picserve.protocol import signature
 from picserve.protocol.envelope import Envelope
 from picserve.tasks.repository import TaskRepository
 
-__all__ = ["authenticate", "authenticate_key"]
+__all__ = ["SIGNATURE_MISMATCH", "authenticate", "authenticate_key"]
+
+#: the refusal of a signature that does not match: the likeliest cause first, then the rule
+SIGNATURE_MISMATCH = (
+    "Signature does not match. Most likely the PrivateKey you signed with is not this PublicKey's: "
+    "use the pair `picserve keys create` printed together, copied whole, with no space or newline "
+    "around either key. Otherwise the signing is off: SHA-1 of every field you send but Signature "
+    "(request_uuid included), as key + value, keys sorted, followed by the PrivateKey"
+)
 
 
 async def authenticate(repo: TaskRepository, envelope: Envelope, requests_per_minute: int = 0) -> domain.Account:
@@ -25,10 +33,7 @@ async def authenticate(repo: TaskRepository, envelope: Envelope, requests_per_mi
     """
     account = await _live_account(repo, envelope.public_key)
     if not signature.verify(envelope.body, account.private_key):
-        raise errors.AuthError(
-            "Signature does not match: sign every field you send (request_uuid included), "
-            "keys sorted, followed by your PrivateKey, with SHA-1"
-        )
+        raise errors.AuthError(SIGNATURE_MISMATCH)
     await _count_request(repo, account, requests_per_minute)
     return account
 
@@ -50,6 +55,11 @@ async def authenticate_key(
 
 async def _live_account(repo: TaskRepository, public_key: str) -> domain.Account:
     account = await repo.get_account(public_key)
+    if account is None and public_key != public_key.strip():
+        raise errors.UnknownKey(
+            f"PublicKey {public_key!r} is unknown: it has spaces or a newline around it "
+            "(a copy-paste?); send the key without them"
+        )
     if account is None or account.revoked:
         raise errors.UnknownKey(f"PublicKey {public_key!r} is unknown or revoked")
     if account.expire_at is not None and account.expire_at < datetime.now(UTC):

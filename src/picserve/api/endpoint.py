@@ -18,7 +18,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from picserve import errors, logs, metrics
-from picserve.api import auth
+from picserve.api import auth, requestlog
 from picserve.api.actions import ACTIONS
 from picserve.protocol import envelope as envelope_module
 from picserve.protocol.envelope import Envelope, error_reply, ok_reply
@@ -34,6 +34,7 @@ async def handle(services: Services, request: Request) -> JSONResponse:
     started = time.perf_counter()
     action: str = ""
     request_uuid: str | None = None
+    body: Any = None
     try:
         body = await _read_json(request, services.settings.max_body_bytes)
         if isinstance(body, dict):  # echo what we can, even when the rest is invalid
@@ -49,8 +50,11 @@ async def handle(services: Services, request: Request) -> JSONResponse:
         account = await auth.authenticate(services.repo, envelope, services.settings.max_requests_per_minute)
         logs.bind(key=account.public_key)  # on this request's log lines (JSON logs)
         fields = await handler(services, account, envelope, str(request.base_url))
+        requestlog.accepted(action, account.public_key, f"TaskUID {fields['TaskUID']}" if "TaskUID" in fields else "")
         return _replied(action, started, ok_reply(action, request_uuid, fields))
     except errors.PicserveError as exc:
+        public_key = body.get("PublicKey") if isinstance(body, dict) else None
+        requestlog.refused(action, public_key, exc, requestlog.secrets_of(body))
         return _replied(action, started, error_reply(action, request_uuid, exc))
     except Exception:  # a bug of ours: logged with its traceback, answered without it
         log.exception("unhandled error in %s", action or "request")
@@ -92,7 +96,8 @@ def _check_content_type(value: str | None) -> None:
     charset = next((p.partition("=")[2].strip('"') for p in parameters if p.startswith("charset=")), "utf-8")
     if media_type != "application/json" or charset not in ("utf-8", "utf8"):
         raise errors.ParamError(
-            f"Content-Type: must be application/json (UTF-8), got {envelope_module.describe(value[:100])}"
+            f"Content-Type: must be application/json (UTF-8), got {envelope_module.describe(value[:100])}; "
+            "send the header `Content-Type: application/json` (curl: -H 'Content-Type: application/json')"
         )
 
 

@@ -40,7 +40,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from picserve import domain, errors, reference_images, submission
-from picserve.api import auth, idempotency
+from picserve.api import auth, idempotency, requestlog
 from picserve.protocol import envelope as envelope_module
 from picserve.protocol import messages
 from picserve.services import Services
@@ -181,16 +181,23 @@ async def model(model: str, request: Request) -> JSONResponse:
 async def _reply(
     request: Request, run: Callable[[Services, domain.Account], Awaitable[dict[str, Any]]]
 ) -> JSONResponse:
+    route = f"{request.method} {request.url.path}"
+    public_key: str | None = None
+    private_key: str | None = None
     try:
         services: Services = request.app.state.services
         public_key, private_key = _bearer(request.headers.get("authorization"))
         account = await auth.authenticate_key(
             services.repo, public_key, private_key, services.settings.max_requests_per_minute
         )
-        return JSONResponse(await run(services, account))
+        reply = await run(services, account)
+        requestlog.accepted(route, public_key)
+        return JSONResponse(reply)
     except _Refusal as refusal:
+        requestlog.refused_http(route, public_key, refusal.status, refusal.message, (private_key,))
         return _error(refusal.status, refusal.message, refusal.kind, refusal.param, refusal.code, refusal.retry)
     except errors.PicserveError as exc:
+        requestlog.refused(route, public_key, exc, (private_key,))
         return _error_of(exc)
     except Exception:  # a bug of ours: logged with its traceback, answered without it
         log.exception("unhandled error in %s", request.url.path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import typer
 
+from picserve import errors
 from picserve.cli import db, generate, keys, models, service, tasks
 
 __all__ = ["app", "main"]
@@ -21,6 +22,25 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from picserve import __version__
+
+        typer.echo(f"picserve {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print picserve's version and exit"
+    ),
+) -> None:
+    """Self-hosted SDXL behind the PICPIK API."""
+
+
 # in this order in --help: the commands, then the groups
 app.command()(service.serve)
 app.command()(service.worker)
@@ -34,4 +54,9 @@ app.add_typer(tasks.tasks_app, name="tasks")
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except (errors.ClusterVersionMismatch, errors.DatabaseAdminError) as exc:
+        # an operator's error with what to do in its message: that message alone, no traceback
+        typer.echo(f"picserve: {exc.message}", err=True)
+        raise SystemExit(1) from None

@@ -12,7 +12,7 @@ import typer
 from picserve.cli.common import PrivateKey, PublicKey, Url, client_call, follow
 
 if TYPE_CHECKING:
-    from picserve.sdk.types import ModelRef
+    from picserve.sdk.types import GenerateImagesSDXLParams, InferenceParams, ModelRef
 
 
 def generate(
@@ -22,13 +22,13 @@ def generate(
     private_key: str = PrivateKey,
     model: str = typer.Option(..., help="MainModel.ModelCode"),
     negative: str = typer.Option("", help="negative prompt"),
-    width: int = typer.Option(1024),
-    height: int = typer.Option(1024),
-    steps: int = typer.Option(20),
-    sampler: str = typer.Option("Euler"),
-    cfg: float = typer.Option(7.5),
-    seed: int = typer.Option(-1),
-    batch: int = typer.Option(1),
+    width: int | None = typer.Option(None, help="[the server's: 1024]"),
+    height: int | None = typer.Option(None, help="[the server's: 1024]"),
+    steps: int | None = typer.Option(None, help="[the model's default (its sidecar), else the server's]"),
+    sampler: str | None = typer.Option(None, help="[the model's default (its sidecar), else the server's]"),
+    cfg: float | None = typer.Option(None, help="[the model's default (its sidecar), else the server's]"),
+    seed: int | None = typer.Option(None, help="[-1: random]"),
+    batch: int | None = typer.Option(None, help="[1]"),
     lora: list[str] = typer.Option([], help="CODE or CODE:WEIGHT"),
     out: Path = typer.Option(Path("out"), help="where the PNGs are saved"),
     watch_preview: Path | None = typer.Option(None, help="save the live previews in this folder"),
@@ -36,20 +36,17 @@ def generate(
 ):
     """Sign and send a GenerateImagesSDXL request to any PICPIK endpoint, follow it, and save the images.
 
+    Only the options given are sent: what is left out is the model's default (its sidecar's
+    InferenceParams), else the server's.
+
     Exit codes: 0 finished, 1 the task failed or was cancelled, 2 refused, 3 unreachable, 4 timed out.
     """
     from picserve.cli.watch import Followed
     from picserve.sdk import Client
-    from picserve.sdk.types import GenerateImagesSDXLParams
 
-    params: GenerateImagesSDXLParams = {
-        "MainModel": {"ModelCode": model, "InferenceParams": {"Steps": steps, "Sampler": sampler, "CFGScale": cfg}},
-        "PositivePrompts": [prompt],
-        "Width": width,
-        "Height": height,
-        "BatchSize": batch,
-        "Seed": seed,
-    }
+    params = request_params(
+        prompt, model, width=width, height=height, steps=steps, sampler=sampler, cfg=cfg, seed=seed, batch=batch
+    )
     if negative:
         params["NegativePrompts"] = [negative]
     if lora:
@@ -61,6 +58,42 @@ def generate(
         for index, (image_url, image_seed) in enumerate(zip(detail["ImgList"], detail["SeedList"], strict=True)):
             path = client_call(functools.partial(client.download, image_url, out / f"{uid}-{index}.png"))
             typer.echo(f"{path}  seed={image_seed}")
+
+
+def request_params(
+    prompt: str,
+    model: str,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    steps: int | None = None,
+    sampler: str | None = None,
+    cfg: float | None = None,
+    seed: int | None = None,
+    batch: int | None = None,
+) -> GenerateImagesSDXLParams:
+    """The GenerateImagesSDXL params of the options given, and only those: a field left out is the
+    model's default (its sidecar's InferenceParams), else the server's, as for any PICPIK client."""
+    inference: InferenceParams = {}
+    if steps is not None:
+        inference["Steps"] = steps
+    if sampler is not None:
+        inference["Sampler"] = sampler
+    if cfg is not None:
+        inference["CFGScale"] = cfg
+    main: ModelRef = {"ModelCode": model}
+    if inference:
+        main["InferenceParams"] = inference
+    params: GenerateImagesSDXLParams = {"MainModel": main, "PositivePrompts": [prompt]}
+    if width is not None:
+        params["Width"] = width
+    if height is not None:
+        params["Height"] = height
+    if batch is not None:
+        params["BatchSize"] = batch
+    if seed is not None:
+        params["Seed"] = seed
+    return params
 
 
 def lora_ref(item: str) -> ModelRef:

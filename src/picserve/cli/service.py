@@ -50,8 +50,14 @@ def serve(
     device: str | None = typer.Option(None, help="worker device: auto, cpu, cuda:N [auto]"),
     public_url: str | None = typer.Option(None, help="base of result URLs [the request's own base URL]"),
     preload: list[str] | None = Preload,
+    access_log: bool | None = typer.Option(
+        None, "--access-log/--no-access-log", help="uvicorn's line per HTTP request [only at PICSERVE_LOG_LEVEL=debug]"
+    ),
 ):
-    """Run the API and its workers in the foreground."""
+    """Run the API and its workers in the foreground.
+
+    The log has a line per refused request (action, key, RetCode, message); accepted ones, polls
+    included, are logged at debug level only."""
     from picserve import supervisor
 
     supervisor.serve(
@@ -65,7 +71,8 @@ def serve(
             device=device,
             public_url=public_url,
             preload=_codes(preload),
-        )
+        ),
+        access_log=access_log,
     )
 
 
@@ -82,8 +89,9 @@ def worker(
 ):
     """Run one worker (one per GPU at scale) against the shared database.
 
-    Exits with code 75 when its device broke (a sticky CUDA error): its task went back to the queue and
-    the registry marks it unhealthy; start it again (as `serve` does)."""
+    Exits with code 75 when its device broke (a sticky CUDA error) or its engine hung past a run's
+    deadline: its task went back to the queue and the registry marks it unhealthy; start it again (as
+    `serve` does)."""
     from picserve import supervisor
 
     if supervisor_pid is not None:  # first of all: a worker of `serve` must not outlive it
@@ -104,6 +112,7 @@ def worker(
             asyncio.run(run_worker(settings, url, name, burst=burst))
     except DeviceFailure as exc:
         typer.echo(f"picserve worker: the device is unusable ({exc}); exiting to be restarted", err=True)
+        # (a hung engine thread is a daemon: it does not hold the exit)
         raise typer.Exit(DeviceFailure.exit_code) from None
 
 

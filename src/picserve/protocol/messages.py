@@ -118,7 +118,7 @@ MAX_WEBHOOK_URL_CHARS = 2048
 
 
 class WebhookModel(BaseModel):
-    """picserve extension: where the task's events are posted (signed; see the README's Webhooks)."""
+    """picserve extension: where the task's events are posted (signed; see docs/api.md, Webhooks)."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
 

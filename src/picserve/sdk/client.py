@@ -50,8 +50,9 @@ class Client:
         self.base_url = base_url.rstrip("/")
         #: resends of a request that failed in transit (see `call`)
         self.retries = retries
-        self.public_key = public_key
-        self._private_key = private_key
+        # keys pasted from a terminal or a file often carry a space or a newline: never part of a key
+        self.public_key = public_key.strip()
+        self._private_key = private_key.strip()
         self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
 
     def close(self) -> None:
@@ -156,11 +157,17 @@ class Client:
         try:
             response = self._http.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
-            raise errors.TransportError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
+            where = self._absolute(url)
+            hint = f" (is picserve serving at {self.base_url}?)" if isinstance(exc, httpx.ConnectError) else ""
+            raise errors.TransportError(f"{method} {where} failed: {type(exc).__name__}: {exc}{hint}") from exc
         if response.status_code != 200:
             message = response.text[:200] if response.text else response.reason_phrase
-            raise errors.TransportError(f"{method} {url}: HTTP {response.status_code}: {message}")
+            raise errors.TransportError(f"{method} {self._absolute(url)}: HTTP {response.status_code}: {message}")
         return response
+
+    def _absolute(self, url: str) -> str:
+        """`url` as requested: a path is relative to `base_url`."""
+        return url if "://" in url else f"{self.base_url}/{url.lstrip('/')}"
 
 
 def _own_fields(reply: dict[str, Any]) -> dict[str, Any]:

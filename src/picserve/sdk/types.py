@@ -47,7 +47,7 @@ class Image2Image(TypedDict):
 
 
 class Webhook(TypedDict, total=False):
-    """Where picserve posts the task's events (picserve extension; see the README's Webhooks)."""
+    """Where picserve posts the task's events (picserve extension; see docs/api.md, Webhooks)."""
 
     Url: str
     Events: list[Literal["start", "progress", "completed"]]

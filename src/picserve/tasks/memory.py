@@ -60,6 +60,8 @@ class InMemoryRepository:
         #: webhook deliveries (migration 0006's table), made as its trigger makes them
         self.deliveries: dict[str, domain.WebhookDelivery] = {}
         self._deferring: set[asyncio.Future[int]] = set()
+        #: each task's ended runs (migration 0010's table)
+        self._runs: dict[str, list[domain.RunRecord]] = {}
 
     # --- keys -------------------------------------------------------------------------------
     async def create_key(
@@ -242,6 +244,7 @@ class InMemoryRepository:
         for task in ended:
             del self._tasks[task.task_uid]
             self._job_ids.pop(task.task_uid, None)
+            self._runs.pop(task.task_uid, None)
         gone = {t.task_uid for t in ended}
         self._requests = {k: v for k, v in self._requests.items() if v[1] not in gone}
         return ended
@@ -284,6 +287,7 @@ class InMemoryRepository:
         task = self._current(run)
         if task is None:
             return False
+        self._record(task, domain.RunEnd.FINISHED)
         self._save(
             dataclasses.replace(
                 task,
@@ -300,20 +304,47 @@ class InMemoryRepository:
         return True
 
     async def fail_task(self, run: domain.Run, code: int, message: str) -> bool:
-        return self._current(run) is not None and self._end(run.task_uid, domain.TaskStatus.ERROR, code, message)
-
-    async def cancel_run(self, run: domain.Run) -> bool:
-        return self._current(run) is not None and self._cancel(run.task_uid)
-
-    async def requeue_run(self, run: domain.Run) -> bool:
         task = self._current(run)
         if task is None:
             return False
+        self._record(task, domain.RunEnd.FAILED, message)
+        return self._end(run.task_uid, domain.TaskStatus.ERROR, code, message)
+
+    async def cancel_run(self, run: domain.Run) -> bool:
+        task = self._current(run)
+        if task is None:
+            return False
+        self._record(task, domain.RunEnd.CANCELED)
+        return self._cancel(run.task_uid)
+
+    async def requeue_run(
+        self, run: domain.Run, cause: domain.RunEnd = domain.RunEnd.REQUEUED, max_lost: int = 2, detail: str = ""
+    ) -> domain.Requeue | None:
+        task = self._current(run)
+        if task is None:
+            return None
+        self._record(task, cause, detail)
+        losses = {
+            end: sum(1 for r in self._runs[task.task_uid] if r.ended_as is end) for end in domain.RunEnd if end.is_loss
+        }
+        lost = sum(losses.values()) if cause.is_loss else 0
+        digest = domain.spec_digest(task.spec)
+        if lost > max_lost:
+            self._end(
+                task.task_uid,
+                domain.TaskStatus.ERROR,
+                errors.StoppedItsWorkers.ret_code,
+                domain.gave_up_message(losses),
+            )
+            return domain.Requeue(task.task_uid, domain.TaskStatus.ERROR, lost, digest)
         self._save(dataclasses.replace(task, status=domain.TaskStatus.QUEUING, worker=None, progress=0.0))
         self._job_ids[run.task_uid] = await self.app.configure_task(TASK_NAME, queue=QUEUE).defer_async(
             task_uid=run.task_uid
         )
-        return True
+        return domain.Requeue(task.task_uid, domain.TaskStatus.QUEUING, lost, digest)
+
+    async def runs_of(self, task_uid: str) -> list[domain.RunRecord]:
+        return list(self._runs.get(task_uid, ()))
 
     # --- helpers ------------------------------------------------------------------------------
     def _available(self, public_key: str) -> int:
@@ -369,6 +400,11 @@ class InMemoryRepository:
         """The run's task when it is Running under this very run: the fence of every worker write."""
         task = self._task_in(run.task_uid, domain.TaskStatus.RUNNING)
         return task if task is not None and (task.worker, task.attempt) == (run.worker, run.attempt) else None
+
+    def _record(self, task: domain.TaskRecord, cause: domain.RunEnd, detail: str = "") -> None:
+        """The end of `task`'s current run, as migration 0010's table keeps it."""
+        record = domain.RunRecord(task.task_uid, task.attempt, task.worker, task.started_at, _now(), cause, detail)
+        self._runs.setdefault(task.task_uid, []).append(record)
 
     def _cancel(self, task_uid: str) -> bool:
         return self._end(task_uid, domain.TaskStatus.CANCELED, errors.TaskCanceled.ret_code, "Task was cancelled")

@@ -34,6 +34,17 @@ _CANCELED_MESSAGE = "Task was cancelled"
 _RUN = "task_uid = %s AND status = 'Running' AND worker = %s AND attempt = %s"
 
 
+#: what an ending transition returns for its run's record, and the record written from it (its CTE
+#: `done`; parameters: the end's cause and detail)
+_ENDED = "task_uid, attempt, worker, started_at"
+_RECORD_RUN = (
+    "INSERT INTO picserve_runs (task_uid, attempt, worker, started_at, ended_as, detail) "
+    "SELECT task_uid, attempt, worker, started_at, %s, %s FROM done"
+)
+#: what handing a task back reads of it (its run's record, the spec for the digest)
+_HANDED_BACK = "task_uid, attempt, worker, started_at, spec_kind, spec_version, spec"
+
+
 def _of(run: domain.Run) -> tuple[str, str, int]:
     """The parameters of `_RUN`."""
     return (run.task_uid, run.worker, run.attempt)
@@ -430,46 +441,101 @@ class PostgresRepository:
     async def finish_task(self, run: domain.Run, result_keys: Sequence[str], seeds: Sequence[int]) -> bool:
         row = await self._one(
             "WITH done AS (UPDATE picserve_tasks SET status = 'Finished', progress = 1, result_keys = %s, "
-            f"  seeds = %s, finished_at = now() WHERE {_RUN} RETURNING public_key, cost) "
+            f"  seeds = %s, finished_at = now() WHERE {_RUN} RETURNING {_ENDED}, public_key, cost), "
+            f"run AS ({_RECORD_RUN}) "
             "UPDATE picserve_keys k SET used_credits = k.used_credits + done.cost FROM done "
             "WHERE k.public_key = done.public_key RETURNING 1",
-            (list(result_keys), list(seeds), *_of(run)),
+            (list(result_keys), list(seeds), *_of(run), domain.RunEnd.FINISHED.value, ""),
         )
         return row is not None
 
     async def fail_task(self, run: domain.Run, code: int, message: str) -> bool:
         row = await self._one(
-            "UPDATE picserve_tasks SET status = 'Error', error_code = %s, error_message = %s, finished_at = now() "
-            f"WHERE {_RUN} RETURNING 1",
-            (code, message, *_of(run)),
+            "WITH done AS (UPDATE picserve_tasks SET status = 'Error', error_code = %s, error_message = %s, "
+            f"finished_at = now() WHERE {_RUN} RETURNING {_ENDED}) {_RECORD_RUN} RETURNING 1",
+            (code, message, *_of(run), domain.RunEnd.FAILED.value, message),
         )
         return row is not None
 
     async def cancel_run(self, run: domain.Run) -> bool:
         row = await self._one(
-            "UPDATE picserve_tasks SET status = 'Canceled', error_code = 510, error_message = %s, "
-            f"finished_at = now() WHERE {_RUN} RETURNING 1",
-            (_CANCELED_MESSAGE, *_of(run)),
+            "WITH done AS (UPDATE picserve_tasks SET status = 'Canceled', error_code = 510, error_message = %s, "
+            f"finished_at = now() WHERE {_RUN} RETURNING {_ENDED}) {_RECORD_RUN} RETURNING 1",
+            (_CANCELED_MESSAGE, *_of(run), domain.RunEnd.CANCELED.value, ""),
         )
         return row is not None
 
-    async def requeue_run(self, run: domain.Run) -> bool:
+    async def requeue_run(
+        self, run: domain.Run, cause: domain.RunEnd = domain.RunEnd.REQUEUED, max_lost: int = 2, detail: str = ""
+    ) -> domain.Requeue | None:
         async with self._connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                f"UPDATE picserve_tasks SET status = 'Queuing', worker = NULL, progress = 0 WHERE {_RUN} RETURNING 1",
-                _of(run),
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                f"SELECT {_HANDED_BACK} FROM picserve_tasks WHERE {_RUN} FOR UPDATE", _of(run)
             )
-            if await cur.fetchone() is None:
-                return False
-            await self._defer(conn, run.task_uid)
-            return True
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            return await self._hand_back(conn, row, cause, detail, max_lost)
+
+    async def runs_of(self, task_uid: str) -> list[domain.RunRecord]:
+        rows = await self._all("SELECT * FROM picserve_runs WHERE task_uid = %s ORDER BY attempt", (task_uid,))
+        return [
+            domain.RunRecord(
+                task_uid=r["task_uid"],
+                attempt=r["attempt"],
+                worker=r["worker"],
+                started_at=r["started_at"],
+                ended_at=r["ended_at"],
+                ended_as=domain.RunEnd(r["ended_as"]),
+                detail=r["detail"],
+            )
+            for r in rows
+        ]
+
+    async def _hand_back(
+        self, conn: AsyncConnection[Any], task: Row, cause: domain.RunEnd, detail: str, max_lost: int
+    ) -> domain.Requeue:
+        """The run of `task` (its row locked by the caller's transaction) ended as `cause`: record it, then
+        queue the task again under a new job, or, when this was a loss beyond `max_lost`, end it Error
+        (ErrorCode 505, never charged: only a finish charges)."""
+        task_uid = task["task_uid"]
+        await conn.execute(
+            "INSERT INTO picserve_runs (task_uid, attempt, worker, started_at, ended_as, detail) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            (task_uid, task["attempt"], task["worker"], task["started_at"], cause.value, detail),
+        )
+        losses: dict[domain.RunEnd, int] = {}
+        if cause.is_loss:
+            cur = await conn.execute(
+                "SELECT ended_as, count(*) FROM picserve_runs WHERE task_uid = %s AND ended_as = ANY(%s) "
+                "GROUP BY ended_as",
+                (task_uid, [end.value for end in domain.RunEnd if end.is_loss]),
+            )
+            counted = {domain.RunEnd(name): int(n) for name, n in await cur.fetchall()}
+            losses = {end: counted.get(end, 0) for end in domain.RunEnd if end.is_loss}
+        lost = sum(losses.values())
+        spec = domain.spec_from_json(task["spec_kind"], task["spec_version"], task["spec"])
+        if lost > max_lost:
+            await conn.execute(
+                "UPDATE picserve_tasks SET status = 'Error', error_code = %s, error_message = %s, finished_at = now() "
+                "WHERE task_uid = %s",
+                (errors.StoppedItsWorkers.ret_code, domain.gave_up_message(losses), task_uid),
+            )
+            return domain.Requeue(task_uid, domain.TaskStatus.ERROR, lost, domain.spec_digest(spec))
+        await conn.execute(
+            "UPDATE picserve_tasks SET status = 'Queuing', worker = NULL, progress = 0 WHERE task_uid = %s", (task_uid,)
+        )
+        await self._defer(conn, task_uid)
+        return domain.Requeue(task_uid, domain.TaskStatus.QUEUING, lost, domain.spec_digest(spec))
 
     # --- recovery (PostgreSQL only: procrastinate's stalled jobs) ---------------------------------
-    async def requeue_job(self, job_id: int) -> tuple[bool, str | None]:
+    async def requeue_job(self, job_id: int, max_lost: int = 2, detail: str = "") -> tuple[bool, domain.Requeue | None]:
         """End the stalled job `job_id` (its worker died) and, when its task is still open under it (Running,
         or Queuing: the worker died between taking the job and starting the task), queue the task again
-        under a new job, in one transaction. Returns whether this call ended the job
-        (False: another sweeper did, or it is no longer `doing`) and the TaskUID queued again.
+        under a new job, in one transaction. A Running task's run is recorded as lost: beyond `max_lost`
+        losses the task ends Error instead (ErrorCode 505). Returns whether this call ended the job
+        (False: another sweeper did, or it is no longer `doing`) and what became of its task (None: it
+        had ended, or was deleted).
 
         A new job, never the same one retried: a worker that only froze may thaw and finish its job,
         and procrastinate's finish accepts a job that is back in `todo` — it would delete the retried
@@ -484,17 +550,20 @@ class PostgresRepository:
             )
             if await cur.fetchone() is None:
                 return False, None
-            cur = await conn.execute(
-                "UPDATE picserve_tasks SET status = 'Queuing', worker = NULL, progress = 0 "
-                "WHERE job_id = %s AND status IN ('Running', 'Queuing') RETURNING task_uid",
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                f"SELECT {_HANDED_BACK}, status FROM picserve_tasks "
+                "WHERE job_id = %s AND status IN ('Running', 'Queuing') FOR UPDATE",
                 (job_id,),
             )
-            row = await cur.fetchone()
-            if row is None:  # its task ended (or was deleted): nothing to run again
+            task = await cur.fetchone()
+            if task is None:  # its task ended (or was deleted): nothing to run again
                 return True, None
-            task_uid: str = row[0]
-            await self._defer(conn, task_uid)
-            return True, task_uid
+            if task["status"] == "Running":
+                return True, await self._hand_back(conn, task, domain.RunEnd.LOST, detail, max_lost)
+            # taken by the dead worker, never started: no run to record, just a new job
+            await self._defer(conn, task["task_uid"])
+            spec = domain.spec_from_json(task["spec_kind"], task["spec_version"], task["spec"])
+            return True, domain.Requeue(task["task_uid"], domain.TaskStatus.QUEUING, 0, domain.spec_digest(spec))
 
 
 async def _lock_balance(

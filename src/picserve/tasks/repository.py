@@ -13,9 +13,16 @@ was queued again and another worker took it) gets its writes refused.
     Queuing ──mark_running──► Running(run) ──finish_task(run)──► Finished   (charged here, once)
        │                        ├──fail_task(run)──► Error
        │                        ├──cancel_run(run)──► Canceled   (the worker acknowledges an abort)
-       │                        └──requeue_run(run)──► Queuing   (shutdown: a new job, a new run later)
+       │                        └──requeue_run(run, cause)──► Queuing   (a new job, a new run later)
+       │                                                  └──► Error 505 (its lost runs exceeded the limit)
        └──request_cancel──► Canceled
-    Running ──requeue_job──► Queuing   (its worker died: a new job; PostgreSQL recovery only)
+    Running ──requeue_job──► Queuing, or Error 505   (its worker died; PostgreSQL recovery only)
+
+Every run's end is recorded with its cause (`runs_of`, migration 0010). A shutdown's hand-back is not a
+loss; a worker that died under the run, a device that failed, a run that hung past its deadline are
+(`domain.RunEnd.is_loss`). A task lost more than `max_lost` times (PICSERVE_MAX_LOST_RUNS) is not
+queued again: it ends Error with ErrorCode 505 (`errors.StoppedItsWorkers`), charged nothing, with its
+`completed` webhook, so one poison request cannot take the fleet's workers down in turn, forever.
 """
 
 from __future__ import annotations
@@ -198,9 +205,17 @@ class TaskRepository(Protocol):
         """Running → Canceled (ErrorCode 510), for the current run only. Never charged."""
         ...
 
-    async def requeue_run(self, run: domain.Run) -> bool:
+    async def requeue_run(
+        self, run: domain.Run, cause: domain.RunEnd = domain.RunEnd.REQUEUED, max_lost: int = 2, detail: str = ""
+    ) -> domain.Requeue | None:
         """Running → Queuing with a new job, for the current run only: the task runs again later (a
-        worker shutting down hands its task back)."""
+        worker shutting down hands its task back; a worker whose device failed, or whose run hung, gives
+        it up). The run is recorded as ended by `cause` (with `detail`); when that is a loss beyond
+        `max_lost`, the task ends Error (ErrorCode 505) instead. None when the run was superseded."""
+        ...
+
+    async def runs_of(self, task_uid: str) -> list[domain.RunRecord]:
+        """The task's ended runs, first first (empty for an unknown task)."""
         ...
 
 

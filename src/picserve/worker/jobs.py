@@ -24,6 +24,12 @@ The run is a protocol (cog's worker and `Done`, InvokeAI's one thread per device
    it (picserve_worker_device_failures_total) and stops taking jobs; `process.work` then raises
    `DeviceFailure` and `picserve worker` exits with code 75 (`DeviceFailure.exit_code`), for
    `picserve serve` or an orchestrator to start it again.
+7. A run that gives no sign of life within its deadline (deadline.py) is abandoned: `TimedOut`, its
+   task queued again. If the engine call does not stop once told to, the engine thread is stuck: the
+   worker stops as for a broken device (unhealthy, exit code 75), leaving the thread behind.
+8. A run lost to its worker (a device failure, a hang; the stalled-worker sweep finds the dead ones)
+   counts against the task's attempt limit (PICSERVE_MAX_LOST_RUNS): past it, the task ends Error 505
+   instead of being queued again (tasks/repository.py).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import concurrent.futures
 import io
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import procrastinate
@@ -46,9 +52,10 @@ from picserve.engine import faults, pipelines
 from picserve.engine.base import GenerationEngine, PreviewCallback, StepCallback
 from picserve.resilience import Retry
 from picserve.storage.base import Store
-from picserve.tasks import references
+from picserve.tasks import recovery, references
 from picserve.tasks.queue import QUEUE, TASK_NAME
 from picserve.tasks.repository import TaskRepository
+from picserve.worker.deadline import Deadline, DeadlinePolicy, RunHung, Speedometer
 from picserve.worker.engine_thread import EngineThread
 from picserve.worker.registry import WorkerRegistry
 
@@ -63,6 +70,7 @@ __all__ = [
     "Finished",
     "Outcome",
     "Requeued",
+    "TimedOut",
     "WorkerRuntime",
     "register",
     "run_generation",
@@ -114,6 +122,14 @@ class WorkerRuntime:
     device_failure: DeviceFailure | None = None
     #: called right after: stops the worker's loop (`process.work` sets it)
     stop_worker: Callable[[], None] = _nothing
+    #: how long a run may go without a sign of life (deadline.py)
+    deadlines: DeadlinePolicy = field(default_factory=DeadlinePolicy)
+    #: this worker's measured speed per task kind, which the deadlines scale by
+    speeds: Speedometer = field(default_factory=Speedometer)
+    #: set when an abandoned run's engine call did not stop: the engine thread is stuck for good
+    engine_hung: bool = False
+    #: a task's lost runs beyond which it ends Error 505 (PICSERVE_MAX_LOST_RUNS)
+    max_lost_runs: int = recovery.DEFAULT_MAX_LOST
 
 
 def register(app: procrastinate.App) -> procrastinate.App:
@@ -152,6 +168,14 @@ class DeviceLost(Requeued):
     and the worker stops."""
 
     error: str
+
+
+@dataclass(frozen=True)
+class TimedOut(Requeued):
+    """The run gave no sign of life for `seconds` (its deadline): the task goes back to the queue (a
+    loss); if the engine call did not stop, the worker stops too."""
+
+    seconds: float
 
 
 Outcome = Finished | Failed | Canceled | Requeued
@@ -241,22 +265,29 @@ async def _execute(
     watch: metrics.TaskWatch,
 ) -> Outcome:
     """Run the spec's pipeline and store its images; the outcome, or CancelledError (after the engine
-    thread has returned)."""
-    on_step, on_preview = _step_callback(context, runtime, run)
+    thread has returned, or hung past its deadline)."""
+    deadline = Deadline(runtime.deadlines.limit(spec.work(), runtime.speeds.speed(spec.kind)))
+    on_step, on_preview = _step_callback(context, runtime, run, deadline)
     on_step = watch.steps(on_step)
+    ran_for: list[float] = []
 
     def generate() -> tuple[list[bytes], list[int]]:  # on the engine thread
+        started = time.monotonic()
         with watch.engine_call(runtime.engine.holdings):  # what it loads, for the metrics
             generated = pipelines.run(runtime.engine, spec, on_step, on_preview)
         if context.should_abort():  # asked to stop during the VAE decode: no files for this run
             raise errors.TaskCanceled()
+        ran_for.append(time.monotonic() - started)
         return generated.pngs(), generated.seeds
 
     try:
         spec = await asyncio.to_thread(references.restore, spec, runtime.store)
-        pngs, seeds = await _own_until_done(runtime.engine_thread.submit(generate))
+        deadline.alive()  # from here: the engine call
+        pngs, seeds = await _own_until_done(runtime.engine_thread.submit(generate), deadline, runtime.deadlines.grace)
     except errors.TaskCanceled:
         return _aborted(context)
+    except RunHung as hung:
+        return _hung(runtime, run, hung)
     except Exception as exc:
         if faults.is_broken_device(exc):  # the device's failure, not the task's: it runs again elsewhere
             log.error(
@@ -268,6 +299,7 @@ async def _execute(
         # a bug or an unexpected runtime failure: logged in full, reported without internals
         log.exception("task %s failed", run.task_uid)
         return Failed(500, INTERNAL_ERROR.format(task_uid=run.task_uid))
+    runtime.speeds.record(spec.kind, spec.work(), ran_for[0])
 
     keys: list[str] = []
     try:
@@ -281,32 +313,69 @@ async def _execute(
     return Finished(keys, seeds)
 
 
+def _hung(runtime: WorkerRuntime, run: domain.Run, hung: RunHung) -> Outcome:
+    """The outcome of a run abandoned at its deadline (CancelledError when the job was cancelled too:
+    the cancel's outcome then). An engine call that did not stop leaves the engine thread stuck: the
+    worker stops, to be started again."""
+    if hung.returned:
+        log.error(
+            "task %s: no sign of life for %g s (its deadline); the run stopped when told to, and is given up",
+            run.task_uid,
+            hung.seconds,
+        )
+    else:
+        runtime.engine_hung = True
+        runtime.device_failure = DeviceFailure(
+            f"the engine hung: task {run.task_uid}'s run gave no sign of life for {round(hung.seconds, 1):g} s and did "
+            f"not stop within {runtime.deadlines.grace:g} s of being told to"
+        )
+        log.error("task %s: %s; the run is given up and the worker stops", run.task_uid, runtime.device_failure)
+    if hung.cancelled:
+        raise asyncio.CancelledError()
+    return TimedOut(hung.seconds)
+
+
 async def _own_until_done(
-    future: concurrent.futures.Future[tuple[list[bytes], list[int]]],
+    future: concurrent.futures.Future[tuple[list[bytes], list[int]]], deadline: Deadline, grace: float
 ) -> tuple[list[bytes], list[int]]:
     """The engine call's result. Cancelled meanwhile, it still waits for the engine thread to return
     (the step callback stops it at the next step), then raises CancelledError: the job owns the engine
-    until then, so the next job never runs beside this one."""
+    until then, so the next job never runs beside this one.
+
+    Past the run's deadline without a sign of life, the engine is told to stop and given `grace`
+    seconds to; then `RunHung` is raised, whether it stopped or not (a stuck thread cannot be stopped)."""
     waiting = asyncio.wrap_future(future)
     cancelled = False
-    while True:
+    while not waiting.done():
         try:
-            result = await asyncio.shield(waiting)
-            break
+            await asyncio.wait([waiting], timeout=deadline.remaining())
         except asyncio.CancelledError:
-            if waiting.done():
-                break
             cancelled = True
+            continue
+        if not waiting.done() and deadline.expired:
+            deadline.stop()
+            loop = asyncio.get_running_loop()
+            until = loop.time() + grace
+            while not waiting.done() and (left := until - loop.time()) > 0:
+                try:
+                    await asyncio.wait([waiting], timeout=left)
+                except asyncio.CancelledError:
+                    cancelled = True
+            if waiting.done() and not waiting.cancelled():
+                if waiting.exception() is None and not cancelled:  # it finished just now after all
+                    return waiting.result()
+            raise RunHung(deadline.limit, returned=waiting.done(), cancelled=cancelled)
     if cancelled:
         raise asyncio.CancelledError()
-    return result
+    return waiting.result()
 
 
 def _step_callback(
-    context: procrastinate.JobContext, runtime: WorkerRuntime, run: domain.Run
+    context: procrastinate.JobContext, runtime: WorkerRuntime, run: domain.Run, deadline: Deadline
 ) -> tuple[StepCallback, PreviewCallback | None]:
     """The engine's callbacks (called on its thread after each step and between phases): the first
-    stops the engine once the job is asked to abort, and writes progress at most every
+    is the run's sign of life for its deadline, stops the engine once the job is asked to abort (or
+    the deadline passed), and writes progress at most every
     `progress_interval` seconds; the second (None without previews) makes a preview at most every
     `preview_interval` seconds and has it written with the next progress write."""
     loop = asyncio.get_running_loop()
@@ -317,8 +386,9 @@ def _step_callback(
     last_event = [time.monotonic()]  # the `progress` webhook event: not before an interval has passed
 
     def on_step(progress: float) -> None:
-        if context.should_abort():
+        if context.should_abort() or deadline.stopping:
             raise errors.TaskCanceled()
+        deadline.alive()
         now = time.monotonic()
         # one write at a time: while the database is away, writes are dropped rather than piled up
         if now - last_write[0] >= runtime.progress_interval and not (writing and not writing[0].done()):
@@ -373,7 +443,7 @@ async def _apply(runtime: WorkerRuntime, run: domain.Run, spec: domain.ActionSpe
     repo = runtime.repo
     name = type(outcome).__name__.lower()
     written, maybe_applied = await runtime.retry.run_tracked(
-        f"task {run.task_uid}: writing {name}", lambda: _write(repo, run, outcome)
+        f"task {run.task_uid}: writing {name}", lambda: _write(runtime, run, outcome)
     )
     if not written and maybe_applied:
         # A try whose connection broke may have written it, and this refusal be our own write seen
@@ -384,11 +454,11 @@ async def _apply(runtime: WorkerRuntime, run: domain.Run, spec: domain.ActionSpe
         await _delete(runtime.store, outcome.keys)
     if written and not isinstance(outcome, Requeued):
         await asyncio.to_thread(references.drop, spec, runtime.store)
-    if written:
+    if written and not runtime.engine_hung:
         # What this worker now holds (read on the engine thread); the registry records it too (routing).
         holdings = await runtime.engine_thread.call(runtime.engine.holdings)
         log.info("task %s %s (attempt %d); worker holds %s", run.task_uid, name, run.attempt, holdings)
-    else:
+    elif not written:
         log.warning(
             "task %s: attempt %d by %s was superseded; its outcome (%s) was not written",
             run.task_uid,
@@ -419,18 +489,35 @@ async def _hand_back_lost_start(runtime: WorkerRuntime, task_uid: str) -> None:
         log.info("task %s was taken by %s; skipping", task_uid, run.worker)
         return
     requeued = await runtime.retry.run(f"task {task_uid}: queueing it again", lambda: runtime.repo.requeue_run(run))
-    log.warning("task %s: its start's reply was lost; handed back to the queue (%s)", task_uid, requeued)
+    log.warning("task %s: its start's reply was lost; handed back to the queue (%s)", task_uid, requeued is not None)
 
 
-def _write(repo: TaskRepository, run: domain.Run, outcome: Outcome) -> Awaitable[bool]:
-    """The statement that writes `outcome`: True when written, False when the run was superseded."""
+async def _write(runtime: WorkerRuntime, run: domain.Run, outcome: Outcome) -> bool:
+    """Write `outcome`: True when written, False when the run was superseded. A hand-back records its
+    cause; a loss (a failed device, a hang) counts against the task's attempt limit, and is logged and
+    counted once written."""
+    repo = runtime.repo
     if isinstance(outcome, Finished):
-        return repo.finish_task(run, outcome.keys, outcome.seeds)
+        return await repo.finish_task(run, outcome.keys, outcome.seeds)
     if isinstance(outcome, Failed):
-        return repo.fail_task(run, outcome.code, outcome.message)
+        return await repo.fail_task(run, outcome.code, outcome.message)
     if isinstance(outcome, Canceled):
-        return repo.cancel_run(run)
-    return repo.requeue_run(run)
+        return await repo.cancel_run(run)
+    cause, detail = _cause_of(outcome)
+    requeue = await repo.requeue_run(run, cause, runtime.max_lost_runs, detail)
+    if requeue is not None and cause.is_loss:
+        recovery.lost_run(cause, requeue, runtime.max_lost_runs, detail)
+        metrics.lost_runs_counter(metrics.WORKER_REGISTRY)(cause, requeue)
+    return requeue is not None
+
+
+def _cause_of(outcome: Requeued) -> tuple[domain.RunEnd, str]:
+    """How a handed-back run ended, as its record keeps it, with what it was."""
+    if isinstance(outcome, DeviceLost):
+        return domain.RunEnd.DEVICE_LOST, outcome.error
+    if isinstance(outcome, TimedOut):
+        return domain.RunEnd.TIMED_OUT, f"no sign of life for {round(outcome.seconds, 1):g} s"
+    return domain.RunEnd.REQUEUED, ""
 
 
 async def _delete(store: Store, keys: list[str]) -> None:

@@ -29,7 +29,7 @@ from picserve.engine.base import GenerationEngine
 from picserve.errors import PicserveError
 from picserve.storage.factory import open_store
 from picserve.tasks import database, recovery
-from picserve.worker import connector, jobs, registry, routing
+from picserve.worker import connector, deadline, jobs, registry, routing
 
 __all__ = ["build_engine", "preload_codes", "run_worker", "work"]
 
@@ -116,9 +116,14 @@ async def run_worker(
     waiting it out. The worker keeps its row in the registry (registry.py) from start to clean exit.
 
     Raises `jobs.DeviceFailure` once a job found the device broken (a sticky CUDA error; its task is
-    queued again): the worker's row then stays in the registry, marked unhealthy.
+    queued again) or its engine call hung past the run's deadline and would not stop: the worker's row
+    then stays in the registry, marked unhealthy.
     """
     name = name or f"{socket.gethostname()}:{os.getpid()}:{settings.device}"
+    try:
+        deadlines = deadline.DeadlinePolicy.of(settings)
+    except ValueError as exc:  # a setting the operator mistyped: said plainly, no traceback
+        raise SystemExit(f"picserve worker: {exc}") from None
     engine = engine or build_engine(settings)
     retry = resilience.Retry()
     affinity_wait = 0.0 if burst else settings.affinity_wait
@@ -145,6 +150,8 @@ async def run_worker(
             retry=retry,
             registry=roster,
             device=device,
+            deadlines=deadlines,
+            max_lost_runs=settings.max_lost_runs,
         )
         if codes := preload_codes(settings):
             # before the first fetch: the registry then tells the fleet's routing what this worker holds
@@ -159,7 +166,8 @@ async def run_worker(
         await roster.register(
             await runtime.engine_thread.call(engine.holdings), await runtime.engine_thread.call(engine.capacity)
         )
-        sweeper = asyncio.create_task(recovery.sweep_forever(db, settings.stalled_after, settings.stalled_after / 3))
+        sweep = recovery.sweep_forever(db, settings, metrics.lost_runs_counter(metrics.WORKER_REGISTRY))
+        sweeper = asyncio.create_task(sweep)
         beater = asyncio.create_task(_beat_forever(roster, settings.heartbeat_interval))
         stop_metrics = metrics.serve_worker(settings.worker_metrics_port, settings.host, device)
         try:
@@ -168,7 +176,7 @@ async def run_worker(
             stop_metrics()
             sweeper.cancel()
             beater.cancel()
-            runtime.engine_thread.close()
+            runtime.engine_thread.close(wait=not runtime.engine_hung)  # a stuck thread is left behind
             await app.close_async()
             if runtime.device_failure is None:  # an unhealthy worker's row stays, saying why
                 await asyncio.shield(roster.unregister())

@@ -527,6 +527,7 @@ function buildRequest() {
   const model = $("model").value;
   if (!model) throw new FieldError("model", "MainModel: choose a model (connect first to list them)");
   const { text: prompt, networks } = extractNetworks($("prompt").value);
+  if (!prompt.trim()) throw new FieldError("prompt", "PositivePrompts: describe the image to make");
   const subModels = state.subModels.map((s) => ({ ...s }));
   for (const net of networks) {
     if (subModels.some((s) => s.code === net.code)) continue; // the picker's weight wins

@@ -1,0 +1,139 @@
+"""The README's code, run as a reader runs it, against a real `picserve serve` (embedded PostgreSQL, one
+worker, the tiny SDXL on the CPU): the SDK example, the standalone signer and its curl lines. They cannot
+rot: a change that breaks them fails here. The same server's log shows what an operator reads of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.processes import create_key, running, serve
+
+README = Path(__file__).parents[2] / "README.md"
+
+
+def readme_block(name: str) -> str:
+    """The fenced code block right after the README's `<!-- readme-test: NAME -->` marker."""
+    text = README.read_text()
+    match = re.search(rf"<!-- readme-test: {name} -->\n```\w*\n(.*?)\n```", text, re.S)
+    assert match, f"README.md has no code block marked readme-test: {name}"
+    return match.group(1)
+
+
+def shell_commands(block: str) -> list[str]:
+    """The commands of a shell block (a line ending in a backslash goes on)."""
+    commands, current = [], ""
+    for line in block.splitlines():
+        current += line.removesuffix("\\") + " " if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            commands.append(current)
+            current = ""
+    return commands
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, models_dir) -> Iterator[tuple[str, dict[str, str], Path]]:
+    data_dir = tmp_path_factory.mktemp("readme")
+    log = data_dir.parent / f"{data_dir.name}-serve.log"
+    # the default log level, as an operator runs it: refusals logged, polls not
+    env = {**os.environ, "PICSERVE_LOG_LEVEL": "info"}
+    process = serve("--data-dir", data_dir, "--models-dir", models_dir, "--device", "cpu", log=log, env=env)
+    with running(process):
+        key = create_key(name="reader", data_dir=data_dir)
+        yield process.base, key, log
+
+
+def reader_env(base: str, key: dict[str, str], **more: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PICSERVE_URL": base,
+        "PICSERVE_PUBLIC_KEY": key["PublicKey"],
+        "PICSERVE_PRIVATE_KEY": key["PrivateKey"],
+        **more,
+    }
+
+
+def test_the_sdk_example_runs_and_saves_its_images(server, tmp_path):
+    base, key, _ = server
+    script = tmp_path / "example.py"
+    script.write_text(readme_block("sdk"))
+    ran = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=reader_env(base, key),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    saved = re.findall(r"^(out/\S+\.png) seed (\d+)$", ran.stdout, re.M)
+    assert len(saved) == 2, ran.stdout  # BatchSize 2
+    for path, _ in saved:
+        image = Image.open(tmp_path / path)
+        assert image.size == (512, 512) and "parameters" in image.text
+    # the tiny model's sidecar defaults applied: the example sends no steps
+    assert "Steps: 6" in Image.open(tmp_path / saved[0][0]).text["parameters"]
+
+
+def run_shell(command: str, base: str, env: dict[str, str], cwd: Path) -> dict[str, object]:
+    command = command.replace("python3 ", f"{sys.executable} ").replace("http://127.0.0.1:8080/", f"{base}/")
+    ran = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    reply: dict[str, object] = json.loads(ran.stdout)
+    return reply
+
+
+def test_the_signer_and_curl_lines_work(server, tmp_path):
+    base, key, log = server
+    (tmp_path / "sign.py").write_text(readme_block("signer"))
+    submit, poll = shell_commands(readme_block("curl"))
+    assert "-H 'Content-Type: application/json'" in submit
+
+    # keys as pasted from a terminal, with whitespace around them
+    padded = reader_env(base, key, PICSERVE_PRIVATE_KEY=f"{key['PrivateKey']}\n")
+    submitted = run_shell(submit, base, padded, tmp_path)
+    assert submitted["RetCode"] == 0, submitted
+    task_uid = str(submitted["TaskUID"])
+    polled = run_shell(poll.replace("TASKUID", task_uid), base, padded, tmp_path)
+    assert polled["RetCode"] == 0, polled
+    details = polled["TaskDetailList"]
+    assert isinstance(details, list) and details[0]["TaskUID"] == task_uid
+
+    # a wrong private key: the reply names the likeliest cause, and the server log has one line of it
+    wrong = reader_env(base, key, PICSERVE_PRIVATE_KEY="not-" + key["PrivateKey"])
+    refused = run_shell(poll.replace("TASKUID", task_uid), base, wrong, tmp_path)
+    assert refused["RetCode"] == 170
+    assert str(refused["Message"]).startswith("Signature does not match. Most likely the PrivateKey")
+    text = log.read_text()
+    lines = [line for line in text.splitlines() if "refused ListTasksDetails" in line]
+    assert len(lines) == 1 and f"from key {key['PublicKey'][:8]}…: RetCode 170: Signature does not match" in lines[0]
+    assert key["PrivateKey"] not in text
+    # accepted requests (the submit, the polls) leave no line at info level, nor do uvicorn's access lines
+    assert '"POST / HTTP/1.1"' not in text and "RetCode 0" not in text, text
+
+
+def test_a_form_body_is_refused_naming_the_header(server, tmp_path):
+    base, key, _ = server
+    (tmp_path / "sign.py").write_text(readme_block("signer"))
+    submit, _ = shell_commands(readme_block("curl"))
+    without = submit.replace(" -H 'Content-Type: application/json' --data-binary", " -d")
+    refused = run_shell(without, base, reader_env(base, key), tmp_path)
+    assert refused["RetCode"] == 160
+    assert "send the header `Content-Type: application/json`" in str(refused["Message"])
