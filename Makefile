@@ -65,9 +65,11 @@ serve: $(STAMP)
 
 # The suite runs in TEST_WORKERS pytest-xdist worker processes (2: the cores of the machines it was sized
 # on; TEST_WORKERS=0 runs it in this one process), each test file on one worker (--dist loadfile), so that
-# a module's server, browser or database starts once.
+# a module's server, browser or database starts once. Files are handed out in collection order, the
+# longest first (tests/conftest.py LONGEST_FIRST), not by pytest-xdist's count of tests per file, which
+# handed the one-test files of minutes (the fleet, the RSS test) out last.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # test: the whole suite (unit, contract, API, engine on the tiny model, PostgreSQL integration, acceptance).
 test: $(STAMP)

@@ -21,7 +21,7 @@ import shutil
 import socket
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -155,6 +155,58 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
         return None
 
 
+#: The test files that take longest, longest first (seconds on the 2-core development machine, 2026-12-07).
+#: pytest-xdist hands out whole files (`--dist loadfile`), in collection order (the Makefile turns off its
+#: reordering by test count, which put these one-test files last): a long file handed out last kept one
+#: worker busy for minutes after the other had finished. So they go first, then the rest tier by tier,
+#: the heaviest tiers first, and the small files of the light tiers fill the gaps at the end. The order
+#: changes nothing but the suite's wall time; a file missing here only runs later.
+LONGEST_FIRST = (
+    "engine/test_lycoris.py",  # 148 s
+    "engine/test_acceleration.py",  # 132 s, 51 s of it the compile warm-up
+    "acceptance/test_fleet.py",  # about 90 s (two phases of a 2-API, 3-worker fleet)
+    "engine/test_engine.py",  # 103 s
+    "integration/test_queue.py",  # about 100 s
+    "engine/test_modes.py",  # 99 s
+    "engine/test_model_cache.py",  # 99 s
+    "acceptance/test_serve.py",  # about 80 s
+    "playground/test_playground.py",  # 78 s
+    "engine/test_adapters.py",  # 77 s
+    "integration/test_db_outage.py",  # 74 s
+    "acceptance/test_webhooks.py",  # 62 s
+    "engine/test_model_files.py",  # 54 s
+    "engine/test_fp16.py",  # 53 s
+    "engine/test_failures.py",  # 50 s
+    "acceptance/test_readme.py",  # about 50 s
+    "engine/test_memory.py",  # 47 s
+    "integration/test_run_state_machine.py",  # 32 s
+    "acceptance/test_poison.py",  # 28 s
+    "acceptance/test_openai.py",
+    "engine/test_bench_gpu_check.py",  # 18 s
+    # the fast tier's longest (`make test-fast` runs only these tiers)
+    "api/test_fuzz.py",  # 10 s
+    "api/test_bodies.py",  # 6 s
+    "api/test_run_protocol.py",
+    "api/test_openai.py",
+    "api/test_cli.py",
+)
+#: then the other files, by tier, heaviest first
+_TIER_ORDER = ("acceptance", "engine", "integration", "playground", "translate", "api", "contract", "unit")
+
+
+def _schedule_key(root: Path) -> Callable[[pytest.Item], tuple[int, int]]:
+    longest = {name: rank for rank, name in enumerate(LONGEST_FIRST)}
+
+    def key(item: pytest.Item) -> tuple[int, int]:
+        relative = Path(item.fspath).relative_to(root)
+        if relative.as_posix() in longest:
+            return (0, longest[relative.as_posix()])
+        tier = relative.parts[0]
+        return (1, _TIER_ORDER.index(tier) if tier in _TIER_ORDER else len(_TIER_ORDER))
+
+    return key
+
+
 def pytest_collection_modifyitems(config, items):
     root = Path(__file__).parent
     skip_slow = pytest.mark.skip(reason="marked slow: run with --run-slow (kept out of `make test` for its time)")
@@ -164,6 +216,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(mark)
         if item.get_closest_marker("slow") is not None and not config.getoption("--run-slow"):
             item.add_marker(skip_slow)
+    items.sort(key=_schedule_key(root))  # stable: a file's tests keep their order
 
 
 @contextlib.contextmanager

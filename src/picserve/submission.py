@@ -12,9 +12,13 @@ goes through before it is queued is written once:
      │ 4. webhook          the request's own (checked: http(s), a public address unless allowed), else
      │                     the key's default, for `completed`
      │ 5. admission        the kind's memory plan against the live workers (off the loop); then, in
-     │                     TaskService.submit's one transaction: queue bound, open-task cap, credits
+     │                     create_task's one statement: queue bound, open-task cap, credits
      │ 6. queue            the task row and its job; the TaskUID is durable once this returns
      ◄ TaskUID
+
+On PostgreSQL that is three statements (a fourth counts the request where a rate limit applies): the
+key (auth), the idempotency record with the live workers' memory (1 and 5's read,
+`TaskService.before_submit`), and the submit itself (`picserve_submit_task_v1`, migration 0011).
 
 A task kind that a client submits is one `Kind` in `KINDS`, keyed by its PICPIK Action name.
 """
@@ -69,17 +73,17 @@ async def submit(
     request: domain.RequestId | None = None,
 ) -> str:
     """Queue a task of `action` for `params` (the wire fields); its TaskUID."""
-    repeat = await find_repeat(services, account, request)  # 1
+    kind = KINDS[action]
+    # 1, and the live workers' memory for 5, in one read
+    live_after = services.settings.stalled_after if kind.check_memory is not None else None
+    repeat, workers = await services.tasks.before_submit(account, request, live_after)
     if repeat is not None:
         return repeat
-    kind = KINDS[action]
     parsed = messages.parse(kind.message, params)  # 2
     spec = await asyncio.to_thread(kind.to_spec, parsed, services)  # 3
     webhook = await _webhook(getattr(parsed, "Webhook", None), account, services.settings.webhook_allow)  # 4
-    if kind.check_memory is not None:  # 5
-        workers = await services.repo.worker_memory(services.settings.stalled_after)
-        if workers:
-            await asyncio.to_thread(kind.check_memory, spec, workers, services.catalog)
+    if kind.check_memory is not None and workers:  # 5
+        await asyncio.to_thread(kind.check_memory, spec, workers, services.catalog)
     return await services.tasks.submit(account, action, spec, request, webhook)  # 5, 6
 
 

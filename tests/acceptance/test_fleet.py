@@ -3,8 +3,8 @@
 Debian's PostgreSQL (tests/pg_server.py, `initdb` + `pg_ctl` on 127.0.0.1), moto's S3 server on
 127.0.0.1, two API processes (`picserve serve --workers 0`) and three worker processes
 (`picserve worker`, the tiny SDXL on the CPU, one main model in memory each, as on a GPU that fits
-one SDXL). Two keys send 60 tasks over two main models through both APIs: key A's backlog of 40
-first, then key B's 20. Mid-run one worker is killed (SIGKILL, as a lost machine). Run twice, with
+one SDXL). Two keys send 36 tasks over two main models through both APIs: key A's backlog of 24
+first, then key B's 12. Mid-run one worker is killed (SIGKILL, as a lost machine). Run twice, with
 model affinity on (PICSERVE_AFFINITY_WAIT) and off, it shows: every task finishes exactly once
 (one successful job and one written outcome each, charged once; only the killed worker's task ran a
 second time), affinity makes far fewer model loads (both counts printed, from the worker registry),
@@ -38,14 +38,14 @@ from tests.processes import Process, create_key, wait_for
 from tests.s3_server import make_bucket
 
 WORKERS = 3
-A_TASKS, B_TASKS = 40, 20
+A_TASKS, B_TASKS = 24, 12
 MODELS = ("picserve-tiny", "picserve-tiny-diffusers")  # a single file and a diffusers folder
 #: a worker silent this long has its task run again elsewhere
 STALLED_AFTER = 3.0
 #: how long a task waits for a worker holding its model (about twice a tiny model's load here)
 AFFINITY_WAIT = 3.0
 #: the worker is killed once this many of the phase's tasks finished
-KILL_AFTER = 20
+KILL_AFTER = 12
 BUCKET = "fleet-results"
 
 
@@ -160,7 +160,7 @@ def clients(fleet: Fleet, key: dict[str, str]) -> Iterator[list[Client]]:
 
 
 def run_phase(fleet: Fleet, label: str, affinity_wait: float, a: list[Client], b: list[Client]) -> Phase:
-    """60 tasks (A's 40, then B's 20; models in pairs) through both APIs on 3 fresh workers, one of
+    """36 tasks (A's 24, then B's 12; models in pairs) through both APIs on 3 fresh workers, one of
     them killed mid-run; checked to the end. Returns what the phase measured."""
     names = fleet.start_workers(label, affinity_wait)
     started = time.monotonic()
@@ -198,7 +198,7 @@ def run_phase(fleet: Fleet, label: str, affinity_wait: float, a: list[Client], b
         return all(row["status"] in ("Finished", "Error", "Canceled") for row in tasks().values())
 
     try:
-        wait_for(ended, 400, f"all 60 tasks of {label} ended", every=0.5)
+        wait_for(ended, 400, f"all {len(uids)} tasks of {label} ended", every=0.5)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{fleet.log_tail()}") from exc
     seconds = time.monotonic() - started
@@ -211,7 +211,7 @@ def run_phase(fleet: Fleet, label: str, affinity_wait: float, a: list[Client], b
         assert code == 0, fleet.workers[name].describe()
 
     final = tasks()
-    # All 60 finished, exactly once: one successful job each, and only the killed task ran twice.
+    # All finished, exactly once: one successful job each, and only the killed task ran twice.
     assert {uid: row["status"] for uid, row in final.items()} == dict.fromkeys(uids, "Finished"), fleet.log_tail()
     attempts = {uid: row["attempt"] for uid, row in final.items()}
     assert {uid: n for uid, n in attempts.items() if n != 1}.keys() <= {killed_task}
@@ -283,7 +283,8 @@ def test_a_fleet_of_two_apis_and_three_workers_routes_by_model_and_survives_a_ki
     on, off = phases["affinity"], phases["fifo"]
     for phase in (on, off):
         report(
-            f"fleet, affinity {'on' if phase is on else 'off'}: 60 tasks in {phase.seconds:.1f} s on 3 workers "
+            f"fleet, affinity {'on' if phase is on else 'off'}: {A_TASKS + B_TASKS} tasks in {phase.seconds:.1f} s "
+            "on 3 workers "
             f"(one killed mid-task, its task run again: attempts {phase.attempts[phase.killed_task]}); "
             f"{phase.loads} model loads; key B, arriving behind {phase.a_backlog} queued tasks of key A, had its "
             f"first task started {phase.b_position}. after it arrived, {phase.b_wait:.2f} s later"

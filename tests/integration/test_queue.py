@@ -48,7 +48,8 @@ def test_cancel_a_running_task_at_its_next_step(make_client, run_worker):
 
 def test_two_worker_processes_share_the_queue(settings, make_client):
     client = make_client()
-    uids = [client.generate_images_sdxl(**tiny_request(Seed=i, Width=256, Height=256)) for i in range(6)]
+    # two processes draining one queue: every task finished once, in its own seed (the size is no matter)
+    uids = [client.generate_images_sdxl(**tiny_request(Seed=i, Width=128, Height=128)) for i in range(6)]
     workers = [worker_process(settings, f"w{i}", "--burst") for i in range(2)]
     try:
         for w in workers:

@@ -84,9 +84,13 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     )
     openapi.install(app)
 
-    @app.post("/")
     async def picpik(request: Request) -> JSONResponse:
         return await endpoint.handle(services_of(request.app), request)
+
+    # A plain route, not FastAPI's: the endpoint reads its own body and writes its own reply, so
+    # FastAPI's per-request handler (dependency solving, body handling) would be work for nothing.
+    # Its documentation is api/openapi.py's, built from the wire models.
+    app.add_route("/", picpik, methods=["POST"], include_in_schema=False)
 
     @app.get("/results/{key}")
     async def result(key: str, request: Request) -> Response:

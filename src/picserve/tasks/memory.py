@@ -143,6 +143,12 @@ class InMemoryRepository:
             raise repository.idempotency_conflict(request.request_uuid, task_uid)
         return task_uid
 
+    async def before_submit(
+        self, public_key: str, request: domain.RequestId | None, live_after: float | None
+    ) -> tuple[str | None, list[tuple[str, int]]]:
+        earlier = None if request is None else await self.find_request(public_key, request)
+        return earlier, [] if live_after is None else await self.worker_memory(live_after)
+
     async def create_task(
         self,
         task_uid: str,
@@ -152,12 +158,15 @@ class InMemoryRepository:
         cost: int,
         *,
         max_open_tasks: int = 0,
+        max_queued: int | None = None,
         request: domain.RequestId | None = None,
         webhook: domain.Webhook | None = None,
     ) -> str:
         async with self._lock:
             if task_uid in self._tasks:
                 raise ValueError(f"task {task_uid} already exists")
+            if max_queued is not None and await self.queued_count() >= max_queued:
+                raise repository.queue_full(max_queued)
             if request is not None:
                 earlier = await self.find_request(public_key, request)
                 if earlier is not None:
@@ -220,6 +229,13 @@ class InMemoryRepository:
             and model_code in (None, t.spec.needs().model_code)
         ]
         return found[:limit]
+
+    async def get_details(
+        self, task_uids: Sequence[str], public_key: str
+    ) -> list[tuple[domain.TaskRecord, int | None]]:
+        tasks = await self.get_many(task_uids, public_key)
+        positions = await self.queue_positions([t.task_uid for t in tasks])
+        return [(t, positions.get(t.task_uid)) for t in tasks]
 
     async def queue_positions(self, task_uids: Sequence[str]) -> dict[str, int]:
         queued = [t.task_uid for t in self._tasks.values() if t.status is domain.TaskStatus.QUEUING]  # arrival order

@@ -45,6 +45,14 @@ _RECORD_RUN = (
 _HANDED_BACK = "task_uid, attempt, worker, started_at, spec_kind, spec_version, spec"
 
 
+#: what a poll reads of a task (domain.TaskRecord.from_row's columns but its webhook, routing, attempt)
+_DETAIL_COLUMNS = (
+    "t.task_uid, t.public_key, t.action, t.status, t.spec_kind, t.spec_version, t.spec, t.cost, t.progress, "
+    "t.result_keys, t.seeds, t.error_code, t.error_message, t.worker, t.created_at, t.started_at, t.finished_at, "
+    "t.preview"
+)
+
+
 def _of(run: domain.Run) -> tuple[str, str, int]:
     """The parameters of `_RUN`."""
     return (run.task_uid, run.worker, run.attempt)
@@ -90,7 +98,7 @@ class PostgresRepository:
             row: Row | None = await cur.fetchone()
             return row
 
-    async def _all(self, query: str, params: Sequence[Any] = ()) -> list[Row]:
+    async def _all(self, query: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Row]:
         async with self._connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(query, params)
             rows: list[Row] = await cur.fetchall()
@@ -238,6 +246,31 @@ class PostgresRepository:
         async with self._connection() as conn:
             return await _find_request(conn, public_key, request)
 
+    async def before_submit(
+        self, public_key: str, request: domain.RequestId | None, live_after: float | None
+    ) -> tuple[str | None, list[tuple[str, int]]]:
+        if request is None and live_after is None:
+            return None, []
+        row = await self._one(
+            "SELECT r.fingerprint, r.task_uid, (SELECT coalesce(json_agg(json_build_array(w.device, w.memory_total)), "
+            "    '[]') FROM picserve_workers w WHERE %(live)s::float8 IS NOT NULL AND w.memory_total IS NOT NULL "
+            "    AND w.last_heartbeat > now() - make_interval(secs => %(live)s::float8)) AS workers "
+            "FROM (SELECT 1) AS one LEFT JOIN picserve_requests r ON r.public_key = %(key)s "
+            "  AND r.request_uuid = %(request)s::text AND r.created_at > now() - make_interval(secs => %(window)s)",
+            {
+                "key": public_key,
+                "request": request.request_uuid if request else None,
+                "window": request.window if request else 0.0,
+                "live": live_after,
+            },
+        )
+        assert row is not None  # one row, whatever matched
+        workers = [(str(device), int(memory)) for device, memory in row["workers"]]
+        earlier: str | None = row["task_uid"]
+        if earlier is not None and request is not None and row["fingerprint"] != request.fingerprint:
+            raise repository.idempotency_conflict(request.request_uuid, earlier)
+        return earlier, workers
+
     async def create_task(
         self,
         task_uid: str,
@@ -247,55 +280,55 @@ class PostgresRepository:
         cost: int,
         *,
         max_open_tasks: int = 0,
+        max_queued: int | None = None,
         request: domain.RequestId | None = None,
         webhook: domain.Webhook | None = None,
     ) -> str:
-        async with self._connection() as conn, conn.transaction():
-            open_count, available, earlier = await _lock_balance(conn, public_key, request)
-            if earlier is not None:
-                return earlier
-            if max_open_tasks and open_count >= max_open_tasks:
-                raise repository.too_many_open_tasks(open_count, max_open_tasks)
-            if available < cost:
-                raise errors.InsufficientCredits(
-                    f"this request costs {cost} credits and {max(available, 0)} are available"
-                )
-            # The job first (its id goes in the task's row), then the task and its request in one
-            # statement: one transaction of five round trips, while the key's row is locked.
-            job_id = await self.app.configure_task(TASK_NAME, queue=QUEUE, connection=conn).defer_async(
-                task_uid=task_uid
-            )
-            # model_code and loras: what the workers' fetch routes the task by (routing.py)
-            needs = spec.needs()
-            await conn.execute(
-                "WITH task AS (INSERT INTO picserve_tasks (task_uid, public_key, action, status, spec_kind, "
-                "spec_version, spec, cost, model_code, loras, webhook_url, webhook_events, job_id) "
-                "VALUES (%(uid)s, %(key)s, %(action)s, 'Queuing', %(kind)s, %(version)s, %(spec)s, %(cost)s, "
-                "%(model)s, %(loras)s, %(url)s, %(events)s, %(job)s) RETURNING task_uid) "
-                # the request, when there is one; it replaces a row of its request_uuid older than the window
-                "INSERT INTO picserve_requests (public_key, request_uuid, fingerprint, task_uid) "
-                "SELECT %(key)s::text, %(request)s::text, %(fingerprint)s::text, task_uid FROM task "
-                "WHERE %(request)s::text IS NOT NULL "
-                "ON CONFLICT (public_key, request_uuid) DO UPDATE "
-                "SET fingerprint = EXCLUDED.fingerprint, task_uid = EXCLUDED.task_uid, created_at = now()",
-                {
-                    "uid": task_uid,
-                    "key": public_key,
-                    "action": action,
-                    "kind": spec.kind,
-                    "version": spec.version,
-                    "spec": Jsonb(spec.to_dict()),
-                    "cost": cost,
-                    "model": needs.model_code,
-                    "loras": workers.lora_keys(needs.loras),
-                    "url": webhook.url if webhook else None,
-                    "events": list(webhook.events) if webhook else [],
-                    "job": job_id,
-                    "request": request.request_uuid if request else None,
-                    "fingerprint": request.fingerprint if request else None,
-                },
-            )
-            return task_uid
+        # One statement, one round trip (migration 0011): the queue bound, the key's lock, its open
+        # tasks and credits, the idempotency check, the job and the task with its request. The key's
+        # row is locked only while the server runs it.
+        needs = spec.needs()
+        row = await self._one(
+            "SELECT outcome, task_uid, queued, open_count, available FROM picserve_submit_task_v1("
+            "%(uid)s, %(key)s, %(action)s, %(kind)s, %(version)s, %(spec)s, %(cost)s, %(model)s, "
+            "%(loras)s::text[], %(url)s, %(events)s::text[], %(max_open)s, %(max_queued)s, %(request)s, "
+            "%(fingerprint)s, %(window)s, %(queue)s, %(task_name)s)",
+            {
+                "uid": task_uid,
+                "key": public_key,
+                "action": action,
+                "kind": spec.kind,
+                "version": spec.version,
+                "spec": Jsonb(spec.to_dict()),
+                "cost": cost,
+                # model_code and loras: what the workers' fetch routes the task by (routing.py)
+                "model": needs.model_code,
+                "loras": workers.lora_keys(needs.loras),
+                "url": webhook.url if webhook else None,
+                "events": list(webhook.events) if webhook else [],
+                "max_open": max_open_tasks,
+                "max_queued": max_queued,
+                "request": request.request_uuid if request else None,
+                "fingerprint": request.fingerprint if request else None,
+                "window": request.window if request else 0.0,
+                "queue": QUEUE,
+                "task_name": TASK_NAME,
+            },
+        )
+        assert row is not None  # the function always returns its one row
+        outcome = row["outcome"]
+        if outcome in ("created", "repeat"):
+            created: str = row["task_uid"]
+            return created
+        if outcome == "conflict":
+            assert request is not None
+            raise repository.idempotency_conflict(request.request_uuid, row["task_uid"])
+        if outcome == "queue_full":
+            raise repository.queue_full(max_queued or 0)
+        if outcome == "open_cap":
+            raise repository.too_many_open_tasks(int(row["open_count"]), max_open_tasks)
+        available = int(row["available"])
+        raise errors.InsufficientCredits(f"this request costs {cost} credits and {max(available, 0)} are available")
 
     async def _defer(self, conn: AsyncConnection[Any], task_uid: str) -> None:
         """Queue the task's job in the caller's transaction and point the task at it."""
@@ -351,6 +384,25 @@ class PostgresRepository:
             (*[[s.value for s in statuses]] * 2, public_key, public_key, model_code, model_code, limit),
         )
         return [domain.TaskRecord.from_row(r) for r in rows]
+
+    async def get_details(
+        self, task_uids: Sequence[str], public_key: str
+    ) -> list[tuple[domain.TaskRecord, int | None]]:
+        # one statement: the columns a TaskDetail shows, and a queued task's place in the queue
+        # Positions in one pass over the queue's head, up to the last queued task asked for (the queued
+        # index, in arrival order), instead of one count per task: rank() is 1 + the tasks queued
+        # strictly before it, as queue_positions counts.
+        rows = await self._all(
+            f"WITH mine AS (SELECT {_DETAIL_COLUMNS} FROM picserve_tasks t "
+            "  WHERE t.task_uid = ANY(%(uids)s) AND t.public_key = %(key)s), "
+            "head AS (SELECT q.task_uid, rank() OVER (ORDER BY q.created_at) AS queue_position FROM picserve_tasks q "
+            "  WHERE q.status = 'Queuing' "
+            "  AND q.created_at <= (SELECT max(m.created_at) FROM mine m WHERE m.status = 'Queuing')) "
+            "SELECT mine.*, head.queue_position FROM mine "
+            "LEFT JOIN head ON head.task_uid = mine.task_uid AND mine.status = 'Queuing'",
+            {"uids": list(task_uids), "key": public_key},
+        )
+        return [(domain.TaskRecord.from_row(r), r["queue_position"]) for r in rows]
 
     async def queue_positions(self, task_uids: Sequence[str]) -> dict[str, int]:
         rows = await self._all(
@@ -564,42 +616,6 @@ class PostgresRepository:
             await self._defer(conn, task["task_uid"])
             spec = domain.spec_from_json(task["spec_kind"], task["spec_version"], task["spec"])
             return True, domain.Requeue(task["task_uid"], domain.TaskStatus.QUEUING, 0, domain.spec_digest(spec))
-
-
-async def _lock_balance(
-    conn: AsyncConnection[Any], public_key: str, request: domain.RequestId | None
-) -> tuple[int, int, str | None]:
-    """The key's open tasks, its credits still available (open tasks count as spent) and the TaskUID
-    already made for `request` (IdempotencyConflict when made from other parameters); locks the key
-    row first, which serialises the submits of one key.
-
-    Two statements on purpose: a statement reads the snapshot it started with, so a balance summed in
-    the locking statement itself would miss the tasks that the transaction it waited for inserted, and
-    two concurrent submits could spend the same credits (the contract suite's concurrency test).
-    """
-    await conn.execute("SELECT 1 FROM picserve_keys WHERE public_key = %s FOR UPDATE", (public_key,))
-    cur = await conn.cursor(row_factory=dict_row).execute(
-        "SELECT o.n AS open_count, k.total_credits - k.used_credits - o.cost AS available, "
-        "  r.fingerprint, r.task_uid AS earlier "
-        "FROM picserve_keys k CROSS JOIN LATERAL (SELECT count(*) AS n, COALESCE(sum(cost), 0) AS cost "
-        "  FROM picserve_tasks t WHERE t.public_key = k.public_key AND t.status = ANY(%(open)s)) o "
-        "LEFT JOIN picserve_requests r ON r.public_key = k.public_key AND r.request_uuid = %(request)s::text "
-        "  AND r.created_at > now() - make_interval(secs => %(window)s) "
-        "WHERE k.public_key = %(key)s",
-        {
-            "open": _OPEN,
-            "key": public_key,
-            "request": request.request_uuid if request else None,
-            "window": request.window if request else 0,
-        },
-    )
-    row: DictRow | None = await cur.fetchone()
-    if row is None:
-        return 0, 0, None
-    earlier: str | None = row["earlier"]
-    if earlier is not None and request is not None and row["fingerprint"] != request.fingerprint:
-        raise repository.idempotency_conflict(request.request_uuid, earlier)
-    return int(row["open_count"]), int(row["available"]), earlier
 
 
 async def _find_request(conn: AsyncConnection[Any], public_key: str, request: domain.RequestId) -> str | None:

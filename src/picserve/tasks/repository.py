@@ -94,6 +94,13 @@ class TaskRepository(Protocol):
         None. Raises IdempotencyConflict when that task was made from other parameters."""
         ...
 
+    async def before_submit(
+        self, public_key: str, request: domain.RequestId | None, live_after: float | None
+    ) -> tuple[str | None, list[tuple[str, int]]]:
+        """What a submit reads before its work, in one go: `find_request(public_key, request)` (None
+        without a request) and `worker_memory(live_after)` ([] when `live_after` is None)."""
+        ...
+
     async def create_task(
         self,
         task_uid: str,
@@ -103,6 +110,7 @@ class TaskRepository(Protocol):
         cost: int,
         *,
         max_open_tasks: int = 0,
+        max_queued: int | None = None,
         request: domain.RequestId | None = None,
         webhook: domain.Webhook | None = None,
     ) -> str:
@@ -114,8 +122,10 @@ class TaskRepository(Protocol):
 
         With `request`, a resend of a request already accepted (same request_uuid and fingerprint
         within the window) writes nothing and returns the first task's TaskUID; the same request_uuid
-        with another fingerprint raises IdempotencyConflict. Otherwise, writing nothing, it raises
-        TooManyOpenTasks when the key has `max_open_tasks` (> 0) Queuing or Running tasks, and
+        with another fingerprint raises IdempotencyConflict. Before either, with `max_queued`, it
+        raises ServerBusy (writing nothing) when `max_queued` tasks of any key are Queuing already.
+        Otherwise, writing nothing, it raises TooManyOpenTasks when the key has `max_open_tasks`
+        (> 0) Queuing or Running tasks, and
         InsufficientCredits when the key's available credits (total − used − the cost of its open
         tasks) are fewer than `cost`. Concurrent calls for one key are serialised: two never spend the
         same credits, pass the cap together, or both create a task for one request_uuid.
@@ -154,6 +164,14 @@ class TaskRepository(Protocol):
     ) -> list[domain.TaskRecord]:
         """Every key's tasks (the operator's view), newest first, at most `limit`: of those statuses
         (none: any), that key, that main model, where given."""
+        ...
+
+    async def get_details(
+        self, task_uids: Sequence[str], public_key: str
+    ) -> list[tuple[domain.TaskRecord, int | None]]:
+        """What a poll shows, in one go: `get_many(task_uids, public_key)`, each task with its
+        `queue_positions` entry (None unless it is queued). The records may leave out what a
+        TaskDetail does not show (its webhook, routing and attempt)."""
         ...
 
     async def queue_positions(self, task_uids: Sequence[str]) -> dict[str, int]:
@@ -232,6 +250,11 @@ def idempotency_conflict(request_uuid: str, task_uid: str) -> errors.Idempotency
         f"{field} {value!r} was already used for task {task_uid} with other parameters: a retry "
         f"must resend the same request; a new request needs a new {field}"
     )
+
+
+def queue_full(max_queued: int) -> errors.ServerBusy:
+    """The refusal of a submit while the queue is at its bound (PICSERVE_MAX_QUEUED_TASKS)."""
+    return errors.ServerBusy(f"the queue holds {max_queued} tasks already; retry later")
 
 
 def too_many_open_tasks(open_count: int, cap: int) -> errors.TooManyOpenTasks:

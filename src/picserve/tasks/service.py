@@ -33,6 +33,13 @@ class TaskService:
         when its request_uuid was used with other parameters. Checked before any work on the request."""
         return None if request is None else await self.repo.find_request(account.public_key, request)
 
+    async def before_submit(
+        self, account: domain.Account, request: domain.RequestId | None, live_after: float | None
+    ) -> tuple[str | None, list[tuple[str, int]]]:
+        """`find_repeat` and, with `live_after`, the live workers' memory (for the admission check),
+        in one read."""
+        return await self.repo.before_submit(account.public_key, request, live_after)
+
     async def submit(
         self,
         account: domain.Account,
@@ -43,8 +50,6 @@ class TaskService:
     ) -> str:
         """Queue a task for `spec`; its TaskUID is durable once this returns. A resend of `request`
         gets the first TaskUID back, without a second task or charge. Its events go to `webhook`."""
-        if await self.repo.queued_count() >= self.max_queued:
-            raise errors.ServerBusy(f"the queue holds {self.max_queued} tasks already; retry later")
         cap = account.max_open_tasks if account.max_open_tasks is not None else self.max_open_tasks
         task_uid = xid.new_xid()
         stashed = await asyncio.to_thread(references.stash, spec, self.store) if references.carried(spec) else spec
@@ -56,6 +61,7 @@ class TaskService:
                 stashed,
                 spec.cost(self.credit_divisor),
                 max_open_tasks=cap,
+                max_queued=self.max_queued,  # checked in create_task's one statement
                 request=request,
                 webhook=webhook,
             )
@@ -71,6 +77,17 @@ class TaskService:
     async def get_many(self, account: domain.Account, task_uids: Sequence[str]) -> list[domain.TaskRecord]:
         """The caller's tasks in the order asked; TaskNotFound names the first that is not theirs."""
         found = {t.task_uid: t for t in await self.repo.get_many(task_uids, account.public_key)}
+        missing = [uid for uid in task_uids if uid not in found]
+        if missing:
+            raise errors.TaskNotFound(f"TaskUIDList: task {missing[0]!r} not found")
+        return [found[uid] for uid in task_uids]
+
+    async def details(
+        self, account: domain.Account, task_uids: Sequence[str]
+    ) -> list[tuple[domain.TaskRecord, int | None]]:
+        """`get_many`, each task with its queue position (None unless queued), in one read."""
+        details = await self.repo.get_details(task_uids, account.public_key)
+        found = {task.task_uid: (task, position) for task, position in details}
         missing = [uid for uid in task_uids if uid not in found]
         if missing:
             raise errors.TaskNotFound(f"TaskUIDList: task {missing[0]!r} not found")

@@ -15,11 +15,9 @@ __all__ = ["handle"]
 
 async def handle(services: Services, account: domain.Account, envelope: Envelope, base_url: str) -> dict[str, Any]:
     request = messages.parse(messages.ListTasksDetails, envelope.params)
-    tasks = await services.tasks.get_many(account, request.TaskUIDList)
-    queued = [t.task_uid for t in tasks if t.status is domain.TaskStatus.QUEUING]
-    positions = await services.repo.queue_positions(queued) if queued else {}
-    return {
-        "TaskDetailList": [
-            task_detail(t, lambda key: services.result_url(key, base_url), positions.get(t.task_uid)) for t in tasks
-        ]
-    }
+    tasks = await services.tasks.details(account, request.TaskUIDList)  # one statement
+
+    def url_of(key: str) -> str:
+        return services.result_url(key, base_url)
+
+    return {"TaskDetailList": [task_detail(task, url_of, position) for task, position in tasks]}
