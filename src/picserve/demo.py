@@ -19,9 +19,10 @@ from pathlib import Path
 import httpx
 
 from picserve import catalog as catalog_module
-from picserve import errors, keycipher, supervisor
+from picserve import errors, keycipher
 from picserve.config import Settings
 from picserve.sdk import Client
+from picserve.tasks import embedded_pg
 
 __all__ = ["DEMO_KEY", "free_port", "next_steps", "run", "wait_healthy"]
 
@@ -53,7 +54,7 @@ def run(
         raise SystemExit(f"no main model {model!r} in {settings.models_dir / 'main'}")
 
     port = free_port()
-    with supervisor.database(settings) as url:
+    with embedded_pg.database(settings) as url:
         account = asyncio.run(_demo_key(url, keycipher.load(settings)))
         env = {
             **os.environ,

@@ -20,7 +20,6 @@ from picserve.tasks import embedded_pg
 
 __all__ = [
     "Supervisor",
-    "database",
     "die_with_parent",
     "exit_reason",
     "serve",
@@ -30,10 +29,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-#: the database URL of `settings` (moved to tasks/embedded_pg.py; the CLI still names it here)
-database = embedded_pg.database
 
 
 def worker_devices(device: str, workers: int, gpu_count: int) -> list[str]:
@@ -257,7 +252,7 @@ def serve(settings: Settings, access_log: bool | None = None) -> None:
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found: make that a
     # clean exit, so the workers and the embedded database below are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with database(settings) as url:
+    with embedded_pg.database(settings) as url:
         supervisor = Supervisor(functools.partial(spawn_worker, settings, url, devices=devices), settings.workers)
         try:
             uvicorn.run(

@@ -15,6 +15,7 @@ from picserve.api import auth
 from picserve.config import Settings
 from picserve.protocol import signature
 from picserve.sdk import Client
+from picserve.tasks import embedded_pg
 from tests.api.conftest import request
 from tests.processes import free_port
 
@@ -142,7 +143,7 @@ def test_uvicorn_access_lines_are_off_unless_asked_for(monkeypatch, level, flag,
 
     ran = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: ran.update(kwargs))
-    monkeypatch.setattr(supervisor, "database", lambda settings: contextlib.nullcontext("postgresql://db"))
+    monkeypatch.setattr(embedded_pg, "database", lambda settings: contextlib.nullcontext("postgresql://db"))
     monkeypatch.setattr(supervisor, "Supervisor", lambda *args: type("S", (), {"stop": lambda self: None})())
     monkeypatch.setattr("picserve.api.app.create_app", lambda settings: None)
     supervisor.serve(Settings.load(env={}, workers=0, log_level=level), access_log=flag)

@@ -16,6 +16,7 @@ from picserve import supervisor
 from picserve.config import Settings
 from picserve.resilience import Backoff
 from picserve.supervisor import Supervisor, exit_reason
+from picserve.tasks import embedded_pg
 
 
 def test_backoff_doubles_per_quick_crash_up_to_the_cap():
@@ -263,7 +264,7 @@ def test_serve_refuses_more_workers_than_gpus_before_starting_anything(gpus, mon
     def no_database(settings):
         raise AssertionError("the database was started")
 
-    monkeypatch.setattr(supervisor, "database", no_database)
+    monkeypatch.setattr(embedded_pg, "database", no_database)
     with pytest.raises(SystemExit) as caught:
         supervisor.serve(Settings.load(env={}, workers=3))
     assert str(caught.value).startswith("picserve serve: 3 workers on device 'auto' need one GPU each")

@@ -41,8 +41,8 @@ def load_settings(**flags: Any) -> Settings:
 
 def with_repo(settings: Settings, action: Callable[[TaskRepository], Awaitable[T]]) -> T:
     """Run `action` on the key and task repository of `settings`' database (embedded or external)."""
-    from picserve import keycipher, supervisor
-    from picserve.tasks import database
+    from picserve import keycipher
+    from picserve.tasks import database, embedded_pg
 
     cipher = keycipher.load(settings)
 
@@ -50,7 +50,7 @@ def with_repo(settings: Settings, action: Callable[[TaskRepository], Awaitable[T
         async with database.open_database(url, max_size=2, cipher=cipher) as db:
             return await action(db.repo)
 
-    with supervisor.database(settings) as url:
+    with embedded_pg.database(settings) as url:
         return asyncio.run(run(url))
 
 
@@ -58,14 +58,13 @@ def with_connection(settings: Settings, action: Callable[[AsyncConnection[Any]],
     """Run `action` on one plain connection to `settings`' database, which it finds as it is."""
     import psycopg
 
-    from picserve import supervisor
-    from picserve.tasks import migrations
+    from picserve.tasks import embedded_pg, migrations
 
     async def run(url: str) -> T:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             return await action(conn)
 
-    with supervisor.database(settings) as url:
+    with embedded_pg.database(settings) as url:
         try:
             return asyncio.run(run(url))
         except (psycopg.OperationalError, migrations.MigrationError) as exc:

@@ -140,8 +140,8 @@ def keys_rotate_secret(data_dir: Path | None = DataDir, database_url: str | None
     second (processes using the file pick it up by themselves). With PICSERVE_SECRET_KEY, the new value
     to set on every process that reads keys is printed.
     """
-    from picserve import keycipher, supervisor
-    from picserve.tasks import database
+    from picserve import keycipher
+    from picserve.tasks import database, embedded_pg
 
     settings = load_settings(data_dir=data_dir, database_url=database_url)
     current = keycipher.load(settings)
@@ -151,7 +151,7 @@ def keys_rotate_secret(data_dir: Path | None = DataDir, database_url: str | None
         async with database.open_database(url, max_size=2, cipher=current) as db:
             return await db.repo.reseal_keys(rotated)
 
-    with supervisor.database(settings) as url:
+    with embedded_pg.database(settings) as url:
         if current.source is not None:  # the file first: a crash after it leaves every key readable
             keycipher.write_secrets(current.source, rotated.secrets)
         count = asyncio.run(reseal(url))

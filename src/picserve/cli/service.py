@@ -96,6 +96,7 @@ def worker(
 
     if supervisor_pid is not None:  # first of all: a worker of `serve` must not outlive it
         supervisor.die_with_parent(supervisor_pid)
+    from picserve.tasks import embedded_pg
     from picserve.worker.jobs import DeviceFailure
     from picserve.worker.process import run_worker
 
@@ -108,7 +109,7 @@ def worker(
         preload=_codes(preload),
     )
     try:
-        with supervisor.database(settings) as url:
+        with embedded_pg.database(settings) as url:
             asyncio.run(run_worker(settings, url, name, burst=burst))
     except DeviceFailure as exc:
         typer.echo(f"picserve worker: the device is unusable ({exc}); exiting to be restarted", err=True)
