@@ -34,7 +34,7 @@ from tests.processes import create_key, wait_for
 TASKS = 4
 #: the first task is long, so that its worker is killed while it runs
 LONG_STEPS, STEPS = 60, 12
-STALLED_AFTER = 3.0
+STALLED_AFTER = 5.0  # a live worker starved of the CPU (2 cores, other tests beside it) is not taken for dead
 FAIL_FIRST = 2
 
 
