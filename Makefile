@@ -69,7 +69,9 @@ serve: $(STAMP)
 # longest first (tests/conftest.py LONGEST_FIRST), not by pytest-xdist's count of tests per file, which
 # handed the one-test files of minutes (the fleet, the RSS test) out last.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+# --tb=native: CPython 3.11.7's ast.parse can fail with "AST constructor recursion depth mismatch" while
+# pytest quotes a failing test's source, which crashed the xdist worker and ended the whole run there.
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --tb=native
 
 # test: the whole suite (unit, contract, API, engine on the tiny model, PostgreSQL integration, acceptance).
 test: $(STAMP)

@@ -278,7 +278,8 @@ def test_a_task_for_a_busy_holders_model_goes_to_another_worker_after_the_wait(
     async def body(crew: Fleet) -> None:
         await crew.start("holds-x", LoadingEngine(held="model-x", step_seconds=0.1), affinity_wait=wait)
         key = await crew.key("k")
-        long_x = await crew.submit(key, spec("model-x", steps=50))  # 5 s on holds-x
+        # 10 s on holds-x: still running when the spare takes the second task, even on a loaded machine
+        long_x = await crew.submit(key, spec("model-x", steps=100))
         await crew.until(lambda: _running(crew, long_x), "the long task running")
         await crew.start("spare", LoadingEngine(held="model-y"), affinity_wait=wait)
         task = await crew.submit(key, spec("model-x"))
