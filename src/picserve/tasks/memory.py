@@ -21,6 +21,7 @@ import procrastinate
 import procrastinate.testing
 
 from picserve import domain, errors
+from picserve.config import Settings
 from picserve.tasks import repository
 from picserve.tasks.queue import QUEUE, TASK_NAME, WEBHOOK_QUEUE, WEBHOOK_TASK_NAME
 
@@ -334,7 +335,11 @@ class InMemoryRepository:
         return self._cancel(run.task_uid)
 
     async def requeue_run(
-        self, run: domain.Run, cause: domain.RunEnd = domain.RunEnd.REQUEUED, max_lost: int = 2, detail: str = ""
+        self,
+        run: domain.Run,
+        cause: domain.RunEnd = domain.RunEnd.REQUEUED,
+        max_lost: int = Settings.max_lost_runs,
+        detail: str = "",
     ) -> domain.Requeue | None:
         task = self._current(run)
         if task is None:

@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from picserve import domain, errors
+from picserve.config import Settings
 from picserve.keycipher import KeyCipher
 from picserve.tasks import repository, workers
 from picserve.tasks.queue import QUEUE, TASK_NAME
@@ -59,6 +60,12 @@ def _of(run: domain.Run) -> tuple[str, str, int]:
 
 
 Row = dict[str, Any]
+
+
+def _digest(task: Row) -> str:
+    """`domain.spec_digest` of a task row's spec (its `_HANDED_BACK` columns)."""
+    return domain.spec_digest(domain.spec_from_json(task["spec_kind"], task["spec_version"], task["spec"]))
+
 
 #: what the database being unreachable looks like: no connection within the pool's timeout, a
 #: connection lost mid-statement, the server shutting down (procrastinate wraps the same)
@@ -518,7 +525,11 @@ class PostgresRepository:
         return row is not None
 
     async def requeue_run(
-        self, run: domain.Run, cause: domain.RunEnd = domain.RunEnd.REQUEUED, max_lost: int = 2, detail: str = ""
+        self,
+        run: domain.Run,
+        cause: domain.RunEnd = domain.RunEnd.REQUEUED,
+        max_lost: int = Settings.max_lost_runs,
+        detail: str = "",
     ) -> domain.Requeue | None:
         async with self._connection() as conn, conn.transaction():
             cur = await conn.cursor(row_factory=dict_row).execute(
@@ -566,22 +577,24 @@ class PostgresRepository:
             counted = {domain.RunEnd(name): int(n) for name, n in await cur.fetchall()}
             losses = {end: counted.get(end, 0) for end in domain.RunEnd if end.is_loss}
         lost = sum(losses.values())
-        spec = domain.spec_from_json(task["spec_kind"], task["spec_version"], task["spec"])
+        digest = _digest(task)
         if lost > max_lost:
             await conn.execute(
                 "UPDATE picserve_tasks SET status = 'Error', error_code = %s, error_message = %s, finished_at = now() "
                 "WHERE task_uid = %s",
                 (errors.StoppedItsWorkers.ret_code, domain.gave_up_message(losses), task_uid),
             )
-            return domain.Requeue(task_uid, domain.TaskStatus.ERROR, lost, domain.spec_digest(spec))
+            return domain.Requeue(task_uid, domain.TaskStatus.ERROR, lost, digest)
         await conn.execute(
             "UPDATE picserve_tasks SET status = 'Queuing', worker = NULL, progress = 0 WHERE task_uid = %s", (task_uid,)
         )
         await self._defer(conn, task_uid)
-        return domain.Requeue(task_uid, domain.TaskStatus.QUEUING, lost, domain.spec_digest(spec))
+        return domain.Requeue(task_uid, domain.TaskStatus.QUEUING, lost, digest)
 
     # --- recovery (PostgreSQL only: procrastinate's stalled jobs) ---------------------------------
-    async def requeue_job(self, job_id: int, max_lost: int = 2, detail: str = "") -> tuple[bool, domain.Requeue | None]:
+    async def requeue_job(
+        self, job_id: int, max_lost: int = Settings.max_lost_runs, detail: str = ""
+    ) -> tuple[bool, domain.Requeue | None]:
         """End the stalled job `job_id` (its worker died) and, when its task is still open under it (Running,
         or Queuing: the worker died between taking the job and starting the task), queue the task again
         under a new job, in one transaction. A Running task's run is recorded as lost: beyond `max_lost`
@@ -614,8 +627,7 @@ class PostgresRepository:
                 return True, await self._hand_back(conn, task, domain.RunEnd.LOST, detail, max_lost)
             # taken by the dead worker, never started: no run to record, just a new job
             await self._defer(conn, task["task_uid"])
-            spec = domain.spec_from_json(task["spec_kind"], task["spec_version"], task["spec"])
-            return True, domain.Requeue(task["task_uid"], domain.TaskStatus.QUEUING, 0, domain.spec_digest(spec))
+            return True, domain.Requeue(task["task_uid"], domain.TaskStatus.QUEUING, 0, _digest(task))
 
 
 async def _find_request(conn: AsyncConnection[Any], public_key: str, request: domain.RequestId) -> str | None:

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from picserve import domain, resilience
+from picserve import domain, errors, resilience
 from picserve.config import Settings
 from picserve.tasks import database, workers
 from picserve.tasks.queue import TASK_NAME
@@ -37,7 +37,7 @@ __all__ = ["DEFAULT_MAX_LOST", "OnLoss", "lost_run", "sweep", "sweep_forever"]
 log = logging.getLogger(__name__)
 
 #: PICSERVE_MAX_LOST_RUNS's default: the third loss ends the task
-DEFAULT_MAX_LOST = 2
+DEFAULT_MAX_LOST = Settings.max_lost_runs
 
 #: told of each lost run once it is written (the process counts it in its metrics)
 OnLoss = Callable[[domain.RunEnd, domain.Requeue], None]
@@ -54,7 +54,7 @@ def lost_run(cause: domain.RunEnd, requeue: domain.Requeue, max_lost: int, detai
             requeue.lost_runs,
             max_lost,
             what,
-            505,
+            errors.StoppedItsWorkers.ret_code,
             requeue.digest,
         )
     else:

@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Protocol
 
 from picserve import domain, errors
+from picserve.config import Settings
 
 __all__ = ["TaskRepository", "check_weight", "idempotency_conflict", "too_many_open_tasks"]
 
@@ -224,7 +225,11 @@ class TaskRepository(Protocol):
         ...
 
     async def requeue_run(
-        self, run: domain.Run, cause: domain.RunEnd = domain.RunEnd.REQUEUED, max_lost: int = 2, detail: str = ""
+        self,
+        run: domain.Run,
+        cause: domain.RunEnd = domain.RunEnd.REQUEUED,
+        max_lost: int = Settings.max_lost_runs,
+        detail: str = "",
     ) -> domain.Requeue | None:
         """Running → Queuing with a new job, for the current run only: the task runs again later (a
         worker shutting down hands its task back; a worker whose device failed, or whose run hung, gives

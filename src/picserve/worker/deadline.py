@@ -33,12 +33,12 @@ __all__ = ["Deadline", "DeadlinePolicy", "RunHung", "Speedometer"]
 class DeadlinePolicy:
     """How long a run may be silent (PICSERVE_RUN_DEADLINE_*, PICSERVE_RUN_SPEED)."""
 
-    factor: float = 4.0
-    floor: float = 300.0
-    cap: float = 3600.0
+    factor: float = Settings.run_deadline_factor
+    floor: float = Settings.run_deadline_floor
+    cap: float = Settings.run_deadline_cap
     #: work per second assumed before the worker measured its own (0: unknown)
-    speed: float = 0.0
-    grace: float = 10.0
+    speed: float = Settings.run_speed
+    grace: float = Settings.run_deadline_grace
 
     def __post_init__(self) -> None:
         for name in ("factor", "floor", "cap", "speed", "grace"):
