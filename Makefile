@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/pip install -q --upgrade pip $(PIP_QUIET)
 	$(BIN)/pip install -q -c $(LOCK) torch==2.13.0 $(PIP_QUIET)
 	$(BIN)/pip install -q -c $(LOCK) -e '.[test]' $(PIP_QUIET)
+	@# rembg's matting (pymatting) is compiled by numba at its first import (about 80 s on 2 cores) and
+	@# cached beside it: once here, not in the first worker or test that cuts out a background
+	$(BIN)/python -c "import rembg"
 	touch $(STAMP)
 
 # lock: regenerate requirements.lock with the newest versions pyproject.toml allows. Run it after

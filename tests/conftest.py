@@ -250,6 +250,7 @@ def models_dir(request) -> Path:
             root.mkdir(parents=True)
             _build_models(root)
             (root / _MODELS_COMPLETE).write_text("")
+        _add_tool_models(root)  # a cache built before the image tools gets them too
     return root
 
 
@@ -280,6 +281,18 @@ def _build_models(root: Path) -> None:
             build(*args)
     sidecar = {"Name": "Kohya one", "TriggerWordList": ["sidecarword"], "InferenceParams": {"LoraWeight": 0.5}}
     (root / "lora" / "kohya-1.json").write_text(json.dumps(sidecar))
+
+
+def _add_tool_models(root: Path) -> None:
+    """ResizeImage's and RemoveBackground's tiny models: a Real-ESRGAN Compact ×4 and an ONNX segmenter."""
+    upscaler, segmenter = root / "upscale" / "4x-tiny-compact.pth", root / "background" / "u2net-tiny.onnx"
+    if upscaler.exists() and segmenter.exists():
+        return
+    from tests.engine.onnx_files import write_tiny_segmenter
+    from tests.engine.upscale_files import write_compact
+
+    write_compact(upscaler)
+    write_tiny_segmenter(segmenter)
 
 
 @pytest.fixture

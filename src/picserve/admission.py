@@ -20,7 +20,7 @@ The worker plans each generation before it runs (`plan`): the largest chunk of t
 estimate fits the memory free on its device, VAE slicing when the chunk's decode does not fit whole,
 tiled decoding when one image's does not, or above 1280² pixels as before. The API refuses at submit a
 request that no live worker could fit even so (`minimum` against each worker's device memory, see
-api/actions/generate_images_sdxl.py); with no worker registered it queues it (one may come). Out of
+specs/generation.py); with no worker registered it queues it (one may come). Out of
 memory all the same (the estimate is a model, fragmentation is real) is still caught by engine/memory.py.
 """
 

@@ -5,12 +5,20 @@
     models/lora/NAME.safetensors      models/embedding/NAME.{safetensors,pt,bin}
     models/hypernetwork/NAME.pt       each may have a sidecar NAME.json
     models/vae/NAME.safetensors       a VAE (original or diffusers layout), or NAME/ a diffusers VAE folder
+    models/upscale/NAME.{pth,safetensors,pt,ckpt,bin}   an upscaler spandrel loads (ESRGAN, SwinIR, …)
+    models/background/NAME.onnx       a segmentation model rembg runs (BiRefNet, ISNet, U²-Net, …)
 
 A sidecar gives `Name`, `IsOfficial`, `TriggerWordList`, default `InferenceParams` and, for a single
 file whose widths are not SDXL base's, `Config`: the diffusers folder holding its configs. A main model's
 sidecar may also name a VAE of models/vae (`Vae`; else the catalog's default VAE, when one is set; `"Vae":
 null` keeps the checkpoint's own) and declare v-prediction (`"Prediction": "v"`, `"ZeroTerminalSNR": true`)
 for a file that has no `v_pred`/`ztsnr` keys. A VAE is per main model, never a per-request sub-model.
+An upscaler's sidecar gives its `Architecture` and `Scale` (`picserve models add` writes them, from
+spandrel's detection; without a sidecar the scale is read from the file name, `4x_…` or `…_x2`); a
+background model's gives its rembg `Session` (the model family, which decides the input size and
+normalisation; without a sidecar, from the file name). `Default: true` in a sidecar makes that upscaler
+or background model the one requests that name none get (else PICSERVE_DEFAULT_UPSCALER /
+PICSERVE_DEFAULT_BACKGROUND_MODEL, else the only one installed).
 No torch here.
 
 A ModelCode is a plain file name (`is_plain_code`): lookups are in the scanned entries only, never a
@@ -32,9 +40,11 @@ from picserve import modelinfo
 if TYPE_CHECKING:
     from picserve.config import Settings
 
-__all__ = ["KINDS", "SUB_MODEL_KINDS", "SUFFIXES", "Catalog", "Entry", "is_plain_code"]
+__all__ = ["KINDS", "SUB_MODEL_KINDS", "SUFFIXES", "TOOL_KINDS", "Catalog", "Entry", "is_plain_code", "session_in_name"]
 
-KINDS = ("main", "lora", "embedding", "hypernetwork", "vae")
+KINDS = ("main", "lora", "embedding", "hypernetwork", "vae", "upscale", "background")
+#: the kinds of the image tools' models (not SDXL's): ResizeImage's upscalers, RemoveBackground's models
+TOOL_KINDS = ("upscale", "background")
 #: the kinds a request's SubModelList names
 SUB_MODEL_KINDS = ("lora", "embedding", "hypernetwork")
 #: the file suffixes listed per kind (the first: what `models add` files a new one as)
@@ -44,6 +54,8 @@ SUFFIXES = {
     "embedding": (".safetensors", ".pt", ".bin"),
     "hypernetwork": (".pt", ".safetensors"),
     "vae": (".safetensors",),
+    "upscale": (".pth", ".safetensors", ".pt", ".ckpt", ".bin"),
+    "background": (".onnx",),
 }
 
 #: (kind, path, mtime_ns, size): one version of one file
@@ -79,6 +91,14 @@ class Entry:
     #: VAEs: whether an fp16 worker decodes with it in fp32 (its sidecar's `ForceUpcast`, diffusers' name;
     #: false for an "fp16-fix" VAE). None: its own config says (a folder), or the main model's (a single file)
     force_upcast: bool | None = None
+    #: upscalers: the architecture (sidecar `Architecture`, as spandrel names it) and the native scale
+    #: (sidecar `Scale`, else the file name's `4x`/`x4`); None: not known until a worker loads it
+    architecture: str | None = None
+    scale: int | None = None
+    #: background models: the rembg session family (`u2net`, `isnet-general-use`, `birefnet-general`, …)
+    session: str | None = None
+    #: upscalers and background models: the sidecar's `Default: true`
+    is_default: bool = False
 
     @property
     def is_single_file(self) -> bool:
@@ -188,6 +208,7 @@ class Catalog:
             info=info,
             **(self._main_fields(meta, info) if kind == "main" else {}),
             force_upcast=bool(meta["ForceUpcast"]) if kind == "vae" and "ForceUpcast" in meta else None,
+            **(_tool_fields(kind, code, meta, info) if kind in TOOL_KINDS else {}),
         )
 
     def _main_fields(self, meta: dict[str, Any], info: modelinfo.Info) -> dict[str, Any]:
@@ -200,6 +221,17 @@ class Catalog:
             "zero_terminal_snr": bool(meta.get("ZeroTerminalSNR", info.zero_terminal_snr)),
         }
 
+    def default_tool(self, kind: str, setting: str | None) -> Entry | None:
+        """The upscaler or background model (`kind`) of a request that names none: the one whose sidecar
+        says `Default: true`, else the setting's (`setting`), else the only one installed, else None."""
+        entries = {code: e for code, e in self.entries(kind).items() if e.info.problem is None}
+        marked = [e for e in entries.values() if e.is_default]
+        if marked:
+            return marked[0]
+        if setting:
+            return self.get(kind, setting)
+        return next(iter(entries.values())) if len(entries) == 1 else None
+
     def _inspect(self, kind: str, path: Path) -> modelinfo.Info:
         try:
             stat = path.stat()
@@ -210,3 +242,35 @@ class Catalog:
         if key not in self._infos:
             self._infos[key] = modelinfo.inspect(kind, path)
         return self._infos[key]
+
+
+#: rembg's session family of a background model, by a word in its file name (the first match wins)
+_SESSION_HINTS = (
+    ("birefnet", "birefnet-general"),
+    ("isnet-anime", "isnet-anime"),
+    ("isnet", "isnet-general-use"),
+    ("u2netp", "u2netp"),
+    ("u2net_human", "u2net_human_seg"),
+    ("silueta", "silueta"),
+    ("u2net", "u2net"),
+)
+
+
+def _tool_fields(kind: str, code: str, meta: dict[str, Any], info: modelinfo.Info) -> dict[str, Any]:
+    """An upscaler's architecture and scale, or a background model's session family: its sidecar's
+    word, else its file name's."""
+    fields: dict[str, Any] = {"is_default": bool(meta.get("Default", False))}
+    if kind == "upscale":
+        scale = meta.get("Scale")
+        fields["architecture"] = str(meta["Architecture"]) if meta.get("Architecture") else None
+        fields["scale"] = int(scale) if isinstance(scale, int | float) and scale >= 1 else modelinfo.scale_in_name(code)
+    else:
+        fields["session"] = str(meta.get("Session") or session_in_name(code) or "u2net")
+    return fields
+
+
+def session_in_name(code: str) -> str | None:
+    """A background model's rembg session family as its file name says it (`birefnet-…`, `isnet-…`,
+    `u2net…`); None when it says none."""
+    lowered = code.lower()
+    return next((family for word, family in _SESSION_HINTS if word in lowered), None)

@@ -83,6 +83,13 @@ class Settings:
     preload: str | None = None
     #: the VAE (a code in <models_dir>/vae) of main models whose sidecar names none; unset = their own
     default_vae: str | None = None
+    #: the upscaler (a code in <models_dir>/upscale) of ResizeImage requests that name none, when no
+    #: sidecar says `Default: true`; unset = the only one installed, else a plain Lanczos resample
+    default_upscaler: str | None = None
+    #: the segmentation model (a code in <models_dir>/background) of RemoveBackground requests that name none
+    default_background_model: str | None = None
+    #: an upscaler's tile side in input pixels; 0 = planned from the device's free memory (512 at most)
+    upscale_tile: int = 0
     #: minimum seconds between two progress writes of one task
     progress_interval: float = 0.5
     #: queued tasks above which new requests get ServerBusy

@@ -13,12 +13,14 @@ from datetime import datetime
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 __all__ = [
+    "HAIR_OPTIONS",
     "SAMPLER_NAMES",
     "SPEC_TYPES",
     "WEBHOOK_EVENTS",
     "Account",
     "ActionSpec",
     "Capacity",
+    "CutoutSpec",
     "GenerationSpec",
     "Needs",
     "RequestId",
@@ -29,6 +31,7 @@ __all__ = [
     "SubModel",
     "TaskRecord",
     "TaskStatus",
+    "UpscaleSpec",
     "Webhook",
     "WebhookDelivery",
     "canonical_sampler",
@@ -201,6 +204,115 @@ def spec_from_json(kind: str, version: int, data: str | Mapping[str, Any]) -> Ac
 
 
 register_spec(GenerationSpec)
+
+
+@dataclass(frozen=True)
+class UpscaleSpec:
+    """ResizeImage: one image brought to width×height, by an upscaling model (tiled) then a Lanczos
+    resample; a target no larger than the image either way is a plain Lanczos downscale."""
+
+    width: int
+    height: int
+    #: the input's size, read at submit (what the work and the model's passes are planned from)
+    source_width: int
+    source_height: int
+    #: the upscaler (models/upscale); None: no model, a plain resample (a downscale, or none installed)
+    model_code: str | None = None
+    #: the model's native scale (its catalog entry's), so the worker and the deadline plan passes
+    model_scale: int = 4
+    #: the image, base64 as received (or fetched from a finished task: chaining), and its store key
+    #: while queued (tasks/references.py)
+    image: str | None = None
+    image_key: str | None = None
+
+    kind: ClassVar[str] = "upscale"
+    version: ClassVar[int] = 1
+
+    @property
+    def passes(self) -> int:
+        """Model passes to reach the target (1 at 4× and below for a 4× model; 0: downscale only)."""
+        if self.model_code is None:
+            return 0
+        wanted = max(self.width / self.source_width, self.height / self.source_height)
+        return 0 if wanted <= 1 else max(1, math.ceil(math.log(wanted) / math.log(max(2, self.model_scale)) - 1e-9))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any], version: int = 1) -> UpscaleSpec:
+        return cls(**(json.loads(text) if isinstance(text, str) else dict(text)))
+
+    def needs(self) -> Needs:
+        # no main model: an upscaler loads in well under a second, so tasks are not held for a holder
+        return Needs()
+
+    def work(self) -> int:
+        """The model's output pixels over its passes, plus the output (the resample)."""
+        pixels, total = self.source_width * self.source_height, self.width * self.height
+        for _ in range(self.passes):
+            pixels *= self.model_scale**2
+            total += pixels
+        return total
+
+    def cost(self, divisor: int) -> int:
+        """Credits: the output's pixels / divisor (1 per megapixel by default), at least 1."""
+        return max(1, math.ceil(self.width * self.height / divisor))
+
+
+#: RemoveBackground's HairOptimization: alpha matting on, off, or where the mask's edge is soft
+HAIR_OPTIONS = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class CutoutSpec:
+    """RemoveBackground and RemoveBackgroundsInBatch: each image's subject cut out (RGBA) or its mask."""
+
+    #: each image's size, read at submit
+    sizes: tuple[tuple[int, int], ...]
+    #: the segmentation model (models/background)
+    model_code: str
+    #: [x1, y1, x2, y2]: only this part of the (single) image holds the subject; None: the whole image
+    box: tuple[int, int, int, int] | None = None
+    #: PICPIK's names: the matting's erode size (px) and its trimap thresholds (0..255)
+    erode_size: int = 15
+    foreground_threshold: int = 240
+    background_threshold: int = 15
+    #: alpha matting: "on", "off", or "auto" (where the mask's edge is soft: hair, fur)
+    hair: str = "auto"
+    only_mask: bool = False
+    #: the images, base64 as received, and their store keys while queued (tasks/references.py)
+    images: tuple[str | None, ...] = ()
+    images_keys: tuple[str | None, ...] = ()
+
+    kind: ClassVar[str] = "cutout"
+    version: ClassVar[int] = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any], version: int = 1) -> CutoutSpec:
+        data = json.loads(text) if isinstance(text, str) else dict(text)
+        data["sizes"] = tuple((int(w), int(h)) for w, h in data["sizes"])
+        data["box"] = tuple(data["box"]) if data.get("box") is not None else None
+        data["images"] = tuple(data.get("images", ()))
+        data["images_keys"] = tuple(data.get("images_keys", ()))
+        return cls(**data)
+
+    def needs(self) -> Needs:
+        return Needs()
+
+    def work(self) -> int:
+        return sum(w * h for w, h in self.sizes)
+
+    def cost(self, divisor: int) -> int:
+        """Credits: each image's pixels / divisor (1 per megapixel by default), at least 1 per image."""
+        return sum(max(1, math.ceil(w * h / divisor)) for w, h in self.sizes)
+
+
+register_spec(UpscaleSpec)
+register_spec(CutoutSpec)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,11 @@ Then its tensor names say its kind, and modelinfo's widths its base model:
     hypernetwork  int width keys (A1111)                                               → hypernetwork/
     vae           encoder./decoder./quant_conv./post_quant_conv. keys only             → vae/
 
+An image tool's file (an upscaler, an ONNX segmentation model) says what it is only when loaded: `add`
+and the CLI's `models info` take an `identify` function for that (engine/toolfiles.identify, which
+loads it with spandrel or onnxruntime) and file it as `upscale/` or `background/`, its architecture and
+scale, or its rembg session, written in its sidecar.
+
 No torch here: the API process imports none.
 """
 
@@ -31,14 +36,14 @@ import struct
 import tempfile
 import urllib.parse
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
 from picserve import catalog, download, errors, modelinfo
 
-__all__ = ["KINDS", "SIDECAR_MODE", "Added", "Inspection", "add", "describe", "inspect_file", "unfit"]
+__all__ = ["KINDS", "SIDECAR_MODE", "Added", "Inspection", "add", "describe", "identified", "inspect_file", "unfit"]
 
 #: the kinds a file can be filed as; each is its folder's name
 KINDS = catalog.KINDS
@@ -67,7 +72,7 @@ class Inspection:
 
     path: Path
     size: int
-    #: "safetensors", "pickle" (a torch zip) or "unknown"
+    #: "safetensors", "pickle" (a torch zip), "onnx" or "unknown"
     format: str
     #: the guessed kind (one of KINDS), None when the tensor names match none
     kind: str | None = None
@@ -132,6 +137,8 @@ def inspect_file(path: Path, sha256: str | None = None) -> Inspection:
     try:
         if len(magic) >= 9 and magic[8:9] == b"{":
             return _inspect_safetensors(path, size, digest)
+        if magic[:1] == b"\x08":  # an ONNX file: a protobuf ModelProto, its ir_version first
+            return Inspection(path, size, "onnx", sha256=digest)
         return _inspect_pickle(path, size, digest, magic)
     except _Refused as exc:
         fmt = "safetensors" if magic[8:9] == b"{" else "pickle" if magic[:2] in (b"PK", b"\x80\x02") else "unknown"
@@ -144,7 +151,10 @@ def unfit(inspection: Inspection, kind: str | None) -> str | None:
         return inspection.problem
     kind = kind or inspection.kind
     if kind is None:
-        return "its tensor names are none of a main model, LoRA, embedding, hypernetwork or VAE (pass --kind)"
+        return (
+            "its tensor names are none of a main model, LoRA, embedding, hypernetwork or VAE, and it is no "
+            "upscaler or segmentation model (pass --kind)"
+        )
     suffix = _suffix_for(inspection, kind)
     if suffix is None:
         return (
@@ -421,8 +431,36 @@ def _with_suffix(path: Path, suffix: str) -> Iterator[Path]:
         yield link
 
 
+def identified(
+    inspection: Inspection, identify: Callable[[Path], modelinfo.ToolFacts] | None, filename: str
+) -> Inspection:
+    """`inspection`, with what `identify` (engine/toolfiles.identify) finds when it may be an image tool's
+    model: a file of no SDXL kind that passed the checks (`filename`: its own name, whose suffix the
+    loaders go by and which may name its family). Its refusal becomes the problem."""
+    if identify is None or inspection.problem or inspection.kind is not None:
+        return inspection
+    own = Path(filename)
+    with _with_suffix(inspection.path, own.suffix.lower() or ".pth") as readable:
+        facts = identify(readable)
+    details = {**inspection.details, **facts.details}
+    if facts.kind is None:
+        problem = facts.problem
+        if inspection.format != "onnx":  # it may still be a model of an SDXL kind that is not recognised
+            problem = (
+                "its tensor names are none of a main model, LoRA, embedding, hypernetwork or VAE, and "
+                f"{problem} (pass --kind)"
+            )
+        return replace(inspection, details=details, problem=problem)
+    sidecar = dict(facts.sidecar)
+    if facts.kind == "background" and (named := catalog.session_in_name(own.stem)):
+        sidecar["Session"] = named  # the file's name says its family better than its input size
+    return replace(inspection, kind=facts.kind, details={**details, "sidecar": sidecar})
+
+
 def _suffix_for(inspection: Inspection, kind: str) -> str | None:
     """The suffix a file is filed with: .safetensors, or its own pickle suffix; None when the kind takes no pickle."""
+    if inspection.format == "onnx":
+        return ".onnx" if ".onnx" in catalog.SUFFIXES[kind] else None
     if inspection.format == "safetensors":
         return ".safetensors" if ".safetensors" in catalog.SUFFIXES[kind] else None
     own = inspection.path.suffix.lower()
@@ -443,9 +481,13 @@ def add(
     force: bool = False,
     progress: bool = True,
     retries: int = 3,
+    identify: Callable[[Path], modelinfo.ToolFacts] | None = None,
 ) -> Added:
     """Fetch a model file (http(s) URL or local path), check it, and file it as `<models_dir>/<kind>/<code><suffix>`
     with a sidecar `<code>.json` (Source, Sha256, TriggerWordList; keys already there are kept).
+
+    `identify` (engine/toolfiles.identify) tells an upscaler or a segmentation model by loading it;
+    without it, only SDXL's kinds are recognised.
 
     Raises errors.PullError with a one-line message for every refusal; nothing is left in the models
     folder then, but the `.part` of a download the network interrupted (the next run resumes it).
@@ -470,6 +512,8 @@ def add(
         if expected and fetched.sha256 != expected:
             raise errors.PullError(f"sha256 mismatch: expected {expected}, the file has {fetched.sha256}; not filed")
         inspection = inspect_file(fetched.path, fetched.sha256)
+        if kind is None or kind in catalog.TOOL_KINDS:  # an image tool's model says what it is when loaded
+            inspection = identified(inspection, identify, fetched.filename)
         named = _with_name(inspection, fetched.filename)
         chosen = kind or inspection.kind
         if reason := unfit(named, chosen):
@@ -512,7 +556,7 @@ def _with_name(inspection: Inspection, filename: str) -> Inspection:
 
 def _code_from(filename: str) -> str:
     stem = re.split(r"[/\\]", filename)[-1]
-    for suffix in (".safetensors", *_PICKLE_SUFFIXES):
+    for suffix in (".safetensors", ".onnx", *_PICKLE_SUFFIXES):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
             break
@@ -608,6 +652,9 @@ def _file(
     meta.update({k: v for k, v in facts.items() if force or k not in meta})
     if inspection.trigger_words and "TriggerWordList" not in meta:
         meta["TriggerWordList"] = list(inspection.trigger_words)
+    if kind in catalog.TOOL_KINDS:  # Architecture and Scale, or Session: what the catalog lists it by
+        found = inspection.details.get("sidecar", {})
+        meta.update({k: v for k, v in found.items() if force or k not in meta})
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(prefix=f".{code}.", suffix=".json.tmp", dir=folder)
@@ -661,7 +708,11 @@ def describe(inspection: Inspection) -> list[tuple[str, str]]:
         lines.append(("prediction", "v-prediction" if i.v_prediction else "epsilon (no v_pred key)"))
     if i.trigger_words:
         lines.append(("trigger words", ", ".join(i.trigger_words)))
-    lines += [(key.replace("_", " "), str(value)) for key, value in i.details.items() if value is not None]
+    lines += [
+        (key.replace("_", " "), str(value))
+        for key, value in i.details.items()
+        if value is not None and key != "sidecar"
+    ]
     if i.sha256:
         lines.append(("sha256", i.sha256))
     if i.problem:

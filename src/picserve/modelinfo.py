@@ -28,7 +28,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-__all__ = ["UNREADABLE", "Info", "allowed_global", "compatible", "inspect", "misfit", "read_shapes", "trigger_words"]
+__all__ = [
+    "UNREADABLE",
+    "Info",
+    "ToolFacts",
+    "allowed_global",
+    "compatible",
+    "inspect",
+    "misfit",
+    "read_shapes",
+    "scale_in_name",
+    "trigger_words",
+]
 
 _BASES = {2048: "SDXL", 768: "SD1", 1024: "SD2"}
 
@@ -64,6 +75,20 @@ class Info:
     #: the storage dtype of most of a safetensors file's tensors, as torch names it ("float16",
     #: "bfloat16", "float8_e4m3fn", …); None for other files and folders
     storage_dtype: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolFacts:
+    """What a model file of an image tool is (an upscaler spandrel loads, a segmentation model rembg
+    runs), as engine/toolfiles.py finds out by loading it: `models add` files it by these."""
+
+    #: "upscale" or "background"; None when neither library takes the file (`problem` says why)
+    kind: str | None
+    #: what the sidecar records: Architecture and Scale (upscalers), Session (background models)
+    sidecar: dict[str, Any] = field(default_factory=dict)
+    #: more to show in `models info` (purpose, inputs, parameters)
+    details: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
 
 
 #: what reading a damaged, truncated or foreign model file raises (as opposed to a bug)
@@ -152,12 +177,16 @@ def _listed(widths: tuple[int, ...]) -> str:
 
 def inspect(kind: str, path: Path) -> Info:
     """What the file (or diffusers folder) at `path`, a model of `kind`, is; never raises for a bad file."""
+    if kind == "background":
+        return _onnx_file(path)
     try:
         if path.is_dir():
             return _diffusers_vae_folder(path) if kind == "vae" else _diffusers_folder(path)
         shapes, metadata = _read(path)
     except UNREADABLE as exc:
         return Info(problem=f"unreadable {path.suffix} file: {exc}")
+    if kind == "upscale":  # what it is, spandrel says when a worker (or `models add`) loads it
+        return Info(storage_dtype=_storage_dtype(path)) if shapes else Info(problem=f"{path.name} holds no tensors")
     dims_of = {
         "main": _main_dims,
         "lora": _lora_dims,
@@ -478,3 +507,23 @@ def _diffusers_vae_folder(path: Path) -> Info:
     """A diffusers AutoencoderKL folder (config.json and its weights)."""
     config = json.loads((path / "config.json").read_text())
     return Info(dims=_parts(latent=_widths(config.get("latent_channels"))))
+
+
+def scale_in_name(name: str) -> int | None:
+    """An upscaler's scale as its file name says it, by the field's habit (`4x_NMKD-Siax`,
+    `RealESRGAN_x4plus`, `2xLexicaRRDBNet`); None when it says none."""
+    found = re.search(r"(?:^|[^0-9a-z])([1-8])x(?![0-9])|x([1-8])(?![0-9])", name.lower())
+    return int(found.group(1) or found.group(2)) if found else None
+
+
+def _onnx_file(path: Path) -> Info:
+    """A background model: an ONNX file (a protobuf ModelProto, whose first field is its ir_version);
+    what its inputs are, onnxruntime says when it is loaded (`models add`, a worker)."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(2)
+    except OSError as exc:
+        return Info(problem=f"unreadable {path.suffix} file: {exc}")
+    if len(head) < 2 or head[0] != 0x08:
+        return Info(problem=f"{path.name} is not an ONNX model")
+    return Info()

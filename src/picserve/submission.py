@@ -6,7 +6,8 @@ goes through before it is queued is written once:
     submit(services, account, action, params, request)
      │ 1. idempotency      a resend of an accepted request (same key, request_uuid or Idempotency-Key,
      │                     same parameters) gets the first TaskUID back, before any other work
-     │ 2. decode           messages.parse(kind.message, params): the wire message, strictly typed
+     │ 2. decode           messages.parse(kind.message, params): the wire message, strictly typed;
+     │                     then its `task:<TaskUID>/<index>` images fetched (chaining.py)
      │ 3. spec             kind.to_spec(request, services), off the event loop (catalog reads, image
      │                     decoding, translation): a frozen, fully checked domain.ActionSpec
      │ 4. webhook          the request's own (checked: http(s), a public address unless allowed), else
@@ -32,10 +33,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from picserve import domain
+from picserve import chaining, domain
 from picserve.protocol import messages
 from picserve.services import Services
-from picserve.specs import generation
+from picserve.specs import cutout, generation, upscale
 from picserve.webhooks import rules
 
 __all__ = ["KINDS", "Kind", "find_repeat", "submit"]
@@ -51,11 +52,21 @@ class Kind:
     to_spec: Callable[[Any, Services], domain.ActionSpec]
     #: (spec, live workers' (device, memory), catalog) → raises ParamError when no worker fits it
     check_memory: Callable[[Any, list[tuple[str, int]], Any], None] | None = None
+    #: the wire fields holding base64 images (a string, or a list of them): where a `task:` reference
+    #: to an earlier task's result may stand instead (chaining.py)
+    image_fields: tuple[str, ...] = ()
 
 
 #: the Actions that make tasks, by PICPIK name
 KINDS: dict[str, Kind] = {
-    "GenerateImagesSDXL": Kind(messages.GenerateImagesSDXL, generation.from_request, generation.check_memory),
+    "GenerateImagesSDXL": Kind(
+        messages.GenerateImagesSDXL, generation.from_request, generation.check_memory, ("ImageAndMaskList",)
+    ),
+    "ResizeImage": Kind(messages.ResizeImage, upscale.from_request, image_fields=("Image",)),
+    "RemoveBackground": Kind(messages.RemoveBackground, cutout.from_request, image_fields=("RawImage",)),
+    "RemoveBackgroundsInBatch": Kind(
+        messages.RemoveBackgroundsInBatch, cutout.from_request, image_fields=("RawImages",)
+    ),
 }
 
 
@@ -80,6 +91,8 @@ async def submit(
     if repeat is not None:
         return repeat
     parsed = messages.parse(kind.message, params)  # 2
+    if kind.image_fields:
+        parsed = await chaining.resolve(services, account, parsed, kind.image_fields)
     spec = await asyncio.to_thread(kind.to_spec, parsed, services)  # 3
     webhook = await _webhook(getattr(parsed, "Webhook", None), account, services.settings.webhook_allow)  # 4
     if kind.check_memory is not None and workers:  # 5

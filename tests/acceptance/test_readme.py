@@ -4,6 +4,7 @@ rot: a change that breaks them fails here. The same server's log shows what an o
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -61,20 +63,23 @@ def reader_env(base: str, key: dict[str, str], **more: str) -> dict[str, str]:
     }
 
 
-def test_the_sdk_example_runs_and_saves_its_images(server, tmp_path):
-    base, key, _ = server
-    script = tmp_path / "example.py"
-    script.write_text(readme_block("sdk"))
+def run_python(script: str, base: str, key: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Python as a reader runs it, with the server's URL and the key in the environment: `script` (saved
+    in `cwd`), or with `args`, e.g. `-m picserve …`, instead; it must succeed."""
+    if script:
+        (cwd / "example.py").write_text(script)
+        args = ("example.py",)
+    command = [sys.executable, *args]
     ran = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=reader_env(base, key),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+        command, cwd=cwd, env=reader_env(base, key), capture_output=True, text=True, timeout=300, check=False
     )
     assert ran.returncode == 0, ran.stderr
+    return ran
+
+
+def test_the_sdk_example_runs_and_saves_its_images(server, tmp_path):
+    base, key, _ = server
+    ran = run_python(readme_block("sdk"), base, key, tmp_path)
     saved = re.findall(r"^(out/\S+\.png) seed (\d+)$", ran.stdout, re.M)
     assert len(saved) == 2, ran.stdout  # BatchSize 2
     for path, _ in saved:
@@ -137,3 +142,31 @@ def test_a_form_body_is_refused_naming_the_header(server, tmp_path):
     refused = run_shell(without, base, reader_env(base, key), tmp_path)
     assert refused["RetCode"] == 160
     assert "send the header `Content-Type: application/json`" in str(refused["Message"])
+
+
+def test_the_tools_example_upscales_and_cuts_out_a_generated_image_by_task_uid(server, tmp_path):
+    base, key, _ = server
+    ran = run_python(readme_block("tools"), base, key, tmp_path)
+    cutout = Image.open(tmp_path / ran.stdout.strip())
+    assert cutout.size == (1024, 768) and cutout.mode == "RGBA"  # the 4× tiny upscaler, then Lanczos
+    task_uid = Path(ran.stdout.strip()).name.removesuffix("-cutout.png")
+
+    # the same chain as signed raw JSON (the README's signer and curl), and on the command line
+    (tmp_path / "sign.py").write_text(readme_block("signer"))
+    submit, poll = shell_commands(readme_block("curl"))
+    upscale = submit.replace("GenerateImagesSDXL", "ResizeImage").replace(
+        """'{"MainModel": {"ModelCode": "picserve-tiny"}, "PositivePrompts": ["a red fox"]}'""",
+        f"""'{{"Image": "task:{task_uid}/0", "Scale": 1.5}}'""",
+    )
+    submitted = run_shell(upscale, base, reader_env(base, key), tmp_path)
+    assert submitted["RetCode"] == 0, submitted
+    cli = run_python("", base, key, tmp_path, "-m", "picserve", "remove-background", f"task:{task_uid}/0",
+                     "--only-mask", "--out", "masks")  # fmt: skip
+    mask = Image.open(tmp_path / cli.stdout.strip().splitlines()[-1])
+    assert mask.size == (512, 384) and mask.mode == "L"
+    # the CLI waited for its task, queued after the raw-JSON one: that one has finished
+    polled = run_shell(poll.replace("TASKUID", str(submitted["TaskUID"])), base, reader_env(base, key), tmp_path)
+    [detail] = polled["TaskDetailList"]  # type: ignore[misc]
+    assert detail["Action"] == "ResizeImage" and detail["Status"] == "Finished", detail
+    with httpx.Client() as http:
+        assert Image.open(io.BytesIO(http.get(detail["ImgList"][0]).content)).size == (768, 576)

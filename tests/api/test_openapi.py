@@ -16,12 +16,17 @@ from picserve.api import openapi
 from picserve.api.actions import ACTIONS
 from picserve.protocol import signature
 from picserve.protocol.envelope import COMMON_FIELDS
-from picserve.sdk import Client
+from picserve.sdk import Client, task_image
 from tests.api.conftest import MODEL, request
 
 #: the actions of the spec's generation 2 that picserve serves, and picserve's own
-SPEC_ACTIONS = {"GenerateImagesSDXL", "ListModels", "ListTasksDetails", "ListRunningTasks", "GetCreditBalance"}
+SPEC_ACTIONS = {
+    *("GenerateImagesSDXL", "ListModels", "ListTasksDetails", "ListRunningTasks", "GetCreditBalance"),
+    *("ResizeImage", "RemoveBackground", "RemoveBackgroundsInBatch"),
+}
 EXTENSION_ACTIONS = {"CancelTask"}
+#: the actions whose reply is a TaskUID
+TASK_ACTIONS = {"GenerateImagesSDXL", "ResizeImage", "RemoveBackground", "RemoveBackgroundsInBatch"}
 #: GenerateImagesSDXL's fields as the spec lists them: §1.1 (common), §5 without UseMainModelVAE, §6.4
 SPEC_GENERATE_FIELDS = {
     *("Action", "PublicKey", "Signature", "request_uuid"),
@@ -126,7 +131,8 @@ def test_the_signature_and_the_ret_codes_are_explained(document):
 def sdk_bodies() -> dict[str, dict[str, Any]]:
     """The body the SDK sends for each action (to a transport that answers every call with success)."""
     sent: dict[str, dict[str, Any]] = {}
-    replies = {"GenerateImagesSDXL": {"TaskUID": "t1"}, "ListTasksDetails": {"TaskDetailList": []}}
+    replies = {"ListTasksDetails": {"TaskDetailList": []}}
+    replies |= {action: {"TaskUID": "t1"} for action in TASK_ACTIONS}
 
     def answer(http_request: httpx.Request) -> httpx.Response:
         body = httpx.Response(200, content=http_request.content).json()
@@ -148,6 +154,14 @@ def sdk_bodies() -> dict[str, dict[str, Any]]:
     client.list_running_tasks()
     client.get_credit_balance()
     client.cancel_task(["ckti5nf2h4keq8mr9n00"])
+    image = "data:image/png;base64,AAAA"
+    client.resize_image(Image=task_image("ckti5nf2h4keq8mr9n00"), Scale=2, UpscaleModel="Lanczos")
+    client.remove_background(
+        RawImage=image, Box=[0, 0, 1, 1], ErodeSize=0, HairOptimization="off", OnlyMask=True, BackgroundModel="u2net"
+    )
+    client.remove_backgrounds_in_batch(
+        RawImages=[image, task_image("ckti5nf2h4keq8mr9n00", 1)], ForegroundThreshold=200
+    )
     return sent
 
 

@@ -131,3 +131,44 @@ def test_an_unknown_kind_or_a_newer_version_is_named() -> None:
         domain.spec_from_json("upscale-9000", 1, {})
     with pytest.raises(ValueError, match="version 3 is newer than this picserve's"):
         domain.spec_from_json("test-echo", 3, {"colour": "red"})
+
+
+def test_the_image_tools_kinds_round_trip_and_their_image_lists_are_stashed_and_dropped(
+    backend_factory: BackendFactory,
+) -> None:
+    """UpscaleSpec and CutoutSpec (ResizeImage, RemoveBackground(+InBatch)) through the repository: read
+    back equal, charged by output pixels, no main model to route by, each of a batch's images stashed
+    while queued and dropped with the task."""
+
+    async def main() -> None:
+        async with backend_factory() as backend:
+            repo, store = backend.repo, MemoryStore(3600)
+            account = await repo.create_key("tools", 1_000)
+            service = TaskService(repo, store, credit_divisor=1024 * 1024, max_queued=10)
+            upscale = domain.UpscaleSpec(2048, 1536, 512, 384, "4x-model", 4, image=PNG_B64)
+            cutout = domain.CutoutSpec(
+                sizes=((1, 1), (1, 1), (1, 1)),
+                model_code="birefnet",
+                hair="on",
+                only_mask=True,
+                images=(PNG_B64, PNG_B64, PNG_B64),
+                images_keys=(None, None, None),
+            )
+            uids = [
+                await service.submit(account, "ResizeImage", upscale),
+                await service.submit(account, "RemoveBackgroundsInBatch", cutout),
+            ]
+            stored = await repo.get_many(uids, account.public_key)
+            by_uid = {t.task_uid: t for t in stored}
+            up, cut = by_uid[uids[0]], by_uid[uids[1]]
+            assert up.spec == dataclasses.replace(upscale, image=None, image_key=up.spec.image_key)
+            assert up.cost == 3 and cut.cost == 3  # 3 MP; 1 per image at least
+            assert cut.spec.images == (None, None, None) and len(set(cut.spec.images_keys)) == 3
+            assert cut.spec == dataclasses.replace(cutout, images=(None,) * 3, images_keys=cut.spec.images_keys)
+            assert await repo.queued_by_model() == {"upscale": 1, "cutout": 1}
+            restored = references.restore(cut.spec, store)
+            assert restored.images == (PNG_B64,) * 3 and restored.images_keys == (None, None, None)
+            references.drop(cut.spec, store)
+            assert all(store.get(key) is None for key in cut.spec.images_keys if key)
+
+    asyncio.run(main())

@@ -11,17 +11,21 @@ Screenshots for the docs: `PLAYGROUND_SCREENSHOTS=1 pytest tests/playground` wri
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
+from picserve.sdk import Client
 from tests import needs
+from tests.processes import create_key, running, serve
 
 #: the host name that Chromium resolves to 127.0.0.1 (not "potentially trustworthy", unlike localhost)
 INSECURE_HOST = "playground.test"
@@ -88,3 +92,47 @@ class BrowserErrors:
         page.on("console", lambda m: self.messages.append(f"console: {m.text}") if m.type == "error" else None)
         page.on("response", lambda r: self.messages.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
         return page
+
+
+@dataclass
+class Server:
+    """A `picserve serve` for a module's browser tests, and the key its page signs with."""
+
+    base: str
+    port: int
+    public_key: str
+    private_key: str
+
+    def client(self) -> Client:
+        return Client(self.base, self.public_key, self.private_key)
+
+
+@contextlib.contextmanager
+def served(data_dir: Path, models: Path, name: str, env: Mapping[str, str]) -> Iterator[Server]:
+    """`picserve serve` on `data_dir` and `models` (the CPU, with `env`), and a key named `name`."""
+    log = data_dir.parent / f"{data_dir.name}-serve.log"
+    process = serve("--data-dir", data_dir, "--models-dir", models, "--device", "cpu", log=log, env=env)
+    with running(process):
+        key = create_key(name=name, data_dir=data_dir, env=env)
+        yield Server(process.base, process.port, key["PublicKey"], key["PrivateKey"])
+
+
+@pytest.fixture(scope="module")
+def context(browser) -> Iterator[Any]:
+    """One browser profile for the module (its localStorage holds the gallery)."""
+    context = browser.new_context(
+        viewport={"width": 1440, "height": 900}, color_scheme="light", locale="en-US", reduced_motion="reduce"
+    )
+    context.set_default_timeout(30_000)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(context) -> Iterator[Any]:
+    """A page of the module's profile; the test fails on any uncaught error, CSP refusal or HTTP error."""
+    errors = BrowserErrors()
+    page = errors.watch(context.new_page())
+    yield page
+    page.close()
+    assert errors.messages == []

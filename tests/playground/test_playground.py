@@ -12,7 +12,6 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
@@ -22,10 +21,8 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from picserve.protocol import signature
-from picserve.sdk import Client
 from tests import needs
-from tests.playground.conftest import INSECURE_HOST, BrowserErrors
-from tests.processes import create_key, running, serve
+from tests.playground.conftest import INSECURE_HOST, Server, served
 
 sync_api = needs.need_module("playwright.sync_api", "Playwright for Python is not installed (test extra)")
 expect = sync_api.expect
@@ -37,48 +34,13 @@ MODEL = "picserve-tiny"
 FINISH_MS = 120_000
 
 
-@dataclass
-class Server:
-    base: str
-    port: int
-    public_key: str
-    private_key: str
-
-    def client(self) -> Client:
-        return Client(self.base, self.public_key, self.private_key)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, models_dir) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp("playground")
     # previews and progress often enough to be seen within a short task
     env = {**os.environ, "PICSERVE_LOG_LEVEL": "warning", "PICSERVE_PREVIEW_INTERVAL": "0.05"}
     env["PICSERVE_PROGRESS_INTERVAL"] = "0.05"
-    log = data_dir.parent / f"{data_dir.name}-serve.log"
-    process = serve("--data-dir", data_dir, "--models-dir", models_dir, "--device", "cpu", log=log, env=env)
-    with running(process):
-        key = create_key(name="playground", data_dir=data_dir, env=env)
-        yield Server(process.base, process.port, key["PublicKey"], key["PrivateKey"])
-
-
-@pytest.fixture(scope="module")
-def context(browser) -> Iterator[Any]:
-    """One browser profile for the module (its localStorage holds the gallery)."""
-    context = browser.new_context(
-        viewport={"width": 1440, "height": 900}, color_scheme="light", locale="en-US", reduced_motion="reduce"
-    )
-    context.set_default_timeout(30_000)
-    yield context
-    context.close()
-
-
-@pytest.fixture
-def page(context) -> Iterator[Any]:
-    errors = BrowserErrors()
-    page = errors.watch(context.new_page())
-    yield page
-    page.close()
-    assert errors.messages == []  # no uncaught error, no CSP refusal
+    with served(tmp_path_factory.mktemp("playground"), models_dir, "playground", env) as server:
+        yield server
 
 
 def open_playground(page: Any, server: Server, host: str = "127.0.0.1") -> None:

@@ -18,7 +18,7 @@ SRC = Path(picserve.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     # the floor: errors, settings, values, outages; each imports nothing of picserve above it
     ("errors",),
-    ("config", "domain", "logs", "resilience"),
+    ("config", "domain", "logs", "resilience", "torchvision_compat"),
     # leaf helpers: keys, model headers, translation, storage, the wire format, the page
     ("keycipher", "modelinfo", "reference_images", "download", "translate", "storage", "protocol", "playground"),
     ("catalog", "admission", "sdk"),
@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("worker",),
     # the API process: its services, the task kinds' checks, the one submission path, the HTTP layer
     ("services",),
-    ("specs",),
+    ("specs", "chaining"),
     ("submission",),
     ("api",),
     # processes and the command line

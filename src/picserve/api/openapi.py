@@ -37,6 +37,7 @@ __all__ = [
     "DOCS_URL",
     "EXTENSION",
     "EXTENSION_FIELDS",
+    "FIELD_NOTES",
     "OPENAPI_URL",
     "REDOC_URL",
     "REPLIES",
@@ -60,6 +61,9 @@ REQUESTS: dict[str, type[BaseModel]] = {
     "ListModels": messages.Empty,
     "ListRunningTasks": messages.Empty,
     "ListTasksDetails": messages.ListTasksDetails,
+    "RemoveBackground": messages.RemoveBackground,
+    "RemoveBackgroundsInBatch": messages.RemoveBackgroundsInBatch,
+    "ResizeImage": messages.ResizeImage,
 }
 #: each action's own reply fields (beside Action, RetCode, Message, request_uuid); None: it has none
 REPLIES: dict[str, type | None] = {
@@ -69,22 +73,74 @@ REPLIES: dict[str, type | None] = {
     "ListModels": sdk_types.ModelsReply,
     "ListRunningTasks": sdk_types.TaskUIDListReply,
     "ListTasksDetails": sdk_types.TaskDetailsReply,
+    "RemoveBackground": sdk_types.TaskUIDReply,
+    "RemoveBackgroundsInBatch": sdk_types.TaskUIDReply,
+    "ResizeImage": sdk_types.TaskUIDReply,
 }
 #: the OpenAPI extension keyword marking what PICPIK does not have
 EXTENSION = "x-picserve-extension"
 #: picserve's additions to PICPIK: whole actions (by name) and fields (by schema, then property)
 _EXTENSION_ACTIONS = frozenset({"CancelTask"})
+_WEBHOOK = (
+    "Where the task's events are posted, signed with the key's private key: `Url` (http or https, a public "
+    'address), `Events` (any of start, progress, completed; default ["completed"]). Without it, the key\'s default '
+    "webhook, if any (completed only)."
+)
+_BACKGROUND_MODEL = (
+    "The segmentation model: a ModelCode of ListModels' BackgroundModels. Default: the one whose sidecar says "
+    "`Default: true`, else PICSERVE_DEFAULT_BACKGROUND_MODEL, else the only one installed."
+)
+#: chaining (a picserve extension of a PICPIK field's values, not a field of its own)
+_CHAINING = (
+    " Or (picserve extension) `task:<TaskUID>/<index>`: the index-th result (0-based) of a Finished task of the "
+    "same key, used without downloading and uploading it."
+)
+#: what a PICPIK field (by schema, then property) means here, where its type alone does not say
+FIELD_NOTES: dict[str, dict[str, str]] = {
+    "GenerateImagesSDXLRequest": {
+        "ImageAndMaskList": "The reference image and inpainting mask: base64 PNG, JPEG or WebP (bare, or a data URI)."
+        + _CHAINING
+    },
+    "ResizeImageRequest": {
+        "Image": "The image: base64 PNG, JPEG or WebP (bare, or a data URI)." + _CHAINING,
+        "Width": "The output's exact width (with Height; the aspect ratio may change: the image is stretched).",
+        "Height": "The output's exact height (with Width).",
+    },
+    "RemoveBackgroundRequest": {
+        "RawImage": "The image: base64 PNG, JPEG or WebP (bare, or a data URI)." + _CHAINING,
+        "Box": "`[x1, y1, x2, y2]`: where the subject is, inside the image, x1 < x2 and y1 < y2.",
+        "OnlyMask": "Return the mask (a grey PNG) instead of the RGBA cut-out.",
+    },
+    "RemoveBackgroundsInBatchRequest": {
+        "RawImages": "1 to 16 images, each as RemoveBackground's RawImage; one result each, in order." + _CHAINING,
+        "OnlyMask": "Return the masks (grey PNGs) instead of the RGBA cut-outs.",
+    },
+}
 EXTENSION_FIELDS: dict[str, dict[str, str]] = {
     "Image2ImageModel": {
         "MaskIndex": "The inpainting mask's index in ImageAndMaskList (white: repaint); without it, the entry "
         "after the image, if any.",
     },
-    "GenerateImagesSDXLRequest": {
-        "Webhook": "Where the task's events are posted, signed with the key's private key: `Url` (http or https, "
-        'a public address), `Events` (any of start, progress, completed; default ["completed"]). Without it, the '
-        "key's default webhook, if any (completed only).",
+    "GenerateImagesSDXLRequest": {"Webhook": _WEBHOOK},
+    "ResizeImageRequest": {
+        "Scale": "Instead of Width and Height: the output is the input's size times Scale (1 to 8, e.g. 2 or 4). "
+        "Give Width and Height, or Scale alone.",
+        "UpscaleModel": "The upscaler: a ModelCode of ListModels' UpscaleModels, or `Lanczos` (no model, a plain "
+        "resample). Default: the upscaler whose sidecar says `Default: true`, else PICSERVE_DEFAULT_UPSCALER, else "
+        "the only one installed, else Lanczos.",
+        "Webhook": _WEBHOOK,
     },
-    "ModelsReply": {"VaeModels": "The installed VAEs (a VAE belongs to a main model; requests do not name one)."},
+    "RemoveBackgroundRequest": {"BackgroundModel": _BACKGROUND_MODEL, "Webhook": _WEBHOOK},
+    "RemoveBackgroundsInBatchRequest": {"BackgroundModel": _BACKGROUND_MODEL, "Webhook": _WEBHOOK},
+    "ModelsReply": {
+        "VaeModels": "The installed VAEs (a VAE belongs to a main model; requests do not name one).",
+        "UpscaleModels": "ResizeImage's upscalers (models/upscale), by ModelCode: Name, ModelCode, IsOfficial, "
+        "Architecture (e.g. ESRGAN; null if unknown), Scale (the native factor; null if unknown), IsDefault, and "
+        "Problem when the file is broken.",
+        "BackgroundModels": "RemoveBackground's segmentation models (models/background, ONNX), by ModelCode: Name, "
+        "ModelCode, IsOfficial, Session (the rembg family, e.g. birefnet-general), IsDefault, and Problem when the "
+        "file is broken.",
+    },
     "TaskDetail": {
         "Progress": "The fraction of denoising done, 0 to 1.",
         "SeedList": "Every image's seed, in ImgList's order.",
@@ -113,6 +169,39 @@ _EXAMPLE_PARAMS: dict[str, dict[str, Any]] = {
     },
     "ListTasksDetails": {"TaskUIDList": [_EXAMPLE_TASK_UID]},
     "CancelTask": {"TaskUIDList": [_EXAMPLE_TASK_UID]},
+    # chained: the first image of the task above, upscaled 2× (Scale and task: are picserve extensions)
+    "ResizeImage": {"Image": f"task:{_EXAMPLE_TASK_UID}/0", "Scale": 2},
+    "RemoveBackground": {
+        "RawImage": "data:image/jpeg;base64,/9j/4AAQSkZJRgABAQAAAQABAAD…",
+        "Box": [180, 264, 510, 642],
+        "ErodeSize": 15,
+        "ForegroundThreshold": 240,
+        "BackgroundThreshold": 15,
+        "HairOptimization": "auto",
+        "OnlyMask": False,
+    },
+    "RemoveBackgroundsInBatch": {
+        "RawImages": [f"task:{_EXAMPLE_TASK_UID}/0", f"task:{_EXAMPLE_TASK_UID}/1"],
+        "OnlyMask": True,
+    },
+}
+
+#: the actions that make a task (one handler, api/actions/make_task.py, serves them all): what each does
+_ACTION_DOCS = {
+    "GenerateImagesSDXL": "Generate images with an SDXL model (text to image, image to image, inpainting).\n\n"
+    "Queues a task and returns its TaskUID; ListTasksDetails gives its progress, then its PNGs in ImgList. "
+    "Charged when it finishes: ceil(Width × Height × Steps × BatchSize / PICSERVE_CREDIT_DIVISOR), at least 1.",
+    "ResizeImage": "Upscale (or resize) an image to exactly Width×Height, or (picserve extension) to its size × "
+    "Scale.\n\nAn upscaling model runs at its native scale, tiled, then a Lanczos resample gives the exact size "
+    "(the image is stretched if the aspect ratio changes; a target no larger than the image is a plain "
+    "downscale). Queues a task whose one result is a PNG in ImgList. Charged when it finishes: "
+    "ceil(output pixels / PICSERVE_CREDIT_DIVISOR), at least 1 (1 credit per output megapixel by default).",
+    "RemoveBackground": "Cut out an image's main subject.\n\nQueues a task whose one result is an RGBA PNG in "
+    "ImgList (with OnlyMask, the mask: a grey PNG). Charged when it finishes: ceil(pixels / "
+    "PICSERVE_CREDIT_DIVISOR), at least 1.",
+    "RemoveBackgroundsInBatch": "Cut out the main subject of 1 to 16 images in one task.\n\nAs RemoveBackground "
+    "without Box: one result per image in ImgList, in order. Charged when it finishes: per image "
+    "ceil(pixels / PICSERVE_CREDIT_DIVISOR), at least 1 each.",
 }
 
 _KeyText = Annotated[str, StringConstraints(min_length=1, max_length=envelope.MAX_KEY_CHARS)]
@@ -130,8 +219,9 @@ class _Envelope(BaseModel):
     )
     request_uuid: Annotated[str, StringConstraints(max_length=envelope.MAX_KEY_CHARS)] | None = Field(
         default=None,
-        description="The caller's id for this request (a UUID), echoed in the reply. GenerateImagesSDXL sent again "
-        "with the same request_uuid and parameters returns the first TaskUID instead of queueing again.",
+        description="The caller's id for this request (a UUID), echoed in the reply. An action that makes a task "
+        "(GenerateImagesSDXL, ResizeImage, RemoveBackground, RemoveBackgroundsInBatch) sent again with the same "
+        "request_uuid and parameters returns the first TaskUID instead of queueing again.",
     )
 
 
@@ -182,6 +272,12 @@ Codes of 500 and above that belong to a task (`GenerationError` and below) appea
 
 What PICPIK does not have is marked `{EXTENSION}: true` and says so in its description (for example the
 `CancelTask` action and `Image2Image.MaskIndex`). A plain PICPIK client can ignore all of it.
+
+Chaining: wherever an action takes a base64 image (`Image`, `RawImage`, each of `RawImages`, each entry of
+`ImageAndMaskList`), the value may instead be `task:<TaskUID>/<index>`, the index-th result (0-based) of a
+Finished task of the same key: a generated image is upscaled or cut out without downloading and uploading
+it. A reference that does not resolve is refused at submit, naming the field: RetCode 230 for another
+key's task or an unknown one, 160 for an unfinished task, a bad index or an expired result.
 
 Results (`ImgList` URLs) are served by this server at `GET /results/{{key}}` for a limited time:
 copy them, do not link to them.
@@ -344,8 +440,11 @@ def _example(action: str) -> dict[str, Any]:
 
 
 def _action_doc(action: str) -> str:
-    """The action's description: its handler module's docstring, less the leading `Name:`."""
-    text = sys.modules[ACTIONS[action].__module__].__doc__ or action
+    """The action's description: `_ACTION_DOCS`' (the actions that make a task share one handler), else its
+    handler module's docstring, less the leading `Name:`."""
+    handler = ACTIONS.get(action)
+    text = _ACTION_DOCS.get(action) or (sys.modules[handler.__module__].__doc__ if handler is not None else None)
+    text = text or action
     text = text.strip().removeprefix(action).removeprefix(" (picserve extension)").lstrip(": ")
     text = text[:1].upper() + text[1:]
     return f"picserve extension (not in PICPIK). {text}" if action in _EXTENSION_ACTIONS else text
@@ -356,6 +455,9 @@ def _summary(action: str) -> str:
 
 
 def _mark_extensions(schemas: dict[str, Any]) -> None:
+    for name, fields in FIELD_NOTES.items():
+        for field, text in fields.items():
+            schemas[name]["properties"][field]["description"] = text
     for action in _EXTENSION_ACTIONS:
         schemas[f"{action}Request"][EXTENSION] = True
     for name, fields in EXTENSION_FIELDS.items():

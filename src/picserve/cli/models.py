@@ -61,20 +61,31 @@ def models_add(
     source: str = typer.Argument(..., metavar="URL|PATH", help="http(s) URL or local file"),
     sha256: str | None = typer.Option(None, "--sha256", help="refuse the file unless its SHA-256 is this"),
     name: str | None = typer.Option(None, "--name", help="ModelCode [the file's name]"),
-    kind: str | None = typer.Option(None, "--kind", help="main, lora, embedding, hypernetwork, vae [from its tensors]"),
+    kind: str | None = typer.Option(
+        None, "--kind", help="main, lora, embedding, hypernetwork, vae, upscale, background [from its tensors]"
+    ),
     force: bool = typer.Option(
         False, "--force", help="replace a model of the same name; file one that will not load as it is (warned)"
     ),
     retries: int = typer.Option(3, "--retries", help="resumes after a dropped connection"),
     models_dir: Path | None = ModelsDir,
 ):
-    """Download (resumable) or copy a model file, check it, and file it in the models folder by its tensors."""
+    """Download (resumable) or copy a model file, check it, and file it in the models folder by its tensors
+    (an upscaler or an ONNX segmentation model: by what spandrel or onnxruntime makes of it)."""
     from picserve import errors, modelfiles
+    from picserve.engine import toolfiles
 
     settings = load_settings(models_dir=models_dir)
     try:
         added = modelfiles.add(
-            source, settings.models_dir, sha256=sha256, name=name, kind=kind, force=force, retries=retries
+            source,
+            settings.models_dir,
+            sha256=sha256,
+            name=name,
+            kind=kind,
+            force=force,
+            retries=retries,
+            identify=toolfiles.identify,
         )
     except errors.PullError as exc:
         typer.echo(f"models add: {exc.message}", err=True)
@@ -92,10 +103,12 @@ def models_info(
     file: Path = typer.Argument(..., help="a model file"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object"),
 ):
-    """What a model file is, by its tensors: kind, base, layout, rank, dtypes, trigger words, sha256."""
+    """What a model file is, by its tensors: kind, base, layout, rank, dtypes, trigger words, sha256; an
+    upscaler's architecture and scale, an ONNX segmentation model's inputs."""
     from picserve import modelfiles
+    from picserve.engine import toolfiles
 
-    found = modelfiles.inspect_file(file)
+    found = modelfiles.identified(modelfiles.inspect_file(file), toolfiles.identify, file.name)
     refusal = modelfiles.unfit(found, None)
     if as_json:
         typer.echo(json.dumps({**found.to_json(), "refused": refusal}))

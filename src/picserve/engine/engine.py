@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import threading
@@ -10,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 from PIL import Image
 
@@ -19,6 +17,7 @@ from picserve import catalog as catalog_module
 from picserve.engine import (
     acceleration,
     adapters,
+    cutout,
     loader,
     memory,
     png,
@@ -27,8 +26,10 @@ from picserve.engine import (
     prompts,
     samplers,
     tiling,
+    upscale,
 )
 from picserve.engine.base import Capacity, Generated, PreviewCallback, StepCallback
+from picserve.engine.devices import device_memory, free_device_memory, on_device
 
 __all__ = ["Engine", "Generated", "StepCallback", "device_memory", "free_device_memory", "on_device"]
 
@@ -64,6 +65,8 @@ class Engine:
             applied to each main model as it is loaded; None: all off (acceleration.py).
         dtype: the compute dtype (PICSERVE_DTYPE): "auto" or None (fp16 on CUDA, fp32 on the CPU),
             "float16", "bfloat16", "float32", or a torch dtype (loader.resolve_dtype).
+        upscale_tile: an upscaler's tile side in input pixels (PICSERVE_UPSCALE_TILE); 0: planned from
+            the device's free memory (engine/upscale.py).
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class Engine:
         host_budget: int = 0,
         speed: acceleration.Acceleration | None = None,
         dtype: str | torch.dtype | None = None,
+        upscale_tile: int = 0,
     ) -> None:
         #: the speed switches applied to every main model loaded (acceleration.py); None: all off
         self.speed = speed
@@ -89,6 +93,9 @@ class Engine:
         self.adapters = adapters.Adapters(catalog, max_loras=max_loras, max_cached_files=max_cached_files)
         #: images denoised together; larger batches run in chunks of this size to bound memory
         self.max_chunk = max(1, max_chunk)
+        #: ResizeImage's upscalers and RemoveBackground's segmentation models, each in its own cache
+        self.upscalers = upscale.Upscalers(catalog, self.pipelines.device, self.pipelines.dtype, tile=upscale_tile)
+        self.segmenters = cutout.Segmenters(catalog, self.pipelines.device)
         #: held for a whole generation: one at a time per engine (see the class docstring)
         self._generating = threading.Lock()
 
@@ -100,6 +107,8 @@ class Engine:
             "main": [m.code for m in models],
             "lora": [name for m in models for name in [*m.loras, *self.adapters.patched(m)]],
             "host": self.pipelines.on_host,
+            "upscale": self.upscalers.loaded(),
+            "background": self.segmenters.loaded(),
         }
 
     def capacity(self) -> Capacity:
@@ -265,30 +274,6 @@ class Engine:
         if mask is not None and reference is not None:
             results = [Image.composite(img, reference, mask) for img in results]
         return Generated(images=results, seeds=seeds, infotexts=[_infotext(spec, s) for s in seeds])
-
-
-def on_device(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """`device` as the calling thread's current CUDA device for the block: what takes the default device
-    (torch.compile's graphs, CUDA graphs, the allocator of a library that asks for "cuda") lands there, not
-    on GPU 0 beside another worker's. Nothing on a CPU."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def device_memory(device: torch.device) -> int:
-    """The device's whole memory in bytes: the GPU's, or for the CPU the RAM this process may use (a
-    container's memory limit where lower than the machine's RAM)."""
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory)
-    return admission.usable_memory(int(psutil.virtual_memory().total))
-
-
-def free_device_memory(device: torch.device) -> int:
-    """Bytes a generation can still allocate on the device: on CUDA what the driver has free plus what
-    torch's allocator holds unused; on the CPU what the OS reports available."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    return int(psutil.virtual_memory().available)
 
 
 def _reference(spec: domain.GenerationSpec) -> Image.Image:

@@ -36,6 +36,9 @@ __all__ = [
     "InferenceParamsModel",
     "ListTasksDetails",
     "Model",
+    "RemoveBackground",
+    "RemoveBackgroundsInBatch",
+    "ResizeImage",
     "TaskDetail",
     "WebhookModel",
     "parse",
@@ -143,6 +146,53 @@ class GenerateImagesSDXL(_Request):
     ImageAndMaskList: list[str] | None = None
     # picserve extension: the task's events posted to a URL (default: the key's webhook, if any)
     Webhook: WebhookModel | None = None
+
+
+#: one base64 image field's characters at most (about 36 MB of image file), checked before decoding
+MAX_IMAGE_BASE64_CHARS = 48 * 1024 * 1024
+#: images one RemoveBackgroundsInBatch may carry
+MAX_BATCH_IMAGES = 16
+#: an image field: base64 (bare or a data URI), or (picserve extension) `task:<TaskUID>/<index>`, a
+#: finished task's result of the same key
+_ImageField = Annotated[str, StringConstraints(min_length=1, max_length=MAX_IMAGE_BASE64_CHARS)]
+_Threshold = Annotated[Int, Field(ge=0, le=255)]
+
+
+class ResizeImage(_Request):
+    """§6.16: Width and Height are required by PICPIK; picserve's `Scale` may stand for both."""
+
+    Image: _ImageField
+    Width: Annotated[Int | None, Field(ge=64, le=4096)] = None
+    Height: Annotated[Int | None, Field(ge=64, le=4096)] = None
+    # picserve extensions: the factor when Width and Height are left out (A1111's "Scale by"), and the
+    # upscaler (a ModelCode of models/upscale, or "Lanczos": no model)
+    Scale: Annotated[float | None, Field(ge=1, le=8)] = None
+    UpscaleModel: Annotated[str | None, StringConstraints(min_length=1, max_length=_MAX_MODEL_CODE)] = None
+    Webhook: WebhookModel | None = None
+
+
+class _BackgroundFields(_Request):
+    ErodeSize: Annotated[Int, Field(ge=0, le=40)] = 15
+    ForegroundThreshold: _Threshold = 240
+    BackgroundThreshold: _Threshold = 15
+    HairOptimization: Annotated[str, Field(pattern="^(auto|on|off)$")] = "auto"
+    OnlyMask: bool = False
+    # picserve extensions: the segmentation model (a ModelCode of models/background), the task's events
+    BackgroundModel: Annotated[str | None, StringConstraints(min_length=1, max_length=_MAX_MODEL_CODE)] = None
+    Webhook: WebhookModel | None = None
+
+
+class RemoveBackground(_BackgroundFields):
+    """§6.10."""
+
+    RawImage: _ImageField
+    Box: Annotated[list[Int] | None, Field(min_length=4, max_length=4)] = None
+
+
+class RemoveBackgroundsInBatch(_BackgroundFields):
+    """§6.11: one result per image, in order."""
+
+    RawImages: Annotated[list[_ImageField], Field(min_length=1, max_length=MAX_BATCH_IMAGES)]
 
 
 #: a TaskUID is 20 characters (rs/xid); anything past 64 cannot be one, and is not looked up or echoed

@@ -1,5 +1,6 @@
-"""The Python SDK: a PICPIK client that signs exactly as the server verifies."""
+"""The Python SDK: a PICPIK client that signs exactly as the server verifies, and the image helpers of
+its image actions (`image_data`: a file or bytes as a data URI; `task_image`: a finished task's result)."""
 
-from picserve.sdk.client import Client
+from picserve.sdk.client import Client, image_data, image_type, is_task_image, task_image
 
-__all__ = ["Client"]
+__all__ = ["Client", "image_data", "image_type", "is_task_image", "task_image"]

@@ -9,10 +9,17 @@ raises `errors.WaitTimeout`, which is also a `TimeoutError`. Callers catch `erro
 ...                                   PositivePrompts=["a cat"], Width=512, Height=512)
 >>> detail = client.wait(uid)                                                 # doctest: +SKIP
 >>> png = client.fetch(detail["ImgList"][0])                                  # doctest: +SKIP
+
+The image tools take a base64 image or, chained, a finished task's result of the same key:
+
+>>> big = client.resize_image(Image=task_image(uid), Scale=2)                 # doctest: +SKIP
+>>> cut = client.remove_background(RawImage=image_data("photo.jpg"))          # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import base64
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -24,9 +31,17 @@ import httpx
 
 from picserve import domain, errors
 from picserve.protocol import signature
-from picserve.sdk.types import CreditBalance, GenerateImagesSDXLParams, ModelsReply, TaskDetail
+from picserve.sdk.types import (
+    CreditBalance,
+    GenerateImagesSDXLParams,
+    ModelsReply,
+    RemoveBackgroundParams,
+    RemoveBackgroundsInBatchParams,
+    ResizeImageParams,
+    TaskDetail,
+)
 
-__all__ = ["Client"]
+__all__ = ["Client", "image_data", "image_type", "is_task_image", "task_image"]
 
 
 class Client:
@@ -107,6 +122,18 @@ class Client:
     def generate_images_sdxl(self, **params: Unpack[GenerateImagesSDXLParams]) -> str:
         return str(self.call("GenerateImagesSDXL", **params)["TaskUID"])
 
+    def resize_image(self, **params: Unpack[ResizeImageParams]) -> str:
+        """ResizeImage: a task whose one result is `Image` at Width×Height (or its size × Scale)."""
+        return str(self.call("ResizeImage", **params)["TaskUID"])
+
+    def remove_background(self, **params: Unpack[RemoveBackgroundParams]) -> str:
+        """RemoveBackground: a task whose one result is the RGBA cut-out of `RawImage` (or its mask)."""
+        return str(self.call("RemoveBackground", **params)["TaskUID"])
+
+    def remove_backgrounds_in_batch(self, **params: Unpack[RemoveBackgroundsInBatchParams]) -> str:
+        """RemoveBackgroundsInBatch: one task, one result per image of `RawImages`, in order."""
+        return str(self.call("RemoveBackgroundsInBatch", **params)["TaskUID"])
+
     def list_models(self) -> ModelsReply:
         return cast(ModelsReply, _own_fields(self.call("ListModels")))
 
@@ -173,3 +200,51 @@ class Client:
 def _own_fields(reply: dict[str, Any]) -> dict[str, Any]:
     """A reply without the envelope every reply carries (Action, RetCode, Message, request_uuid)."""
     return {k: v for k, v in reply.items() if k not in ("Action", "RetCode", "Message", "request_uuid")}
+
+
+#: the image formats the server takes, by their first bytes (as `reference_images` reads them)
+_MEDIA_TYPES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+)
+#: `task:<TaskUID>/<index>`, as the server reads it (chaining.py)
+_TASK_IMAGE = re.compile(r"task:[0-9A-Za-z_-]{1,64}/[0-9]{1,6}")
+
+
+def image_type(data: bytes) -> str | None:
+    """`image/png`, `image/jpeg` or `image/webp` from the bytes' magic numbers; None for anything else."""
+    for magic, media_type in _MEDIA_TYPES:
+        if data.startswith(magic):
+            return media_type
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def image_data(source: bytes | str | Path) -> str:
+    """An image field's value: a file (its path) or its bytes as a `data:image/...;base64,` URI.
+
+    The format is read from the bytes (PNG, JPEG or WebP, what the server takes), not from a file name;
+    anything else raises ValueError, a file that cannot be read OSError.
+    """
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    media_type = image_type(data)
+    if media_type is None:
+        what = "the bytes" if isinstance(source, bytes) else str(source)
+        kind = "empty" if not data else "not a PNG, JPEG or WebP image"
+        raise ValueError(f"{what}: {kind} (the server takes PNG, JPEG or WebP)")
+    return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def task_image(task_uid: str, index: int = 0) -> str:
+    """An image field's value naming the `index`-th result (0-based) of a finished task of the same key:
+    `task:<TaskUID>/<index>` (chaining, a picserve extension: nothing is downloaded or uploaded)."""
+    reference = f"task:{task_uid.strip()}/{index}"
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0 or not _TASK_IMAGE.fullmatch(reference):
+        raise ValueError(f"task_image({task_uid!r}, {index!r}): expected a TaskUID and an index >= 0")
+    return reference
+
+
+def is_task_image(value: str) -> bool:
+    """Whether `value` is a `task:<TaskUID>/<index>` reference (as `task_image` makes)."""
+    return _TASK_IMAGE.fullmatch(value) is not None

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired
+from typing import Any, Literal, NotRequired, Required
 
 # typing_extensions' TypedDict: pydantic makes JSON schemas (api/openapi.py) only from that one before Python 3.12
 from typing_extensions import TypedDict
@@ -15,12 +15,16 @@ __all__ = [
     "InferenceParams",
     "ModelRef",
     "ModelsReply",
+    "RemoveBackgroundParams",
+    "RemoveBackgroundsInBatchParams",
     "ReplyFields",
+    "ResizeImageParams",
     "TaskDetail",
     "TaskDetailsReply",
     "TaskStatusName",
     "TaskUIDListReply",
     "TaskUIDReply",
+    "Webhook",
 ]
 
 TaskStatusName = Literal["Queuing", "Running", "Finished", "Error", "Canceled"]
@@ -69,6 +73,47 @@ class GenerateImagesSDXLParams(TypedDict, total=False):
     Webhook: Webhook  # picserve extension
 
 
+class ResizeImageParams(TypedDict, total=False):
+    """ResizeImage: `Image` to exactly Width×Height, or (picserve extension) to its size × `Scale`.
+
+    `Image` is base64 (bare or a data URI; `sdk.image_data` makes one from a file) or (picserve
+    extension) a finished task's result of the same key, `task:<TaskUID>/<index>` (`sdk.task_image`).
+    """
+
+    Image: Required[str]
+    Width: int
+    Height: int
+    Scale: float  # picserve extension: instead of Width and Height
+    UpscaleModel: str  # picserve extension: a ModelCode of ListModels' UpscaleModels, or "Lanczos"
+    Webhook: Webhook  # picserve extension
+
+
+class _BackgroundParams(TypedDict, total=False):
+    """The fields RemoveBackground and RemoveBackgroundsInBatch share."""
+
+    ErodeSize: int
+    ForegroundThreshold: int
+    BackgroundThreshold: int
+    HairOptimization: Literal["auto", "on", "off"]
+    OnlyMask: bool
+    BackgroundModel: str  # picserve extension: a ModelCode of ListModels' BackgroundModels
+    Webhook: Webhook  # picserve extension
+
+
+class RemoveBackgroundParams(_BackgroundParams, total=False):
+    """RemoveBackground: one image's subject cut out (an RGBA PNG), or its mask (`OnlyMask`).
+    `RawImage` as ResizeImageParams' `Image`; `Box`: `[x1, y1, x2, y2]`, where the subject is."""
+
+    RawImage: Required[str]
+    Box: list[int]
+
+
+class RemoveBackgroundsInBatchParams(_BackgroundParams, total=False):
+    """RemoveBackgroundsInBatch: 1 to 16 images, one result each, in order (one task)."""
+
+    RawImages: Required[list[str]]
+
+
 class TaskDetail(TypedDict):
     TaskUID: str
     Action: str
@@ -102,6 +147,10 @@ class ModelsReply(TypedDict):
     EmbeddingModels: dict[str, dict[str, Any]]
     HypernetworkModels: dict[str, dict[str, Any]]
     VaeModels: dict[str, dict[str, Any]]  # picserve extension: the installed VAEs
+    # picserve extensions: ResizeImage's upscalers (Architecture, Scale, IsDefault) and RemoveBackground's
+    # segmentation models (Session, IsDefault), by ModelCode; `Problem` on an entry whose file is broken
+    UpscaleModels: NotRequired[dict[str, dict[str, Any]]]
+    BackgroundModels: NotRequired[dict[str, dict[str, Any]]]
 
 
 # The replies' own fields, for the actions whose SDK call unwraps them (and for /openapi.json).
@@ -117,7 +166,8 @@ class ReplyFields(TypedDict):
 
 
 class TaskUIDReply(TypedDict):
-    """GenerateImagesSDXL's reply."""
+    """The reply of the actions that make a task: GenerateImagesSDXL, ResizeImage, RemoveBackground and
+    RemoveBackgroundsInBatch."""
 
     TaskUID: str
 

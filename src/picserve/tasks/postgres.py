@@ -349,8 +349,10 @@ class PostgresRepository:
 
     async def queued_by_model(self) -> dict[str, int]:
         rows = await self._all(
-            "SELECT coalesce(model_code, spec->>'model_code', spec_kind) AS model, count(*) AS n FROM picserve_tasks "
-            "WHERE status = 'Queuing' GROUP BY 1"
+            # the main model a task needs, else its kind (as in memory.py); a row from before the
+            # model_code column (migration 0004) names its model in its spec
+            "SELECT coalesce(model_code, CASE WHEN spec_kind = 'generation' THEN spec->>'model_code' END, spec_kind) "
+            "AS model, count(*) AS n FROM picserve_tasks WHERE status = 'Queuing' GROUP BY 1"
         )
         return {r["model"]: int(r["n"]) for r in rows}
 

@@ -92,6 +92,7 @@ def build_engine(settings: Settings) -> GenerationEngine:
         host_budget=host_budget,
         speed=speed,
         dtype=dtype,
+        upscale_tile=settings.upscale_tile,
     )
 
 

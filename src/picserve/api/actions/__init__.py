@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from picserve import domain
+from picserve import domain, submission
 from picserve.api.actions import (
     cancel_task,
-    generate_images_sdxl,
     get_credit_balance,
     list_models,
     list_running_tasks,
     list_tasks_details,
+    make_task,
 )
 from picserve.protocol.envelope import Envelope
 from picserve.services import Services
@@ -24,9 +24,10 @@ Handler = Callable[[Services, domain.Account, Envelope, str], Awaitable[dict[str
 
 ACTIONS: dict[str, Handler] = {
     "CancelTask": cancel_task.handle,
-    "GenerateImagesSDXL": generate_images_sdxl.handle,
     "GetCreditBalance": get_credit_balance.handle,
     "ListModels": list_models.handle,
     "ListRunningTasks": list_running_tasks.handle,
     "ListTasksDetails": list_tasks_details.handle,
+    # GenerateImagesSDXL, ResizeImage, RemoveBackground, RemoveBackgroundsInBatch: one handler
+    **dict.fromkeys(submission.KINDS, make_task.handle),
 }

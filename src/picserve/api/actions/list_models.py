@@ -4,7 +4,10 @@ Besides PICPIK's fields, picserve extensions that an unchanged PICPIK client ign
 the tensor shapes say), `StorageDtype` (float16, bfloat16, float8_e4m3fn, … of a .safetensors file), for
 main models `Prediction` ("epsilon" or "v"), `ZeroTerminalSNR` and `Vae` (the VAE of models/vae it decodes
 with; null: the checkpoint's own), for sub-models and VAEs `CompatibleMainModels`, and `VaeModels`, the
-installed VAEs (a VAE is per main model, not named in requests).
+installed VAEs (a VAE is per main model, not named in requests). Two more extension maps list the models
+of the image tools: `UpscaleModels` (ResizeImage's `UpscaleModel`: `Architecture` and `Scale`, each null
+until known) and `BackgroundModels` (RemoveBackground's `BackgroundModel`: `Session`, the rembg family),
+each with `IsDefault` (what a request naming none gets) and `Problem` for a file that cannot be used.
 """
 
 from __future__ import annotations
@@ -26,20 +29,48 @@ _REPLY_FIELDS = {
     "embedding": "EmbeddingModels",
     "hypernetwork": "HypernetworkModels",
     "vae": "VaeModels",  # picserve extension
+    "upscale": "UpscaleModels",  # picserve extension
+    "background": "BackgroundModels",  # picserve extension
 }
 
 
 async def handle(services: Services, account: domain.Account, envelope: Envelope, base_url: str) -> dict[str, Any]:
     messages.parse(messages.Empty, envelope.params)  # common fields only: anything else is refused by name
     # A catalog scan reads the header of every new or changed model file: disk work, off the event loop.
-    return await asyncio.to_thread(_models, services.catalog)
-
-
-def _models(catalog: catalog_module.Catalog) -> dict[str, Any]:
-    return {
-        field: {code: _model(entry, catalog) for code, entry in catalog.entries(kind).items()}
-        for kind, field in _REPLY_FIELDS.items()
+    defaults = {
+        "upscale": services.settings.default_upscaler,
+        "background": services.settings.default_background_model,
     }
+    return await asyncio.to_thread(_models, services.catalog, defaults)
+
+
+def _models(catalog: catalog_module.Catalog, defaults: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """The reply's model maps; `defaults`: the settings' default upscaler and background model by kind."""
+    defaults = defaults or {}
+    reply: dict[str, Any] = {}
+    for kind, field in _REPLY_FIELDS.items():
+        if kind in catalog_module.TOOL_KINDS:
+            default = catalog.default_tool(kind, defaults.get(kind))
+            reply[field] = {
+                code: _tool(entry, default is not None and default.code == code)
+                for code, entry in catalog.entries(kind).items()
+            }
+        else:
+            reply[field] = {code: _model(entry, catalog) for code, entry in catalog.entries(kind).items()}
+    return reply
+
+
+def _tool(entry: catalog_module.Entry, is_default: bool) -> dict[str, Any]:
+    """An upscaler or background model: what it is, and whether requests naming none get it."""
+    model: dict[str, Any] = {"Name": entry.name, "ModelCode": entry.code, "IsOfficial": entry.is_official}
+    if entry.kind == "upscale":
+        model.update(Architecture=entry.architecture, Scale=entry.scale)
+    else:
+        model["Session"] = entry.session
+    model["IsDefault"] = is_default
+    if entry.info.problem:
+        model["Problem"] = entry.info.problem
+    return model
 
 
 def _model(entry: catalog_module.Entry, catalog: catalog_module.Catalog) -> dict:

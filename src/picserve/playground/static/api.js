@@ -161,6 +161,17 @@ export class Client {
     return (await this.call("GenerateImagesSDXL", params)).TaskUID;
   }
 
+  /** ResizeImage (an upscale): `Image` is a base64 image, a data URI or `task:<TaskUID>/<index>`. */
+  async resizeImage(params) {
+    return (await this.call("ResizeImage", params)).TaskUID;
+  }
+
+  /** RemoveBackground (`RawImage`), or RemoveBackgroundsInBatch (`RawImages`) when given a list. */
+  async removeBackground(params) {
+    const action = Array.isArray(params.RawImages) ? "RemoveBackgroundsInBatch" : "RemoveBackground";
+    return (await this.call(action, params)).TaskUID;
+  }
+
   async listTasksDetails(uids) {
     return (await this.call("ListTasksDetails", { TaskUIDList: uids })).TaskDetailList;
   }

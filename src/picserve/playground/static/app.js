@@ -2,11 +2,12 @@
 
 import { ApiError, Client, SIGNERS, hasWebCrypto } from "./api.js";
 import { MaskPainter } from "./canvas.js";
-import { $, announce, clamp, h } from "./dom.js";
+import { $, announce, clamp, h, imageSize, readFile } from "./dom.js";
 import { Tasks } from "./gallery.js";
 import { SAMPLERS, SIZES } from "./options.js";
 import { extractNetworks, insertWord, renderHighlight } from "./prompt.js";
 import { sha1Hex } from "./sha1.js";
+import { Tools } from "./tools.js";
 
 const KEYS = "picserve.playground.keys";
 
@@ -23,6 +24,7 @@ const state = {
 
 let painter;
 let tasks;
+let tools;
 
 /** Smooth scrolling, unless the user asked for less motion. */
 function motion() {
@@ -86,12 +88,13 @@ function clearError(control) {
   }
 }
 
-/** Show `message` by the control `id` (aria-invalid, described by its error), and move focus there. */
-function showFieldError(id, message) {
+/** Show `message` by the control `id` (aria-invalid, described by its error), and move focus there;
+ * without such a control, in `fallback` (by default the line under Generate). */
+function showFieldError(id, message, fallback = $("form-error")) {
   const control = $(id);
   const error = control && errorElementFor(id);
   if (!control || !error) {
-    $("form-error").textContent = message;
+    fallback.textContent = message;
     return;
   }
   error.textContent = message;
@@ -106,18 +109,21 @@ function showFieldError(id, message) {
   control.scrollIntoView({ block: "center", behavior: motion() });
 }
 
-/** An API refusal shown where it belongs: by the field its Message names, else under Generate. */
+/** An API refusal shown where it belongs: by the field its Message names, else under Generate.
+ * `context.controlFor(path)` maps a field to a control for other requests than a generation's (the
+ * tools'), `context.fallback` is where a message without a control goes. */
 function showApiError(error, context = { subModels: [], hasMask: false }) {
+  const fallback = context.fallback || $("form-error");
   if (!(error instanceof ApiError)) {
-    $("form-error").textContent = String(error.message || error);
+    fallback.textContent = String(error.message || error);
     return;
   }
   let id = null;
   if (error.retCode === 171) id = "public-key";
   else if (error.retCode === 170) id = "private-key";
-  else if (error.field) id = controlFor(error.field, context);
-  if (id) showFieldError(id, error.retCode === 170 ? `${error.message} (is this the private key of this public key?)` : error.message);
-  else $("form-error").textContent = `${error.message}${error.retCode > 0 ? ` (RetCode ${error.retCode})` : ""}`;
+  else if (error.field) id = context.controlFor ? context.controlFor(error.field) : controlFor(error.field, context);
+  if (id) showFieldError(id, error.retCode === 170 ? `${error.message} (is this the private key of this public key?)` : error.message, fallback);
+  else fallback.textContent = `${error.message}${error.retCode > 0 ? ` (RetCode ${error.retCode})` : ""}`;
 }
 
 class FieldError extends Error {
@@ -167,6 +173,7 @@ async function connect() {
       clearError($("public-key"));
       clearError($("private-key"));
       fillModels(models);
+      tools.setModels(models);
       const count = Object.keys(models.MainModels || {}).length;
       $("connection").textContent = `Connected: ${count} model${count === 1 ? "" : "s"}.`;
       document.documentElement.dataset.connected = "true";
@@ -403,24 +410,6 @@ function setSize(width, height) {
 
 // ---------------------------------------------------------------- the init image and its mask
 
-function readFile(file) {
-  return new Promise((resolve, reject) => {
-    const reader = new FileReader();
-    reader.onload = () => resolve(reader.result);
-    reader.onerror = () => reject(reader.error);
-    reader.readAsDataURL(file);
-  });
-}
-
-function imageSize(dataUrl) {
-  return new Promise((resolve, reject) => {
-    const image = new Image();
-    image.onload = () => resolve({ width: image.naturalWidth, height: image.naturalHeight });
-    image.onerror = () => reject(new Error("the file is not an image this browser can read"));
-    image.src = dataUrl;
-  });
-}
-
 async function setInitImage(file) {
   clearError($("init-image"));
   if (!file || !/^image\//.test(file.type)) {
@@ -639,7 +628,8 @@ function reuse(form, seed) {
 }
 
 function settled(entry) {
-  if (entry.status === "Finished" && entry.images.length) state.lastSeed = entry.images[0].seed;
+  // an upscale or a cut-out has no seed of its own
+  if (entry.status === "Finished" && entry.images.length && !entry.form?.tool) state.lastSeed = entry.images[0].seed;
   refreshCredits();
 }
 
@@ -652,6 +642,7 @@ function wire() {
   });
   document.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      if (tools.owns(event.target)) return; // the tools panel has its own buttons
       event.preventDefault();
       generate();
       return;
@@ -728,11 +719,12 @@ function wire() {
     setInitImage(file);
   });
   document.addEventListener("paste", (event) => {
-    const file = [...(event.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
-    if (file) {
-      event.preventDefault();
-      setInitImage(file);
-    }
+    const files = [...(event.clipboardData?.files || [])].filter((f) => f.type.startsWith("image/"));
+    if (!files.length) return;
+    event.preventDefault();
+    // pasted into the tools panel: its images; anywhere else: the init image
+    if (tools.owns(event.target)) tools.setFiles(files);
+    else setInitImage(files[0]);
   });
   painter = new MaskPainter($("mask-canvas"), { onChange: () => clearError($("mask-canvas")) });
   $("inpaint").addEventListener("change", inpaintToggled);
@@ -743,11 +735,34 @@ function wire() {
   $("mask-clear").addEventListener("click", () => painter.clear());
 }
 
+/** The Generate bar leaves room for itself: on wide screens it sits below the scrolling settings
+ * (style.css), lined up with them (`--settings-gutter`: their scrollbar's width); on narrow ones it
+ * sticks to the window's bottom, and `--actions-height` keeps a field scrolled into view above it. */
+function watchActionsBar() {
+  const root = document.documentElement;
+  const measure = () => {
+    const settings = $("settings");
+    root.style.setProperty("--actions-height", `${Math.ceil($("actions").getBoundingClientRect().height)}px`);
+    root.style.setProperty("--settings-gutter", `${Math.max(0, settings.offsetWidth - settings.clientWidth)}px`);
+  };
+  new ResizeObserver(measure).observe($("actions"));
+  new ResizeObserver(measure).observe($("settings"));
+  measure();
+}
+
 function start() {
   $("sampler").replaceChildren(...SAMPLERS.map((s) => h("option", { value: s }, s)));
   fillSizes();
   wire();
-  tasks = new Tasks({ onReuse: reuse, onUseAsInput: useAsInput, onSettled: settled });
+  tasks = new Tasks({ onReuse: reuse, onUseAsInput: useAsInput, onSettled: settled, onTool: (kind, source) => tools.fromGallery(kind, source) });
+  tools = new Tools({
+    client: () => state.client,
+    connect,
+    tasks,
+    showError: showApiError,
+    showFieldError: (id, message) => showFieldError(id, message, $("tools-error")),
+  });
+  watchActionsBar();
   highlightPrompts();
   if (!hasWebCrypto()) {
     $("signer").textContent = `Signing: ${SIGNERS.js} (no WebCrypto: this page is not a secure context)`;

@@ -1,14 +1,17 @@
 // Small DOM helpers. Text always goes in as text (textContent), never as HTML.
 
 /** `h("button", { class: "x", type: "button", onclick }, "Label")` → an element. Properties that
- * start with `on` become listeners; `dataset` and `attrs` objects are applied; null children skipped. */
+ * start with `on` become listeners; `dataset` (less its null entries) and `attrs` objects are
+ * applied; null children skipped. */
 export function h(tag, props = {}, ...children) {
   const element = document.createElement(tag);
   for (const [key, value] of Object.entries(props || {})) {
     if (value === null || value === undefined || value === false) continue;
     if (key.startsWith("on") && typeof value === "function") element.addEventListener(key.slice(2), value);
     else if (key === "class") element.className = value;
-    else if (key === "dataset") Object.assign(element.dataset, value);
+    else if (key === "dataset") {
+      for (const [name, v] of Object.entries(value)) if (v !== null && v !== undefined) element.dataset[name] = v;
+    }
     else if (key === "attrs") for (const [name, v] of Object.entries(value)) element.setAttribute(name, v);
     else if (key in element && typeof value !== "string") element[key] = value;
     else element.setAttribute(key, value === true ? "" : value);
@@ -35,4 +38,24 @@ export function announce(message) {
 
 export function clamp(value, low, high) {
   return Math.min(high, Math.max(low, value));
+}
+
+/** A chosen file as a data URI. */
+export function readFile(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+/** A data URI's image size, as the browser decodes it. */
+export function imageSize(dataUrl) {
+  return new Promise((resolve, reject) => {
+    const image = new Image();
+    image.onload = () => resolve({ width: image.naturalWidth, height: image.naturalHeight });
+    image.onerror = () => reject(new Error("the file is not an image this browser can read"));
+    image.src = dataUrl;
+  });
 }

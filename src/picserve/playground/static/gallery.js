@@ -1,5 +1,7 @@
 // This browser's tasks: kept in localStorage (TaskUIDs and the settings that made them, never image
 // bytes), followed with ListTasksDetails while they run, shown as run cards, then in the gallery.
+// Generations and the tools' tasks (an upscale, a cut-out: `form.tool`) alike; every finished image
+// can be upscaled or cut out in turn, named by its TaskUID.
 
 import { ApiError } from "./api.js";
 import { announce, h } from "./dom.js";
@@ -22,6 +24,29 @@ function load() {
 function excerpt(text, limit = 80) {
   const flat = String(text || "").replace(/\s+/g, " ").trim();
   return flat.length > limit ? `${flat.slice(0, limit - 1)}…` : flat || "(no prompt)";
+}
+
+/** What a task makes, in a few words: a generation's prompt, or a tool and the image it works on. */
+export function describe(form = {}, limit = 80) {
+  if (form.tool === "upscale") {
+    const how = form.scale ? `${form.scale}×` : `to ${form.width}×${form.height}`;
+    return excerpt(`Upscale ${how}: ${form.source}`, limit);
+  }
+  if (form.tool === "cutout") return excerpt(`${form.onlyMask ? "Mask" : "Cut-out"}: ${form.source}`, limit);
+  return excerpt(form.prompt, limit);
+}
+
+/** A tool's result under its image: "upscaled 2× · 2x-compact", "background removed · birefnet". */
+function toolCaption(form) {
+  const what =
+    form.tool === "upscale"
+      ? form.scale
+        ? `upscaled ${form.scale}×`
+        : `resized to ${form.width}×${form.height}`
+      : form.onlyMask
+        ? "mask"
+        : "background removed";
+  return form.model ? `${what} · ${form.model}` : what;
 }
 
 /** A result image, fetched once: a blob URL for the page, its size and text chunks. */
@@ -64,10 +89,14 @@ function forget(entries) {
 }
 
 export class Tasks {
-  constructor({ onReuse, onUseAsInput, onSettled }) {
+  constructor({ onReuse, onUseAsInput, onSettled, onTool }) {
     this.onReuse = onReuse;
     this.onUseAsInput = onUseAsInput;
     this.onSettled = onSettled;
+    /** `onTool("upscale" | "cutout", { ref, label, button })`: a gallery image's tool buttons */
+    this.onTool = onTool;
+    /** whether the server can cut out (it lists a background model); upscaling always can (Lanczos) */
+    this.canCutout = false;
     this.client = null;
     this.owner = null;
     this.live = new Map(); // uid → { progress, queuePosition, preview }: not persisted
@@ -111,6 +140,13 @@ export class Tasks {
     return load().filter((e) => e.owner === this.owner);
   }
 
+  /** What the server offers (from ListModels): the Remove background buttons show only where it can. */
+  setTools({ cutout }) {
+    if (this.canCutout === Boolean(cutout)) return;
+    this.canCutout = Boolean(cutout);
+    this.renderGallery();
+  }
+
   update(uid, change) {
     const all = load();
     const entry = all.find((e) => e.uid === uid && e.owner === this.owner);
@@ -129,7 +165,7 @@ export class Tasks {
     }
   }
 
-  /** A task just submitted: `form` is the form's settings (for "reuse"), `label` its prompt. */
+  /** A task just submitted: `form` is the form's settings (for "reuse"), or a tool's (`form.tool`). */
   add(uid, form) {
     const all = load();
     all.push({ uid, owner: this.owner, created: Date.now(), form, status: "Queuing", images: [] });
@@ -210,7 +246,7 @@ export class Tasks {
   }
 
   settled(entry) {
-    const title = excerpt(entry.form?.prompt, 40);
+    const title = describe(entry.form, 40);
     if (entry.status === "Finished") {
       const n = entry.images.length;
       announce(`Finished: ${n} image${n === 1 ? "" : "s"} for “${title}”.`);
@@ -272,15 +308,18 @@ export class Tasks {
     const cancel = h("button", { type: "button", class: "secondary small", "aria-describedby": `${id}-title` }, "Cancel");
     cancel.addEventListener("click", () => this.cancel(entry.uid, cancel, status));
     const form = entry.form || {};
+    const about = form.tool
+      ? `${form.model || ""} · ${form.ref || "uploaded"} · ${entry.uid}`
+      : `${form.width}×${form.height} · ${form.steps} steps · ${form.model || ""} · ${entry.uid}`;
     return h(
       "li",
-      { class: "run", dataset: { uid: entry.uid } },
+      { class: "run", dataset: { uid: entry.uid, tool: form.tool || null } },
       h("div", { class: "run-thumb" }, preview),
       h(
         "div",
         { class: "run-body" },
-        h("p", { class: "run-title", id: `${id}-title` }, excerpt(form.prompt)),
-        h("p", { class: "hint" }, `${form.width}×${form.height} · ${form.steps} steps · ${form.model || ""} · ${entry.uid}`),
+        h("p", { class: "run-title", id: `${id}-title` }, describe(form)),
+        h("p", { class: "hint" }, about),
         status,
         h("div", { class: "row tight" }, progress, cancel),
       ),
@@ -354,26 +393,37 @@ export class Tasks {
         },
         "✕",
       );
+    const tool = form.tool || null;
     if (entry.status !== "Finished") {
       const what = entry.status === "Canceled" ? "Canceled" : entry.status === "Gone" ? "Gone" : "Failed";
       return [
         h(
           "li",
-          { class: `shot ended ${entry.status.toLowerCase()}`, dataset: { uid: entry.uid, status: entry.status } },
-          h("p", { class: "shot-title" }, excerpt(form.prompt, 60)),
+          { class: `shot ended ${entry.status.toLowerCase()}`, dataset: { uid: entry.uid, status: entry.status, tool } },
+          h("p", { class: "shot-title" }, describe(form, 60)),
           h("p", { class: "status-line" }, `${what}${entry.error && entry.status !== "Canceled" ? `: ${entry.error}` : ""}`),
-          h("div", { class: "shot-actions" }, reuse(form.seed), remove()),
+          h("div", { class: "shot-actions" }, tool ? null : reuse(form.seed), remove()),
         ),
       ];
     }
+    const several = entry.images.length > 1;
     return entry.images.map((image, index) => {
-      const item = h("li", { class: "shot", dataset: { uid: entry.uid, index: String(index), status: "Finished", seed: String(image.seed) } });
+      const dataset = { uid: entry.uid, index: String(index), status: "Finished", tool };
+      if (!tool) dataset.seed = String(image.seed);
+      const item = h("li", { class: `shot${tool ? ` ${tool}` : ""}`, dataset });
       const name = `picserve-${entry.uid}-${index + 1}.png`;
-      const img = h("img", { alt: `${excerpt(form.prompt, 60)} (seed ${image.seed})`, loading: "lazy", decoding: "async" });
+      // what this image is, for its alt text and for the tasks made from it
+      const source = form.sources?.[index] ?? form.source;
+      const label = tool
+        ? describe({ ...form, source }, 60)
+        : `${excerpt(form.prompt, 40)}${several ? ` #${index + 1}` : ""}`;
+      const img = h("img", { alt: tool ? label : `${excerpt(form.prompt, 60)} (seed ${image.seed})`, loading: "lazy", decoding: "async" });
       const open = h("a", { class: "thumb", href: image.url, target: "_blank", rel: "noopener", title: "Open full size" }, img);
-      const caption = h("figcaption", {}, `${form.width}×${form.height} · seed ${image.seed} · ${form.model || ""}`);
+      const about = tool ? toolCaption(form) : `seed ${image.seed} · ${form.model || ""}`;
+      const known = tool ? (form.tool === "upscale" && form.width ? `${form.width}×${form.height} · ` : "") : `${form.width}×${form.height} · `;
+      const caption = h("figcaption", {}, `${known}${about}`);
       const parameters = h("pre", { class: "parameters" }, "Reading the image's parameters…");
-      const details = h("details", { class: "params" }, h("summary", {}, "Parameters"), parameters);
+      const details = tool ? null : h("details", { class: "params" }, h("summary", {}, "Parameters"), parameters);
       const download = h(
         "a",
         { class: "button icon small", href: image.url, download: name, "aria-label": "Download", title: "Download" },
@@ -395,7 +445,25 @@ export class Tasks {
         for (let i = 0; i < 4; i++) grid.append(h("img", { alt: "" }));
         tiles = h("details", { class: "tiles", open: true }, h("summary", {}, "Seams (2 × 2)"), grid);
       }
-      item.append(h("figure", {}, open, caption), h("div", { class: "shot-actions" }, reuse(image.seed), useAsInput, download, full, remove()), details);
+      // the image, by its TaskUID: the server takes it from its own store, nothing is uploaded again
+      const ref = `task:${entry.uid}/${index}`;
+      const toolButton = (kind, text, title) => {
+        const button = h("button", { type: "button", class: "secondary small", title, dataset: { tool: kind } }, text);
+        button.addEventListener("click", () => this.onTool(kind, { ref, label, button }));
+        return button;
+      };
+      const tools = h(
+        "div",
+        { class: "shot-actions shot-tools" },
+        toolButton("upscale", "Upscale", "Upscale this image (ResizeImage, by its TaskUID)"),
+        this.canCutout ? toolButton("cutout", "Remove background", "Cut out this image's subject (RemoveBackground, by its TaskUID)") : null,
+      );
+      item.append(
+        h("figure", {}, open, caption),
+        h("div", { class: "shot-actions" }, tool ? null : reuse(image.seed), useAsInput, download, full, remove()),
+        tools,
+      );
+      if (details) item.append(details);
       if (entry.warnings?.length) item.append(h("p", { class: "hint warning" }, entry.warnings.join(" ")));
       if (tiles) item.append(tiles);
       item.load = () => loadResult(image.url).then((result) => {
@@ -410,7 +478,7 @@ export class Tasks {
         if (tiles) for (const tile of tiles.querySelectorAll("img")) tile.src = result.src;
         const text = result.png?.text?.parameters;
         if (result.png) {
-          caption.textContent = `${result.png.width}×${result.png.height} · seed ${image.seed} · ${form.model || ""}`;
+          caption.textContent = `${result.png.width}×${result.png.height} · ${about}`;
           item.dataset.width = String(result.png.width);
           item.dataset.height = String(result.png.height);
         }

@@ -1,4 +1,5 @@
-"""GenerateImagesSDXL: the signed request → submission.submit → TaskUID (the checks: specs/generation.py)."""
+"""Every Action that makes a task (GenerateImagesSDXL, ResizeImage, RemoveBackground, …): the signed
+request → submission.submit → TaskUID. The checks of each are its kind's (specs/, by submission.KINDS)."""
 
 from __future__ import annotations
 
