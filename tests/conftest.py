@@ -171,13 +171,15 @@ LONGEST_FIRST = (
     "engine/test_model_cache.py",  # 99 s
     "acceptance/test_serve.py",  # about 80 s
     "playground/test_playground.py",  # 78 s
+    "playground/test_tools.py",  # about 60 s (its own server; real upscales and cut-outs)
     "engine/test_adapters.py",  # 77 s
     "integration/test_db_outage.py",  # 74 s
     "acceptance/test_webhooks.py",  # 62 s
     "engine/test_model_files.py",  # 54 s
     "engine/test_fp16.py",  # 53 s
     "engine/test_failures.py",  # 50 s
-    "acceptance/test_readme.py",  # about 50 s
+    "acceptance/test_readme.py",  # about 90 s (the tools example too)
+    "engine/test_tool_tasks.py",  # about 20 s
     "engine/test_memory.py",  # 47 s
     "integration/test_run_state_machine.py",  # 32 s
     "acceptance/test_poison.py",  # 28 s

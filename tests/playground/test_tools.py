@@ -77,8 +77,17 @@ def sent(page: Any, action: str, click: Any) -> tuple[dict[str, Any], str]:
 def result(page: Any, uid: str) -> Any:
     """The gallery item of the task's first image once it is read, scrolled into view first (the gallery
     reads an image when it comes near the view, and the open tools panel pushes the gallery down)."""
-    page.locator(f'#gallery .shot[data-uid="{uid}"]').first.wait_for(state="attached", timeout=FINISH_MS)
-    page.locator(f'#gallery .shot[data-uid="{uid}"]').first.scroll_into_view_if_needed()
+    item = page.locator(f'#gallery .shot[data-uid="{uid}"]').first
+    item.wait_for(state="attached", timeout=FINISH_MS)
+    # the gallery is drawn again whenever a task ends: the item found may be replaced while it scrolls
+    for attempt in range(20):
+        try:
+            item.scroll_into_view_if_needed(timeout=5_000)
+            break
+        except sync_api.Error:
+            if attempt == 19:
+                raise
+            page.wait_for_timeout(100)
     return finished(page, uid)
 
 

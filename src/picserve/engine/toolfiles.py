@@ -17,6 +17,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from picserve import modelinfo
 from picserve.modelinfo import ToolFacts
 
 __all__ = ["identify"]
@@ -35,9 +36,15 @@ def identify(path: Path) -> ToolFacts:
 
 
 def _spandrel(path: Path) -> ToolFacts:
-    import spandrel
-
-    import picserve  # noqa: F401  (torchvision beside the CPU torch: torchvision_compat)
+    # An image model's first layer convolves the image's channels (1, 3 or 4 in): a file without such
+    # a weight is no upscaler, said from its header alone (no torch, no spandrel)
+    try:
+        shapes, _ = modelinfo.read_shapes(path)
+    except modelinfo.UNREADABLE as exc:
+        return ToolFacts(None, problem=f"unreadable: {exc}")
+    if not any(len(shape) == 4 and shape[1] in (1, 3, 4) for shape in shapes.values()):
+        return ToolFacts(None, problem="it has no convolution over an image's channels, so it is no upscaler")
+    import spandrel  # picserve/__init__ made torchvision importable beside the CPU torch (torchvision_compat)
 
     try:
         with contextlib.redirect_stdout(io.StringIO()):
