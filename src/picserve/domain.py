@@ -16,6 +16,7 @@ __all__ = [
     "HAIR_OPTIONS",
     "SAMPLER_NAMES",
     "SPEC_TYPES",
+    "UPSCALE_MAX_PASSES",
     "WEBHOOK_EVENTS",
     "Account",
     "ActionSpec",
@@ -39,6 +40,7 @@ __all__ = [
     "register_spec",
     "spec_digest",
     "spec_from_json",
+    "upscale_passes",
 ]
 
 
@@ -230,11 +232,11 @@ class UpscaleSpec:
 
     @property
     def passes(self) -> int:
-        """Model passes to reach the target (1 at 4× and below for a 4× model; 0: downscale only)."""
-        if self.model_code is None:
+        """Model passes to reach the target (`upscale_passes`; 0: no model, or a downscale only)."""
+        if self.model_code is None or (self.width <= self.source_width and self.height <= self.source_height):
             return 0
-        wanted = max(self.width / self.source_width, self.height / self.source_height)
-        return 0 if wanted <= 1 else max(1, math.ceil(math.log(wanted) / math.log(max(2, self.model_scale)) - 1e-9))
+        source, target = (self.source_width, self.source_height), (self.width, self.height)
+        return upscale_passes(source, target, self.model_scale)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -258,6 +260,19 @@ class UpscaleSpec:
     def cost(self, divisor: int) -> int:
         """Credits: the output's pixels / divisor (1 per megapixel by default), at least 1."""
         return max(1, math.ceil(self.width * self.height / divisor))
+
+
+#: ResizeImage's model passes at most: the rest of the way is the Lanczos resample
+UPSCALE_MAX_PASSES = 3
+
+
+def upscale_passes(source: tuple[int, int], target: tuple[int, int], scale: int) -> int:
+    """Model passes of `scale` that make `source` cover `target` both ways, 1..UPSCALE_MAX_PASSES (a
+    scale-1 model, a restorer, runs once): what the worker runs and what the spec's work counts."""
+    if scale < 2:
+        return 1
+    wanted = max(target[0] / source[0], target[1] / source[1])
+    return max(1, min(UPSCALE_MAX_PASSES, math.ceil(math.log(wanted) / math.log(scale) - 1e-9)))
 
 
 #: RemoveBackground's HairOptimization: alpha matting on, off, or where the mask's edge is soft

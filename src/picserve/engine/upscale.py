@@ -72,7 +72,7 @@ MIN_TILE = 64
 #: input pixels adjacent tiles share (ComfyUI's 32), at most a quarter of the tile
 OVERLAP = 32
 #: model passes at most per image (a 4× model: 64×; whatever is left is Lanczos)
-MAX_PASSES = 3
+MAX_PASSES = domain.UPSCALE_MAX_PASSES
 #: a preview's longest side
 PREVIEW_SIDE = 256
 #: a tile's share of its activation estimate that must fit the device's free memory (the rest: headroom)
@@ -440,12 +440,9 @@ def _to_image(tensor: torch.Tensor) -> Image.Image:
 
 
 def passes_for(source: tuple[int, int], target: tuple[int, int], scale: int) -> int:
-    """Model passes that make `source` cover `target` both ways at `scale` (at most MAX_PASSES; a
-    scale-1 model, a restorer, runs once)."""
-    if scale < 2:
-        return 1
-    wanted = max(target[0] / source[0], target[1] / source[1])
-    return max(1, min(MAX_PASSES, math.ceil(math.log(wanted) / math.log(scale) - 1e-9)))
+    """Model passes that make `source` cover `target` both ways at `scale` (domain.upscale_passes: the
+    spec's work counts the same)."""
+    return domain.upscale_passes(source, target, scale)
 
 
 def plan_passes(source: tuple[int, int], target: tuple[int, int], scale: int) -> list[tuple[int, int]]:
