@@ -96,6 +96,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench
 
 # Benchmarks are run by hand; their numbers go to docs/performance.md.
+# Not in this target (full-size SDXL, ~7 min and 16 GiB on a 2-core CPU): bench/controlnet.py, ControlNet/IP-Adapter cost.
 bench: $(STAMP)
 	$(BIN)/python bench/sizes.py --models-dir .bench-models
 	$(BIN)/python bench/submodels.py

@@ -172,15 +172,19 @@ LONGEST_FIRST = (
     "acceptance/test_serve.py",  # about 80 s
     "playground/test_playground.py",  # 78 s
     "playground/test_tools.py",  # about 60 s (its own server; real upscales and cut-outs)
+    "playground/test_controlnet.py",  # about 30 s (its own server; guided generations)
     "engine/test_adapters.py",  # 77 s
     "integration/test_db_outage.py",  # 74 s
     "acceptance/test_webhooks.py",  # 62 s
     "engine/test_model_files.py",  # 54 s
     "engine/test_fp16.py",  # 53 s
     "engine/test_failures.py",  # 50 s
-    "acceptance/test_readme.py",  # about 90 s (the tools example too)
+    "acceptance/test_readme.py",  # about 110 s (the tools and ControlNet examples too)
+    "engine/test_controlnet.py",  # about 35 s
     "engine/test_tool_tasks.py",  # about 20 s
     "engine/test_memory.py",  # 47 s
+    "engine/test_ipadapter.py",  # about 15 s
+    "engine/test_preprocess.py",  # about 12 s
     "integration/test_run_state_machine.py",  # 32 s
     "acceptance/test_poison.py",  # 28 s
     "acceptance/test_openai.py",
@@ -253,6 +257,7 @@ def models_dir(request) -> Path:
             _build_models(root)
             (root / _MODELS_COMPLETE).write_text("")
         _add_tool_models(root)  # a cache built before the image tools gets them too
+        _add_control_models(root)
     return root
 
 
@@ -295,6 +300,18 @@ def _add_tool_models(root: Path) -> None:
 
     write_compact(upscaler)
     write_tiny_segmenter(segmenter)
+
+
+def _add_control_models(root: Path) -> None:
+    """Tiny ControlNets fitted to the tiny SDXL (and one of SD1's width), tiny IP-Adapters and their image
+    encoder: tests/engine/controlnet_files.py."""
+    from tests.engine.controlnet_files import CONTROL_MODELS, IP_ADAPTERS, add_control_models
+
+    names = [f"controlnet/{name}" for name in CONTROL_MODELS] + [f"ipadapter/{name}" for name in IP_ADAPTERS]
+    names.append("ipadapter/tiny-ip-adapter.json")
+    if all((root / name).exists() for name in names):
+        return
+    add_control_models(root)
 
 
 @pytest.fixture

@@ -185,9 +185,12 @@ def model_bytes(path: Path, weight_bytes: int) -> int:
 
 
 def _weight_files(folder: Path) -> list[Path]:
-    """A diffusers folder's weight files: one variant per component (fp16 ones stand for the same weights)."""
-    found = []
-    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+    """A diffusers folder's weight files: one variant per component (fp16 ones stand for the same weights);
+    a one-model folder (a ControlNet's) has them at its top."""
+    found: list[Path] = []
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2", "."):
+        if part == "." and found:
+            break
         files = sorted((folder / part).glob("*.safetensors")) or sorted((folder / part).glob("*.bin"))
         plain = [f for f in files if ".fp16." not in f.name] or files
         shards = [f for f in plain if re.search(r"-\d+-of-\d+\.", f.name)]

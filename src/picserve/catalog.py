@@ -7,6 +7,10 @@
     models/vae/NAME.safetensors       a VAE (original or diffusers layout), or NAME/ a diffusers VAE folder
     models/upscale/NAME.{pth,safetensors,pt,ckpt,bin}   an upscaler spandrel loads (ESRGAN, SwinIR, …)
     models/background/NAME.onnx       a segmentation model rembg runs (BiRefNet, ISNet, U²-Net, …)
+    models/controlnet/NAME.safetensors   an SDXL ControlNet or ControlNet-Union, or NAME/ a diffusers folder
+    models/ipadapter/NAME.safetensors    an SDXL IP-Adapter (h94's .safetensors or .bin), whose CLIP image
+    models/image_encoder/NAME/           encoder is a folder here (its sidecar's `ImageEncoder`, else the one
+                                         whose widths fit)
 
 A sidecar gives `Name`, `IsOfficial`, `TriggerWordList`, default `InferenceParams` and, for a single
 file whose widths are not SDXL base's, `Config`: the diffusers folder holding its configs. A main model's
@@ -35,14 +39,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from picserve import modelinfo
+from picserve import ipadapter_info, modelinfo
 
 if TYPE_CHECKING:
     from picserve.config import Settings
 
-__all__ = ["KINDS", "SUB_MODEL_KINDS", "SUFFIXES", "TOOL_KINDS", "Catalog", "Entry", "is_plain_code", "session_in_name"]
+__all__ = [
+    "CONTROL_KINDS",
+    "KINDS",
+    "SUB_MODEL_KINDS",
+    "SUFFIXES",
+    "TOOL_KINDS",
+    "Catalog",
+    "Entry",
+    "is_plain_code",
+    "session_in_name",
+]
 
-KINDS = ("main", "lora", "embedding", "hypernetwork", "vae", "upscale", "background")
+KINDS = ("main", "lora", "embedding", "hypernetwork", "vae", "upscale", "background", "controlnet", "ipadapter")
+#: the kinds a ControlNetList unit's ControlModel names: ControlNets (and Unions), IP-Adapters
+CONTROL_KINDS = ("controlnet", "ipadapter")
 #: the kinds of the image tools' models (not SDXL's): ResizeImage's upscalers, RemoveBackground's models
 TOOL_KINDS = ("upscale", "background")
 #: the kinds a request's SubModelList names
@@ -56,6 +72,8 @@ SUFFIXES = {
     "vae": (".safetensors",),
     "upscale": (".pth", ".safetensors", ".pt", ".ckpt", ".bin"),
     "background": (".onnx",),
+    "controlnet": (".safetensors", ".pth", ".bin"),
+    "ipadapter": (".safetensors", ".bin"),
 }
 
 #: (kind, path, mtime_ns, size): one version of one file
@@ -99,6 +117,11 @@ class Entry:
     session: str | None = None
     #: upscalers and background models: the sidecar's `Default: true`
     is_default: bool = False
+    #: control models: the preprocessor that makes their control map (sidecar `PreProcessor`, else the file
+    #: name's: `…canny…` → canny); None: not known (a ControlNet-Union takes any)
+    preprocessor: str | None = None
+    #: IP-Adapters: the CLIP image encoder folder they read images with (models/image_encoder/NAME)
+    image_encoder: Path | None = None
 
     @property
     def is_single_file(self) -> bool:
@@ -165,7 +188,7 @@ class Catalog:
             if path.name.startswith("."):
                 continue
             if path.is_dir():
-                marker = {"main": "model_index.json", "vae": "config.json"}.get(kind)
+                marker = {"main": "model_index.json", "vae": "config.json", "controlnet": "config.json"}.get(kind)
                 if marker is None or not (path / marker).exists():
                     continue
                 code = path.name
@@ -187,6 +210,10 @@ class Catalog:
                 meta = {}
         config = meta.get("Config")
         info = self._inspect(kind, path if not config else path.parent / config)
+        encoder = None
+        if kind == "ipadapter":
+            encoder, problem = _image_encoder(path, self.models_dir, meta.get("ImageEncoder"))
+            info = dataclasses.replace(info, problem=info.problem or problem)
         if kind == "main" and config and path.is_file():  # what only the file itself says
             own = self._inspect(kind, path)
             info = dataclasses.replace(
@@ -209,6 +236,9 @@ class Catalog:
             **(self._main_fields(meta, info) if kind == "main" else {}),
             force_upcast=bool(meta["ForceUpcast"]) if kind == "vae" and "ForceUpcast" in meta else None,
             **(_tool_fields(kind, code, meta, info) if kind in TOOL_KINDS else {}),
+            preprocessor=_preprocessor_of(code, meta, info) if kind == "controlnet" else None,
+            image_encoder=encoder,
+            is_default=bool(meta.get("Default", False)),
         )
 
     def _main_fields(self, meta: dict[str, Any], info: modelinfo.Info) -> dict[str, Any]:
@@ -240,7 +270,7 @@ class Catalog:
         key = (kind, str(path), stat.st_mtime_ns, stat.st_size)
         self._seen.add(key)  # versions no longer on disk are dropped after the scan
         if key not in self._infos:
-            self._infos[key] = modelinfo.inspect(kind, path)
+            self._infos[key] = ipadapter_info.model_info(path) if kind == "ipadapter" else modelinfo.inspect(kind, path)
         return self._infos[key]
 
 
@@ -259,7 +289,7 @@ _SESSION_HINTS = (
 def _tool_fields(kind: str, code: str, meta: dict[str, Any], info: modelinfo.Info) -> dict[str, Any]:
     """An upscaler's architecture and scale, or a background model's session family: its sidecar's
     word, else its file name's."""
-    fields: dict[str, Any] = {"is_default": bool(meta.get("Default", False))}
+    fields: dict[str, Any] = {}
     if kind == "upscale":
         scale = meta.get("Scale")
         fields["architecture"] = str(meta["Architecture"]) if meta.get("Architecture") else None
@@ -267,6 +297,62 @@ def _tool_fields(kind: str, code: str, meta: dict[str, Any], info: modelinfo.Inf
     else:
         fields["session"] = str(meta.get("Session") or session_in_name(code) or "u2net")
     return fields
+
+
+#: the preprocessor a control model pairs with, by a word in its file name (the first match wins)
+_PREPROCESSOR_HINTS = (
+    ("canny", "canny"),
+    ("depth", "depth"),
+    ("openpose", "openpose"),
+    ("pose", "openpose"),
+    ("lineart_anime", "lineart_anime"),
+    ("anime", "lineart_anime"),
+    ("lineart", "lineart"),
+    ("softedge", "softedge_hed"),
+    ("hed", "softedge_hed"),
+    ("scribble", "scribble_xdog"),
+    ("sketch", "scribble_xdog"),
+    ("normal", "normal_bae"),
+    ("mlsd", "mlsd"),
+    ("recolor", "recolor_luminance"),
+    ("shuffle", "shuffle"),
+    ("tile", "tile_resample"),
+)
+
+
+def _preprocessor_of(code: str, meta: dict[str, Any], info: modelinfo.Info) -> str | None:
+    """A control model's preprocessor: its sidecar's `PreProcessor`, else its file name's; None for a
+    ControlNet-Union (it takes any) or a name that says nothing."""
+    if meta.get("PreProcessor"):
+        return str(meta["PreProcessor"])
+    if info.control == "union":
+        return None
+    lowered = code.lower()
+    return next((pre for word, pre in _PREPROCESSOR_HINTS if word in lowered), None)
+
+
+def _image_encoder(adapter: Path, models_dir: Path, named: Any) -> tuple[Path | None, str | None]:
+    """An IP-Adapter's image encoder folder (models/image_encoder/NAME): the sidecar's `ImageEncoder`,
+    else the first whose widths fit; and why it has none (None: it has one)."""
+    folder = models_dir / "image_encoder"
+    facts = ipadapter_info.inspect_file(adapter)
+    if facts.problem:
+        return None, facts.problem
+    if named:
+        chosen = folder / str(named)
+        misfit = ipadapter_info.encoder_misfit(facts, ipadapter_info.read_encoder(chosen))
+        return (chosen, None) if misfit is None else (None, f"its ImageEncoder {str(named)!r} does not fit: {misfit}")
+    candidates = (
+        sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+    )
+    for candidate in candidates:
+        if ipadapter_info.encoder_misfit(facts, ipadapter_info.read_encoder(candidate)) is None:
+            return candidate, None
+    wanted = f"the {facts.encoder} encoder" if facts.encoder else "a CLIP vision encoder"
+    return None, (
+        f"no image encoder in models/image_encoder/ fits it: put {wanted} there (a folder with config.json "
+        "and its weights, as h94/IP-Adapter ships models/image_encoder and sdxl_models/image_encoder)"
+    )
 
 
 def session_in_name(code: str) -> str | None:

@@ -90,6 +90,9 @@ class Settings:
     default_background_model: str | None = None
     #: an upscaler's tile side in input pixels; 0 = planned from the device's free memory (512 at most)
     upscale_tile: int = 0
+    #: bytes of ControlNets a worker keeps on its device ("5GiB", or a fraction of the device: "0.2");
+    #: "auto" = two full SDXL ControlNets in the worker's dtype (5 GiB fp16, 10 GiB fp32); "none" = unbounded
+    controlnet_memory: str = "auto"
     #: minimum seconds between two progress writes of one task
     progress_interval: float = 0.5
     #: queued tasks above which new requests get ServerBusy

@@ -21,6 +21,7 @@ __all__ = [
     "Account",
     "ActionSpec",
     "Capacity",
+    "ControlUnit",
     "CutoutSpec",
     "GenerationSpec",
     "Needs",
@@ -66,6 +67,39 @@ class SubModel:
 
 
 @dataclass(frozen=True)
+class ControlUnit:
+    """One ControlNet unit of a generation (PICPIK's `ControlNet`, §4.4), checked against the catalog.
+
+    Its image and mask are entries of the spec's `control_images` (by index), so that they are stashed
+    in the store while the task is queued like every reference image."""
+
+    #: the control model and what it is: "controlnet" or "union" (a ControlNet-Union, models/controlnet), or
+    #: "ipadapter" (models/ipadapter: the image is a reference whose content and style guide the generation)
+    model_code: str
+    model_type: str = "controlnet"
+    #: the control image: `GenerationSpec.control_images[image_index]`
+    image_index: int = 0
+    #: where the unit applies (white), `control_images[mask_index]`; None: everywhere
+    mask_index: int | None = None
+    invert_mask: bool = False
+    #: what turns the image into the control map ("none": it already is one) and its parameters, by their
+    #: InferenceParams names (CannyLowThreshold, Resolution: the side it works at, A1111's "Preprocessor
+    #: resolution", …), checked (preprocessors.bad_params) and with the preprocessor's defaults filled in
+    preprocessor: str = "none"
+    preprocessor_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    weight: float = 1.0
+    #: the fraction of the denoising steps the unit acts in: [start, end)
+    start: float = 0.0
+    end: float = 1.0
+    #: Balanced, PromptMoreImportant or ControlNetMoreImportant (A1111's control modes)
+    control_mode: str = "Balanced"
+    #: how the control image is brought to the generation's size (A1111's resize modes)
+    resize_mode: str = "ResizeAndFill"
+    #: a ControlNet-Union's control type (openpose, depth, softedge, canny, normal, segment, tile, repaint)
+    control_type: str | None = None
+
+
+@dataclass(frozen=True)
 class GenerationSpec:
     """A fully validated generation request: everything the engine needs, nothing else."""
 
@@ -95,6 +129,13 @@ class GenerationSpec:
     strength: float = 0.5
     #: how the reference image is brought to width×height: JustResize, CropAndResize or ResizeAndFill
     resize_mode: str = "ResizeAndFill"
+    #: ControlNet units (at most 3) and the images and masks they use, base64 as received (while queued,
+    #: in the store under `control_images_keys`, tasks/references.py)
+    control_units: tuple[ControlUnit, ...] = ()
+    control_images: tuple[str | None, ...] = ()
+    control_images_keys: tuple[str | None, ...] = ()
+    #: the units' control maps are stored after the images (AI Horde's return_control_map)
+    return_control_maps: bool = False
     #: the prompts as the client sent them, before any translation
     original_prompt: str | None = None
     original_negative_prompt: str | None = None
@@ -102,7 +143,8 @@ class GenerationSpec:
 
     #: the task kind (the engine pipeline that runs it) and the version of this spec's stored form
     kind: ClassVar[str] = "generation"
-    version: ClassVar[int] = 1
+    #: 2: ControlNet units (a version-1 row reads as a spec without them)
+    version: ClassVar[int] = 2
 
     @property
     def mode(self) -> str:
@@ -126,10 +168,17 @@ class GenerationSpec:
         data = json.loads(text) if isinstance(text, str) else dict(text)
         data["sub_models"] = tuple(SubModel(**s) for s in data.get("sub_models", ()))
         data["warnings"] = tuple(data.get("warnings", ()))
+        data["control_units"] = tuple(ControlUnit(**u) for u in data.get("control_units", ()))
+        for name in ("control_images", "control_images_keys"):
+            data[name] = tuple(data.get(name, ()))
         return cls(**data)
 
     def needs(self) -> Needs:
-        return Needs(self.model_code, tuple(s.code for s in self.sub_models if s.kind == "lora"))
+        return Needs(
+            self.model_code,
+            tuple(s.code for s in self.sub_models if s.kind == "lora"),
+            tuple(dict.fromkeys(u.model_code for u in self.control_units)),
+        )
 
     def work(self) -> int:
         """Pixels × steps × images."""
@@ -147,6 +196,8 @@ class Needs:
 
     model_code: str | None = None
     loras: tuple[str, ...] = ()
+    #: control models (ControlNets): held beside the main model, routed to like LoRAs
+    controls: tuple[str, ...] = ()
 
 
 @runtime_checkable

@@ -15,6 +15,9 @@ Then its tensor names say its kind, and modelinfo's widths its base model:
     embedding     clip_l/clip_g (SDXL), emb_params or string_to_param (SD1/SD2)        → embedding/
     hypernetwork  int width keys (A1111)                                               → hypernetwork/
     vae           encoder./decoder./quant_conv./post_quant_conv. keys only             → vae/
+    controlnet    controlnet_cond_embedding.… (diffusers) or input_hint_block.… (original);  → controlnet/
+                  task_embedding: a ControlNet-Union
+    ipadapter     image_proj.… and ip_adapter.<n>.to_k_ip… (h94's IP-Adapter files)       → ipadapter/
 
 An image tool's file (an upscaler, an ONNX segmentation model) says what it is only when loaded: `add`
 and the CLI's `models info` take an `identify` function for that (engine/toolfiles.identify, which
@@ -41,7 +44,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from picserve import catalog, download, errors, modelinfo
+from picserve import catalog, download, errors, ipadapter_info, modelinfo
 
 __all__ = ["KINDS", "SIDECAR_MODE", "Added", "Inspection", "add", "describe", "identified", "inspect_file", "unfit"]
 
@@ -244,6 +247,19 @@ def _classified(
         widths = sorted({int(n.split(".")[0]) for n in names})
         base = modelinfo.inspect("hypernetwork", readable).base
         return Inspection(**common, kind=kind, base=base, details={"context_widths": widths})
+    if kind == "controlnet":
+        info = modelinfo.inspect("controlnet", readable)
+        control: dict[str, Any] = {"type": "ControlNet-Union" if info.control == "union" else "ControlNet"}
+        if info.problem:
+            control["problem"] = info.problem
+        return Inspection(**common, kind=kind, base=info.base, details=control)
+    if kind == "ipadapter":
+        facts = ipadapter_info.inspect(names)
+        adapter: dict[str, Any] = {"type": facts.kind, "encoder": facts.encoder, "tokens": facts.tokens}
+        if facts.problem:
+            adapter["problem"] = facts.problem
+        base = {768: "SD1", 1024: "SD2", 2048: "SDXL"}.get(facts.cross_attention or 0, "unknown")
+        return Inspection(**common, kind=kind, base=base, details=adapter)
     if kind == "vae":  # SDXL's and SD1's VAEs have the same shapes: the base cannot be told
         channels = next((s[1] for n, s in names.items() if n == "decoder.conv_in.weight" and len(s) > 1), None)
         return Inspection(**common, kind=kind, details={"latent_channels": channels})
@@ -268,6 +284,13 @@ _VAE_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 def _kind_of(names: dict[str, tuple[int, ...]]) -> str | None:
     if any(n.startswith("model.diffusion_model.") for n in names):
         return "main"
+    if any(
+        n.startswith(("controlnet_cond_embedding.", "input_hint_block.", "control_model.input_hint_block."))
+        for n in names
+    ):
+        return "controlnet"
+    if any(n.startswith("image_proj.") for n in names) and any(n.startswith("ip_adapter.") for n in names):
+        return "ipadapter"
     if any(_LORA_KEY.search(n) for n in names):
         return "lora"
     if {"clip_l", "clip_g", "emb_params"} & names.keys() or any(n.startswith("string_to_param.") for n in names):
@@ -593,7 +616,7 @@ def _warnings(inspection: Inspection, kind: str) -> list[str]:
     warnings = []
     if inspection.kind and inspection.kind != kind:
         warnings.append(f"filed as {kind} as asked, though its tensors look like a {inspection.kind}")
-    if kind in ("lora", "embedding", "hypernetwork") and inspection.base in ("SD1", "SD2"):
+    if kind in ("lora", "embedding", "hypernetwork", "controlnet", "ipadapter") and inspection.base in ("SD1", "SD2"):
         warnings.append(f"an {inspection.base} {kind}: it fits no SDXL main model")
     if kind == "vae":
         warnings.append("SDXL's and SD1's VAEs have the same shapes: make sure it is an SDXL VAE")

@@ -75,6 +75,8 @@ class Info:
     #: the storage dtype of most of a safetensors file's tensors, as torch names it ("float16",
     #: "bfloat16", "float8_e4m3fn", …); None for other files and folders
     storage_dtype: str | None = None
+    #: control models: "controlnet", "union" (a ControlNet-Union) or "ipadapter"; None for other kinds
+    control: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,10 +183,14 @@ def inspect(kind: str, path: Path) -> Info:
         return _onnx_file(path)
     try:
         if path.is_dir():
+            if kind == "controlnet":
+                return _controlnet_folder(path)
             return _diffusers_vae_folder(path) if kind == "vae" else _diffusers_folder(path)
         shapes, metadata = _read(path)
     except UNREADABLE as exc:
         return Info(problem=f"unreadable {path.suffix} file: {exc}")
+    if kind == "controlnet":
+        return _controlnet(shapes, path)
     if kind == "upscale":  # what it is, spandrel says when a worker (or `models add`) loads it
         return Info(storage_dtype=_storage_dtype(path)) if shapes else Info(problem=f"{path.name} holds no tensors")
     dims_of = {
@@ -507,6 +513,33 @@ def _diffusers_vae_folder(path: Path) -> Info:
     """A diffusers AutoencoderKL folder (config.json and its weights)."""
     config = json.loads((path / "config.json").read_text())
     return Info(dims=_parts(latent=_widths(config.get("latent_channels"))))
+
+
+#: a control model's cross-attention keys: diffusers layout, original (ldm) layout
+_CONTROL_CROSS = re.compile(
+    r"(^|\.)(down_blocks|input_blocks)\.\d+\.(attentions\.\d+|\d+)\.transformer_blocks\.0\.attn2\.to_k\.weight$"
+)
+
+
+def _controlnet(shapes: Shapes, path: Path) -> Info:
+    """A ControlNet single file: its cross-attention width (SDXL's is 2048) and whether it is a Union."""
+    # a control-LoRA (Stability's control-lora-*): ComfyUI tells it by its `lora_controlnet` key
+    if "lora_controlnet" in shapes or any(key.endswith((".up", ".down")) for key in shapes):
+        return Info(problem=f"{path.name} is a control-LoRA, which picserve does not load (use a full ControlNet)")
+    cross = next((shape[1] for key, shape in shapes.items() if _CONTROL_CROSS.search(key) and len(shape) == 2), None)
+    if cross is None or not any("controlnet_cond_embedding" in k or "input_hint_block" in k for k in shapes):
+        return Info(problem=f"{path.name} holds no ControlNet (no hint embedding or cross-attention tensors)")
+    dims = _parts(cross=(cross,))
+    control = "union" if "task_embedding" in shapes else "controlnet"
+    return Info(base=_base(dims), dims=dims, storage_dtype=_storage_dtype(path), control=control)
+
+
+def _controlnet_folder(path: Path) -> Info:
+    """A diffusers ControlNet folder: its config says the class and the cross-attention width."""
+    config = json.loads((path / "config.json").read_text())
+    dims = _parts(cross=_widths(config.get("cross_attention_dim")))
+    control = "union" if config.get("_class_name") == "ControlNetUnionModel" else "controlnet"
+    return Info(base=_base(dims), dims=dims, control=control)
 
 
 def scale_in_name(name: str) -> int | None:

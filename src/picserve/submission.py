@@ -36,7 +36,7 @@ from pydantic import BaseModel
 from picserve import chaining, domain
 from picserve.protocol import messages
 from picserve.services import Services
-from picserve.specs import cutout, generation, upscale
+from picserve.specs import cutout, generation, reference_style, upscale
 from picserve.webhooks import rules
 
 __all__ = ["KINDS", "Kind", "find_repeat", "submit"]
@@ -61,6 +61,9 @@ class Kind:
 KINDS: dict[str, Kind] = {
     "GenerateImagesSDXL": Kind(
         messages.GenerateImagesSDXL, generation.from_request, generation.check_memory, ("ImageAndMaskList",)
+    ),
+    "ApplyReferenceStyle": Kind(
+        messages.ApplyReferenceStyle, reference_style.from_request, generation.check_memory, ("ImageList",)
     ),
     "ResizeImage": Kind(messages.ResizeImage, upscale.from_request, image_fields=("Image",)),
     "RemoveBackground": Kind(messages.RemoveBackground, cutout.from_request, image_fields=("RawImage",)),

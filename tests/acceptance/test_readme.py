@@ -4,12 +4,14 @@ rot: a change that breaks them fails here. The same server's log shows what an o
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,3 +172,58 @@ def test_the_tools_example_upscales_and_cuts_out_a_generated_image_by_task_uid(s
     assert detail["Action"] == "ResizeImage" and detail["Status"] == "Finished", detail
     with httpx.Client() as http:
         assert Image.open(io.BytesIO(http.get(detail["ImgList"][0]).content)).size == (768, 576)
+
+
+def test_the_controlnet_example_guides_by_canny_and_restyles_by_reference(server, tmp_path):
+    base, key, _ = server
+    ran = run_python(readme_block("controlnet"), base, key, tmp_path)
+    canny_map, styled = (Image.open(tmp_path / line) for line in ran.stdout.split())
+    assert canny_map.size == (512, 512) and styled.size == (512, 512)
+    grey = canny_map.convert("L").histogram()
+    assert sum(grey[1:255]) == 0 and 0 < grey[255] < 512 * 512  # a map of edges: black and white only
+
+    # the same through signed raw JSON: ListControlNets, a canny-guided generation, ApplyReferenceStyle
+    (tmp_path / "sign.py").write_text(readme_block("signer"))
+    submit, poll = shell_commands(readme_block("curl"))
+    env = reader_env(base, key)
+    example = """'{"MainModel": {"ModelCode": "picserve-tiny"}, "PositivePrompts": ["a red fox"]}'"""
+
+    def signed(action: str, body: dict[str, object]) -> dict[str, object]:
+        command = submit.replace("GenerateImagesSDXL", action).replace(example, f"'{json.dumps(body)}'")
+        return run_shell(command, base, env, tmp_path)
+
+    listed = signed("ListControlNets", {})
+    assert listed["RetCode"] == 0 and "canny" in listed["PreProcessors"], listed  # type: ignore[operator]
+    assert listed["ControlModels"]["tiny-canny"]["PreProcessors"][0] == "canny"  # type: ignore[index]
+    edges = Image.new("RGB", (64, 64), "black")
+    edges.paste("white", (20, 0, 24, 64))
+    buffer = io.BytesIO()
+    edges.save(buffer, format="PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    unit = {"ImageIndex": 0, "PreProcessor": {"ModelCode": "canny"},
+            "ControlModel": {"ModelCode": "tiny-canny", "InferenceParams": {"ControlWeight": 0.7}}}  # fmt: skip
+    bodies = {
+        "GenerateImagesSDXL": {"MainModel": {"ModelCode": "picserve-tiny"}, "PositivePrompts": ["a red fox"],
+                               "Width": 64, "Height": 64, "ImageAndMaskList": [image], "ControlNetList": [unit]},
+        "ApplyReferenceStyle": {"MainModel": {"ModelCode": "picserve-tiny"}, "ImageList": [image, image]},
+    }  # fmt: skip
+    uids = {}
+    for action, body in bodies.items():
+        submitted = signed(action, body)
+        assert submitted["RetCode"] == 0, submitted
+        uids[action] = str(submitted["TaskUID"])
+    with httpx.Client() as http:
+        for action, uid in uids.items():
+            for _ in range(240):
+                [detail] = run_shell(poll.replace("TASKUID", uid), base, env, tmp_path)["TaskDetailList"]  # type: ignore[misc]
+                if detail["Status"] in ("Finished", "Error", "Canceled"):
+                    break
+                time.sleep(0.5)
+            assert detail["Action"] == action and detail["Status"] == "Finished", detail
+            result = Image.open(io.BytesIO(http.get(detail["ImgList"][0]).content))
+            assert result.size == (64, 64)
+            unit_text = 'ControlNet 0: "Module: canny, Model: tiny-canny, Weight: 0.7'
+            if action == "GenerateImagesSDXL":
+                assert unit_text in result.text["parameters"]
+            else:  # the raw image by img2img, the style by the default IP-Adapter
+                assert "Model: tiny-ip-adapter, Weight: 0.5" in result.text["parameters"]

@@ -16,17 +16,24 @@ from picserve.api import openapi
 from picserve.api.actions import ACTIONS
 from picserve.protocol import signature
 from picserve.protocol.envelope import COMMON_FIELDS
-from picserve.sdk import Client, task_image
+from picserve.sdk import Client, control_unit, task_image
 from tests.api.conftest import MODEL, request
 
 #: the actions of the spec's generation 2 that picserve serves, and picserve's own
 SPEC_ACTIONS = {
-    *("GenerateImagesSDXL", "ListModels", "ListTasksDetails", "ListRunningTasks", "GetCreditBalance"),
-    *("ResizeImage", "RemoveBackground", "RemoveBackgroundsInBatch"),
+    *("GenerateImagesSDXL", "ListModels", "ListControlNets", "ListTasksDetails", "ListRunningTasks"),
+    "GetCreditBalance",
+    *("ResizeImage", "RemoveBackground", "RemoveBackgroundsInBatch", "ApplyReferenceStyle"),
 }
 EXTENSION_ACTIONS = {"CancelTask"}
 #: the actions whose reply is a TaskUID
-TASK_ACTIONS = {"GenerateImagesSDXL", "ResizeImage", "RemoveBackground", "RemoveBackgroundsInBatch"}
+TASK_ACTIONS = {
+    "GenerateImagesSDXL",
+    "ApplyReferenceStyle",
+    "ResizeImage",
+    "RemoveBackground",
+    "RemoveBackgroundsInBatch",
+}
 #: GenerateImagesSDXL's fields as the spec lists them: §1.1 (common), §5 without UseMainModelVAE, §6.4
 SPEC_GENERATE_FIELDS = {
     *("Action", "PublicKey", "Signature", "request_uuid"),
@@ -131,7 +138,10 @@ def test_the_signature_and_the_ret_codes_are_explained(document):
 def sdk_bodies() -> dict[str, dict[str, Any]]:
     """The body the SDK sends for each action (to a transport that answers every call with success)."""
     sent: dict[str, dict[str, Any]] = {}
-    replies = {"ListTasksDetails": {"TaskDetailList": []}}
+    replies = {
+        "ListTasksDetails": {"TaskDetailList": []},
+        "ListControlNets": {"PreProcessors": {}, "ControlModels": {}},
+    }
     replies |= {action: {"TaskUID": "t1"} for action in TASK_ACTIONS}
 
     def answer(http_request: httpx.Request) -> httpx.Response:
@@ -144,12 +154,31 @@ def sdk_bodies() -> dict[str, dict[str, Any]]:
     client.generate_images_sdxl(
         **request(SubModelList=[{"ModelCode": "xl-style", "InferenceParams": {"LoraWeight": 0.5}}]),
         Image2Image={"ImageIndex": 0, "ReferStrength": 0.4, "MaskIndex": 1},
-        ImageAndMaskList=["data:image/png;base64,AAAA", "data:image/png;base64,BBBB"],
+        ImageAndMaskList=[
+            "data:image/png;base64,AAAA",
+            "data:image/png;base64,BBBB",
+            task_image("ckti5nf2h4keq8mr9n00"),
+        ],
+        ControlNetList=[
+            control_unit("xl-canny", 2, "canny", weight=0.5, end=0.8, mode="PromptMoreImportant", CannyLowThreshold=50),
+            control_unit("xl-depth", 0, mask_index=1, invert_mask=True, resize_mode="JustResize"),
+        ],
+        ReturnControlMaps=True,
         NegativePrompts=["blurry"],
         BatchSize=2,
         Tiling=True,
     )
+    client.call(  # no SDK method yet: the body as a client sends it
+        "ApplyReferenceStyle",
+        **request(
+            ImageList=[task_image("ckti5nf2h4keq8mr9n00"), "data:image/png;base64,AAAA"],
+            StyleReferStrength=0.7,
+            RawReferStrength=0.5,
+            StyleModel="ip-adapter_sdxl",
+        ),
+    )
     client.list_models()
+    client.list_controlnets()
     client.list_tasks_details(["ckti5nf2h4keq8mr9n00"])
     client.list_running_tasks()
     client.get_credit_balance()
@@ -183,6 +212,11 @@ def test_a_body_the_sdk_sends_validates_against_its_actions_schema(document):
         ({"Tiling": "true"}, "Tiling"),  # strict wire types
         ({"Tileable": True}, "Tileable"),  # GenerateImages' name: unknown here, refused as the server does
         ({"Image2Image": {"ImageIndex": 0, "ResizeMode": "Stretch"}}, "ResizeMode"),
+        ({"ControlNetList": [{"ImageIndex": 0}]}, "ControlNetList"),  # no ControlModel
+        ({"ControlNetList": [control_unit("x", 0, weight=2.5)]}, "ControlWeight"),
+        ({"ControlNetList": [control_unit("x", 0, mode="Prompt")]}, "ControlMode"),  # type: ignore[arg-type]
+        ({"ControlNetList": [control_unit("x", 0)] * 4}, "ControlNetList"),
+        ({"ReturnControlMaps": 1}, "ReturnControlMaps"),
     ],
 )
 def test_a_body_the_server_refuses_does_not_validate(document, change, field):
@@ -217,6 +251,7 @@ def test_the_servers_replies_validate_against_the_reply_schemas(stack, document)
     (detail,) = reply("ListTasksDetails", TaskUIDList=[uid])["TaskDetailList"]
     assert detail["Status"] == "Finished" and detail["ImgList"]
     assert MODEL in reply("ListModels")["MainModels"]
+    assert "canny" in reply("ListControlNets")["PreProcessors"]
     reply("GetCreditBalance")
     reply("CancelTask", TaskUIDList=[uid])
     # refusals: the error reply, which no action's success reply matches

@@ -72,6 +72,7 @@ def test_fetch_of_an_expired_result_is_a_transport_error():
         (sdk_types.ModelRef, messages.Model),
         (sdk_types.Image2Image, messages.Image2ImageModel),
         (sdk_types.ResizeImageParams, messages.ResizeImage),
+        (sdk_types.ApplyReferenceStyleParams, messages.ApplyReferenceStyle),
         (sdk_types.RemoveBackgroundParams, messages.RemoveBackground),
         (sdk_types.RemoveBackgroundsInBatchParams, messages.RemoveBackgroundsInBatch),
     ],

@@ -130,10 +130,11 @@ def test_fitting_sub_models_are_used_and_an_sd1_embedding_in_a_prompt_is_not(sta
 
 
 # --- ImageAndMaskList: bounded, checked before decoding, every entry used -----------------------------------
-def test_at_most_four_entries(stack, client):
-    message = refused(stack, client, 160, ImageAndMaskList=["@@"] * 5, Image2Image={"ImageIndex": 0})
+def test_at_most_eight_entries(stack, client):
+    message = refused(stack, client, 160, ImageAndMaskList=["@@"] * 9, Image2Image={"ImageIndex": 0})
     assert message == (
-        f"ImageAndMaskList: must hold at most {generate_images_sdxl.MAX_IMAGES} entries, an image and its mask (got 5)"
+        f"ImageAndMaskList: must hold at most {generate_images_sdxl.MAX_IMAGES} entries: an image and its mask, "
+        "and each ControlNetList unit's image and mask (got 9)"
     )
 
 
@@ -142,7 +143,7 @@ def test_thousands_of_large_images_are_refused_before_decoding(stack, client):
     big = png(5000, 5000, "L")
     started = time.monotonic()
     message = refused(stack, client, 160, ImageAndMaskList=[big] * 200, Image2Image={"ImageIndex": 0})
-    assert message.startswith("ImageAndMaskList: must hold at most 4 entries") and time.monotonic() - started < 5
+    assert message.startswith("ImageAndMaskList: must hold at most 8 entries") and time.monotonic() - started < 5
 
 
 def test_the_images_total_size_is_bounded(stack, client, monkeypatch):

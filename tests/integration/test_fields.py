@@ -149,8 +149,8 @@ def gif() -> str:
     ("fields", "message"),
     [
         (
-            {"ImageAndMaskList": [b64(gradient())] * 5, "Image2Image": {"ImageIndex": 0}},
-            "ImageAndMaskList: must hold at most 4 entries",
+            {"ImageAndMaskList": [b64(gradient())] * 9, "Image2Image": {"ImageIndex": 0}},
+            "ImageAndMaskList: must hold at most 8 entries",
         ),
         (
             {"ImageAndMaskList": [b64(gradient()), b64(square_mask()), gif()], "Image2Image": {"ImageIndex": 0}},

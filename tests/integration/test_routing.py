@@ -565,9 +565,14 @@ def test_create_task_records_what_the_fetch_routes_by(fleet: Callable[..., None]
         key = await crew.key("k")
         loras = (domain.SubModel("lora", "b-style"), domain.SubModel("embedding", "e"), domain.SubModel("lora", "a.x"))
         uid = await crew.submit(key, spec("model-x").evolve(sub_models=loras))
+        # control models are held beside LoRAs, and routed to the same way: `controlnet.<key>` names no LoRA
+        units = (domain.ControlUnit(model_code="xl-canny"), domain.ControlUnit(model_code="ip-adapter_sdxl"))
+        guided = await crew.submit(key, spec("model-x").evolve(sub_models=loras[:1], control_units=units))
         async with crew.db.pool.connection() as conn:
             cur = await conn.execute("SELECT model_code, loras FROM picserve_tasks WHERE task_uid = %s", (uid,))
             assert await cur.fetchone() == ("model-x", ["a_x", "b_style"])
+            cur = await conn.execute("SELECT loras FROM picserve_tasks WHERE task_uid = %s", (guided,))
+            assert await cur.fetchone() == (["b_style", "controlnet.ip_adapter_sdxl", "controlnet.xl_canny"],)
 
     fleet(body)
 

@@ -21,6 +21,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("config", "domain", "logs", "resilience", "torchvision_compat"),
     # leaf helpers: keys, model headers, translation, storage, the wire format, the page
     ("keycipher", "modelinfo", "reference_images", "download", "translate", "storage", "protocol", "playground"),
+    # what the headers of ControlNet preprocessors' and IP-Adapters' files say
+    ("preprocessors", "ipadapter_info"),
     ("catalog", "admission", "sdk"),
     ("modelfiles", "engine"),
     # durable task state (repositories, migrations, recovery, retention)

@@ -29,7 +29,7 @@ def refuse(params) -> str:
         ("PositivePrompts", "a cat", 'PositivePrompts: must be a JSON array, got the string "a cat"'),
         ("Tiling", "maybe", 'Tiling: must be a JSON bool (true or false), got the string "maybe"'),
         ("Unknown", 1, "Unknown: unknown field for GenerateImagesSDXL (known: MainModel, SubModelList,"),
-        ("ControlNetList", [], "ControlNetList: unknown field for GenerateImagesSDXL"),
+        ("ControlNetList", [{}] * 4, "ControlNetList: must hold at most 3 items (got 4)"),
     ],
 )
 def test_top_level_fields(field, value, expected):

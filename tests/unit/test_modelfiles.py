@@ -79,6 +79,11 @@ VAE = {
     "post_quant_conv.weight": (4, 4, 1, 1),
 }
 TRIGGER_METADATA = {"ss_tag_frequency": json.dumps({"10_zxc style": {"zxc style": 3, "cat": 1}})}
+#: an SDXL ControlNet in diffusers' layout: the hint embedding and one cross-attention projection (its width)
+CONTROLNET = {
+    "controlnet_cond_embedding.conv_in.weight": (16, 3, 3, 3),
+    "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight": (640, 2048),
+}
 
 
 def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], metadata: dict[str, str] | None = None) -> Path:
@@ -375,6 +380,8 @@ def test_a_header_that_is_not_json_is_refused(tmp_path):
         (SDXL_EMBEDDING, "embedding", "SDXL", (), ()),
         ({"emb_params": (2, 768)}, "embedding", "SD1", (), ()),
         (VAE, "vae", "unknown", (), ()),
+        (CONTROLNET, "controlnet", "SDXL", (), ()),
+        ({**CONTROLNET, "task_embedding": (8, 320)}, "controlnet", "SDXL", (), ()),
     ],
 )
 def test_each_kind_is_told_by_its_tensors_and_filed_in_its_folder(tmp_path, shapes, kind, base, layout, ranks):
@@ -391,6 +398,39 @@ def test_each_kind_is_told_by_its_tensors_and_filed_in_its_folder(tmp_path, shap
     sidecar = json.loads((models / kind / f"my-{kind}.json").read_text())
     assert sidecar["Source"] == str(source.resolve()) and sidecar["Sha256"] == sha256(source)
     assert source.exists()  # a local file is copied or linked, never moved
+
+
+def test_control_models_say_their_type_and_base(tmp_path):
+    union = modelfiles.inspect_file(
+        write_safetensors(tmp_path / "u.safetensors", {**CONTROLNET, "task_embedding": (8, 320)})
+    )
+    assert union.details == {"type": "ControlNet-Union"}
+    sd1 = {
+        "control_model.input_hint_block.0.weight": (16, 3, 3, 3),
+        "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768),
+    }
+    found = modelfiles.inspect_file(write_safetensors(tmp_path / "sd1.safetensors", sd1))
+    assert (found.kind, found.base, found.details) == ("controlnet", "SD1", {"type": "ControlNet"})
+    lora = {"input_hint_block.0.weight": (16, 3, 3, 3), "input_blocks.1.0.in_layers.2.up": (320, 128)}
+    control_lora = modelfiles.inspect_file(write_safetensors(tmp_path / "cl.safetensors", lora))
+    assert control_lora.kind == "controlnet" and "control-LoRA" in control_lora.details["problem"]
+
+
+def test_an_ip_adapter_is_told_by_its_keys_and_filed_with_what_encoder_it_needs(tmp_path):
+    shapes = {
+        "image_proj.proj.weight": (4 * 2048, 1024),
+        "image_proj.proj.bias": (4 * 2048,),
+        "image_proj.norm.weight": (2048,),
+        "image_proj.norm.bias": (2048,),
+        **{f"ip_adapter.{n}.to_{kv}_ip.weight": (640, 2048) for n in range(1, 140, 2) for kv in "kv"},
+    }
+    source = write_safetensors(tmp_path / "ip-adapter_sdxl_vit-h.safetensors", shapes)
+    found = modelfiles.inspect_file(source)
+    assert (found.kind, found.base) == ("ipadapter", "SDXL")
+    assert found.details == {"type": "plain", "encoder": "ViT-H", "tokens": 4}
+    result = add(tmp_path / "models", str(source))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "models" / "ipadapter" / "ip-adapter_sdxl_vit-h.safetensors").exists()
 
 
 def test_main_model_details_and_v_prediction(tmp_path):

@@ -58,3 +58,15 @@ def test_a_missing_module_fails_under_ci_and_skips_elsewhere(monkeypatch: pytest
     with pytest.raises(pytest.skip.Exception, match="no such module"):
         needs.need_module("picserve_no_such_module", "no such module")
     assert needs.need_module("json", "the standard library").dumps([]) == "[]"
+
+
+def test_a_generation_needs_its_control_models_once_each():
+    from picserve import domain
+
+    units = tuple(domain.ControlUnit(model_code=c) for c in ("xl-canny", "ip-adapter", "xl-canny"))
+    spec = domain.GenerationSpec(model_code="m", prompt="", control_units=units)
+    assert spec.needs().controls == ("xl-canny", "ip-adapter")
+    back = domain.spec_from_json("generation", 2, spec.to_dict())
+    assert back == spec and isinstance(back.control_units[0], domain.ControlUnit)
+    old = {k: v for k, v in spec.to_dict().items() if not k.startswith(("control", "return_control"))}
+    assert domain.spec_from_json("generation", 1, old).control_units == ()  # a version-1 row

@@ -13,6 +13,7 @@ The docs pages (Swagger UI at /docs, Redoc at /redoc) load their scripts from th
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -55,9 +56,11 @@ _ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
 
 #: the model each action's parameters are checked against (`messages.parse` in its handler)
 REQUESTS: dict[str, type[BaseModel]] = {
+    "ApplyReferenceStyle": messages.ApplyReferenceStyle,
     "CancelTask": messages.CancelTask,
     "GenerateImagesSDXL": messages.GenerateImagesSDXL,
     "GetCreditBalance": messages.Empty,
+    "ListControlNets": messages.Empty,
     "ListModels": messages.Empty,
     "ListRunningTasks": messages.Empty,
     "ListTasksDetails": messages.ListTasksDetails,
@@ -67,9 +70,11 @@ REQUESTS: dict[str, type[BaseModel]] = {
 }
 #: each action's own reply fields (beside Action, RetCode, Message, request_uuid); None: it has none
 REPLIES: dict[str, type | None] = {
+    "ApplyReferenceStyle": sdk_types.TaskUIDReply,
     "CancelTask": None,
     "GenerateImagesSDXL": sdk_types.TaskUIDReply,
     "GetCreditBalance": sdk_types.CreditBalance,
+    "ListControlNets": sdk_types.ControlNetsReply,
     "ListModels": sdk_types.ModelsReply,
     "ListRunningTasks": sdk_types.TaskUIDListReply,
     "ListTasksDetails": sdk_types.TaskDetailsReply,
@@ -95,11 +100,51 @@ _CHAINING = (
     " Or (picserve extension) `task:<TaskUID>/<index>`: the index-th result (0-based) of a Finished task of the "
     "same key, used without downloading and uploading it."
 )
+#: A1111's control modes, as a unit's ControlMode names them
+_CONTROL_MODE = (
+    "How the unit weighs against the prompt, as A1111's control modes: `Balanced` (the default: the control "
+    'at full weight in every layer, on both halves of the guidance batch), `PromptMoreImportant` ("My prompt is '
+    'more important": the control fades from the middle block to the shallowest layers) or '
+    '`ControlNetMoreImportant` ("ControlNet is more important": that fading, and the control acts on the '
+    "conditional half of the guidance batch only, so the prompt's pull is weaker)."
+)
 #: what a PICPIK field (by schema, then property) means here, where its type alone does not say
 FIELD_NOTES: dict[str, dict[str, str]] = {
     "GenerateImagesSDXLRequest": {
-        "ImageAndMaskList": "The reference image and inpainting mask: base64 PNG, JPEG or WebP (bare, or a data URI)."
-        + _CHAINING
+        "ImageAndMaskList": "Every image and mask the request refers to by index (at most 8, each referred to): "
+        "Image2Image's reference and inpainting mask, and each ControlNetList unit's control image and mask. "
+        "Base64 PNG, JPEG or WebP (bare, or a data URI)." + _CHAINING
+    },
+    "ControlNet": {
+        "ImageIndex": "The control image's index in ImageAndMaskList: the PreProcessor makes the control map of it "
+        "(without a PreProcessor, or with `none`, the image is the control map).",
+        "MaskIndex": "A mask's index in ImageAndMaskList (white: where the unit acts; another entry than "
+        "ImageIndex). Without it, the unit acts on the whole image.",
+        "InvertMask": "Invert the mask (the unit acts where it is black).",
+        "PreProcessor": "A ModelCode of ListControlNets' PreProcessors and its InferenceParams (CannyLowThreshold, "
+        "CannyHighThreshold, Resolution; each left out: the preprocessor's default). Without it: `none`.",
+        "ControlModel": "A ModelCode of ListControlNets' ControlModels (an SDXL ControlNet or ControlNet-Union "
+        "that fits MainModel) and its InferenceParams (ControlWeight, StartingStep, EndingStep, ControlMode, "
+        "ResizeMode; each left out: the model's sidecar default, else PICPIK's: 1, 0, 1, Balanced, "
+        "ResizeAndFill).",
+    },
+    "InferenceParamsModel": {
+        "ControlWeight": "A ControlModel's: how strongly the unit steers the image (0: not run at all).",
+        "StartingStep": "A ControlModel's: the fraction of the denoising steps at which the unit starts acting.",
+        "EndingStep": "A ControlModel's: the fraction of the steps at which it stops (not before StartingStep).",
+        "ControlMode": "A ControlModel's. " + _CONTROL_MODE,
+        "ResizeMode": "Image2Image's, or a ControlModel's: how the image is brought to Width×Height (as A1111's "
+        "resize modes; default ResizeAndFill).",
+        "CannyLowThreshold": "The canny PreProcessor's lower hysteresis threshold (default 100).",
+        "CannyHighThreshold": "The canny PreProcessor's upper hysteresis threshold (default 200; not below "
+        "CannyLowThreshold).",
+        "Resolution": "A PreProcessor's: the side the control map is made at (default 512).",
+    },
+    "ControlNetsReply": {
+        "PreProcessors": "The preprocessors this server can run now (the model-free ones always, the others when "
+        "their annotator files are installed), by ModelCode, each with its default InferenceParams.",
+        "ControlModels": "The control models installed (models/controlnet), by ModelCode, each with its default "
+        "InferenceParams (its sidecar's, else PICPIK's).",
     },
     "ResizeImageRequest": {
         "Image": "The image: base64 PNG, JPEG or WebP (bare, or a data URI)." + _CHAINING,
@@ -115,13 +160,49 @@ FIELD_NOTES: dict[str, dict[str, str]] = {
         "RawImages": "1 to 16 images, each as RemoveBackground's RawImage; one result each, in order." + _CHAINING,
         "OnlyMask": "Return the masks (grey PNGs) instead of the RGBA cut-outs.",
     },
+    "ApplyReferenceStyleRequest": {
+        "ImageList": "The raw image and the style image (1 or 2 entries), base64 PNG, JPEG or WebP (bare, or a "
+        "data URI)." + _CHAINING,
+        "RawImageIndex": "The raw image's index in ImageList: redrawn by image to image.",
+        "StyleImageIndex": "The style image's index in ImageList.",
+        "StyleReferStrength": "How strongly the style image steers the result (the IP-Adapter's weight), 0 to 1.",
+        "Width": "Default: the raw image's width (scaled to fit 2560, to a multiple of 8).",
+        "Height": "Default: the raw image's height (scaled to fit 2560, to a multiple of 8).",
+    },
 }
 EXTENSION_FIELDS: dict[str, dict[str, str]] = {
     "Image2ImageModel": {
         "MaskIndex": "The inpainting mask's index in ImageAndMaskList (white: repaint); without it, the entry "
         "after the image, if any.",
     },
-    "GenerateImagesSDXLRequest": {"Webhook": _WEBHOOK},
+    "GenerateImagesSDXLRequest": {
+        "ControlNetList": "Up to 3 ControlNet units (PICPIK has this field on GenerateImages, the SD 1.5 action, "
+        "not on GenerateImagesSDXL): each steers the generation with a control map made from an ImageAndMaskList "
+        "entry. Every unit's model must fit MainModel; ControlNet-Union models and plain ControlNets are not "
+        "mixed in one request.",
+        "ReturnControlMaps": "Also return the control map of each unit that ran (weight above 0, a step range "
+        "that is not empty), in ImgList after the images, in the units' order (SeedList has the images' seeds "
+        "only). Default false.",
+        "Webhook": _WEBHOOK,
+    },
+    "InferenceParamsModel": {
+        "ControlType": "A ControlNet-Union ControlModel's control type for the unit: openpose, depth, softedge, "
+        "canny, normal, segment, tile or repaint. Default: the type its PreProcessor's map feeds; a Union unit "
+        "without a PreProcessor must name it. Refused on a plain ControlNet.",
+    },
+    "PreProcessorInfo": {
+        "ControlType": "The ControlNet-Union control type its map feeds (null: none, or any for `none`).",
+        "ControlModels": "The installed control models it pairs with.",
+    },
+    "ControlModelInfo": {
+        "Type": "`ControlNet` or `ControlNetUnion` (xinsir's union models: one model, a ControlType per unit).",
+        "BaseModel": "The base model it was made for (SDXL; an SD1 ControlNet is listed but fits no main model).",
+        "CompatibleMainModels": "The main models (ListModels' MainModels) it fits.",
+        "PreProcessors": "The preprocessors it pairs with: its own first (its sidecar's `PreProcessor`, else its "
+        "file name's), `none` last.",
+        "ControlTypes": "A ControlNet-Union's control types.",
+        "Problem": "Why the file cannot be used (absent when it can).",
+    },
     "ResizeImageRequest": {
         "Scale": "Instead of Width and Height: the output is the input's size times Scale (1 to 8, e.g. 2 or 4). "
         "Give Width and Height, or Scale alone.",
@@ -131,6 +212,12 @@ EXTENSION_FIELDS: dict[str, dict[str, str]] = {
         "Webhook": _WEBHOOK,
     },
     "RemoveBackgroundRequest": {"BackgroundModel": _BACKGROUND_MODEL, "Webhook": _WEBHOOK},
+    "ApplyReferenceStyleRequest": {
+        "StyleModel": "The IP-Adapter: a ModelCode of ListControlNets' ControlModels of Type IPAdapter. Default: "
+        "the one whose sidecar says `Default: true`, else the only one installed.",
+        "RawReferStrength": "How much of the raw image is redrawn (image to image's denoising strength), 0 to 1.",
+        "Webhook": _WEBHOOK,
+    },
     "RemoveBackgroundsInBatchRequest": {"BackgroundModel": _BACKGROUND_MODEL, "Webhook": _WEBHOOK},
     "ModelsReply": {
         "VaeModels": "The installed VAEs (a VAE belongs to a main model; requests do not name one).",
@@ -167,6 +254,15 @@ _EXAMPLE_PARAMS: dict[str, dict[str, Any]] = {
         "Height": 1024,
         "Seed": -1,
     },
+    # the raw image chained from the task below, redrawn in the style of a painting
+    "ApplyReferenceStyle": {
+        "MainModel": {"ModelCode": "sdxl-base"},
+        "PositivePrompts": ["a harbour at dawn"],
+        "ImageList": [f"task:{_EXAMPLE_TASK_UID}/0", "data:image/jpeg;base64,/9j/4AAQSkZJRgABAQAAAQABAAD…"],
+        "RawImageIndex": 0,
+        "StyleImageIndex": 1,
+        "StyleReferStrength": 0.6,
+    },
     "ListTasksDetails": {"TaskUIDList": [_EXAMPLE_TASK_UID]},
     "CancelTask": {"TaskUIDList": [_EXAMPLE_TASK_UID]},
     # chained: the first image of the task above, upscaled 2× (Scale and task: are picserve extensions)
@@ -199,6 +295,11 @@ _ACTION_DOCS = {
     "RemoveBackground": "Cut out an image's main subject.\n\nQueues a task whose one result is an RGBA PNG in "
     "ImgList (with OnlyMask, the mask: a grey PNG). Charged when it finishes: ceil(pixels / "
     "PICSERVE_CREDIT_DIVISOR), at least 1.",
+    "ApplyReferenceStyle": 'Redraw an image in the style of another ("style conversion").\n\nThe raw image is '
+    "redrawn by image to image, guided by the prompts and by the style image through an IP-Adapter; the base "
+    "generation fields are GenerateImagesSDXL's. Queues a task and returns its TaskUID; its PNGs in ImgList. "
+    "Charged when it finishes, as GenerateImagesSDXL: ceil(Width × Height × Steps × BatchSize / "
+    "PICSERVE_CREDIT_DIVISOR), at least 1.",
     "RemoveBackgroundsInBatch": "Cut out the main subject of 1 to 16 images in one task.\n\nAs RemoveBackground "
     "without Box: one result per image in ImgList, in order. Charged when it finishes: per image "
     "ceil(pixels / PICSERVE_CREDIT_DIVISOR), at least 1 each.",
@@ -220,8 +321,8 @@ class _Envelope(BaseModel):
     request_uuid: Annotated[str, StringConstraints(max_length=envelope.MAX_KEY_CHARS)] | None = Field(
         default=None,
         description="The caller's id for this request (a UUID), echoed in the reply. An action that makes a task "
-        "(GenerateImagesSDXL, ResizeImage, RemoveBackground, RemoveBackgroundsInBatch) sent again with the same "
-        "request_uuid and parameters returns the first TaskUID instead of queueing again.",
+        "(GenerateImagesSDXL, ApplyReferenceStyle, ResizeImage, RemoveBackground, RemoveBackgroundsInBatch) sent "
+        "again with the same request_uuid and parameters returns the first TaskUID instead of queueing again.",
     )
 
 
@@ -445,13 +546,15 @@ def _action_doc(action: str) -> str:
     handler = ACTIONS.get(action)
     text = _ACTION_DOCS.get(action) or (sys.modules[handler.__module__].__doc__ if handler is not None else None)
     text = text or action
-    text = text.strip().removeprefix(action).removeprefix(" (picserve extension)").lstrip(": ")
+    text = text.strip().removeprefix(action).removeprefix(" (picserve extension)")
+    text = re.sub(r"^ \(§[0-9.]+\)", "", text).lstrip(": ")  # the spec's section mark, as in `ListControlNets (§6.2):`
     text = text[:1].upper() + text[1:]
     return f"picserve extension (not in PICPIK). {text}" if action in _EXTENSION_ACTIONS else text
 
 
 def _summary(action: str) -> str:
-    return _action_doc(action).split("\n", 1)[0].rstrip(".")
+    """The first paragraph of the action's description, on one line (a docstring may wrap it)."""
+    return " ".join(_action_doc(action).split("\n\n", 1)[0].split()).rstrip(".")
 
 
 def _mark_extensions(schemas: dict[str, Any]) -> None:

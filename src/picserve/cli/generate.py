@@ -30,14 +30,28 @@ def generate(
     seed: int | None = typer.Option(None, help="[-1: random]"),
     batch: int | None = typer.Option(None, help="[1]"),
     lora: list[str] = typer.Option([], help="CODE or CODE:WEIGHT"),
+    controlnet: list[str] = typer.Option(
+        [],
+        metavar="MODEL:IMAGE[:key=value,...]",
+        help="a ControlNet unit (up to 3): a control model (picserve controlnets), its image (a file or "
+        "task:UID/INDEX) and any of pre=PREPROCESSOR, weight=0..2, start=0..1, end=0..1, "
+        "mode=Balanced|PromptMoreImportant|ControlNetMoreImportant, resize=JustResize|CropAndResize|ResizeAndFill, "
+        "mask=FILE, invert, type=UNION_TYPE, and with pre= low=1..255, high=1..255, resolution=64..2048 or any "
+        "other preprocessor parameter by its InferenceParams name (XDoGThreshold=20)",
+        show_default=False,
+    ),
+    control_maps: bool = typer.Option(
+        False, "--control-maps", help="also save each unit's control map, as OUT/<TaskUID>-control-<n>.png"
+    ),
     out: Path = typer.Option(Path("out"), help="where the PNGs are saved"),
     watch_preview: Path | None = typer.Option(None, help="save the live previews in this folder"),
+    no_wait: bool = typer.Option(False, "--no-wait", help="print the TaskUID and exit, without waiting for the task"),
     timeout: float = typer.Option(600.0, help="seconds to wait for the task"),
 ):
     """Sign and send a GenerateImagesSDXL request to any PICPIK endpoint, follow it, and save the images.
 
     Only the options given are sent: what is left out is the model's default (its sidecar's
-    InferenceParams), else the server's.
+    InferenceParams), else the server's; the same for each --controlnet unit's keys.
 
     Exit codes: 0 finished, 1 the task failed or was cancelled, 2 refused, 3 unreachable, 4 timed out.
     """
@@ -51,13 +65,30 @@ def generate(
         params["NegativePrompts"] = [negative]
     if lora:
         params["SubModelList"] = [lora_ref(item) for item in lora]
+    if control_maps and not controlnet:
+        raise typer.BadParameter("the control maps are the --controlnet units': give --controlnet too")
+    if controlnet:
+        from picserve.cli.controlnets import control_request
+
+        params["ImageAndMaskList"], params["ControlNetList"] = control_request(controlnet)
+        if control_maps:
+            params["ReturnControlMaps"] = True
     with Client(url, public_key, private_key) as client:
         uid = client_call(lambda: client.generate_images_sdxl(**params))
+        if no_wait:
+            typer.echo(uid)
+            return
         typer.echo(f"task {uid}", err=True)
         (detail,) = follow(client, [Followed(uid, steps=steps)], timeout, watch_preview)
-        for index, (image_url, image_seed) in enumerate(zip(detail["ImgList"], detail["SeedList"], strict=True)):
+        images, seeds = detail["ImgList"], detail["SeedList"]
+        # ImgList: the images, then (ReturnControlMaps) a control map per unit that ran
+        count = len(seeds) if seeds else (batch or 1) if control_maps else len(images)
+        for index, image_url in enumerate(images[:count]):
             path = client_call(functools.partial(client.download, image_url, out / f"{uid}-{index}.png"))
-            typer.echo(f"{path}  seed={image_seed}")
+            typer.echo(f"{path}  seed={seeds[index]}" if index < len(seeds) else str(path))
+        for index, image_url in enumerate(images[count:]):
+            path = client_call(functools.partial(client.download, image_url, out / f"{uid}-control-{index}.png"))
+            typer.echo(f"{path}  control map")
 
 
 def request_params(

@@ -62,7 +62,9 @@ def models_add(
     sha256: str | None = typer.Option(None, "--sha256", help="refuse the file unless its SHA-256 is this"),
     name: str | None = typer.Option(None, "--name", help="ModelCode [the file's name]"),
     kind: str | None = typer.Option(
-        None, "--kind", help="main, lora, embedding, hypernetwork, vae, upscale, background [from its tensors]"
+        None,
+        "--kind",
+        help="main, lora, embedding, hypernetwork, vae, upscale, background, controlnet [from its tensors]",
     ),
     force: bool = typer.Option(
         False, "--force", help="replace a model of the same name; file one that will not load as it is (warned)"

@@ -12,16 +12,19 @@ from typing import Any
 import torch
 from PIL import Image
 
-from picserve import __version__, admission, domain, reference_images
+from picserve import __version__, admission, domain, errors, reference_images
 from picserve import catalog as catalog_module
 from picserve.engine import (
     acceleration,
     adapters,
+    controlnet,
     cutout,
+    ipadapter,
     loader,
     memory,
     png,
     precision,
+    preprocess,
     previews,
     prompts,
     samplers,
@@ -67,6 +70,8 @@ class Engine:
             "float16", "bfloat16", "float32", or a torch dtype (loader.resolve_dtype).
         upscale_tile: an upscaler's tile side in input pixels (PICSERVE_UPSCALE_TILE); 0: planned from
             the device's free memory (engine/upscale.py).
+        controlnet_memory: bytes of control models kept on the device (PICSERVE_CONTROLNET_MEMORY; None:
+            no bound); the least recently used that a request does not use leave first.
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class Engine:
         speed: acceleration.Acceleration | None = None,
         dtype: str | torch.dtype | None = None,
         upscale_tile: int = 0,
+        controlnet_memory: int | None = None,
     ) -> None:
         #: the speed switches applied to every main model loaded (acceleration.py); None: all off
         self.speed = speed
@@ -96,6 +102,14 @@ class Engine:
         #: ResizeImage's upscalers and RemoveBackground's segmentation models, each in its own cache
         self.upscalers = upscale.Upscalers(catalog, self.pipelines.device, self.pipelines.dtype, tile=upscale_tile)
         self.segmenters = cutout.Segmenters(catalog, self.pipelines.device)
+        #: ControlNets (held beside the main models, by bytes) and the preprocessors making their maps
+        self.controlnets = controlnet.ControlNets(
+            catalog, self.pipelines.device, self.pipelines.dtype, controlnet_memory
+        )
+        self.preprocessors = preprocess.Preprocessors(catalog.models_dir, self.pipelines.device)
+        #: IP-Adapters and their image encoders (ControlNetList units whose model is an IP-Adapter)
+        self.ipadapters = ipadapter.IPAdapters()
+        self.catalog = catalog
         #: held for a whole generation: one at a time per engine (see the class docstring)
         self._generating = threading.Lock()
 
@@ -109,6 +123,8 @@ class Engine:
             "host": self.pipelines.on_host,
             "upscale": self.upscalers.loaded(),
             "background": self.segmenters.loaded(),
+            # control models: ControlNets and IP-Adapters (by ModelCode, their file's name)
+            "controlnet": [*self.controlnets.loaded(), *(Path(p).stem for p in self.ipadapters.loaded())],
         }
 
     def capacity(self) -> Capacity:
@@ -164,6 +180,21 @@ class Engine:
         ):
             return self._generate(spec, on_step or _no_progress, on_preview)
 
+    def _references(self, spec: domain.GenerationSpec) -> list[ipadapter.Reference]:
+        """The spec's IP-Adapter units as references: the adapter file, its image encoder, the image."""
+        out = []
+        for i, unit in enumerate(spec.control_units):
+            if unit.model_type != "ipadapter":
+                continue
+            entry = self.catalog.get("ipadapter", unit.model_code)
+            if entry is None or entry.image_encoder is None:
+                raise errors.ModelLoadError(
+                    f"IP-Adapter {unit.model_code!r} (or its image encoder) is no longer installed; install it again"
+                )
+            image = controlnet.decoded(spec, unit.image_index, f"ControlNetList[{i}] image")
+            out.append(ipadapter.Reference(entry.path, entry.image_encoder, image, unit.weight, unit.start, unit.end))
+        return out
+
     def _free_memory(self) -> None:
         """Room for a retry: the other main models leave memory, then the allocator's cache is emptied."""
         self.pipelines.unload_all(keep=self.pipelines.loaded[-1:])  # the model of this request stays
@@ -179,11 +210,18 @@ class Engine:
         on_step(0.0)
         assert not model.is_inpaint or spec.mode == "inpaint", f"{spec.model_code!r} is an inpainting model: no mask"
         pipe = model.pipeline(spec.mode)
-        pipe.scheduler = samplers.make_scheduler(spec.sampler, model.scheduler_config, spec.seed)
-        _assert_clip_skip_fits(pipe, spec.clip_skip)
-
         # 2. SDXL works on multiples of 8 px: generate at the next one, resize to the exact request at the end.
         width, height = _ceil8(spec.width), _ceil8(spec.height)
+
+        # ControlNet units: their models (held by bytes), their control maps, and the mode's ControlNet
+        # pipeline sharing the main model's modules (a unit of weight 0 or an empty step range is left out).
+        control = controlnet.prepare(spec, width, height, self.preprocessors.control_map)
+        if control.units:
+            held = self.controlnets.get([u.model_code for u in control.units], model.base.unet)
+            pipe = control.pipeline(model.base, spec.mode, held, spec.cfg_scale > 1)
+            on_step(0.0)  # loading control models and their maps can take long: a cancel stops here
+        pipe.scheduler = samplers.make_scheduler(spec.sampler, model.scheduler_config, spec.seed)
+        _assert_clip_skip_fits(pipe, spec.clip_skip)
 
         # 3. What the mode's pipeline takes besides the prompt: a size, or a reference image (and its mask)
         #    brought to the requested size by the request's resize mode, then to the multiple of 8.
@@ -224,8 +262,14 @@ class Engine:
         )
         if not plan.fits or plan.chunk < min(len(seeds), self.max_chunk) or plan.slice_vae:
             log.info("task plan for %d×%d ×%d on %s: %s", width, height, len(seeds), device, plan)
-        # 4. LoRAs, embeddings and hypernetworks for this request only; the model is restored afterwards.
-        with self.adapters.applied(model, spec.sub_models), torch.inference_mode():
+        references = self._references(spec)
+        # 4. LoRAs, embeddings and hypernetworks, and IP-Adapters, for this request only; the model is
+        #    restored afterwards.
+        with (
+            self.adapters.applied(model, spec.sub_models),
+            self.ipadapters.applied(pipe, references, spec.cfg_scale) as referenced,
+            torch.inference_mode(),
+        ):
             # 5. Prompt embeddings with A1111 weighting, long prompts in 75-token chunks, clip skip.
             conditioning = prompts.encode(pipe, spec.prompt, spec.negative_prompt, spec.clip_skip, spec.cfg_scale > 1)
 
@@ -252,9 +296,10 @@ class Engine:
                         generator=[torch.Generator("cpu").manual_seed(s) for s in chunk_seeds],
                         num_inference_steps=spec.steps,
                         guidance_scale=spec.cfg_scale,
-                        callback_on_step_end=step_end,
+                        **referenced.pipe_kwargs(step_end, pipe),
                         output_type="latent",
                         **mode_inputs,
+                        **control.inputs(spec.mode),
                     )
                     return precision.decode(pipe, output.images, _what(len(chunk_seeds), width, height))
 
@@ -273,7 +318,14 @@ class Engine:
             results = [img.resize((spec.width, spec.height), Image.Resampling.LANCZOS) for img in results]
         if mask is not None and reference is not None:
             results = [Image.composite(img, reference, mask) for img in results]
-        return Generated(images=results, seeds=seeds, infotexts=[_infotext(spec, s) for s in seeds])
+        infotexts = [_infotext(spec, s) for s in seeds]
+        if spec.return_control_maps:  # after the images, one per ControlNet unit run (AI Horde's return_control_map)
+            results += [
+                m.resize((spec.width, spec.height), Image.Resampling.LANCZOS) if m.size != results[0].size else m
+                for m in control.maps
+            ]
+            infotexts += [f"ControlNet {i}: control map ({u.preprocessor})" for i, u in control.numbered]
+        return Generated(images=results, seeds=seeds, infotexts=infotexts)
 
 
 def _reference(spec: domain.GenerationSpec) -> Image.Image:
@@ -313,7 +365,7 @@ def _listed(spec: domain.GenerationSpec, kind: str, weighted: bool) -> str | Non
 
 
 def _infotext(spec: domain.GenerationSpec, seed: int) -> str:
-    fields = {
+    fields: dict[str, object] = {
         "Steps": spec.steps,
         "Sampler": spec.sampler,
         "CFG scale": f"{spec.cfg_scale:g}",
@@ -324,6 +376,7 @@ def _infotext(spec: domain.GenerationSpec, seed: int) -> str:
         "Mask": "True" if spec.mask_image else None,
         "Clip skip": spec.clip_skip if spec.clip_skip > 1 else None,
         "Tiling": "True" if spec.tiling else None,
+        **controlnet.infotext_fields(spec),
         "LoRA": _listed(spec, "lora", weighted=True),
         "Hypernetwork": _listed(spec, "hypernetwork", weighted=True),
         "Embeddings": _listed(spec, "embedding", weighted=False),

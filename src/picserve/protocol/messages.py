@@ -28,14 +28,20 @@ from picserve import errors
 from picserve.protocol.envelope import describe
 
 __all__ = [
+    "CONTROL_MODES",
+    "MAX_CONTROL_UNITS",
     "MAX_TASK_UIDS",
+    "ApplyReferenceStyle",
     "CancelTask",
+    "ControlModelModel",
+    "ControlNet",
     "Empty",
     "GenerateImagesSDXL",
     "Image2ImageModel",
     "InferenceParamsModel",
     "ListTasksDetails",
     "Model",
+    "PreProcessorModel",
     "RemoveBackground",
     "RemoveBackgroundsInBatch",
     "ResizeImage",
@@ -62,6 +68,10 @@ def _integral_float(value: Any) -> Any:
 #: the spec's Int (see the module doc); Float, Bool and String are plain annotations under strict mode
 Int = Annotated[int, BeforeValidator(_integral_float)]
 _ResizeMode = Annotated[str, Field(pattern="^(JustResize|CropAndResize|ResizeAndFill)$")]
+#: a ControlNet unit's ControlMode, as A1111's three (Balanced; "My prompt is more important"; "ControlNet is
+#: more important")
+CONTROL_MODES = ("Balanced", "PromptMoreImportant", "ControlNetMoreImportant")
+_ControlMode = Annotated[str, Field(pattern=f"^({'|'.join(CONTROL_MODES)})$")]
 
 
 class _Request(BaseModel):
@@ -78,15 +88,18 @@ class InferenceParamsModel(BaseModel):
     Sampler: str | None = None
     ClipSkip: Annotated[Int | None, Field(ge=1, le=12)] = None
     CFGScale: Annotated[float | None, Field(ge=1, le=30)] = None
-    # ControlNet and preprocessor keys: no ControlNet here, but a client copying them through gets them checked
-    ControlWeight: float | None = None
+    # ControlModel keys (A1111's ranges); ControlType is a picserve extension: a ControlNet-Union model's
+    # control type for the unit (openpose, depth, softedge, canny, normal, segment, tile, repaint)
+    ControlWeight: Annotated[float | None, Field(ge=0, le=2)] = None
     StartingStep: Annotated[float | None, Field(ge=0, le=1)] = None
     EndingStep: Annotated[float | None, Field(ge=0, le=1)] = None
-    ControlMode: str | None = None
+    ControlMode: _ControlMode | None = None
     ResizeMode: _ResizeMode | None = None
-    CannyLowThreshold: Int | None = None
-    CannyHighThreshold: Int | None = None
-    Resolution: Int | None = None
+    ControlType: Annotated[str | None, StringConstraints(min_length=1, max_length=32)] = None
+    # PreProcessor keys (A1111's ranges)
+    CannyLowThreshold: Annotated[Int | None, Field(ge=1, le=255)] = None
+    CannyHighThreshold: Annotated[Int | None, Field(ge=1, le=255)] = None
+    Resolution: Annotated[Int | None, Field(ge=64, le=2048)] = None
 
 
 class Model(BaseModel):
@@ -107,6 +120,56 @@ class Image2ImageModel(BaseModel):
     ResizeMode: _ResizeMode = "ResizeAndFill"
     # picserve extension: where the inpainting mask is; without it, the entry after the image (if any)
     MaskIndex: Annotated[Int | None, Field(ge=0)] = None
+
+
+class _ControlPart(BaseModel):
+    """§4.5's shape, shared by a unit's PreProcessor and ControlModel: an entry of ListControlNets, passed
+    unchanged (§4.1's tip): the reply's picserve extensions are taken, and ignored."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    ModelCode: Annotated[str, StringConstraints(min_length=1, max_length=_MAX_MODEL_CODE)]
+    Name: str | None = None
+    InferenceParams: InferenceParamsModel | None = None
+
+
+class PreProcessorModel(_ControlPart):
+    """An entry of ListControlNets' PreProcessors (`none`: the image already is the control map)."""
+
+    # ListControlNets' reply fields (picserve extensions), ignored in a request
+    ControlType: str | None = None
+    ControlModels: list[str] | None = None
+
+
+class ControlModelModel(_ControlPart):
+    """An entry of ListControlNets' ControlModels: a ControlNet, a ControlNet-Union or an IP-Adapter."""
+
+    # ListControlNets' reply fields (picserve extensions), ignored in a request
+    Type: str | None = None
+    BaseModel: str | None = None
+    CompatibleMainModels: list[str] | None = None
+    PreProcessors: list[str] | None = None
+    ControlTypes: list[str] | None = None
+    ImageEncoder: str | None = None
+    IsDefault: bool | None = None
+    Problem: str | None = None
+
+
+#: ControlNet units one request may carry (§4.4)
+MAX_CONTROL_UNITS = 3
+
+
+class ControlNet(BaseModel):
+    """§4.4: one unit of ControlNetList. Its images are ImageAndMaskList entries; the mask (white: where
+    the unit applies) is optional."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    ImageIndex: Annotated[Int, Field(ge=0)]
+    MaskIndex: Annotated[Int | None, Field(ge=0)] = None
+    InvertMask: bool = False
+    PreProcessor: PreProcessorModel | None = None
+    ControlModel: ControlModelModel
 
 
 #: a prompt list's parts, and the characters of all of them together (checked when they are joined):
@@ -131,7 +194,9 @@ class WebhookModel(BaseModel):
     ] = ["completed"]
 
 
-class GenerateImagesSDXL(_Request):
+class _Generation(_Request):
+    """§5's base generation fields, shared by the actions that generate (UseMainModelVAE aside)."""
+
     MainModel: Model
     SubModelList: list[Model] | None = None
     PositivePrompts: Annotated[list[_Prompt] | None, Field(max_length=MAX_PROMPT_PARTS)] = None
@@ -141,10 +206,38 @@ class GenerateImagesSDXL(_Request):
     Width: Annotated[Int, Field(ge=64, le=2560)] = 1024
     Height: Annotated[Int, Field(ge=64, le=2560)] = 1024
     BatchSize: Annotated[Int, Field(ge=1, le=16)] = 1
+
+
+class GenerateImagesSDXL(_Generation):
     Image2Image: Image2ImageModel | None = None
     Tiling: bool = False
     ImageAndMaskList: list[str] | None = None
-    # picserve extension: the task's events posted to a URL (default: the key's webhook, if any)
+    # picserve extensions: ControlNet units and IP-Adapter references (PICPIK's GenerateImages field, §4.4),
+    # the control maps returned after the images (AI Horde's return_control_map), the task's events posted
+    # to a URL (default: the key's webhook, if any)
+    ControlNetList: Annotated[list[ControlNet] | None, Field(max_length=MAX_CONTROL_UNITS)] = None
+    ReturnControlMaps: bool = False
+    Webhook: WebhookModel | None = None
+
+
+class ApplyReferenceStyle(_Generation):
+    """§6.7: the raw image redrawn (img2img) in the style of the style image (an IP-Adapter), both in
+    `ImageList`; the base generation fields (§5) as GenerateImagesSDXL's."""
+
+    # unlike GenerateImagesSDXL's, no default of 1024: left out, the raw image's size (to a multiple of 8)
+    Width: Annotated[Int | None, Field(ge=64, le=2560)] = None  # type: ignore[assignment]
+    Height: Annotated[Int | None, Field(ge=64, le=2560)] = None  # type: ignore[assignment]
+    # §5's base field: picserve decodes with the main model's VAE (its sidecar's `Vae`, else its own) either way
+    UseMainModelVAE: bool = False
+    RawImageIndex: Annotated[Int, Field(ge=0)] = 0
+    StyleImageIndex: Annotated[Int, Field(ge=0)] = 1
+    StyleReferStrength: Annotated[float, Field(ge=0, le=1)] = 0.5
+    ImageList: Annotated[list[str], Field(min_length=1, max_length=2)]
+    # picserve extensions: the IP-Adapter (a ModelCode of ListControlNets' ControlModels of Type IPAdapter;
+    # default: the one whose sidecar says Default, else the only one), how much of the raw image is redrawn
+    # (img2img's denoising strength), the task's events
+    StyleModel: Annotated[str | None, StringConstraints(min_length=1, max_length=_MAX_MODEL_CODE)] = None
+    RawReferStrength: Annotated[float, Field(ge=0, le=1)] = 0.6
     Webhook: WebhookModel | None = None
 
 

@@ -14,6 +14,13 @@ The image tools take a base64 image or, chained, a finished task's result of the
 
 >>> big = client.resize_image(Image=task_image(uid), Scale=2)                 # doctest: +SKIP
 >>> cut = client.remove_background(RawImage=image_data("photo.jpg"))          # doctest: +SKIP
+
+ControlNet units (`control_unit`) name their images by index in ImageAndMaskList:
+
+>>> uid = client.generate_images_sdxl(                                        # doctest: +SKIP
+...     MainModel={"ModelCode": "sdxl-base"}, PositivePrompts=["a dancer"],
+...     ImageAndMaskList=[image_data("pose.png")],
+...     ControlNetList=[control_unit("xl-canny", 0, "canny", weight=0.8, CannyLowThreshold=50)])
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import base64
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Unpack, cast
@@ -32,16 +39,26 @@ import httpx
 from picserve import domain, errors
 from picserve.protocol import signature
 from picserve.sdk.types import (
+    ApplyReferenceStyleParams,
+    ControlModel,
+    ControlModeName,
+    ControlNet,
+    ControlNetsReply,
+    ControlTypeName,
     CreditBalance,
     GenerateImagesSDXLParams,
+    InferenceParams,
     ModelsReply,
+    PreProcessor,
+    PreProcessorParams,
     RemoveBackgroundParams,
     RemoveBackgroundsInBatchParams,
     ResizeImageParams,
+    ResizeModeName,
     TaskDetail,
 )
 
-__all__ = ["Client", "image_data", "image_type", "is_task_image", "task_image"]
+__all__ = ["Client", "control_unit", "image_data", "image_type", "is_task_image", "task_image"]
 
 
 class Client:
@@ -122,6 +139,10 @@ class Client:
     def generate_images_sdxl(self, **params: Unpack[GenerateImagesSDXLParams]) -> str:
         return str(self.call("GenerateImagesSDXL", **params)["TaskUID"])
 
+    def apply_reference_style(self, **params: Unpack[ApplyReferenceStyleParams]) -> str:
+        """ApplyReferenceStyle: a generation task redrawing a raw image in a style image's style."""
+        return str(self.call("ApplyReferenceStyle", **params)["TaskUID"])
+
     def resize_image(self, **params: Unpack[ResizeImageParams]) -> str:
         """ResizeImage: a task whose one result is `Image` at Width×Height (or its size × Scale)."""
         return str(self.call("ResizeImage", **params)["TaskUID"])
@@ -136,6 +157,11 @@ class Client:
 
     def list_models(self) -> ModelsReply:
         return cast(ModelsReply, _own_fields(self.call("ListModels")))
+
+    def list_controlnets(self) -> ControlNetsReply:
+        """ListControlNets: the preprocessors the server can run now and the control models installed,
+        each by ModelCode with its default InferenceParams (`control_unit` takes either kind of entry)."""
+        return cast(ControlNetsReply, _own_fields(self.call("ListControlNets")))
 
     def list_tasks_details(self, task_uids: Sequence[str]) -> list[TaskDetail]:
         return cast(list[TaskDetail], self.call("ListTasksDetails", TaskUIDList=list(task_uids))["TaskDetailList"])
@@ -248,3 +274,78 @@ def task_image(task_uid: str, index: int = 0) -> str:
 def is_task_image(value: str) -> bool:
     """Whether `value` is a `task:<TaskUID>/<index>` reference (as `task_image` makes)."""
     return _TASK_IMAGE.fullmatch(value) is not None
+
+
+def control_unit(
+    model: str | Mapping[str, Any],
+    image_index: int,
+    preprocessor: str | Mapping[str, Any] | None = None,
+    *,
+    mask_index: int | None = None,
+    invert_mask: bool = False,
+    weight: float | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    mode: ControlModeName | None = None,
+    resize_mode: ResizeModeName | None = None,
+    control_type: ControlTypeName | None = None,
+    **preprocessor_params: Unpack[PreProcessorParams],
+) -> ControlNet:
+    """One unit of ControlNetList: control model `model` (a ModelCode, or an entry of `list_controlnets()`'s
+    ControlModels) guided by the ImageAndMaskList entry `image_index`, made into a control map by
+    `preprocessor` (a ModelCode or a PreProcessors entry; None: the image already is the map).
+
+    What is left out is not sent, so the server's defaults apply: the model's sidecar `InferenceParams`,
+    else PICPIK's (weight 1, steps 0 to 1, Balanced, ResizeAndFill), and the preprocessor's own.
+    `mask_index`: a mask entry (white: where the unit acts; `invert_mask` swaps it). `weight` 0..2, `start`
+    and `end` 0..1 (the fraction of the steps it acts in), `mode` as A1111's control modes, `control_type` a
+    ControlNet-Union's type (else its preprocessor's). `preprocessor_params` are the preprocessor's
+    InferenceParams by their wire names (`CannyLowThreshold=50`, `Resolution=768`, A1111's other sliders
+    such as `XDoGThreshold=20`; each left out: the preprocessor's default). The server checks
+    the values and names the field it refuses; this raises ValueError only for a unit that cannot be one.
+    """
+    for name, index in (("image_index", image_index), ("mask_index", mask_index)):
+        if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
+            raise ValueError(f"control_unit: {name} must be an ImageAndMaskList index >= 0, got {index!r}")
+    if mask_index is not None and mask_index == image_index:
+        raise ValueError(f"control_unit: mask_index {mask_index} is image_index: the mask is another entry")
+    unknown = sorted(set(preprocessor_params) - set(PreProcessorParams.__annotations__))
+    if unknown:
+        raise TypeError(f"control_unit: unknown preprocessor parameter {unknown[0]!r}")
+    if preprocessor_params and preprocessor is None:
+        raise ValueError(
+            f"control_unit: {', '.join(preprocessor_params)} set a preprocessor's parameters: name the preprocessor"
+        )
+    options = {
+        "ControlWeight": weight,
+        "StartingStep": start,
+        "EndingStep": end,
+        "ControlMode": mode,
+        "ResizeMode": resize_mode,
+        "ControlType": control_type,
+    }
+    control: ControlModel = {"ModelCode": _model_code(model, "model")}
+    given = {name: value for name, value in options.items() if value is not None}
+    if given:
+        control["InferenceParams"] = cast(InferenceParams, given)
+    fields: dict[str, Any] = {"ImageIndex": image_index}  # in the wire's order
+    if mask_index is not None:
+        fields["MaskIndex"] = mask_index
+    if invert_mask:
+        fields["InvertMask"] = True
+    if preprocessor is not None:
+        pre: PreProcessor = {"ModelCode": _model_code(preprocessor, "preprocessor")}
+        if preprocessor_params:
+            pre["InferenceParams"] = cast(InferenceParams, dict(preprocessor_params))
+        fields["PreProcessor"] = pre
+    fields["ControlModel"] = control
+    return cast(ControlNet, fields)
+
+
+def _model_code(value: str | Mapping[str, Any], what: str) -> str:
+    """A ModelCode, given as itself or as a ListControlNets entry (only its ModelCode is sent: an entry's
+    other fields are the server's own defaults and extensions)."""
+    code = value.get("ModelCode") if isinstance(value, Mapping) else value
+    if not isinstance(code, str) or not code.strip():
+        raise ValueError(f"control_unit: {what} must be a ModelCode or a ListControlNets entry, got {value!r}")
+    return code.strip()

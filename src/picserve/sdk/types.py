@@ -9,16 +9,27 @@ from typing import Any, Literal, NotRequired, Required
 from typing_extensions import TypedDict
 
 __all__ = [
+    "ApplyReferenceStyleParams",
+    "ControlModeName",
+    "ControlModel",
+    "ControlModelInfo",
+    "ControlNet",
+    "ControlNetsReply",
+    "ControlTypeName",
     "CreditBalance",
     "GenerateImagesSDXLParams",
     "Image2Image",
     "InferenceParams",
     "ModelRef",
     "ModelsReply",
+    "PreProcessor",
+    "PreProcessorInfo",
+    "PreProcessorParams",
     "RemoveBackgroundParams",
     "RemoveBackgroundsInBatchParams",
     "ReplyFields",
     "ResizeImageParams",
+    "ResizeModeName",
     "TaskDetail",
     "TaskDetailsReply",
     "TaskStatusName",
@@ -28,14 +39,50 @@ __all__ = [
 ]
 
 TaskStatusName = Literal["Queuing", "Running", "Finished", "Error", "Canceled"]
+#: how a reference or control image is brought to the generation's size (A1111's resize modes)
+ResizeModeName = Literal["JustResize", "CropAndResize", "ResizeAndFill"]
+#: a ControlNet unit's ControlMode, A1111's three: Balanced; "My prompt is more important"; "ControlNet is
+#: more important" (`protocol.messages.CONTROL_MODES`)
+ControlModeName = Literal["Balanced", "PromptMoreImportant", "ControlNetMoreImportant"]
+#: a ControlNet-Union's control types (picserve extension; `specs.controlnet.UNION_TYPES`)
+ControlTypeName = Literal["openpose", "depth", "softedge", "canny", "normal", "segment", "tile", "repaint"]
 
 
-class InferenceParams(TypedDict, total=False):
+class PreProcessorParams(TypedDict, total=False):
+    """A PreProcessor's InferenceParams: PICPIK documents the first three, the others are A1111's sliders
+    by PascalCase names (each preprocessor reads its own; ListControlNets shows them with their defaults)."""
+
+    CannyLowThreshold: int  # 1..255 (canny)
+    CannyHighThreshold: int  # 1..255 (canny), not below CannyLowThreshold
+    Resolution: int  # 64..2048: the side the control map is made at
+    XDoGThreshold: int  # 1..64 (scribble_xdog): lower, more lines
+    GammaCorrection: float  # 0.1..2 (recolor_*)
+    DownSamplingRate: float  # 1..8 (tile_resample)
+    RemoveNearPercent: int  # 0..100 (depth_leres)
+    RemoveBackgroundPercent: int  # 0..100 (depth_leres)
+    MLSDValueThreshold: float  # 0.01..2 (mlsd)
+    MLSDDistanceThreshold: float  # 0.01..20 (mlsd)
+    Seed: int  # shuffle's random field (absent: a new one each time)
+
+
+class InferenceParams(PreProcessorParams, total=False):
+    """PICPIK's one InferenceParams type, for every parent: a main model, a LoRA, a ControlModel and a
+    PreProcessor each read their own keys (an open map on the wire: unknown keys pass)."""
+
+    # a main model's
     Steps: int
     Sampler: str
     ClipSkip: int
     CFGScale: float
+    # a LoRA's (a hypernetwork's multiplier)
     LoraWeight: float
+    # a ControlModel's (A1111's ranges)
+    ControlWeight: float  # 0..2
+    StartingStep: float  # 0..1: the fraction of the steps where the unit starts acting
+    EndingStep: float  # 0..1, not before StartingStep
+    ControlMode: ControlModeName
+    ResizeMode: ResizeModeName
+    ControlType: ControlTypeName  # picserve extension: a ControlNet-Union's type for the unit
 
 
 class ModelRef(TypedDict):
@@ -46,8 +93,50 @@ class ModelRef(TypedDict):
 class Image2Image(TypedDict):
     ImageIndex: int
     ReferStrength: NotRequired[float]
-    ResizeMode: NotRequired[Literal["JustResize", "CropAndResize", "ResizeAndFill"]]
+    ResizeMode: NotRequired[ResizeModeName]
     MaskIndex: NotRequired[int]
+
+
+class PreProcessor(TypedDict):
+    """A ControlNet unit's preprocessor: a ModelCode of ListControlNets' PreProcessors (`none`: the image
+    already is the control map) and its InferenceParams (left out: the preprocessor's defaults)."""
+
+    ModelCode: str
+    Name: NotRequired[str]
+    InferenceParams: NotRequired[InferenceParams]
+    # ListControlNets' reply fields: an entry is passed unchanged, and these are ignored
+    ControlType: NotRequired[str | None]
+    ControlModels: NotRequired[list[str]]
+
+
+class ControlModel(TypedDict):
+    """A ControlNet unit's model: a ModelCode of ListControlNets' ControlModels (a ControlNet, a
+    ControlNet-Union, or an IP-Adapter: then the unit's image is a reference image) and its
+    InferenceParams (each key left out: the model's sidecar default, else PICPIK's)."""
+
+    ModelCode: str
+    Name: NotRequired[str]
+    InferenceParams: NotRequired[InferenceParams]
+    # ListControlNets' reply fields: an entry is passed unchanged, and these are ignored
+    Type: NotRequired[str]
+    BaseModel: NotRequired[str]
+    CompatibleMainModels: NotRequired[list[str]]
+    PreProcessors: NotRequired[list[str]]
+    ControlTypes: NotRequired[list[str]]
+    ImageEncoder: NotRequired[str | None]
+    IsDefault: NotRequired[bool]
+    Problem: NotRequired[str]
+
+
+class ControlNet(TypedDict):
+    """One unit of ControlNetList (`sdk.control_unit` builds one). Its image and optional mask (white:
+    where the unit acts) are ImageAndMaskList entries; without a PreProcessor the image is the control map."""
+
+    ImageIndex: int
+    MaskIndex: NotRequired[int]
+    InvertMask: NotRequired[bool]
+    PreProcessor: NotRequired[PreProcessor]
+    ControlModel: ControlModel
 
 
 class Webhook(TypedDict, total=False):
@@ -57,8 +146,10 @@ class Webhook(TypedDict, total=False):
     Events: list[Literal["start", "progress", "completed"]]
 
 
-class GenerateImagesSDXLParams(TypedDict, total=False):
-    MainModel: ModelRef
+class _GenerationParams(TypedDict, total=False):
+    """The base generation fields (PICPIK §5) of the actions that generate."""
+
+    MainModel: Required[ModelRef]
     SubModelList: list[ModelRef]
     PositivePrompts: list[str]
     NegativePrompts: list[str]
@@ -67,9 +158,31 @@ class GenerateImagesSDXLParams(TypedDict, total=False):
     Width: int
     Height: int
     BatchSize: int
+
+
+class GenerateImagesSDXLParams(_GenerationParams, total=False):
     Image2Image: Image2Image
     Tiling: bool
     ImageAndMaskList: list[str]
+    # picserve extensions: ControlNet units (PICPIK's GenerateImages field, at most 3), and their control
+    # maps returned in ImgList after the images
+    ControlNetList: list[ControlNet]
+    ReturnControlMaps: bool
+    Webhook: Webhook  # picserve extension
+
+
+class ApplyReferenceStyleParams(_GenerationParams, total=False):
+    """ApplyReferenceStyle: `ImageList[RawImageIndex]` redrawn (img2img, RawReferStrength) in the style of
+    `ImageList[StyleImageIndex]` (an IP-Adapter, StyleReferStrength); Width and Height left out: the raw
+    image's size. Images as ResizeImageParams' `Image` (base64 or `task:<TaskUID>/<index>`)."""
+
+    ImageList: Required[list[str]]
+    RawImageIndex: int
+    StyleImageIndex: int
+    StyleReferStrength: float
+    UseMainModelVAE: bool
+    StyleModel: str  # picserve extension: an IP-Adapter of ListControlNets' ControlModels (Type IPAdapter)
+    RawReferStrength: float  # picserve extension: how much of the raw image is redrawn (0.6)
     Webhook: Webhook  # picserve extension
 
 
@@ -151,6 +264,42 @@ class ModelsReply(TypedDict):
     # segmentation models (Session, IsDefault), by ModelCode; `Problem` on an entry whose file is broken
     UpscaleModels: NotRequired[dict[str, dict[str, Any]]]
     BackgroundModels: NotRequired[dict[str, dict[str, Any]]]
+
+
+class PreProcessorInfo(TypedDict):
+    """An entry of ListControlNets' PreProcessors: the preprocessors this server can run now."""
+
+    Name: str
+    ModelCode: str
+    InferenceParams: InferenceParams  # its defaults
+    # picserve extensions: the ControlNet-Union control type its map feeds (None: no one type), and the
+    # installed control models it pairs with
+    ControlType: NotRequired[str | None]
+    ControlModels: NotRequired[list[str]]
+
+
+class ControlModelInfo(TypedDict):
+    """An entry of ListControlNets' ControlModels: an installed control model (models/controlnet)."""
+
+    Name: str
+    ModelCode: str
+    InferenceParams: InferenceParams  # its defaults: its sidecar's, else PICPIK's
+    # picserve extensions: `ControlNet` or `ControlNetUnion`; the base model it was made for (SDXL, SD1, …);
+    # the main models it fits; the preprocessors it pairs with (its own first, `none` last); a Union's
+    # control types; why a file cannot be used
+    Type: NotRequired[str]
+    BaseModel: NotRequired[str]
+    CompatibleMainModels: NotRequired[list[str]]
+    PreProcessors: NotRequired[list[str]]
+    ControlTypes: NotRequired[list[str]]
+    Problem: NotRequired[str]
+
+
+class ControlNetsReply(TypedDict):
+    """ListControlNets' reply: both maps keyed by ModelCode."""
+
+    PreProcessors: dict[str, PreProcessorInfo]
+    ControlModels: dict[str, ControlModelInfo]
 
 
 # The replies' own fields, for the actions whose SDK call unwraps them (and for /openapi.json).

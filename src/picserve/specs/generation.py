@@ -16,14 +16,16 @@ from picserve import admission, domain, errors, modelinfo, reference_images
 from picserve import catalog as catalog_module
 from picserve.protocol import messages
 from picserve.services import Services
+from picserve.specs import controlnet
 from picserve.translate.prompts import PromptTranslator
 
 __all__ = ["MAX_IMAGES", "MAX_IMAGES_BASE64_CHARS", "check_memory", "from_request", "to_spec"]
 
 _DEFAULTS = {"Steps": 10, "Sampler": "Euler", "ClipSkip": 1, "CFGScale": 7.5}
 
-#: entries of ImageAndMaskList: PICPIK sends an image and its mask; every entry must be referenced
-MAX_IMAGES = 4
+#: entries of ImageAndMaskList: an image and its mask, and each ControlNet unit's image and mask;
+#: every entry must be referenced
+MAX_IMAGES = 8
 #: the ImageAndMaskList entries' combined length in base64 characters (about 36 MB of image files),
 #: checked before anything is decoded
 MAX_IMAGES_BASE64_CHARS = 48 * 1024 * 1024
@@ -44,9 +46,14 @@ def check_memory(spec: domain.GenerationSpec, workers: list[tuple[str, int]], ca
         return
     width, height = -(-spec.width // 8) * 8, -(-spec.height // 8) * 8  # the engine's multiples of 8
 
+    # the control models a unit names are held beside the main model (IP-Adapters and encoders: a few
+    # hundred MB, not counted)
+    controls = [c.path for u in spec.control_units if (c := catalog.get("controlnet", u.model_code)) is not None]
+
     def need(device: str, side_w: int, side_h: int) -> int:
         profile = admission.profile_for(device)
         weights = admission.model_bytes(entry.path, profile.weight_bytes)
+        weights += sum(admission.model_bytes(path, profile.weight_bytes) for path in controls)
         return admission.minimum(side_w, side_h, weights, profile, spec.tiling)
 
     if any(need(device, width, height) <= total for device, total in workers):
@@ -98,9 +105,16 @@ def to_spec(
 
     steps = int(params["Steps"])
     _check_clip_skip(int(params["ClipSkip"]), entry)
-    images = _reference_images(request, steps)
+    _check_image_list_size(request.ImageAndMaskList or [])
+    units, control_images, control_used = controlnet.units(request, entry, catalog)
+    images = _reference_images(request, steps, control_used)
     _check_inpainting_model(entry, images)
     sub_models = _sub_models(request.SubModelList or [], entry, catalog)
+    if any(u.model_type == "ipadapter" for u in units) and any(s.kind == "hypernetwork" for s in sub_models):
+        raise errors.ParamError(
+            "SubModelList: a hypernetwork and an IP-Adapter (ControlNetList) cannot be used together: both replace "
+            "the UNet's attention processors"
+        )
     # a LoRA at weight 0 changes nothing, not even the prompt: the engine skips it too (the base image)
     loras = [catalog.get("lora", s.code) for s in sub_models if s.kind == "lora" and s.weight != 0]
 
@@ -134,6 +148,10 @@ def to_spec(
         original_prompt=original,
         original_negative_prompt=original_negative,
         warnings=tuple(warnings),
+        control_units=units,
+        control_images=control_images,
+        control_images_keys=tuple(None for _ in control_images),
+        return_control_maps=request.ReturnControlMaps,
         **images,
     )
 
@@ -157,18 +175,22 @@ def _check_inpainting_model(main: catalog_module.Entry, images: dict[str, Any]) 
         )
 
 
-def _reference_images(request: messages.GenerateImagesSDXL, steps: int) -> dict[str, Any]:
+def _reference_images(request: messages.GenerateImagesSDXL, steps: int, control_used: set[int]) -> dict[str, Any]:
     """Image2Image → the image (and mask) it points at, each decoded once here so bad input never queues.
 
     The mask (white = repaint) is `Image2Image.MaskIndex` when given, else the entry right after the image.
     Cheap checks first (count, total size, indexes, every entry used); only then the two entries are decoded.
     """
     images = request.ImageAndMaskList or []
-    _check_image_list_size(images)
     i2i = request.Image2Image
     if i2i is None:
-        if images:
+        if images and not control_used:
             raise errors.ParamError("ImageAndMaskList: images were sent but no Image2Image refers to them")
+        if unused := [i for i in range(len(images)) if i not in control_used]:
+            raise errors.ParamError(
+                f"ImageAndMaskList[{unused[0]}]: no index refers to this entry (no Image2Image, and no "
+                "ControlNetList unit uses it)"
+            )
         return {}
     for name, given in (("ImageIndex", i2i.ImageIndex), ("MaskIndex", i2i.MaskIndex)):
         if given is not None and not images:
@@ -191,8 +213,9 @@ def _reference_images(request: messages.GenerateImagesSDXL, steps: int) -> dict[
             "their product must be at least 1"
         )
     mask_index = i2i.MaskIndex if i2i.MaskIndex is not None else i2i.ImageIndex + 1
-    has_mask = mask_index < len(images)
-    _check_every_entry_used(len(images), i2i.ImageIndex, mask_index if has_mask else None)
+    # the entry after the image is its mask only when no ControlNet unit uses that entry
+    has_mask = mask_index < len(images) and (i2i.MaskIndex is not None or mask_index not in control_used)
+    _check_every_entry_used(len(images), i2i.ImageIndex, mask_index if has_mask else None, control_used)
     reference_images.decode(images[i2i.ImageIndex], f"ImageAndMaskList[{i2i.ImageIndex}]")
     if has_mask:
         reference_images.decode(images[mask_index], f"ImageAndMaskList[{mask_index}]")
@@ -208,7 +231,8 @@ def _check_image_list_size(images: list[str]) -> None:
     """At most MAX_IMAGES entries of at most MAX_IMAGES_BASE64_CHARS in all, before any decoding."""
     if len(images) > MAX_IMAGES:
         raise errors.ParamError(
-            f"ImageAndMaskList: must hold at most {MAX_IMAGES} entries, an image and its mask (got {len(images)})"
+            f"ImageAndMaskList: must hold at most {MAX_IMAGES} entries: an image and its mask, and each "
+            f"ControlNetList unit's image and mask (got {len(images)})"
         )
     total = sum(len(text) for text in images)
     if total > MAX_IMAGES_BASE64_CHARS:
@@ -217,9 +241,9 @@ def _check_image_list_size(images: list[str]) -> None:
         )
 
 
-def _check_every_entry_used(count: int, image_index: int, mask_index: int | None) -> None:
+def _check_every_entry_used(count: int, image_index: int, mask_index: int | None, control_used: set[int]) -> None:
     """An entry no index refers to would be ignored: it is refused instead."""
-    unused = [i for i in range(count) if i not in (image_index, mask_index)]
+    unused = [i for i in range(count) if i not in (image_index, mask_index) and i not in control_used]
     if unused:
         mask = f"the mask is entry {mask_index}" if mask_index is not None else "there is no mask"
         raise errors.ParamError(

@@ -310,7 +310,7 @@ class PostgresRepository:
                 "cost": cost,
                 # model_code and loras: what the workers' fetch routes the task by (routing.py)
                 "model": needs.model_code,
-                "loras": workers.lora_keys(needs.loras),
+                "loras": workers.affinity_keys(needs.loras, needs.controls),
                 "url": webhook.url if webhook else None,
                 "events": list(webhook.events) if webhook else [],
                 "max_open": max_open_tasks,

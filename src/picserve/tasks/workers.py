@@ -21,7 +21,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-__all__ = ["AGE_OUT", "WorkerInfo", "list_workers", "lora_key", "lora_keys", "prune"]
+__all__ = ["AGE_OUT", "WorkerInfo", "affinity_keys", "control_key", "list_workers", "lora_key", "lora_keys", "prune"]
 
 
 #: a worker silent for this many times `stalled_after` is deleted from the registry by the sweep
@@ -36,6 +36,17 @@ def lora_key(code: str) -> str:
 def lora_keys(codes: Sequence[str]) -> list[str]:
     """`lora_key` of each, sorted and distinct: a task's LoRA set."""
     return sorted({lora_key(code) for code in codes})
+
+
+def control_key(code: str) -> str:
+    """A control model's ModelCode as the registry and the fetch name it, beside the LoRAs: `lora_key`
+    never holds a dot, so `controlnet.<key>` names no LoRA."""
+    return f"controlnet.{lora_key(code)}"
+
+
+def affinity_keys(loras: Sequence[str], controls: Sequence[str]) -> list[str]:
+    """A task's sub-model set for the fetch's affinity: its LoRAs and its control models, sorted."""
+    return sorted({*lora_keys(loras), *(control_key(code) for code in controls)})
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ def build_engine(settings: Settings) -> GenerationEngine:
             admission.usable_memory(psutil.virtual_memory().total),
             torch.cuda.device_count() if device.type == "cuda" else 0,  # the visible GPUs (CUDA_VISIBLE_DEVICES)
         )
+        controlnet_memory = _controlnet_budget(settings.controlnet_memory, dtype, device_memory(device) or None)
         speed = Acceleration.parse(
             channels_last=settings.channels_last,
             fuse_qkv=settings.fuse_qkv,
@@ -93,7 +94,24 @@ def build_engine(settings: Settings) -> GenerationEngine:
         speed=speed,
         dtype=dtype,
         upscale_tile=settings.upscale_tile,
+        controlnet_memory=controlnet_memory,
     )
+
+
+#: a full SDXL ControlNet's parameters (1.25 billion): "auto" keeps two of them
+_FULL_CONTROLNET_PARAMETERS = 1_251_000_000
+
+
+def _controlnet_budget(text: str, dtype: Any, device_total: int | None) -> int | None:
+    """PICSERVE_CONTROLNET_MEMORY in bytes (None: unbounded); ValueError naming it when mistyped."""
+    if text.strip().lower() == "none":
+        return None
+    if text.strip().lower() == "auto":
+        return 2 * _FULL_CONTROLNET_PARAMETERS * dtype.itemsize
+    try:
+        return admission.parse_amount(text, device_total)
+    except ValueError as exc:
+        raise ValueError(f"PICSERVE_CONTROLNET_MEMORY: {exc}") from None
 
 
 def preload_codes(settings: Settings) -> list[str]:

@@ -21,6 +21,7 @@ if it was aged out meanwhile).
 
 LoRAs are named as the engine's adapters are (`engine/lora/files.py`: 'lora_' + the code with non-word
 characters as '_'), without the prefix: `lora_key(code)`, which create_task also writes on the task.
+Control models (ControlNets) held are listed beside them as `control_key(code)` (`controlnet.<key>`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from picserve.domain import Capacity
+from picserve.tasks.workers import control_key
 
 __all__ = ["WorkerRegistry", "describe_device"]
 
@@ -177,7 +179,8 @@ class WorkerRegistry:
 
     def _hold(self, holdings: Mapping[str, Sequence[str]], capacity: Capacity | None) -> None:
         self.main_models = list(dict.fromkeys(holdings.get("main", ())))
-        self.loras = _held_loras(holdings.get("lora", ()))
+        # LoRAs and control models: what the fetch's affinity matches a task's `loras` against
+        self.loras = _held_loras(holdings.get("lora", ())) + [control_key(c) for c in holdings.get("controlnet", ())]
         self.host_models = list(dict.fromkeys(holdings.get("host", ())))
         if capacity is not None:
             self.capacity = capacity

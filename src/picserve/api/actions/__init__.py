@@ -9,6 +9,7 @@ from picserve import domain, submission
 from picserve.api.actions import (
     cancel_task,
     get_credit_balance,
+    list_controlnets,
     list_models,
     list_running_tasks,
     list_tasks_details,
@@ -25,6 +26,7 @@ Handler = Callable[[Services, domain.Account, Envelope, str], Awaitable[dict[str
 ACTIONS: dict[str, Handler] = {
     "CancelTask": cancel_task.handle,
     "GetCreditBalance": get_credit_balance.handle,
+    "ListControlNets": list_controlnets.handle,
     "ListModels": list_models.handle,
     "ListRunningTasks": list_running_tasks.handle,
     "ListTasksDetails": list_tasks_details.handle,

@@ -153,6 +153,11 @@ export class Client {
     return this.call("ListModels");
   }
 
+  /** ListControlNets: the preprocessors and control models (ControlNets, Unions, IP-Adapters). */
+  listControlNets() {
+    return this.call("ListControlNets");
+  }
+
   getCreditBalance() {
     return this.call("GetCreditBalance");
   }

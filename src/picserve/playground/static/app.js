@@ -2,7 +2,8 @@
 
 import { ApiError, Client, SIGNERS, hasWebCrypto } from "./api.js";
 import { MaskPainter } from "./canvas.js";
-import { $, announce, clamp, h, imageSize, readFile } from "./dom.js";
+import { Controls } from "./control.js";
+import { $, FieldError, announce, clamp, dropTarget, h, imageSize, readFile } from "./dom.js";
 import { Tasks } from "./gallery.js";
 import { SAMPLERS, SIZES } from "./options.js";
 import { extractNetworks, insertWord, renderHighlight } from "./prompt.js";
@@ -25,6 +26,7 @@ const state = {
 let painter;
 let tasks;
 let tools;
+let controls;
 
 /** Smooth scrolling, unless the user asked for less motion. */
 function motion() {
@@ -54,6 +56,11 @@ function controlFor(path, context) {
     [/^Image2Image\.MaskIndex|^ImageAndMaskList\[1\]/, context.hasMask ? "mask-canvas" : "init-image"],
     [/^Image2Image|^ImageAndMaskList/, "init-image"],
   ];
+  // an ImageAndMaskList entry: the control it came from (the init image, its mask, a unit's image or mask)
+  const entry = /^ImageAndMaskList\[(\d+)\]/.exec(path);
+  if (entry && context.owners?.[entry[1]]) return context.owners[entry[1]];
+  const unit = controls.controlFor(path, context.unitKeys);
+  if (unit) return unit;
   const sub = /^SubModelList\[(\d+)\](.*)$/.exec(path);
   if (sub) {
     const row = context.subModels[Number(sub[1])];
@@ -126,13 +133,6 @@ function showApiError(error, context = { subModels: [], hasMask: false }) {
   else fallback.textContent = `${error.message}${error.retCode > 0 ? ` (RetCode ${error.retCode})` : ""}`;
 }
 
-class FieldError extends Error {
-  constructor(id, message) {
-    super(message);
-    this.id = id;
-  }
-}
-
 // ---------------------------------------------------------------- keys and connection
 
 function ownerOf(publicKey) {
@@ -174,6 +174,7 @@ async function connect() {
       clearError($("private-key"));
       fillModels(models);
       tools.setModels(models);
+      await listControlNets(client);
       const count = Object.keys(models.MainModels || {}).length;
       $("connection").textContent = `Connected: ${count} model${count === 1 ? "" : "s"}.`;
       document.documentElement.dataset.connected = "true";
@@ -193,6 +194,15 @@ async function connect() {
     return await state.connecting;
   } finally {
     state.connecting = null;
+  }
+}
+
+/** ListControlNets into the Control section (a server without it still generates: the section says why). */
+async function listControlNets(client) {
+  try {
+    controls.setListing(await client.listControlNets());
+  } catch (error) {
+    controls.setListing(null, `The control models could not be listed: ${error.message}`);
   }
 }
 
@@ -255,6 +265,7 @@ function modelChanged({ applyDefaults = true } = {}) {
   fillSubModelPickers();
   renderSubModels();
   highlightPrompts();
+  controls.refresh();
 }
 
 function fits(sub) {
@@ -508,6 +519,9 @@ function snapshot() {
     referStrength: $("refer-strength").value,
     resizeMode: $("resize-mode").value,
     image: state.init ? state.init.name : null,
+    control: controls.snapshot(),
+    // what the task's control maps are (ImgList after the images): the gallery captions them
+    controlMaps: controls.maps(),
   };
 }
 
@@ -547,22 +561,35 @@ function buildRequest() {
     Tiling: $("tiling").checked,
   };
   let hasMask = false;
+  // ImageAndMaskList: the init image and its mask first, then the control units' images and masks;
+  // owners[i]: the control entry i came from (a refusal naming it is shown there)
+  const images = [];
+  const owners = {};
   if (state.init) {
-    const images = [state.init.dataUrl];
+    images.push(state.init.dataUrl);
+    owners[0] = "init-image";
     if ($("inpaint").checked) {
       const mask = painter.toDataURL();
       if (!mask) throw new FieldError("mask-canvas", "Paint the part of the image to repaint, or untick “Paint a mask”");
       images.push(mask); // the entry after the image is its mask (ImageIndex + 1)
+      owners[1] = "mask-canvas";
       hasMask = true;
     }
-    params.ImageAndMaskList = images;
     params.Image2Image = {
       ImageIndex: 0,
       ReferStrength: number("refer-strength", "Refer strength"),
       ResizeMode: $("resize-mode").value,
     };
   }
-  return { params, context: { subModels, hasMask } };
+  const control = controls.build(images, owners);
+  if (control) {
+    params.ControlNetList = control.units;
+    if (control.returnMaps) params.ReturnControlMaps = true;
+    // with units the mask is named: the entry after the image is taken as its mask only when no unit uses it
+    if (hasMask) params.Image2Image.MaskIndex = 1;
+  }
+  if (images.length) params.ImageAndMaskList = images;
+  return { params, context: { subModels, hasMask, owners, unitKeys: control?.keys || [] } };
 }
 
 async function generate() {
@@ -621,10 +648,12 @@ function reuse(form, seed) {
   if (form.resizeMode) $("resize-mode").value = form.resizeMode;
   renderSubModels();
   highlightPrompts();
+  const lost = controls.restore(form.control);
   $("prompt").focus();
   $("prompt").scrollIntoView({ block: "center", behavior: motion() });
   const image = form.image ? ` The init image (${form.image}) is not kept: choose it again for image to image.` : "";
-  announce(`Settings restored${seed !== undefined ? `, seed ${seed}` : ""}.${image}`);
+  const units = lost ? ` ${lost} control image${lost === 1 ? " is" : "s are"} not kept: choose ${lost === 1 ? "it" : "them"} again.` : "";
+  announce(`Settings restored${seed !== undefined ? `, seed ${seed}` : ""}.${image}${units}`);
 }
 
 function settled(entry) {
@@ -702,29 +731,15 @@ function wire() {
   // the init image: chosen, dropped anywhere on the form, or pasted
   $("init-image").addEventListener("change", () => setInitImage($("init-image").files[0]));
   $("init-remove").addEventListener("click", removeInitImage);
-  const form = $("form");
-  form.addEventListener("dragover", (event) => {
-    if (![...event.dataTransfer.types].includes("Files")) return;
-    event.preventDefault();
-    $("drop-zone").classList.add("dragging");
-  });
-  form.addEventListener("dragleave", (event) => {
-    if (!form.contains(event.relatedTarget)) $("drop-zone").classList.remove("dragging");
-  });
-  form.addEventListener("drop", (event) => {
-    const file = event.dataTransfer.files[0];
-    $("drop-zone").classList.remove("dragging");
-    if (!file) return;
-    event.preventDefault();
-    setInitImage(file);
-  });
+  // (a control unit takes what is dropped on it: dropTarget's innermost target wins)
+  dropTarget($("form"), $("drop-zone"), (files) => setInitImage(files[0]));
   document.addEventListener("paste", (event) => {
     const files = [...(event.clipboardData?.files || [])].filter((f) => f.type.startsWith("image/"));
     if (!files.length) return;
     event.preventDefault();
-    // pasted into the tools panel: its images; anywhere else: the init image
+    // pasted into the tools panel: its images; into a control unit: its image; anywhere else: the init image
     if (tools.owns(event.target)) tools.setFiles(files);
-    else setInitImage(files[0]);
+    else if (!(controls.owns(event.target) && controls.paste(event.target, files[0]))) setInitImage(files[0]);
   });
   painter = new MaskPainter($("mask-canvas"), { onChange: () => clearError($("mask-canvas")) });
   $("inpaint").addEventListener("change", inpaintToggled);
@@ -753,8 +768,15 @@ function watchActionsBar() {
 function start() {
   $("sampler").replaceChildren(...SAMPLERS.map((s) => h("option", { value: s }, s)));
   fillSizes();
+  controls = new Controls({ mainModel: () => $("model").value, showFieldError: (id, message) => showFieldError(id, message), clearError });
   wire();
-  tasks = new Tasks({ onReuse: reuse, onUseAsInput: useAsInput, onSettled: settled, onTool: (kind, source) => tools.fromGallery(kind, source) });
+  tasks = new Tasks({
+    onReuse: reuse,
+    onUseAsInput: useAsInput,
+    onUseAsControl: (source) => controls.fromGallery(source),
+    onSettled: settled,
+    onTool: (kind, source) => tools.fromGallery(kind, source),
+  });
   tools = new Tools({
     client: () => state.client,
     connect,

@@ -59,3 +59,36 @@ export function imageSize(dataUrl) {
     image.src = dataUrl;
   });
 }
+
+/** A problem with one control, found before anything is sent: shown by the control `id`. */
+export class FieldError extends Error {
+  constructor(id, message) {
+    super(message);
+    this.id = id;
+  }
+}
+
+/** Files dropped on `target` go to `onFiles(files)`; `zone` is highlighted while they are dragged over.
+ * Targets may nest (a control unit inside the settings form): the innermost takes the drop, and the
+ * outer ones leave it alone and drop their highlight. */
+export function dropTarget(target, zone, onFiles) {
+  target.addEventListener("dragover", (event) => {
+    if (![...event.dataTransfer.types].includes("Files") || event.dropClaimed) {
+      zone.classList.remove("dragging");
+      return;
+    }
+    event.preventDefault();
+    event.dropClaimed = true;
+    zone.classList.add("dragging");
+  });
+  target.addEventListener("dragleave", (event) => {
+    if (!target.contains(event.relatedTarget)) zone.classList.remove("dragging");
+  });
+  target.addEventListener("drop", (event) => {
+    zone.classList.remove("dragging");
+    if (event.dropClaimed || !event.dataTransfer.files.length) return;
+    event.preventDefault();
+    event.dropClaimed = true;
+    onFiles(event.dataTransfer.files);
+  });
+}

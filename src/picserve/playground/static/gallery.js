@@ -1,7 +1,8 @@
 // This browser's tasks: kept in localStorage (TaskUIDs and the settings that made them, never image
 // bytes), followed with ListTasksDetails while they run, shown as run cards, then in the gallery.
 // Generations and the tools' tasks (an upscale, a cut-out: `form.tool`) alike; every finished image
-// can be upscaled or cut out in turn, named by its TaskUID.
+// can be upscaled or cut out in turn, named by its TaskUID. A generation's control maps (ReturnControlMaps:
+// ImgList's entries after its SeedList's images) are shown too, marked as such.
 
 import { ApiError } from "./api.js";
 import { announce, h } from "./dom.js";
@@ -88,10 +89,19 @@ function forget(entries) {
   }
 }
 
+/** A control map's caption: "control map · unit 1 · canny → tiny-canny". */
+function mapCaption(map) {
+  if (!map) return "control map";
+  const pre = map.pre && map.pre !== "none" ? `${map.pre} → ` : "";
+  return `control map · unit ${map.unit} · ${pre}${map.model}`;
+}
+
 export class Tasks {
-  constructor({ onReuse, onUseAsInput, onSettled, onTool }) {
+  constructor({ onReuse, onUseAsInput, onUseAsControl, onSettled, onTool }) {
     this.onReuse = onReuse;
     this.onUseAsInput = onUseAsInput;
+    /** `onUseAsControl({ ref, url, name, map })`: a gallery image as a control unit's image */
+    this.onUseAsControl = onUseAsControl;
     this.onSettled = onSettled;
     /** `onTool("upscale" | "cutout", { ref, label, button })`: a gallery image's tool buttons */
     this.onTool = onTool;
@@ -229,15 +239,21 @@ export class Tasks {
       preview: detail.PreviewImage || this.live.get(uid)?.preview || null,
     });
     const seeds = detail.SeedList && detail.SeedList.length ? detail.SeedList : null;
+    const before = this.entries().find((e) => e.uid === uid);
+    const urls = detail.ImgList || [];
+    // the images first (one per seed), then the control maps (ReturnControlMaps), one per unit that ran
+    const maps = before?.form?.controlMaps?.length || 0;
+    const count = seeds ? seeds.length : Math.max(0, urls.length - maps);
     const change = {
       status: detail.Status,
-      images: (detail.ImgList || []).map((url, i) => ({ url, seed: seeds ? seeds[i] : (detail.Seed ?? 0) + i })),
+      images: urls.map((url, i) =>
+        i < count ? { url, seed: seeds ? seeds[i] : (detail.Seed ?? 0) + i } : { url, map: i - count },
+      ),
       error: detail.ErrorMassage || "",
       warnings: detail.Warnings || [],
       cost: detail.ConsumeApiPoint || 0,
       prompt: detail.Prompt || "",
     };
-    const before = this.entries().find((e) => e.uid === uid);
     const entry = this.update(uid, change);
     if (entry && TERMINAL.has(entry.status) && before && !TERMINAL.has(before.status)) {
       this.live.delete(uid);
@@ -248,8 +264,10 @@ export class Tasks {
   settled(entry) {
     const title = describe(entry.form, 40);
     if (entry.status === "Finished") {
-      const n = entry.images.length;
-      announce(`Finished: ${n} image${n === 1 ? "" : "s"} for “${title}”.`);
+      const maps = entry.images.filter((i) => i.map !== undefined).length;
+      const n = entry.images.length - maps;
+      const also = maps ? ` and ${maps} control map${maps === 1 ? "" : "s"}` : "";
+      announce(`Finished: ${n} image${n === 1 ? "" : "s"}${also} for “${title}”.`);
     } else if (entry.status === "Canceled") announce(`Canceled: “${title}”.`);
     else announce(`Failed: ${entry.error || entry.status}.`);
     this.renderGallery();
@@ -406,24 +424,39 @@ export class Tasks {
         ),
       ];
     }
-    const several = entry.images.length > 1;
+    const several = entry.images.filter((i) => i.map === undefined).length > 1;
     return entry.images.map((image, index) => {
-      const dataset = { uid: entry.uid, index: String(index), status: "Finished", tool };
-      if (!tool) dataset.seed = String(image.seed);
-      const item = h("li", { class: `shot${tool ? ` ${tool}` : ""}`, dataset });
-      const name = `picserve-${entry.uid}-${index + 1}.png`;
+      // a control map (ReturnControlMaps): what the ControlNet saw, not an image of the prompt
+      const isMap = image.map !== undefined;
+      const map = isMap ? form.controlMaps?.[image.map] || null : null;
+      const dataset = { uid: entry.uid, index: String(index), status: "Finished", tool, map: isMap ? String(image.map) : null };
+      if (!tool && !isMap) dataset.seed = String(image.seed);
+      const item = h("li", { class: `shot${tool ? ` ${tool}` : ""}${isMap ? " control-map" : ""}`, dataset });
+      const name = `picserve-${entry.uid}-${index + 1}${isMap ? "-control-map" : ""}.png`;
       // what this image is, for its alt text and for the tasks made from it
       const source = form.sources?.[index] ?? form.source;
       const label = tool
         ? describe({ ...form, source }, 60)
-        : `${excerpt(form.prompt, 40)}${several ? ` #${index + 1}` : ""}`;
-      const img = h("img", { alt: tool ? label : `${excerpt(form.prompt, 60)} (seed ${image.seed})`, loading: "lazy", decoding: "async" });
-      const open = h("a", { class: "thumb", href: image.url, target: "_blank", rel: "noopener", title: "Open full size" }, img);
-      const about = tool ? toolCaption(form) : `seed ${image.seed} · ${form.model || ""}`;
+        : isMap
+          ? `${mapCaption(map)}: ${excerpt(form.prompt, 40)}`
+          : `${excerpt(form.prompt, 40)}${several ? ` #${index + 1}` : ""}`;
+      const alt = tool
+        ? label
+        : isMap
+          ? `Control map of unit ${map?.unit ?? image.map + 1}${map?.pre && map.pre !== "none" ? ` (${map.pre})` : ""} for “${excerpt(form.prompt, 60)}”`
+          : `${excerpt(form.prompt, 60)} (seed ${image.seed})`;
+      const img = h("img", { alt, loading: "lazy", decoding: "async" });
+      const open = h(
+        "a",
+        { class: "thumb", href: image.url, target: "_blank", rel: "noopener", title: "Open full size" },
+        img,
+        isMap ? h("span", { class: "badge map-badge", "aria-hidden": "true" }, "Control map") : null,
+      );
+      const about = tool ? toolCaption(form) : isMap ? mapCaption(map) : `seed ${image.seed} · ${form.model || ""}`;
       const known = tool ? (form.tool === "upscale" && form.width ? `${form.width}×${form.height} · ` : "") : `${form.width}×${form.height} · `;
       const caption = h("figcaption", {}, `${known}${about}`);
       const parameters = h("pre", { class: "parameters" }, "Reading the image's parameters…");
-      const details = tool ? null : h("details", { class: "params" }, h("summary", {}, "Parameters"), parameters);
+      const details = tool || isMap ? null : h("details", { class: "params" }, h("summary", {}, "Parameters"), parameters);
       const download = h(
         "a",
         { class: "button icon small", href: image.url, download: name, "aria-label": "Download", title: "Download" },
@@ -439,8 +472,21 @@ export class Tasks {
         { type: "button", class: "secondary small", onclick: () => this.onUseAsInput(image.url, name) },
         "Use as input",
       );
+      // the image (by its TaskUID) as a control unit's image; a control map as a ready-made map
+      const useAsControl = this.onUseAsControl
+        ? h(
+            "button",
+            {
+              type: "button",
+              class: "secondary small",
+              title: isMap ? "A control unit with this map, ready-made (no preprocessor)" : "A control unit with this image",
+              onclick: () => this.onUseAsControl({ ref: `task:${entry.uid}/${index}`, url: image.url, name, map: isMap ? map || {} : null }),
+            },
+            "Use as control",
+          )
+        : null;
       let tiles = null;
-      if (form.tiling) {
+      if (form.tiling && !isMap) {
         const grid = h("div", { class: "tile-grid", role: "img", "aria-label": "The image repeated 2 × 2, to check its seams" });
         for (let i = 0; i < 4; i++) grid.append(h("img", { alt: "" }));
         tiles = h("details", { class: "tiles", open: true }, h("summary", {}, "Seams (2 × 2)"), grid);
@@ -460,7 +506,7 @@ export class Tasks {
       );
       item.append(
         h("figure", {}, open, caption),
-        h("div", { class: "shot-actions" }, tool ? null : reuse(image.seed), useAsInput, download, full, remove()),
+        h("div", { class: "shot-actions" }, tool || isMap ? null : reuse(image.seed), useAsInput, useAsControl, download, full, remove()),
         tools,
       );
       if (details) item.append(details);
@@ -483,7 +529,7 @@ export class Tasks {
           item.dataset.height = String(result.png.height);
         }
         parameters.textContent = text || "This image carries no parameters (or they could not be read).";
-        if (text) {
+        if (text && !isMap) {
           const fields = parseInfotext(text).fields;
           if (fields.Seed) item.dataset.seed = fields.Seed;
         }

@@ -3,7 +3,7 @@
 // takes the bytes from its own store. The tools panel sends images of this device as base64 data URIs.
 // Their tasks are followed and shown by gallery.js like generations (`form.tool` says which).
 
-import { $, announce, h, imageSize, readFile } from "./dom.js";
+import { $, announce, dropTarget, h, imageSize, readFile } from "./dom.js";
 
 /** The upscaler that is no model: a plain resample, always available. */
 export const LANCZOS = "Lanczos";
@@ -358,20 +358,9 @@ export class Tools {
     panel.addEventListener("input", (event) => this.clearError(event.target));
     panel.addEventListener("change", (event) => this.clearError(event.target));
     // files dropped anywhere on the panel
-    panel.addEventListener("dragover", (event) => {
-      if (![...event.dataTransfer.types].includes("Files")) return;
-      event.preventDefault();
-      $("tools-drop").classList.add("dragging");
-    });
-    panel.addEventListener("dragleave", (event) => {
-      if (!panel.contains(event.relatedTarget)) $("tools-drop").classList.remove("dragging");
-    });
-    panel.addEventListener("drop", (event) => {
-      $("tools-drop").classList.remove("dragging");
-      if (!event.dataTransfer.files.length) return;
-      event.preventDefault();
+    dropTarget(panel, $("tools-drop"), (files) => {
       panel.open = true;
-      this.setFiles(event.dataTransfer.files);
+      this.setFiles(files);
     });
   }
 }
