@@ -217,3 +217,15 @@ def test_a_union_model_loads_the_same_from_a_single_file_and_a_folder(engine):
         for code in ("tiny-union", "tiny-union-folder")
     }
     assert same(*(run(engine, [u], [edges()], steps=3) for u in units.values()))
+
+
+def test_an_ip_adapter_unit_with_a_mask_acts_where_it_is_white(engine):
+    reference = Image.fromarray(np.random.default_rng(3).integers(0, 255, (48, 48, 3), np.uint8))
+    plain = run(engine)
+    ip = {"model_code": "tiny-ip-adapter", "model_type": "ipadapter", "weight": 1.5}
+    everywhere = run(engine, [unit(**ip)], [reference])
+    masked = run(engine, [unit(**ip, mask_index=1)], [reference, half_mask()])
+    inverted = run(engine, [unit(**ip, mask_index=1, invert_mask=True)], [reference, half_mask()])
+    assert not same(masked, everywhere) and not same(masked, inverted) and not same(masked, plain)
+    moved = np.abs(arr(masked.images[0]) - arr(plain.images[0])).sum(axis=2)
+    assert moved[:, :32].mean() > moved[:, 32:].mean()  # the white (left) half moves more

@@ -126,10 +126,10 @@ def test_the_units_offer_what_list_controlnets_lists(page, server, pictures):
     expect(control_type).to_be_visible()
     expect(pre).to_have_value("canny")
     assert [o[1] for o in options(control_type)][:2] == ["From the preprocessor (canny)", "openpose"]
-    model.select_option("tiny-ip-adapter")  # a reference image: no preprocessor, no mask
+    model.select_option("tiny-ip-adapter")  # a reference image: no preprocessor; a mask limits where it acts
     expect(first.locator(".badge")).to_have_text("Reference")
     expect(pre).to_be_hidden()
-    expect(first.get_by_label("Mask (optional)", exact=True)).to_be_hidden()
+    expect(first.get_by_label("Mask (optional)", exact=True)).to_be_visible()
     expect(first.get_by_label("Control mode", exact=True)).to_be_hidden()
     expect(first.get_by_label("Reference image", exact=True)).to_be_visible()
 

@@ -48,6 +48,7 @@ __all__ = [
     "load",
     "pipeline_class",
     "shapers",
+    "unit_mask",
 ]
 
 log = logging.getLogger(__name__)
@@ -470,18 +471,24 @@ def prepare(spec: domain.GenerationSpec, width: int, height: int, make_map: MapM
         if unit.preprocessor != "none":
             image = make_map(unit.preprocessor, image, dict(unit.preprocessor_params))
         maps.append(control_image(image, width, height, unit.resize_mode))
-        mask = None
-        if unit.mask_index is not None:
-            drawn = decoded(spec, unit.mask_index, f"ControlNetList[{i}] mask")
-            mask = reference_images.mask_for(drawn, width, height, unit.resize_mode)
-            if unit.invert_mask:
-                from PIL import ImageOps
-
-                mask = ImageOps.invert(mask)
-        masks.append(mask)
+        masks.append(unit_mask(spec, unit, i, width, height))
         units.append(unit)
         numbered.append((i, unit))
     return Control(units, maps, masks, numbered)
+
+
+def unit_mask(
+    spec: domain.GenerationSpec, unit: domain.ControlUnit, i: int, width: int, height: int
+) -> Image.Image | None:
+    """Unit `i`'s mask (white: where it acts) at width×height by its resize mode, inverted if asked; None
+    when it has none."""
+    if unit.mask_index is None:
+        return None
+    from PIL import ImageOps
+
+    drawn = decoded(spec, unit.mask_index, f"ControlNetList[{i}] mask")
+    mask = reference_images.mask_for(drawn, width, height, unit.resize_mode)
+    return ImageOps.invert(mask) if unit.invert_mask else mask
 
 
 def decoded(spec: domain.GenerationSpec, index: int, what: str) -> Image.Image:

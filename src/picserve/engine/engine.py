@@ -180,8 +180,9 @@ class Engine:
         ):
             return self._generate(spec, on_step or _no_progress, on_preview)
 
-    def _references(self, spec: domain.GenerationSpec) -> list[ipadapter.Reference]:
-        """The spec's IP-Adapter units as references: the adapter file, its image encoder, the image."""
+    def _references(self, spec: domain.GenerationSpec, width: int, height: int) -> list[ipadapter.Reference]:
+        """The spec's IP-Adapter units as references: the adapter file, its image encoder, the image, and
+        its mask at the generation's size (width×height)."""
         out = []
         for i, unit in enumerate(spec.control_units):
             if unit.model_type != "ipadapter":
@@ -192,7 +193,10 @@ class Engine:
                     f"IP-Adapter {unit.model_code!r} (or its image encoder) is no longer installed; install it again"
                 )
             image = controlnet.decoded(spec, unit.image_index, f"ControlNetList[{i}] image")
-            out.append(ipadapter.Reference(entry.path, entry.image_encoder, image, unit.weight, unit.start, unit.end))
+            mask = controlnet.unit_mask(spec, unit, i, width, height)
+            out.append(
+                ipadapter.Reference(entry.path, entry.image_encoder, image, unit.weight, unit.start, unit.end, mask)
+            )
         return out
 
     def _free_memory(self) -> None:
@@ -262,7 +266,7 @@ class Engine:
         )
         if not plan.fits or plan.chunk < min(len(seeds), self.max_chunk) or plan.slice_vae:
             log.info("task plan for %d×%d ×%d on %s: %s", width, height, len(seeds), device, plan)
-        references = self._references(spec)
+        references = self._references(spec, width, height)
         # 4. LoRAs, embeddings and hypernetworks, and IP-Adapters, for this request only; the model is
         #    restored afterwards.
         with (

@@ -92,6 +92,10 @@ class Reference:
     #: the step range, fractions of the steps run (`guided`)
     start: float = 0.0
     end: float = 1.0
+    #: where the reference acts (white), at the generation's size; None: everywhere. diffusers'
+    #: IP-Adapter attention masks (IPAdapterMaskProcessor): the reference's attention output is weighted
+    #: by the mask, downsampled to each attention layer's size
+    mask: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,18 @@ class _Held:
     version: tuple[Any, ...]
 
 
+def _mask_tensor(mask: Image.Image | None) -> torch.Tensor | None:
+    """A reference's mask as diffusers' attention processors take it: (1, 1, height, width), binarised."""
+    if mask is None:
+        return None
+    from diffusers.image_processor import IPAdapterMaskProcessor
+
+    tensor: torch.Tensor = IPAdapterMaskProcessor().preprocess(
+        [mask.convert("L")], height=mask.height, width=mask.width
+    )
+    return tensor
+
+
 def guided(step: int, steps: int, start: float, end: float) -> bool:
     """Whether step `step` (0-based) of `steps` is inside the range [start, end] (fractions of the steps):
     i/n ≥ start and (i+1)/n ≤ end, as diffusers' `control_guidance_start/end` and picserve's ControlNet
@@ -148,7 +164,12 @@ class Applied:
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        return {"ip_adapter_image_embeds": self.embeds} if self.embeds else {}
+        if not self.embeds:
+            return {}
+        masks = [_mask_tensor(r.mask) for r in self.references]
+        if all(m is None for m in masks):
+            return {"ip_adapter_image_embeds": self.embeds}
+        return {"ip_adapter_image_embeds": self.embeds, "cross_attention_kwargs": {"ip_adapter_masks": masks}}
 
     def scales(self, step: int, steps: int) -> list[float]:
         """Each installed unit's scale at `step` of `steps`: its weight where its range guides, else 0."""

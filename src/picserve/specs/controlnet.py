@@ -146,14 +146,12 @@ def _preprocessor(
 
 
 def _check_reference_unit(field: str, unit: messages.ControlNet, preprocessor: str) -> None:
-    """An IP-Adapter unit: its image is the reference itself (no preprocessor), applied everywhere."""
+    """An IP-Adapter unit: its image is the reference itself (no preprocessor)."""
     if preprocessor != "none":
         raise errors.ParamError(
             f"{field}.PreProcessor.ModelCode {preprocessor!r}: an IP-Adapter reads the reference image as it is; "
             "leave PreProcessor out (or use none)"
         )
-    if unit.MaskIndex is not None:
-        raise errors.ParamError(f"{field}.MaskIndex: an IP-Adapter unit applies to the whole image; leave it out")
 
 
 def _control_type(field: str, entry: catalog_module.Entry, params: dict[str, Any], preprocessor: str) -> str | None:

@@ -502,7 +502,7 @@ export class Controls {
     refs.resize.value = unit.resize;
     refs.modes.hidden = reference;
     refs.invert.checked = unit.invert;
-    refs.maskZone.hidden = reference;
+    refs.maskZone.hidden = false; // a reference's mask limits where it acts, as a ControlNet unit's
     refs.imageLabel.textContent = reference ? "Reference image" : "Control image";
     refs.imageHint.textContent = reference
       ? "Choose, drop or paste the image whose look the generation should take."
@@ -689,7 +689,7 @@ export class Controls {
         }
       }
       const entry = { ImageIndex: index(unit.image, id("image")) };
-      if (kind !== "reference" && unit.mask) {
+      if (unit.mask) {
         entry.MaskIndex = index(unit.mask, id("mask"));
         entry.InvertMask = unit.invert;
       }
