@@ -27,6 +27,26 @@ SDXL_CONTROLNET = {
     "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight": (640, 2048),
 }
 SDXL_UNION = {**SDXL_CONTROLNET, "task_embedding": (8, 320)}
+#: h94's ip-adapter-plus_sdxl_vit-h, header only: a Resampler (16 queries of 1280, ViT-H's hidden states in)
+#: and keys and values for two cross-attentions of SDXL's 2048-wide context
+SDXL_IP_ADAPTER_PLUS = {
+    "image_proj.latents": (1, 16, 1280),
+    "image_proj.proj_in.weight": (1280, 1280),
+    "image_proj.proj_in.bias": (1280,),
+    "image_proj.proj_out.weight": (2048, 1280),
+    "image_proj.proj_out.bias": (2048,),
+    "image_proj.norm_out.weight": (2048,),
+    "image_proj.norm_out.bias": (2048,),
+    "image_proj.layers.0.0.to_q.weight": (1280, 1280),
+    **{f"ip_adapter.{n}.to_{kv}_ip.weight": (640, 2048) for n in (1, 3) for kv in "kv"},
+}
+#: the config.json of h94's models/image_encoder (OpenCLIP ViT-H/14)
+VIT_H = {
+    "architectures": ["CLIPVisionModelWithProjection"],
+    "hidden_size": 1280,
+    "projection_dim": 1024,
+    "image_size": 224,
+}
 SD1_CONTROLNET = {
     "control_model.input_hint_block.0.weight": (16, 3, 3, 3),
     "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768),
@@ -278,13 +298,10 @@ def test_refusals_name_the_field(controls, params, message):
 # --- IP-Adapters: ControlNetList units, and ApplyReferenceStyle ------------------------------------------
 @pytest.fixture
 def styles(control_settings):
-    from tests.engine.ipadapter_files import write_image_encoder, write_ip_adapter
-
     root = control_settings.models_dir
-    write_ip_adapter(
-        root / "ipadapter" / "ip-adapter-plus_sdxl_vit-h.safetensors", plus=True, cross_attention=2048, layers=(64,) * 2
-    )
-    write_image_encoder(root / "image_encoder" / "vit-h")
+    write_header(root / "ipadapter" / "ip-adapter-plus_sdxl_vit-h.safetensors", SDXL_IP_ADAPTER_PLUS)
+    (root / "image_encoder" / "vit-h").mkdir(parents=True)  # h94's models/image_encoder: its config is read
+    (root / "image_encoder" / "vit-h" / "config.json").write_text(json.dumps(VIT_H))
     with open_stack(control_settings) as opened:
         yield opened
 
