@@ -142,6 +142,7 @@ class Catalog:
         self._scanned_at = float("-inf")
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}  # kind → code → entry
         self._infos: dict[_FileVersion, modelinfo.Info] = {}  # files are read once per version
+        self._adapters: dict[_FileVersion, ipadapter_info.Info] = {}  # IP-Adapters' own facts, likewise
         self._seen: set[_FileVersion] = set()  # the file versions met by the scan under way
 
     @classmethod
@@ -158,6 +159,7 @@ class Catalog:
                 self._seen = set()
                 self._entries = {k: self._scan(k) for k in KINDS}
                 self._infos = {key: info for key, info in self._infos.items() if key in self._seen}
+                self._adapters = {key: facts for key, facts in self._adapters.items() if key in self._seen}
                 self._scanned_at = time.monotonic()
             return self._entries[kind]
 
@@ -212,7 +214,7 @@ class Catalog:
         info = self._inspect(kind, path if not config else path.parent / config)
         encoder = None
         if kind == "ipadapter":
-            encoder, problem = _image_encoder(path, self.models_dir, meta.get("ImageEncoder"))
+            encoder, problem = _image_encoder(self._adapter_facts(path), self.models_dir, meta.get("ImageEncoder"))
             info = dataclasses.replace(info, problem=info.problem or problem)
         if kind == "main" and config and path.is_file():  # what only the file itself says
             own = self._inspect(kind, path)
@@ -270,8 +272,18 @@ class Catalog:
         key = (kind, str(path), stat.st_mtime_ns, stat.st_size)
         self._seen.add(key)  # versions no longer on disk are dropped after the scan
         if key not in self._infos:
-            self._infos[key] = ipadapter_info.model_info(path) if kind == "ipadapter" else modelinfo.inspect(kind, path)
+            if kind == "ipadapter":  # its facts are kept too: they choose its image encoder
+                self._adapters[key] = ipadapter_info.inspect_file(path)
+                self._infos[key] = ipadapter_info.model_info(self._adapters[key])
+            else:
+                self._infos[key] = modelinfo.inspect(kind, path)
         return self._infos[key]
+
+    def _adapter_facts(self, path: Path) -> ipadapter_info.Info:
+        """What `_inspect` read of the IP-Adapter at `path` (this version of it), read once per version."""
+        self._inspect("ipadapter", path)
+        stat = path.stat()
+        return self._adapters[("ipadapter", str(path), stat.st_mtime_ns, stat.st_size)]
 
 
 #: rembg's session family of a background model, by a word in its file name (the first match wins)
@@ -331,11 +343,10 @@ def _preprocessor_of(code: str, meta: dict[str, Any], info: modelinfo.Info) -> s
     return next((pre for word, pre in _PREPROCESSOR_HINTS if word in lowered), None)
 
 
-def _image_encoder(adapter: Path, models_dir: Path, named: Any) -> tuple[Path | None, str | None]:
-    """An IP-Adapter's image encoder folder (models/image_encoder/NAME): the sidecar's `ImageEncoder`,
-    else the first whose widths fit; and why it has none (None: it has one)."""
+def _image_encoder(facts: ipadapter_info.Info, models_dir: Path, named: Any) -> tuple[Path | None, str | None]:
+    """An IP-Adapter's (`facts`) image encoder folder (models/image_encoder/NAME): the sidecar's
+    `ImageEncoder`, else the first whose widths fit; and why it has none (None: it has one)."""
     folder = models_dir / "image_encoder"
-    facts = ipadapter_info.inspect_file(adapter)
     if facts.problem:
         return None, facts.problem
     if named:

@@ -164,17 +164,14 @@ def inspect_file(path: Path) -> Info:
     return inspect(shapes)
 
 
-def model_info(path: Path) -> Any:
-    """What the catalog lists of the IP-Adapter at `path` (a modelinfo.Info): the cross-attention width
-    it fits (its base model), or why it cannot run."""
+def model_info(facts: Info) -> Any:
+    """What the catalog lists of an IP-Adapter (a modelinfo.Info) from `inspect`'s facts: the
+    cross-attention width it fits (its base model), or why it cannot run."""
     from picserve import modelinfo
 
-    facts = inspect_file(path)
     dims = {"cross": (facts.cross_attention,)} if facts.cross_attention else {}
-    base = {768: "SD1", 1024: "SD2", 2048: "SDXL"}.get(facts.cross_attention or 0)
-    if base is None and facts.cross_attention:
-        base = f"custom (cross-attention {facts.cross_attention})"
-    return modelinfo.Info(base=base or "unknown", dims=dims, problem=facts.problem, control="ipadapter")
+    base = modelinfo.base_of_cross(facts.cross_attention)
+    return modelinfo.Info(base=base, dims=dims, problem=facts.problem, control="ipadapter")
 
 
 def read_encoder(folder: Path) -> EncoderInfo:

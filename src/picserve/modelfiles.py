@@ -258,8 +258,7 @@ def _classified(
         adapter: dict[str, Any] = {"type": facts.kind, "encoder": facts.encoder, "tokens": facts.tokens}
         if facts.problem:
             adapter["problem"] = facts.problem
-        base = {768: "SD1", 1024: "SD2", 2048: "SDXL"}.get(facts.cross_attention or 0, "unknown")
-        return Inspection(**common, kind=kind, base=base, details=adapter)
+        return Inspection(**common, kind=kind, base=modelinfo.base_of_cross(facts.cross_attention), details=adapter)
     if kind == "vae":  # SDXL's and SD1's VAEs have the same shapes: the base cannot be told
         channels = next((s[1] for n, s in names.items() if n == "decoder.conv_in.weight" and len(s) > 1), None)
         return Inspection(**common, kind=kind, details={"latent_channels": channels})

@@ -33,6 +33,7 @@ __all__ = [
     "Info",
     "ToolFacts",
     "allowed_global",
+    "base_of_cross",
     "compatible",
     "inspect",
     "misfit",
@@ -253,6 +254,11 @@ def _base(dims: dict[str, Any]) -> str:
         cross = (te1 or 0) + te2
     if cross is None and te1 is not None:
         cross = te1
+    return base_of_cross(cross)
+
+
+def base_of_cross(cross: int | None) -> str:
+    """The base model family a UNet cross-attention width means ("SDXL" for 2048, …); "unknown" for None."""
     if cross is None:
         return "unknown"
     return _BASES.get(cross) or f"custom (cross-attention {cross})"

@@ -208,7 +208,8 @@ def test_ip_adapter_units_guide_by_a_reference_and_leave_no_trace(engine):
     both = run(engine, [ip, plus, unit(image_index=1)], [reference, edges()])  # two references and a ControlNet
     assert not same(both, guided)
     assert same(run(engine), plain)  # the UNet's attention is as it was
-    assert "tiny-ip-adapter" in engine.holdings()["controlnet"]
+    held = engine.holdings()["controlnet"]
+    assert "tiny-ip-adapter" in held and "tiny-vit-h" not in held  # adapters by ModelCode; their encoder is no model
 
 
 def test_a_union_model_loads_the_same_from_a_single_file_and_a_folder(engine):

@@ -151,7 +151,7 @@ def test_the_model_runs_at_its_real_scale_as_many_passes_as_the_target_needs(eng
     # 3 passes cover 300×270 from 40×36 at ×2; each later one starts from the least size it needs:
     # 80×72 → 75×68 (→ 150×136 covers 300×270 after one more), 150×136 → 150×135 (→ 300×270)
     assert tiles == [(36, 40), (68, 75), (135, 150)]
-    assert upscale.passes_for((40, 36), (4096, 4096), 2) == upscale.MAX_PASSES  # then Lanczos the rest
+    assert domain.upscale_passes((40, 36), (4096, 4096), 2) == domain.UPSCALE_MAX_PASSES  # then Lanczos the rest
 
 
 @pytest.mark.parametrize(

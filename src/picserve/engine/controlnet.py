@@ -25,13 +25,15 @@ they are summed, the way A1111's sd-webui-controlnet does:
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -153,7 +155,7 @@ def load(entry: catalog_module.Entry, unet_config: Any, dtype: torch.dtype, devi
 
     try:
         if entry.path.is_dir():
-            config = _read_json(entry.path / "config.json")
+            config = json.loads((entry.path / "config.json").read_text())
             cls = ControlNetUnionModel if config.get("_class_name") == "ControlNetUnionModel" else ControlNetModel
             model = cls.from_pretrained(entry.path, torch_dtype=dtype, local_files_only=True)
         else:
@@ -173,12 +175,10 @@ def _from_single_file(entry: catalog_module.Entry, unet_config: Any, dtype: torc
 
     state = load_file(str(entry.path)) if entry.path.suffix == ".safetensors" else _pickled(entry.path)
     if any(k.startswith(("control_model.", "input_blocks.")) for k in state):  # original (ldm) layout
-        import tempfile
-
         config = _derived_config(ControlNetModel, unet_config, {}) if entry.config is None else None
         with tempfile.TemporaryDirectory(prefix="picserve-controlnet-") as folder:
             if config is not None:
-                (Path(folder) / "config.json").write_text(_json(config))
+                (Path(folder) / "config.json").write_text(json.dumps(config, default=list))
             return ControlNetModel.from_single_file(
                 str(entry.path), config=str(entry.config or folder), torch_dtype=dtype, local_files_only=True
             )
@@ -253,19 +253,6 @@ def _derived_config(cls: Any, unet_config: Any, shapes: dict[str, tuple[int, ...
     return config
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    result: dict[str, Any] = json.loads(path.read_text())
-    return result
-
-
-def _json(data: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(data, default=list)
-
-
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300] or type(exc).__name__
 
@@ -329,18 +316,28 @@ def _resized(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class _Shaping:
-    """The per-unit forward of `ShapedControlNets` (both the plain and the Union multi-model)."""
+    """The per-unit forward of `ShapedControlNets`, for the plain and the Union multi-model alike: the
+    pipelines call it with one list per unit for each name in `per_unit` (the Union's also carry its
+    control types), and the rest shared by every unit."""
 
     nets: Any
     unit_shapers: list[Shaper | None]
+    #: the arguments that hold one value per unit
+    per_unit: ClassVar[tuple[str, ...]] = ("controlnet_cond", "conditioning_scale")
+    #: the Union's nets are told they run in a multi-model
+    from_multi: ClassVar[bool] = False
 
-    def _run_units(self, per_unit: dict[str, list[Any]], shared: dict[str, Any]) -> tuple[Any, Any]:
+    def forward(self, sample: Any, timestep: Any, **given: Any) -> tuple[Any, Any]:
+        lists = {name: given.pop(name) for name in self.per_unit}
+        shared = {**given, "sample": sample, "timestep": timestep}
+        if self.from_multi:
+            shared["from_multi"] = True
         down_total: list[torch.Tensor] | None = None
         mid_total: torch.Tensor | None = None
         for i, (net, shape) in enumerate(zip(self.nets, self.unit_shapers, strict=True)):
-            if per_unit["conditioning_scale"][i] == 0.0:
+            if lists["conditioning_scale"][i] == 0.0:
                 continue  # outside its step range (or weight 0): not run, as A1111 skips it
-            down, mid = net(**{name: values[i] for name, values in per_unit.items()}, **shared)
+            down, mid = net(**{name: values[i] for name, values in lists.items()}, **shared)
             if shape is not None:
                 down, mid = shape(list(down), mid)
             if down_total is None or mid_total is None:
@@ -355,42 +352,12 @@ def _shaped_classes() -> tuple[Any, Any]:
     from diffusers.models import MultiControlNetModel
     from diffusers.models.controlnets.multicontrolnet_union import MultiControlNetUnionModel
 
-    class Shaped(_Shaping, MultiControlNetModel):
-        def forward(  # type: ignore[override]
-            self,
-            sample: Any,
-            timestep: Any,
-            encoder_hidden_states: Any,
-            controlnet_cond: list[Any],
-            conditioning_scale: list[float],
-            **shared: Any,
-        ) -> Any:
-            per_unit = {"controlnet_cond": controlnet_cond, "conditioning_scale": conditioning_scale}
-            shared.update(sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states)
-            return self._run_units(per_unit, shared)
+    class Shaped(_Shaping, MultiControlNetModel):  # type: ignore[misc]
+        pass
 
-    class ShapedUnion(_Shaping, MultiControlNetUnionModel):
-        def forward(  # type: ignore[override]
-            self,
-            sample: Any,
-            timestep: Any,
-            encoder_hidden_states: Any,
-            controlnet_cond: list[Any],
-            control_type: list[Any],
-            control_type_idx: list[list[int]],
-            conditioning_scale: list[float],
-            **shared: Any,
-        ) -> Any:
-            per_unit = {
-                "controlnet_cond": controlnet_cond,
-                "control_type": control_type,
-                "control_type_idx": control_type_idx,
-                "conditioning_scale": conditioning_scale,
-            }
-            shared.update(
-                sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states, from_multi=True
-            )
-            return self._run_units(per_unit, shared)
+    class ShapedUnion(_Shaping, MultiControlNetUnionModel):  # type: ignore[misc]
+        per_unit = ("controlnet_cond", "control_type", "control_type_idx", "conditioning_scale")
+        from_multi = True
 
     return Shaped, ShapedUnion
 

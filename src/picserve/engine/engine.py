@@ -109,7 +109,6 @@ class Engine:
         self.preprocessors = preprocess.Preprocessors(catalog.models_dir, self.pipelines.device)
         #: IP-Adapters and their image encoders (ControlNetList units whose model is an IP-Adapter)
         self.ipadapters = ipadapter.IPAdapters()
-        self.catalog = catalog
         #: held for a whole generation: one at a time per engine (see the class docstring)
         self._generating = threading.Lock()
 
@@ -124,7 +123,7 @@ class Engine:
             "upscale": self.upscalers.loaded(),
             "background": self.segmenters.loaded(),
             # control models: ControlNets and IP-Adapters (by ModelCode, their file's name)
-            "controlnet": [*self.controlnets.loaded(), *(Path(p).stem for p in self.ipadapters.loaded())],
+            "controlnet": [*self.controlnets.loaded(), *(Path(p).stem for p in self.ipadapters.loaded("adapter"))],
         }
 
     def capacity(self) -> Capacity:
@@ -187,7 +186,7 @@ class Engine:
         for i, unit in enumerate(spec.control_units):
             if unit.model_type != "ipadapter":
                 continue
-            entry = self.catalog.get("ipadapter", unit.model_code)
+            entry = self.pipelines.catalog.get("ipadapter", unit.model_code)
             if entry is None or entry.image_encoder is None:
                 raise errors.ModelLoadError(
                     f"IP-Adapter {unit.model_code!r} (or its image encoder) is no longer installed; install it again"

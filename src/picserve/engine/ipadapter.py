@@ -231,10 +231,11 @@ class IPAdapters:
         self._lock = threading.Lock()
 
     # --- the cache --------------------------------------------------------------------------------
-    def loaded(self) -> list[str]:
-        """The paths of the adapters and encoders held, least recently used first."""
+    def loaded(self, kind: str | None = None) -> list[str]:
+        """The paths of the adapters and encoders held (`kind` "adapter" or "encoder": those only), least
+        recently used first."""
         with self._lock:
-            return [key[1] for key in self._held]
+            return [key[1] for key in self._held if kind in (None, key[0])]
 
     @property
     def nbytes(self) -> int:

@@ -44,7 +44,6 @@ from picserve.engine.base import Generated, GenerationEngine, PreviewCallback, S
 
 __all__ = [
     "DEFAULT_BUDGET",
-    "MAX_PASSES",
     "MIN_TILE",
     "OVERLAP",
     "TILE_SIZES",
@@ -53,7 +52,6 @@ __all__ = [
     "compute_dtype",
     "infotext",
     "load_descriptor",
-    "passes_for",
     "plan_passes",
     "plan_tile",
     "resize",
@@ -71,8 +69,6 @@ TILE_SIZES = (512, 384, 256, 192, 128, 64)
 MIN_TILE = 64
 #: input pixels adjacent tiles share (ComfyUI's 32), at most a quarter of the tile
 OVERLAP = 32
-#: model passes at most per image (a 4× model: 64×; whatever is left is Lanczos)
-MAX_PASSES = domain.UPSCALE_MAX_PASSES
 #: a preview's longest side
 PREVIEW_SIDE = 256
 #: a tile's share of its activation estimate that must fit the device's free memory (the rest: headroom)
@@ -439,14 +435,9 @@ def _to_image(tensor: torch.Tensor) -> Image.Image:
     return Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy(), "RGB")
 
 
-def passes_for(source: tuple[int, int], target: tuple[int, int], scale: int) -> int:
-    """Model passes that make `source` cover `target` both ways at `scale` (domain.upscale_passes: the
-    spec's work counts the same)."""
-    return domain.upscale_passes(source, target, scale)
-
-
 def plan_passes(source: tuple[int, int], target: tuple[int, int], scale: int) -> list[tuple[int, int]]:
-    """The input size of each model pass (`passes_for` of them) from `source` towards `target`.
+    """The input size of each model pass (`domain.upscale_passes` of them: the spec's work counts the same)
+    from `source` towards `target`.
 
     The first pass takes the image as it is, except a side longer than the target's, brought down to the
     target's (the model has nothing to add there). A later pass takes the one before's output brought
@@ -455,7 +446,7 @@ def plan_passes(source: tuple[int, int], target: tuple[int, int], scale: int) ->
     follow the requested size (1000×1023 to 4096² with a 4× model: 4000×4092, then 1024² → 4096²,
     not 16000×16368). An extreme change of aspect ratio pays for this on the side that needed little.
     """
-    count = passes_for(source, target, scale)
+    count = domain.upscale_passes(source, target, scale)
     width, height = min(source[0], target[0]), min(source[1], target[1])
     sizes = [(width, height)]
     for left in range(count - 1, 0, -1):
@@ -478,7 +469,7 @@ def resize(
 
     No model (`model_code` None), or a target no larger than the image both ways: a Lanczos resample.
     Else the model's passes at its real scale (the loaded model's, not the catalog's guess) until the
-    image covers the target both ways (at most MAX_PASSES; sizes by `plan_passes`), then Lanczos to the
+    image covers the target both ways (at most domain.UPSCALE_MAX_PASSES; sizes by `plan_passes`), then Lanczos to the
     target. When the aspect ratio changes, the image is stretched to the target (nothing is cropped or
     padded). RGBA keeps its alpha (resized with Lanczos beside the model's RGB); grey images go through
     the model as RGB and come back RGB. `on_step` gets the fraction done after each tile, each pass

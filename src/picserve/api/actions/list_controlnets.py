@@ -18,7 +18,7 @@ import asyncio
 from typing import Any
 
 from picserve import catalog as catalog_module
-from picserve import domain, modelinfo, preprocessors
+from picserve import domain, preprocessors
 from picserve.protocol import messages
 from picserve.protocol.envelope import Envelope
 from picserve.services import Services
@@ -88,11 +88,7 @@ def _control_model(entry: catalog_module.Entry, catalog: catalog_module.Catalog,
         "InferenceParams": {**_CONTROL_DEFAULTS, **entry.inference_params},
         "Type": {"union": "ControlNetUnion", "ipadapter": "IPAdapter"}.get(entry.info.control or "", "ControlNet"),
         "BaseModel": entry.info.base,
-        "CompatibleMainModels": [
-            code
-            for code, main in catalog.entries("main").items()
-            if not entry.info.problem and modelinfo.compatible(main.info, entry.info, "controlnet")
-        ],
+        "CompatibleMainModels": catalog.compatible_mains(entry),  # none for a file with a problem
         "PreProcessors": pairs,
     }
     if union:

@@ -4,11 +4,10 @@
 // IP-Adapter (ListControlNets' `Type: "IPAdapter"`) takes it as a reference image, as it is. What a unit
 // may name comes from ListControlNets; its images go after the img2img image and mask in the request.
 
-import { $, FieldError, announce, dropTarget, h, imageSize, readFile } from "./dom.js";
+import { $, FieldError, announce, dropTarget, h, readImage } from "./dom.js";
 
 /** ControlNetList's limit, and so the section's */
 export const MAX_UNITS = 3;
-const TYPES = new Set(["image/png", "image/jpeg", "image/webp"]);
 
 /** A control model's InferenceParams when ListControlNets gives none (PICPIK's example, §6.2). */
 const CONTROL_DEFAULTS = { ControlWeight: 1, StartingStep: 0, EndingStep: 1, ControlMode: "Balanced", ResizeMode: "ResizeAndFill" };
@@ -537,15 +536,8 @@ export class Controls {
     const input = which === "mask" ? unit.refs.mask : unit.refs.image;
     this.clearError(input);
     try {
-      if (!file || !TYPES.has(file.type)) throw new Error(`${file ? file.name : "That"} is not a PNG, JPEG or WebP image`);
-      const dataUrl = await readFile(file);
-      let size;
-      try {
-        size = await imageSize(dataUrl);
-      } catch (error) {
-        throw new Error(`${file.name}: ${error.message}`);
-      }
-      unit[which] = { data: dataUrl, src: dataUrl, name: file.name, ...size };
+      const { dataUrl, ...read } = await readImage(file);
+      unit[which] = { data: dataUrl, src: dataUrl, ...read };
     } catch (error) {
       input.value = "";
       this.showFieldError(input.id, error.message);

@@ -60,6 +60,21 @@ export function imageSize(dataUrl) {
   });
 }
 
+/** The image types the API takes (PNG, JPEG, WebP), by their MIME types. */
+export const IMAGE_TYPES = new Set(["image/png", "image/jpeg", "image/webp"]);
+
+/** A chosen image file read for a request: { name, dataUrl, width, height }. Rejects with a message
+ * naming the file when it is not a PNG, JPEG or WebP image, or the browser cannot decode it. */
+export async function readImage(file) {
+  if (!file || !IMAGE_TYPES.has(file.type)) throw new Error(`${file ? file.name : "That"} is not a PNG, JPEG or WebP image`);
+  const dataUrl = await readFile(file);
+  try {
+    return { name: file.name, dataUrl, ...(await imageSize(dataUrl)) };
+  } catch (error) {
+    throw new Error(`${file.name}: ${error.message}`);
+  }
+}
+
 /** A problem with one control, found before anything is sent: shown by the control `id`. */
 export class FieldError extends Error {
   constructor(id, message) {

@@ -3,13 +3,12 @@
 // takes the bytes from its own store. The tools panel sends images of this device as base64 data URIs.
 // Their tasks are followed and shown by gallery.js like generations (`form.tool` says which).
 
-import { $, announce, dropTarget, h, imageSize, readFile } from "./dom.js";
+import { $, IMAGE_TYPES, announce, dropTarget, h, readImage } from "./dom.js";
 
 /** The upscaler that is no model: a plain resample, always available. */
 export const LANCZOS = "Lanczos";
 /** RemoveBackgroundsInBatch's limit, and so the panel's */
 export const MAX_IMAGES = 16;
-const TYPES = new Set(["image/png", "image/jpeg", "image/webp"]);
 
 /** An earlier result, named instead of sent: the `index`-th image (0-based) of a finished task. */
 export function taskRef(uid, index) {
@@ -185,19 +184,10 @@ export class Tools {
     try {
       if (!files.length) throw new Error("Choose an image (PNG, JPEG or WebP)");
       if (files.length > MAX_IMAGES) throw new Error(`${files.length} files: at most ${MAX_IMAGES} at a time`);
-      const bad = files.find((f) => !TYPES.has(f.type));
-      if (bad) throw new Error(`${bad.name} is not a PNG, JPEG or WebP image`);
+      const bad = files.find((f) => !IMAGE_TYPES.has(f.type));
+      if (bad) throw new Error(`${bad.name} is not a PNG, JPEG or WebP image`); // before reading any
       const read = [];
-      for (const file of files) {
-        const dataUrl = await readFile(file);
-        let size;
-        try {
-          size = await imageSize(dataUrl);
-        } catch (error) {
-          throw new Error(`${file.name}: ${error.message}`);
-        }
-        read.push({ name: file.name, dataUrl, ...size });
-      }
+      for (const file of files) read.push(await readImage(file));
       this.files = read;
     } catch (error) {
       this.files = [];
