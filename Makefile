@@ -96,7 +96,8 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench
 
 # Benchmarks are run by hand; their numbers go to docs/performance.md.
-# Not in this target (full-size SDXL, ~7 min and 16 GiB on a 2-core CPU): bench/controlnet.py, ControlNet/IP-Adapter cost.
+# Not in this target (full-size SDXL, on a 2-core CPU): bench/controlnet.py, ControlNet/IP-Adapter cost
+# (~7 min, 16 GiB); bench/hires.py, hires fix 2048² against a single pass (~26 min, 15 GiB).
 bench: $(STAMP)
 	$(BIN)/python bench/sizes.py --models-dir .bench-models
 	$(BIN)/python bench/submodels.py

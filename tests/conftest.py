@@ -179,10 +179,14 @@ LONGEST_FIRST = (
     "engine/test_model_files.py",  # 54 s
     "engine/test_fp16.py",  # 53 s
     "engine/test_failures.py",  # 50 s
-    "acceptance/test_readme.py",  # about 110 s (the tools and ControlNet examples too)
+    "acceptance/test_readme.py",  # about 160 s (the tools, ControlNet and edits examples too)
+    "engine/test_hires.py",  # about 45 s
     "engine/test_controlnet.py",  # about 35 s
+    "engine/test_masked_edit.py",  # about 35 s
+    "playground/test_edit.py",  # about 27 s (its own server)
     "engine/test_tool_tasks.py",  # about 20 s
     "engine/test_memory.py",  # 47 s
+    "engine/test_erase.py",  # about 16 s (a full-size LaMa)
     "engine/test_ipadapter.py",  # about 15 s
     "engine/test_preprocess.py",  # about 12 s
     "integration/test_run_state_machine.py",  # 32 s
@@ -247,18 +251,37 @@ def models_dir(request) -> Path:
     """A models folder holding the tiny SDXL, as a single file and as a diffusers folder (and tiny LoRAs,
     embeddings and a hypernetwork), built once into pytest's cache and reused by later runs.
 
-    Safe with parallel workers (pytest-xdist) and concurrent runs: built under a file lock, and marked
-    complete last; a folder without the mark (a run killed while building) is built again from scratch."""
-    root = Path(request.config.cache.mkdir("picserve-models"))
-    with _locked(root.parent / "picserve-models.lock"):
+    Safe with parallel workers (pytest-xdist) and concurrent runs: built under a file lock into a staging
+    folder of this process, marked complete, and only then renamed into place, so the folder is either
+    absent or complete (a run killed while building leaves only its staging folder, removed by the next).
+    The image tools' and control models are added to it afterwards, each file only when missing."""
+    base = Path(request.config.cache.mkdir("picserve-test-models"))
+    root = base / "models"
+    with _locked(base / "models.lock"):
         if not (root / _MODELS_COMPLETE).exists():
-            shutil.rmtree(root, ignore_errors=True)
-            root.mkdir(parents=True)
-            _build_models(root)
-            (root / _MODELS_COMPLETE).write_text("")
+            for stale in [root, *base.glob("building-*")]:  # a killed run's staging (none builds now: the lock)
+                _clear(stale)
+            staging = base / f"building-{os.getpid()}"
+            staging.mkdir()
+            try:
+                _build_models(staging)
+                (staging / _MODELS_COMPLETE).write_text("")
+                staging.rename(root)
+            finally:
+                _clear(staging)
         _add_tool_models(root)  # a cache built before the image tools gets them too
         _add_control_models(root)
     return root
+
+
+def _clear(path: Path) -> None:
+    """Remove the folder `path` if it is there; what could not be removed is named, with why."""
+    if not path.exists():
+        return
+    failures: list[str] = []
+    shutil.rmtree(path, onerror=lambda _function, name, info: failures.append(f"{name}: {info[1]}"))
+    if path.exists():
+        raise RuntimeError(f"cannot remove the test models folder {path}: {'; '.join(failures[:5]) or 'unknown'}")
 
 
 def _build_models(root: Path) -> None:
@@ -291,15 +314,20 @@ def _build_models(root: Path) -> None:
 
 
 def _add_tool_models(root: Path) -> None:
-    """ResizeImage's and RemoveBackground's tiny models: a Real-ESRGAN Compact ×4 and an ONNX segmenter."""
+    """ResizeImage's, RemoveBackground's and RemoveContents' models: a tiny Real-ESRGAN Compact ×4, a tiny
+    ONNX segmenter and a random LaMa (LaMa has one size: 100 MB, written once per cache)."""
     upscaler, segmenter = root / "upscale" / "4x-tiny-compact.pth", root / "background" / "u2net-tiny.onnx"
-    if upscaler.exists() and segmenter.exists():
-        return
-    from tests.engine.onnx_files import write_tiny_segmenter
-    from tests.engine.upscale_files import write_compact
+    eraser = root / "inpaint" / "lama-tiny-random.safetensors"
+    if not (upscaler.exists() and segmenter.exists()):
+        from tests.engine.onnx_files import write_tiny_segmenter
+        from tests.engine.upscale_files import write_compact
 
-    write_compact(upscaler)
-    write_tiny_segmenter(segmenter)
+        write_compact(upscaler)
+        write_tiny_segmenter(segmenter)
+    if not eraser.exists():
+        from tests.engine.lama_files import write_lama
+
+        write_lama(eraser)
 
 
 def _add_control_models(root: Path) -> None:

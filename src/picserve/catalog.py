@@ -7,6 +7,7 @@
     models/vae/NAME.safetensors       a VAE (original or diffusers layout), or NAME/ a diffusers VAE folder
     models/upscale/NAME.{pth,safetensors,pt,ckpt,bin}   an upscaler spandrel loads (ESRGAN, SwinIR, …)
     models/background/NAME.onnx       a segmentation model rembg runs (BiRefNet, ISNet, U²-Net, …)
+    models/inpaint/NAME.{pth,safetensors,pt,ckpt}   an eraser spandrel loads (LaMa): RemoveContents
     models/controlnet/NAME.safetensors   an SDXL ControlNet or ControlNet-Union, or NAME/ a diffusers folder
     models/ipadapter/NAME.safetensors    an SDXL IP-Adapter (h94's .safetensors or .bin), whose CLIP image
     models/image_encoder/NAME/           encoder is a folder here (its sidecar's `ImageEncoder`, else the one
@@ -20,8 +21,9 @@ for a file that has no `v_pred`/`ztsnr` keys. A VAE is per main model, never a p
 An upscaler's sidecar gives its `Architecture` and `Scale` (`picserve models add` writes them, from
 spandrel's detection; without a sidecar the scale is read from the file name, `4x_…` or `…_x2`); a
 background model's gives its rembg `Session` (the model family, which decides the input size and
-normalisation; without a sidecar, from the file name). `Default: true` in a sidecar makes that upscaler
-or background model the one requests that name none get (else PICSERVE_DEFAULT_UPSCALER /
+normalisation; without a sidecar, from the file name); an eraser's its `Architecture` (without a
+sidecar, LaMa when its file name says `lama`). `Default: true` in a sidecar makes that upscaler,
+background model or eraser the one requests that name none get (else PICSERVE_DEFAULT_UPSCALER /
 PICSERVE_DEFAULT_BACKGROUND_MODEL, else the only one installed).
 No torch here.
 
@@ -56,11 +58,23 @@ __all__ = [
     "session_in_name",
 ]
 
-KINDS = ("main", "lora", "embedding", "hypernetwork", "vae", "upscale", "background", "controlnet", "ipadapter")
+KINDS = (
+    "main",
+    "lora",
+    "embedding",
+    "hypernetwork",
+    "vae",
+    "upscale",
+    "background",
+    "inpaint",
+    "controlnet",
+    "ipadapter",
+)
 #: the kinds a ControlNetList unit's ControlModel names: ControlNets (and Unions), IP-Adapters
 CONTROL_KINDS = ("controlnet", "ipadapter")
-#: the kinds of the image tools' models (not SDXL's): ResizeImage's upscalers, RemoveBackground's models
-TOOL_KINDS = ("upscale", "background")
+#: the kinds of the image tools' models (not SDXL's): ResizeImage's upscalers, RemoveBackground's models,
+#: RemoveContents' erasers
+TOOL_KINDS = ("upscale", "background", "inpaint")
 #: the kinds a request's SubModelList names
 SUB_MODEL_KINDS = ("lora", "embedding", "hypernetwork")
 #: the file suffixes listed per kind (the first: what `models add` files a new one as)
@@ -72,6 +86,7 @@ SUFFIXES = {
     "vae": (".safetensors",),
     "upscale": (".pth", ".safetensors", ".pt", ".ckpt", ".bin"),
     "background": (".onnx",),
+    "inpaint": (".pth", ".safetensors", ".pt", ".ckpt"),
     "controlnet": (".safetensors", ".pth", ".bin"),
     "ipadapter": (".safetensors", ".bin"),
 }
@@ -299,14 +314,17 @@ _SESSION_HINTS = (
 
 
 def _tool_fields(kind: str, code: str, meta: dict[str, Any], info: modelinfo.Info) -> dict[str, Any]:
-    """An upscaler's architecture and scale, or a background model's session family: its sidecar's
-    word, else its file name's."""
+    """An upscaler's architecture and scale, an eraser's architecture, or a background model's session
+    family: its sidecar's word, else its file name's."""
     fields: dict[str, Any] = {}
-    if kind == "upscale":
+    if kind == "inpaint":
+        named = meta.get("Architecture") or ("LaMa" if "lama" in code.lower() else None)
+        fields["architecture"] = str(named) if named else None
+    elif kind == "upscale":
         scale = meta.get("Scale")
         fields["architecture"] = str(meta["Architecture"]) if meta.get("Architecture") else None
         fields["scale"] = int(scale) if isinstance(scale, int | float) and scale >= 1 else modelinfo.scale_in_name(code)
-    else:
+    elif kind == "background":
         fields["session"] = str(meta.get("Session") or session_in_name(code) or "u2net")
     return fields
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 __all__ = [
     "HAIR_OPTIONS",
+    "NO_MARGINS",
     "SAMPLER_NAMES",
     "SPEC_TYPES",
     "UPSCALE_MAX_PASSES",
@@ -23,7 +24,9 @@ __all__ = [
     "Capacity",
     "ControlUnit",
     "CutoutSpec",
+    "EraseSpec",
     "GenerationSpec",
+    "Hires",
     "Needs",
     "RequestId",
     "Requeue",
@@ -100,6 +103,25 @@ class ControlUnit:
 
 
 @dataclass(frozen=True)
+class Hires:
+    """Hires fix (A1111's `enable_hr`): the image is made at `width`×`height` first (a size the model is
+    good at), upscaled to the spec's size, and denoised again there by img2img."""
+
+    #: the first pass's size (a multiple of 8, below the spec's)
+    width: int
+    height: int
+    #: "Latent" (the latents upscaled, bilinear), "Lanczos", or an upscaler's ModelCode (models/upscale)
+    upscaler: str = "Latent"
+    #: the second pass's steps (img2img: int(steps × strength) of them run) and its denoising strength
+    steps: int = 10
+    strength: float = 0.7
+
+
+#: outpainting margins (left, top, right, bottom) of a spec that adds none
+NO_MARGINS = (0, 0, 0, 0)
+
+
+@dataclass(frozen=True)
 class GenerationSpec:
     """A fully validated generation request: everything the engine needs, nothing else."""
 
@@ -136,6 +158,26 @@ class GenerationSpec:
     control_images_keys: tuple[str | None, ...] = ()
     #: the units' control maps are stored after the images (AI Horde's return_control_map)
     return_control_maps: bool = False
+    #: hires fix: a first pass at a smaller size, upscaled, and a second pass at width×height
+    hires: Hires | None = None
+    #: inpainting: the mask inverted (black = repaint), and feathered by a Gaussian blur of this radius
+    #: in px (A1111's mask blur): the result is blended into the image by the blurred mask, and pixels
+    #: where it is 0 are the input's, bit for bit
+    invert_mask: bool = False
+    mask_blur: int = 0
+    #: inpainting: "whole" (the whole image is generated) or "masked" (A1111's "inpaint area: only
+    #: masked": the mask's box plus `masked_padding` px, generated at about `masked_resolution`² px and
+    #: pasted back)
+    inpaint_area: str = "whole"
+    masked_padding: int = 32
+    masked_resolution: int = 1024
+    #: outpainting: px added (left, top, right, bottom); the image, fitted to the rest of width×height,
+    #: sits inside them; the margins are pre-filled from the image's edges and repainted
+    outpaint: tuple[int, int, int, int] = NO_MARGINS
+    #: inpainting: an image (fitted to the image's size) whose content starts the masked region instead of
+    #: the image's own (ModifyMaskedPixels' Image2Image naming another entry), and its key while queued
+    fill_image: str | None = None
+    fill_image_key: str | None = None
     #: the prompts as the client sent them, before any translation
     original_prompt: str | None = None
     original_negative_prompt: str | None = None
@@ -143,8 +185,9 @@ class GenerationSpec:
 
     #: the task kind (the engine pipeline that runs it) and the version of this spec's stored form
     kind: ClassVar[str] = "generation"
-    #: 2: ControlNet units (a version-1 row reads as a spec without them)
-    version: ClassVar[int] = 2
+    #: 2: ControlNet units (a version-1 row reads as a spec without them); 3: hires fix, mask blur and
+    #: inversion, only-masked inpainting, outpainting (an earlier row reads as a spec without them)
+    version: ClassVar[int] = 3
 
     @property
     def mode(self) -> str:
@@ -171,6 +214,9 @@ class GenerationSpec:
         data["control_units"] = tuple(ControlUnit(**u) for u in data.get("control_units", ()))
         for name in ("control_images", "control_images_keys"):
             data[name] = tuple(data.get(name, ()))
+        hires = data.get("hires")
+        data["hires"] = Hires(**hires) if hires else None
+        data["outpaint"] = tuple(data.get("outpaint", NO_MARGINS))
         return cls(**data)
 
     def needs(self) -> Needs:
@@ -181,8 +227,16 @@ class GenerationSpec:
         )
 
     def work(self) -> int:
-        """Pixels × steps × images."""
-        return self.width * self.height * self.steps * self.batch_size
+        """Pixels × steps × images (of both passes, with hires fix; of the generated crop when only the
+        masked region is)."""
+        width, height = self.width, self.height
+        if self.inpaint_area == "masked" and self.mode == "inpaint":
+            width = height = min(self.masked_resolution, max(width, height))
+        if self.hires is None:
+            return width * height * self.steps * self.batch_size
+        first = self.hires.width * self.hires.height * self.steps
+        second = width * height * max(1, int(self.hires.steps * self.hires.strength))
+        return (first + second) * self.batch_size
 
     def cost(self, divisor: int) -> int:
         """Credits: pixels × steps × images / divisor, at least 1."""
@@ -377,8 +431,51 @@ class CutoutSpec:
         return sum(max(1, math.ceil(w * h / divisor)) for w, h in self.sizes)
 
 
+@dataclass(frozen=True)
+class EraseSpec:
+    """RemoveContents with an eraser (models/inpaint: a LaMa-family model spandrel loads): what the mask
+    covers is removed and filled from its surroundings, with no prompt. (Without an eraser installed,
+    RemoveContents is a GenerationSpec: an SDXL inpainting pass, specs/remove_contents.py.)"""
+
+    #: the image's size, read at submit
+    width: int
+    height: int
+    #: the eraser (models/inpaint)
+    model_code: str
+    #: the mask inverted (black = erase), and feathered by a Gaussian blur of this radius in px: pixels
+    #: where the blurred mask is 0 are the input's, bit for bit
+    invert_mask: bool = False
+    mask_blur: int = 12
+    #: the image and its mask (white = erase), base64 as received, and their store keys while queued
+    image: str | None = None
+    image_key: str | None = None
+    mask: str | None = None
+    mask_key: str | None = None
+
+    kind: ClassVar[str] = "erase"
+    version: ClassVar[int] = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any], version: int = 1) -> EraseSpec:
+        return cls(**(json.loads(text) if isinstance(text, str) else dict(text)))
+
+    def needs(self) -> Needs:
+        return Needs()
+
+    def work(self) -> int:
+        return self.width * self.height
+
+    def cost(self, divisor: int) -> int:
+        """Credits: the image's pixels / divisor (1 per megapixel by default), at least 1."""
+        return max(1, math.ceil(self.width * self.height / divisor))
+
+
 register_spec(UpscaleSpec)
 register_spec(CutoutSpec)
+register_spec(EraseSpec)
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,11 @@ Then its tensor names say its kind, and modelinfo's widths its base model:
                   task_embedding: a ControlNet-Union
     ipadapter     image_proj.… and ip_adapter.<n>.to_k_ip… (h94's IP-Adapter files)       → ipadapter/
 
-An image tool's file (an upscaler, an ONNX segmentation model) says what it is only when loaded: `add`
-and the CLI's `models info` take an `identify` function for that (engine/toolfiles.identify, which
-loads it with spandrel or onnxruntime) and file it as `upscale/` or `background/`, its architecture and
-scale, or its rembg session, written in its sidecar.
+An image tool's file (an upscaler, an eraser such as LaMa, an ONNX segmentation model) says what it is
+only when loaded: `add` and the CLI's `models info` take an `identify` function for that
+(engine/toolfiles.identify, which loads it with spandrel or onnxruntime) and file it as `upscale/`,
+`inpaint/` or `background/`, its architecture (and an upscaler's scale) or its rembg session written in
+its sidecar.
 
 No torch here: the API process imports none.
 """
@@ -156,7 +157,7 @@ def unfit(inspection: Inspection, kind: str | None) -> str | None:
     if kind is None:
         return (
             "its tensor names are none of a main model, LoRA, embedding, hypernetwork or VAE, and it is no "
-            "upscaler or segmentation model (pass --kind)"
+            "upscaler, eraser or segmentation model (pass --kind)"
         )
     suffix = _suffix_for(inspection, kind)
     if suffix is None:
@@ -508,7 +509,7 @@ def add(
     """Fetch a model file (http(s) URL or local path), check it, and file it as `<models_dir>/<kind>/<code><suffix>`
     with a sidecar `<code>.json` (Source, Sha256, TriggerWordList; keys already there are kept).
 
-    `identify` (engine/toolfiles.identify) tells an upscaler or a segmentation model by loading it;
+    `identify` (engine/toolfiles.identify) tells an upscaler, an eraser or a segmentation model by loading it;
     without it, only SDXL's kinds are recognised.
 
     Raises errors.PullError with a one-line message for every refusal; nothing is left in the models
@@ -674,7 +675,7 @@ def _file(
     meta.update({k: v for k, v in facts.items() if force or k not in meta})
     if inspection.trigger_words and "TriggerWordList" not in meta:
         meta["TriggerWordList"] = list(inspection.trigger_words)
-    if kind in catalog.TOOL_KINDS:  # Architecture and Scale, or Session: what the catalog lists it by
+    if kind in catalog.TOOL_KINDS:  # Architecture (and Scale), or Session: what the catalog lists it by
         found = inspection.details.get("sidecar", {})
         meta.update({k: v for k, v in found.items() if force or k not in meta})
     try:

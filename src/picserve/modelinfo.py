@@ -82,12 +82,13 @@ class Info:
 
 @dataclass(frozen=True)
 class ToolFacts:
-    """What a model file of an image tool is (an upscaler spandrel loads, a segmentation model rembg
-    runs), as engine/toolfiles.py finds out by loading it: `models add` files it by these."""
+    """What a model file of an image tool is (an upscaler or an eraser spandrel loads, a segmentation
+    model rembg runs), as engine/toolfiles.py finds out by loading it: `models add` files it by these."""
 
-    #: "upscale" or "background"; None when neither library takes the file (`problem` says why)
+    #: "upscale", "inpaint" or "background"; None when no library takes the file (`problem` says why)
     kind: str | None
-    #: what the sidecar records: Architecture and Scale (upscalers), Session (background models)
+    #: what the sidecar records: Architecture and Scale (upscalers), Architecture (erasers), Session
+    #: (background models)
     sidecar: dict[str, Any] = field(default_factory=dict)
     #: more to show in `models info` (purpose, inputs, parameters)
     details: dict[str, Any] = field(default_factory=dict)
@@ -192,7 +193,7 @@ def inspect(kind: str, path: Path) -> Info:
         return Info(problem=f"unreadable {path.suffix} file: {exc}")
     if kind == "controlnet":
         return _controlnet(shapes, path)
-    if kind == "upscale":  # what it is, spandrel says when a worker (or `models add`) loads it
+    if kind in ("upscale", "inpaint"):  # what it is, spandrel says when a worker (or `models add`) loads it
         return Info(storage_dtype=_storage_dtype(path)) if shapes else Info(problem=f"{path.name} holds no tensors")
     dims_of = {
         "main": _main_dims,

@@ -36,7 +36,7 @@ from pydantic import BaseModel
 from picserve import chaining, domain
 from picserve.protocol import messages
 from picserve.services import Services
-from picserve.specs import cutout, generation, reference_style, upscale
+from picserve.specs import cutout, generation, masked_edit, reference_style, remove_contents, upscale
 from picserve.webhooks import rules
 
 __all__ = ["KINDS", "Kind", "find_repeat", "submit"]
@@ -64,6 +64,12 @@ KINDS: dict[str, Kind] = {
     ),
     "ApplyReferenceStyle": Kind(
         messages.ApplyReferenceStyle, reference_style.from_request, generation.check_memory, ("ImageList",)
+    ),
+    "ModifyMaskedPixels": Kind(
+        messages.ModifyMaskedPixels, masked_edit.from_request, generation.check_memory, ("ImageAndMaskList",)
+    ),
+    "RemoveContents": Kind(
+        messages.RemoveContents, remove_contents.from_request, remove_contents.check_memory, ("RawImage", "Mask")
     ),
     "ResizeImage": Kind(messages.ResizeImage, upscale.from_request, image_fields=("Image",)),
     "RemoveBackground": Kind(messages.RemoveBackground, cutout.from_request, image_fields=("RawImage",)),

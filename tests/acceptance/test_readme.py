@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -227,3 +228,66 @@ def test_the_controlnet_example_guides_by_canny_and_restyles_by_reference(server
                 assert unit_text in result.text["parameters"]
             else:  # the raw image by img2img, the style by the default IP-Adapter
                 assert "Model: tiny-ip-adapter, Weight: 0.5" in result.text["parameters"]
+
+
+def test_the_edits_example_and_the_same_chain_as_signed_raw_json(server, tmp_path):
+    base, key, _ = server
+    ran = run_python(readme_block("edits"), base, key, tmp_path)
+    big, mended, erased = (Image.open(tmp_path / line) for line in ran.stdout.split())
+    assert big.size == mended.size == erased.size == (768, 512)
+    assert "Hires upscaler: Latent" in big.text["parameters"] and "First pass size: 384x256" in big.text["parameters"]
+    assert "Inpaint area: Only masked" in mended.text["parameters"]
+    assert "Postprocess erase: lama-tiny-random" in erased.text["parameters"]  # the installed eraser
+    # every pixel outside the feathered masks is the hires image's, bit for bit
+    kept = np.ones((512, 768), bool)
+    kept[180 - 80 : 330 + 80, 300 - 80 : 420 + 80] = False  # the feathers' reach (the erase's: 2 × 12 + 3 × 12)
+    before, after = (np.asarray(i.convert("RGB")) for i in (big, erased))
+    assert np.array_equal(before[kept], after[kept]) and not np.array_equal(before, after)
+
+    # the same chain through signed raw JSON: a hires generation, an only-masked edit of it, an erase
+    (tmp_path / "sign.py").write_text(readme_block("signer"))
+    submit, poll = shell_commands(readme_block("curl"))
+    env = reader_env(base, key)
+    example = """'{"MainModel": {"ModelCode": "picserve-tiny"}, "PositivePrompts": ["a red fox"]}'"""
+
+    def signed(action: str, body: dict[str, object]) -> str:
+        (tmp_path / "body.json").write_text(json.dumps(body))
+        command = submit.replace("GenerateImagesSDXL", action).replace(example, '"$(cat body.json)"')
+        submitted = run_shell(command, base, env, tmp_path)
+        assert submitted["RetCode"] == 0, submitted
+        return str(submitted["TaskUID"])
+
+    def finished(uid: str) -> dict[str, object]:
+        for _ in range(600):
+            [detail] = run_shell(poll.replace("TASKUID", uid), base, env, tmp_path)["TaskDetailList"]  # type: ignore[misc]
+            if detail["Status"] in ("Finished", "Error", "Canceled"):
+                break
+            time.sleep(0.5)
+        assert detail["Status"] == "Finished", detail
+        return detail  # type: ignore[no-any-return]
+
+    mask = Image.new("L", (256, 192))
+    mask.paste(255, (100, 60, 160, 120))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    mask_b64 = base64.b64encode(buffer.getvalue()).decode()
+    model = {"ModelCode": "picserve-tiny"}
+    fix = {"Upscaler": "Lanczos", "DenoisingStrength": 0.5}
+    hires = signed("GenerateImagesSDXL", {"MainModel": model, "PositivePrompts": ["a lighthouse"], "Width": 256,
+                                          "Height": 192, "Seed": 4, "HiresFix": fix})  # fmt: skip
+    finished(hires)
+    mended = signed("ModifyMaskedPixels", {"MainModel": model, "PositivePrompts": ["a boat"],
+                    "ImageAndMaskList": [f"task:{hires}/0", mask_b64],
+                    "Masked": {"ImageIndex": 0, "MaskIndex": 1, "MaskBlur": 4, "InpaintArea": "OnlyMasked",
+                               "OnlyMaskedResolution": 256}})  # fmt: skip
+    finished(mended)
+    erased = signed("RemoveContents", {"RawImage": f"task:{mended}/0", "Mask": mask_b64, "MaskBlur": 4})
+    detail = finished(erased)
+    assert detail["Action"] == "RemoveContents"
+    with httpx.Client() as http:
+        images = [Image.open(io.BytesIO(http.get(finished(uid)["ImgList"][0]).content)) for uid in (hires, erased)]  # type: ignore[index]
+    assert [i.size for i in images] == [(256, 192), (256, 192)]
+    kept = np.ones((192, 256), bool)
+    kept[60 - 32 : 120 + 32, 100 - 32 : 160 + 32] = False
+    first, last = (np.asarray(i.convert("RGB")) for i in images)
+    assert np.array_equal(first[kept], last[kept])

@@ -16,7 +16,7 @@ from picserve.api import openapi
 from picserve.api.actions import ACTIONS
 from picserve.protocol import signature
 from picserve.protocol.envelope import COMMON_FIELDS
-from picserve.sdk import Client, control_unit, task_image
+from picserve.sdk import Client, control_unit, hires_fix, masked_edit, task_image
 from tests.api.conftest import MODEL, request
 
 #: the actions of the spec's generation 2 that picserve serves, and picserve's own
@@ -24,6 +24,7 @@ SPEC_ACTIONS = {
     *("GenerateImagesSDXL", "ListModels", "ListControlNets", "ListTasksDetails", "ListRunningTasks"),
     "GetCreditBalance",
     *("ResizeImage", "RemoveBackground", "RemoveBackgroundsInBatch", "ApplyReferenceStyle"),
+    *("ModifyMaskedPixels", "RemoveContents"),
 }
 EXTENSION_ACTIONS = {"CancelTask"}
 #: the actions whose reply is a TaskUID
@@ -33,6 +34,8 @@ TASK_ACTIONS = {
     "ResizeImage",
     "RemoveBackground",
     "RemoveBackgroundsInBatch",
+    "ModifyMaskedPixels",
+    "RemoveContents",
 }
 #: GenerateImagesSDXL's fields as the spec lists them: §1.1 (common), §5 without UseMainModelVAE, §6.4
 SPEC_GENERATE_FIELDS = {
@@ -167,6 +170,7 @@ def sdk_bodies() -> dict[str, dict[str, Any]]:
         NegativePrompts=["blurry"],
         BatchSize=2,
         Tiling=True,
+        HiresFix=hires_fix("Lanczos", 10, 0.5, (512, 512)),
     )
     client.call(  # no SDK method yet: the body as a client sends it
         "ApplyReferenceStyle",
@@ -191,6 +195,11 @@ def sdk_bodies() -> dict[str, dict[str, Any]]:
     client.remove_backgrounds_in_batch(
         RawImages=[image, task_image("ckti5nf2h4keq8mr9n00", 1)], ForegroundThreshold=200
     )
+    client.modify_masked_pixels(
+        **request(Width=None, Height=None),
+        **masked_edit(image, image, only_masked=True, padding=16, outpaint=(8, 0, 8, 0), strength=0.8),
+    )
+    client.remove_contents(RawImage=task_image("ckti5nf2h4keq8mr9n00"), Mask=image, MaskBlur=4, EraseModel="big-lama")
     return sent
 
 

@@ -172,3 +172,49 @@ def test_the_image_tools_kinds_round_trip_and_their_image_lists_are_stashed_and_
             assert all(store.get(key) is None for key in cut.spec.images_keys if key)
 
     asyncio.run(main())
+
+
+def test_the_erase_kind_and_a_masked_edit_round_trip_with_their_images_stashed(
+    backend_factory: BackendFactory,
+) -> None:
+    """EraseSpec (RemoveContents with an eraser) and a GenerationSpec of a masked edit (ModifyMaskedPixels:
+    hires-free, only-masked, outpaint margins, a fill image) through the repository: read back equal,
+    their image and mask (and fill image) stashed while queued and restored for the worker."""
+
+    async def main() -> None:
+        async with backend_factory() as backend:
+            repo, store = backend.repo, MemoryStore(3600)
+            account = await repo.create_key("edits", 1_000)
+            service = TaskService(repo, store, credit_divisor=1024 * 1024, max_queued=10)
+            erase = domain.EraseSpec(2048, 1024, "big-lama", invert_mask=True, mask_blur=8, image=PNG_B64, mask=PNG_B64)
+            edit = domain.GenerationSpec(
+                model_code="sdxl",
+                prompt="a boat",
+                width=1100,
+                height=800,
+                init_image=PNG_B64,
+                mask_image=PNG_B64,
+                fill_image=PNG_B64,
+                mask_blur=6,
+                inpaint_area="masked",
+                masked_padding=16,
+                masked_resolution=768,
+                outpaint=(50, 0, 26, 0),
+            )
+            uids = [
+                await service.submit(account, "RemoveContents", erase),
+                await service.submit(account, "ModifyMaskedPixels", edit),
+            ]
+            by_uid = {t.task_uid: t for t in await repo.get_many(uids, account.public_key)}
+            erased, edited = by_uid[uids[0]], by_uid[uids[1]]
+            assert erased.cost == 2  # 2 MP
+            assert erased.spec == dataclasses.replace(
+                erase, image=None, mask=None, image_key=erased.spec.image_key, mask_key=erased.spec.mask_key
+            )
+            assert edited.action == "ModifyMaskedPixels" and edited.spec.fill_image is None
+            restored = references.restore(edited.spec, store)
+            assert restored == edit
+            assert references.restore(erased.spec, store) == erase
+            assert await repo.queued_by_model() == {"erase": 1, "sdxl": 1}
+
+    asyncio.run(main())

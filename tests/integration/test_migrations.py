@@ -181,8 +181,10 @@ def test_a_first_release_database_is_upgraded_in_place(database_url):
             # tasks of the first release read back through the union of task kinds: generations (0009)
             (task,) = await db.repo.get_many(["t-gen"], "pub")
             assert task.spec == domain.GenerationSpec(model_code="tiny", prompt="a cat", width=64, height=64, seed=7)
-            # the row stays version 1 (below); it reads back as today's GenerationSpec, with no ControlNet units
+            # the row stays version 1 (below); it reads back as today's GenerationSpec, with no ControlNet units,
+            # no hires fix, no masked-edit fields
             assert task.spec.kind == "generation" and task.spec.control_units == ()
+            assert task.spec.hires is None and task.spec.outpaint == domain.NO_MARGINS and task.spec.mask_blur == 0
 
     run(open_and_read())
     kinds = "SELECT DISTINCT spec_kind || '/' || spec_version FROM picserve_tasks"

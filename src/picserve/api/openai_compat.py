@@ -1,7 +1,8 @@
 """The OpenAI-compatible image endpoint: `/v1/images/generations`, `/v1/images/edits`, `/v1/models`.
 
 Tools that speak OpenAI's images API use picserve unchanged. Nothing here is a second generation
-path: each request is rewritten as the `GenerateImagesSDXL` params it means, then goes exactly where a
+path: each request is rewritten as the `GenerateImagesSDXL` params it means (an edit of a small masked
+region of a large image: the `ModifyMaskedPixels` params, only-masked), then goes exactly where a
 PICPIK request goes (`submission.submit`: idempotency, validation, model defaults, the memory admission
 check, the key's default webhook, credits and limits, the queue), so every rule is the PICPIK
 endpoint's. An `Idempotency-Key` header (OpenAI's and Stripe's convention) makes a resend of the same
@@ -12,7 +13,8 @@ OpenAI does: `{"created": …, "data": [{"url": …} | {"b64_json": …}, …]}`
     Authorization: Bearer <PublicKey>.<PrivateKey>
      │ auth.authenticate_key         unknown/revoked/expired key, wrong private key → 401; rate → 429
      │ _generation / _edit           OpenAI fields → GenerateImagesSDXL params (size → Width/Height,
-     │                               n → BatchSize, an alpha mask → a white-=-repaint mask, …)
+     │                               n → BatchSize, an alpha mask → a white-=-repaint mask, …), or
+     │                               ModifyMaskedPixels' (`_only_masked_helps`)
      │ submission.submit             the PICPIK path; field names in refusals mapped back (`_openai_param`)
      │ _wait                         poll until Finished (→ 200) or Error/Canceled (→ 500/503)
      ◄ {"created", "data"}  or  {"error": {"message", "type", "param", "code"}}
@@ -44,6 +46,7 @@ from picserve.api import auth, idempotency, requestlog
 from picserve.protocol import envelope as envelope_module
 from picserve.protocol import messages
 from picserve.services import Services
+from picserve.specs import generation
 
 __all__ = ["IGNORED", "router"]
 
@@ -114,10 +117,12 @@ _POLL_MAX = 0.5
 
 @dataclass(frozen=True)
 class _Images:
-    """An images request, rewritten: the GenerateImagesSDXL params and how to return the images."""
+    """An images request, rewritten: the PICPIK Action and params, and how to return the images."""
 
     params: dict[str, Any]
     response_format: str
+    #: GenerateImagesSDXL, or ModifyMaskedPixels (an edit whose mask is small in a large image)
+    action: str = _ACTION
 
 
 class _Refusal(Exception):
@@ -301,11 +306,11 @@ async def _images(services: Services, account: domain.Account, request: Request,
         if not isinstance(body, dict):
             raise errors.ParamError(f"the request body must be a JSON object, got {envelope_module.describe(body)}")
         images = await asyncio.to_thread(_generation, body, services)
-    # From here on, exactly the path of a PICPIK GenerateImagesSDXL (submission.py).
+    # From here on, exactly the path of a PICPIK request (submission.py).
     key = request.headers.get("idempotency-key")
     window = services.settings.idempotency_window
     repeat_id = idempotency.for_key(key, request.url.path, images.params, window) if key is not None else None
-    task_uid = await submission.submit(services, account, _ACTION, images.params, repeat_id)
+    task_uid = await submission.submit(services, account, images.action, images.params, repeat_id)
     task = await _wait(services, account, task_uid, request)
     if task.status is not domain.TaskStatus.FINISHED:
         raise errors.from_ret_code(task.error_code or 500, task.error_message or f"task {task_uid} {task.status}")
@@ -350,11 +355,30 @@ def _edit(fields: dict[str, Any], services: Services) -> _Images:
         if repaint is not None and repaint.getextrema() == (0, 0):
             repaint = None  # an alpha channel with no transparency: no area, the whole image is edited
     size = _size(fields.get("size"))
+    strength = fields.get("strength", _UNMASKED_STRENGTH if repaint is None else _MASKED_STRENGTH)
+    if repaint is not None and size in (None, image.size) and _only_masked_helps(repaint):
+        # a small region of a large image: generated alone at the model's resolution and pasted back
+        params["ImageAndMaskList"] = [image_b64, _png_base64(repaint)]
+        params["Masked"] = {"ImageIndex": 0, "MaskIndex": 1, "MaskBlur": 4, "InpaintArea": "OnlyMasked"}
+        params["Image2Image"] = {"ImageIndex": 0, "ReferStrength": strength}
+        return _Images(params, _response_format(fields), "ModifyMaskedPixels")
     params["Width"], params["Height"] = size if size is not None else image.size
     params["ImageAndMaskList"] = [image_b64] if repaint is None else [image_b64, _png_base64(repaint)]
-    strength = fields.get("strength", _UNMASKED_STRENGTH if repaint is None else _MASKED_STRENGTH)
     params["Image2Image"] = {"ImageIndex": 0, "ReferStrength": strength}
     return _Images(params, _response_format(fields))
+
+
+def _only_masked_helps(mask: Image.Image) -> bool:
+    """Whether an edit is better made only-masked (A1111's "inpaint area: only masked"): an image larger
+    than SDXL's native area whose mask, padded as the edit pads it, covers at most a quarter of it, so
+    the region gets more of the model's resolution than the whole image would give it."""
+    box = mask.getbbox()
+    if box is None or mask.width * mask.height <= generation.NATIVE_AREA:
+        return False
+    pad = 32 + 3 * 4  # OnlyMaskedPadding's default, and MaskBlur 4's reach
+    width = min(mask.width, box[2] + pad) - max(0, box[0] - pad)
+    height = min(mask.height, box[3] + pad) - max(0, box[1] - pad)
+    return width * height * 4 <= mask.width * mask.height
 
 
 def _known(fields: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:

@@ -64,8 +64,10 @@ REQUESTS: dict[str, type[BaseModel]] = {
     "ListModels": messages.Empty,
     "ListRunningTasks": messages.Empty,
     "ListTasksDetails": messages.ListTasksDetails,
+    "ModifyMaskedPixels": messages.ModifyMaskedPixels,
     "RemoveBackground": messages.RemoveBackground,
     "RemoveBackgroundsInBatch": messages.RemoveBackgroundsInBatch,
+    "RemoveContents": messages.RemoveContents,
     "ResizeImage": messages.ResizeImage,
 }
 #: each action's own reply fields (beside Action, RetCode, Message, request_uuid); None: it has none
@@ -78,8 +80,10 @@ REPLIES: dict[str, type | None] = {
     "ListModels": sdk_types.ModelsReply,
     "ListRunningTasks": sdk_types.TaskUIDListReply,
     "ListTasksDetails": sdk_types.TaskDetailsReply,
+    "ModifyMaskedPixels": sdk_types.TaskUIDReply,
     "RemoveBackground": sdk_types.TaskUIDReply,
     "RemoveBackgroundsInBatch": sdk_types.TaskUIDReply,
+    "RemoveContents": sdk_types.TaskUIDReply,
     "ResizeImage": sdk_types.TaskUIDReply,
 }
 #: the OpenAPI extension keyword marking what PICPIK does not have
@@ -160,6 +164,30 @@ FIELD_NOTES: dict[str, dict[str, str]] = {
         "RawImages": "1 to 16 images, each as RemoveBackground's RawImage; one result each, in order." + _CHAINING,
         "OnlyMask": "Return the masks (grey PNGs) instead of the RGBA cut-outs.",
     },
+    "ModifyMaskedPixelsRequest": {
+        "ImageAndMaskList": "1 to 3 images: the image, its mask (white: repaint; the image's size) and "
+        "optionally an extra image starting the masked region, each referred to by an index (Masked, "
+        "Image2Image). Base64 PNG, JPEG or WebP (bare, or a data URI)." + _CHAINING,
+        "Masked": "The image and its mask by ImageAndMaskList index, the mask's inversion and blur (px, default 12).",
+        "Image2Image": "ReferStrength: how much of the masked region is redrawn (0 to 1; without Image2Image, 1: "
+        "all of it). An ImageIndex other than Masked.ImageIndex names an extra image whose content starts the "
+        "masked region.",
+        "Width": "The result's width. Default: the image's width plus Outpaint.Left and Right.",
+        "Height": "The result's height. Default: the image's height plus Outpaint.Top and Bottom.",
+    },
+    "MaskModel": {
+        "ImageIndex": "The image's index in ImageAndMaskList (default 0).",
+        "MaskIndex": "The mask's index in ImageAndMaskList (white: repaint; the image's size; another entry than "
+        "ImageIndex). May be left out when Outpaint margins are given: then only they are painted.",
+        "InvertMask": "Invert the mask (repaint where it is black).",
+        "MaskBlur": "The mask's feathering in px, 0 to 64 (default 12).",
+    },
+    "RemoveContentsRequest": {
+        "RawImage": "The image: base64 PNG, JPEG or WebP (bare, or a data URI)." + _CHAINING,
+        "Mask": "What to erase (white), the image's size, as RawImage.",
+        "InvertMask": "Invert the mask (erase where it is black).",
+        "MaskBlur": "The mask's feathering in px, 0 to 64 (default 12).",
+    },
     "ApplyReferenceStyleRequest": {
         "ImageList": "The raw image and the style image (1 or 2 entries), base64 PNG, JPEG or WebP (bare, or a "
         "data URI)." + _CHAINING,
@@ -183,6 +211,29 @@ EXTENSION_FIELDS: dict[str, dict[str, str]] = {
         "ReturnControlMaps": "Also return the control map of each unit that ran (weight above 0, a step range "
         "that is not empty), in ImgList after the images, in the units' order (SeedList has the images' seeds "
         "only). Default false.",
+        "HiresFix": "A1111's hires fix: the image is made at a first-pass size the model is good at, upscaled to "
+        "Width×Height (the final size) and denoised again there. Text-to-image only (refused with Image2Image).",
+        "Webhook": _WEBHOOK,
+    },
+    "ModifyMaskedPixelsRequest": {
+        "Outpaint": "Outpainting: the canvas grows by these px per side (Left, Top, Right, Bottom, 0 to 2560); the "
+        "new area is pre-filled from the image's edges and painted.",
+        "Webhook": _WEBHOOK,
+    },
+    "MaskModel": {
+        "InpaintArea": "`WholePicture` (default) or `OnlyMasked`: A1111's \"inpaint area: only masked\", the mask's "
+        "box plus OnlyMaskedPadding px generated at about OnlyMaskedResolution² px and pasted back (more detail "
+        "in a small region).",
+        "OnlyMaskedPadding": "With OnlyMasked: px around the mask's box, 0 to 256 (default 32).",
+        "OnlyMaskedResolution": "With OnlyMasked: the crop is generated at about this² px, 64 to 2048 (default 1024).",
+    },
+    "RemoveContentsRequest": {
+        "EraseModel": "The eraser: a ModelCode of ListModels' InpaintModels (models/inpaint, a LaMa-family model). "
+        "Default: the one whose sidecar says `Default: true`, else the only one installed.",
+        "MainModel": "Erase with an SDXL inpainting pass of this main model instead (an empty-scene prompt, only "
+        "the masked region); the way taken when no eraser is installed (then an SDXL inpainting checkpoint, else "
+        "the only main model). Not with EraseModel.",
+        "Seed": "The SDXL pass's seed (-1: random).",
         "Webhook": _WEBHOOK,
     },
     "InferenceParamsModel": {
@@ -227,6 +278,8 @@ EXTENSION_FIELDS: dict[str, dict[str, str]] = {
         "BackgroundModels": "RemoveBackground's segmentation models (models/background, ONNX), by ModelCode: Name, "
         "ModelCode, IsOfficial, Session (the rembg family, e.g. birefnet-general), IsDefault, and Problem when the "
         "file is broken.",
+        "InpaintModels": "RemoveContents' erasers (models/inpaint, LaMa-family), by ModelCode: Name, ModelCode, "
+        "IsOfficial, IsDefault, and Problem when the file is broken.",
     },
     "TaskDetail": {
         "Progress": "The fraction of denoising done, 0 to 1.",
@@ -280,6 +333,19 @@ _EXAMPLE_PARAMS: dict[str, dict[str, Any]] = {
         "RawImages": [f"task:{_EXAMPLE_TASK_UID}/0", f"task:{_EXAMPLE_TASK_UID}/1"],
         "OnlyMask": True,
     },
+    # the generated image above, a region repainted (only the mask's box) and the canvas grown on both sides
+    "ModifyMaskedPixels": {
+        "MainModel": {"ModelCode": "sdxl-inpainting"},
+        "PositivePrompts": ["a red scarf"],
+        "ImageAndMaskList": [f"task:{_EXAMPLE_TASK_UID}/0", "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAA…"],
+        "Masked": {"ImageIndex": 0, "MaskIndex": 1, "MaskBlur": 12, "InpaintArea": "OnlyMasked"},
+        "Outpaint": {"Left": 128, "Right": 128},
+    },
+    "RemoveContents": {
+        "RawImage": f"task:{_EXAMPLE_TASK_UID}/0",
+        "Mask": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAA…",
+        "MaskBlur": 12,
+    },
 }
 
 #: the actions that make a task (one handler, api/actions/make_task.py, serves them all): what each does
@@ -300,6 +366,16 @@ _ACTION_DOCS = {
     "generation fields are GenerateImagesSDXL's. Queues a task and returns its TaskUID; its PNGs in ImgList. "
     "Charged when it finishes, as GenerateImagesSDXL: ceil(Width × Height × Steps × BatchSize / "
     "PICSERVE_CREDIT_DIVISOR), at least 1.",
+    "ModifyMaskedPixels": "Repaint the masked region of an image (inpainting), or grow its canvas and paint "
+    "the new area (outpainting).\n\nThe image and its mask (white: repaint) are ImageAndMaskList entries named "
+    "by Masked; the base generation fields are GenerateImagesSDXL's, Width and Height default to the image's size "
+    "plus the (picserve extension) Outpaint margins. Pixels outside the feathered mask are the image's. Queues a "
+    "task and returns its TaskUID; its PNGs in ImgList. Charged when it finishes, as GenerateImagesSDXL.",
+    "RemoveContents": "Erase what a mask covers in an image and fill it plausibly (the object eraser).\n\nAn "
+    "eraser model of models/inpaint (LaMa) does it when one is installed; (picserve extension) MainModel, or no "
+    "eraser installed, erases with an SDXL inpainting pass of the masked region. Queues a task whose one result "
+    "is a PNG of the image's size in ImgList. Charged when it finishes: with an eraser ceil(pixels / "
+    "PICSERVE_CREDIT_DIVISOR), at least 1; the SDXL way as GenerateImagesSDXL.",
     "RemoveBackgroundsInBatch": "Cut out the main subject of 1 to 16 images in one task.\n\nAs RemoveBackground "
     "without Box: one result per image in ImgList, in order. Charged when it finishes: per image "
     "ceil(pixels / PICSERVE_CREDIT_DIVISOR), at least 1 each.",
@@ -321,7 +397,8 @@ class _Envelope(BaseModel):
     request_uuid: Annotated[str, StringConstraints(max_length=envelope.MAX_KEY_CHARS)] | None = Field(
         default=None,
         description="The caller's id for this request (a UUID), echoed in the reply. An action that makes a task "
-        "(GenerateImagesSDXL, ApplyReferenceStyle, ResizeImage, RemoveBackground, RemoveBackgroundsInBatch) sent "
+        "(GenerateImagesSDXL, ApplyReferenceStyle, ModifyMaskedPixels, RemoveContents, ResizeImage, "
+        "RemoveBackground, RemoveBackgroundsInBatch) sent "
         "again with the same request_uuid and parameters returns the first TaskUID instead of queueing again.",
     )
 
@@ -374,11 +451,11 @@ Codes of 500 and above that belong to a task (`GenerationError` and below) appea
 What PICPIK does not have is marked `{EXTENSION}: true` and says so in its description (for example the
 `CancelTask` action and `Image2Image.MaskIndex`). A plain PICPIK client can ignore all of it.
 
-Chaining: wherever an action takes a base64 image (`Image`, `RawImage`, each of `RawImages`, each entry of
-`ImageAndMaskList`), the value may instead be `task:<TaskUID>/<index>`, the index-th result (0-based) of a
-Finished task of the same key: a generated image is upscaled or cut out without downloading and uploading
-it. A reference that does not resolve is refused at submit, naming the field: RetCode 230 for another
-key's task or an unknown one, 160 for an unfinished task, a bad index or an expired result.
+Chaining: wherever an action takes a base64 image (`Image`, `RawImage`, `Mask`, each of `RawImages`, each
+entry of `ImageAndMaskList` or `ImageList`), the value may instead be `task:<TaskUID>/<index>`, the index-th
+result (0-based) of a Finished task of the same key: a generated image is upscaled, edited or cut out without
+downloading and uploading it. A reference that does not resolve is refused at submit, naming the field:
+RetCode 230 for another key's task or an unknown one, 160 for an unfinished task, a bad index or an expired result.
 
 Results (`ImgList` URLs) are served by this server at `GET /results/{{key}}` for a limited time:
 copy them, do not link to them.

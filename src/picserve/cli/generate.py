@@ -40,6 +40,28 @@ def generate(
         "other preprocessor parameter by its InferenceParams name (XDoGThreshold=20)",
         show_default=False,
     ),
+    hires: bool = typer.Option(
+        False,
+        "--hires",
+        help="hires fix: make the image at a smaller first pass, upscale it to --width×--height and denoise it "
+        "again there (A1111's hires fix; text-to-image only)",
+    ),
+    hires_upscaler: str | None = typer.Option(
+        None, help="with --hires: Latent (default), Lanczos, or an upscaler of ListModels' UpscaleModels"
+    ),
+    hires_steps: int | None = typer.Option(
+        None, min=0, max=100, help="with --hires: the second pass's steps (default 0: --steps)"
+    ),
+    hires_denoise: float | None = typer.Option(
+        None, min=0, max=1, help="with --hires: the second pass's denoising strength (default: 0.7)"
+    ),
+    hires_first_pass: str | None = typer.Option(
+        None,
+        metavar="WxH",
+        help="with --hires: the first pass's size, e.g. 1024x576 (default: the aspect ratio at 1024² px, or half "
+        "of --width×--height)",
+        show_default=False,
+    ),
     control_maps: bool = typer.Option(
         False, "--control-maps", help="also save each unit's control map, as OUT/<TaskUID>-control-<n>.png"
     ),
@@ -49,6 +71,9 @@ def generate(
     timeout: float = typer.Option(600.0, help="seconds to wait for the task"),
 ):
     """Sign and send a GenerateImagesSDXL request to any PICPIK endpoint, follow it, and save the images.
+
+    With --hires, --width×--height is the final size: the image is made smaller first, then upscaled and
+    denoised again (the --hires-* flags tune it).
 
     Only the options given are sent: what is left out is the model's default (its sidecar's
     InferenceParams), else the server's; the same for each --controlnet unit's keys.
@@ -65,6 +90,19 @@ def generate(
         params["NegativePrompts"] = [negative]
     if lora:
         params["SubModelList"] = [lora_ref(item) for item in lora]
+    hires_flags = {
+        "--hires-upscaler": hires_upscaler,
+        "--hires-steps": hires_steps,
+        "--hires-denoise": hires_denoise,
+        "--hires-first-pass": hires_first_pass,
+    }
+    if not hires and (given := [flag for flag, value in hires_flags.items() if value is not None]):
+        raise typer.BadParameter(f"{given[0]} sets the hires fix: give --hires too", param_hint=f"'{given[0]}'")
+    if hires:
+        from picserve.sdk import hires_fix
+
+        first_pass = parse_size(hires_first_pass, "--hires-first-pass") if hires_first_pass is not None else None
+        params["HiresFix"] = hires_fix(hires_upscaler, hires_steps, hires_denoise, first_pass)
     if control_maps and not controlnet:
         raise typer.BadParameter("the control maps are the --controlnet units': give --controlnet too")
     if controlnet:
@@ -125,6 +163,20 @@ def request_params(
     if seed is not None:
         params["Seed"] = seed
     return params
+
+
+def parse_size(text: str, flag: str) -> tuple[int, int]:
+    """`WxH` (e.g. `1024x576`; `×` or `X` too) → (width, height), each 64..2560."""
+    width, sep, height = text.lower().replace("×", "x").partition("x")
+    try:
+        size = (int(width), int(height)) if sep else None
+    except ValueError:
+        size = None
+    if size is None:
+        raise typer.BadParameter(f"{text!r}: expected WIDTHxHEIGHT, e.g. 1024x576", param_hint=f"'{flag}'")
+    if not all(64 <= side <= 2560 for side in size):
+        raise typer.BadParameter(f"{text!r}: each side must be 64 to 2560 px", param_hint=f"'{flag}'")
+    return size
 
 
 def lora_ref(item: str) -> ModelRef:

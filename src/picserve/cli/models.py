@@ -64,7 +64,7 @@ def models_add(
     kind: str | None = typer.Option(
         None,
         "--kind",
-        help="main, lora, embedding, hypernetwork, vae, upscale, background, controlnet [from its tensors]",
+        help="main, lora, embedding, hypernetwork, vae, upscale, background, inpaint, controlnet [from its tensors]",
     ),
     force: bool = typer.Option(
         False, "--force", help="replace a model of the same name; file one that will not load as it is (warned)"
@@ -73,7 +73,8 @@ def models_add(
     models_dir: Path | None = ModelsDir,
 ):
     """Download (resumable) or copy a model file, check it, and file it in the models folder by its tensors
-    (an upscaler or an ONNX segmentation model: by what spandrel or onnxruntime makes of it)."""
+    (an upscaler, an eraser such as LaMa or an ONNX segmentation model: by what spandrel or onnxruntime
+    makes of it)."""
     from picserve import errors, modelfiles
     from picserve.engine import toolfiles
 
@@ -106,7 +107,7 @@ def models_info(
     as_json: bool = typer.Option(False, "--json", help="one JSON object"),
 ):
     """What a model file is, by its tensors: kind, base, layout, rank, dtypes, trigger words, sha256; an
-    upscaler's architecture and scale, an ONNX segmentation model's inputs."""
+    upscaler's architecture and scale, an eraser's architecture, an ONNX segmentation model's inputs."""
     from picserve import modelfiles
     from picserve.engine import toolfiles
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
         ResizeImageParams,
     )
 
-__all__ = ["Hair", "Input", "parse_box", "read_input", "remove_background", "restyle", "upscale"]
+__all__ = ["Hair", "Input", "parse_box", "read_input", "remove_background", "restyle", "run_task", "upscale"]
 
 #: images one RemoveBackgroundsInBatch takes (messages.MAX_BATCH_IMAGES)
 MAX_INPUTS = 16
@@ -97,7 +97,7 @@ def upscale(
     if model is not None:
         params["UpscaleModel"] = model
     paths = result_paths([source], "upscaled", out)
-    _run((url, public_key, private_key), lambda client: client.resize_image(**params), paths, no_wait, timeout)
+    run_task((url, public_key, private_key), lambda client: client.resize_image(**params), paths, no_wait, timeout)
 
 
 def remove_background(
@@ -159,7 +159,7 @@ def remove_background(
         batch = cast("RemoveBackgroundsInBatchParams", {"RawImages": [source.value for source in sources], **given})
         submit = lambda client: client.remove_backgrounds_in_batch(**batch)  # noqa: E731
     suffix = "mask" if only_mask else "cutout"
-    _run((url, public_key, private_key), submit, result_paths(sources, suffix, out), no_wait, timeout)
+    run_task((url, public_key, private_key), submit, result_paths(sources, suffix, out), no_wait, timeout)
 
 
 def restyle(
@@ -198,7 +198,9 @@ def restyle(
         },
     )
     paths = result_paths(sources[:1], "styled", out)
-    _run((url, public_key, private_key), lambda client: client.apply_reference_style(**params), paths, no_wait, timeout)
+    run_task(
+        (url, public_key, private_key), lambda client: client.apply_reference_style(**params), paths, no_wait, timeout
+    )
 
 
 def read_input(item: str) -> Input:
@@ -238,7 +240,7 @@ def parse_box(text: str) -> list[int]:
     return corners
 
 
-def _run(
+def run_task(
     endpoint: tuple[str, str, str], submit: Callable[[Client], str], paths: list[Path], no_wait: bool, timeout: float
 ) -> None:
     """Submit with a client of `endpoint` (URL, public key, private key) and print the TaskUID (on stdout

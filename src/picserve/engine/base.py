@@ -7,8 +7,8 @@ the worker that need neither torch nor model files.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -33,9 +33,29 @@ class Generated:
     seeds: list[int]
     #: A1111 `parameters` text per image
     infotexts: list[str]
+    #: a pass asked for latents (a hires fix's first): one (1, 4, h/8, w/8) tensor per image, and no images
+    latents: list[Any] = field(default_factory=list)
 
     def pngs(self) -> list[bytes]:
         return [png.to_png(img, text) for img, text in zip(self.images, self.infotexts, strict=True)]
+
+
+@dataclass(frozen=True)
+class PassInput:
+    """What one denoising pass starts from, when it is not the spec's own (`Engine.denoise`): a hires
+    fix's second pass, an inpainting's prepared canvas, an only-masked crop."""
+
+    #: "txt2img", "img2img" or "inpaint"
+    mode: str
+    #: img2img and inpaint: the image at the pass's width×height, or (img2img) latents of its size /8
+    image: Image.Image | None = None
+    latents: Any = None
+    #: inpaint: what the model repaints (L, white), and how the result is blended into `image` (L; None:
+    #: by `mask`)
+    mask: Image.Image | None = None
+    blend: Image.Image | None = None
+    #: "image" (decoded, at the spec's exact size) or "latent" (one (1, 4, h/8, w/8) tensor per image)
+    output: str = "image"
 
 
 class GenerationEngine(Protocol):

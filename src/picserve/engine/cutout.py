@@ -60,16 +60,13 @@ background leaks through them), or with `OnlyMask` the alpha channel that very c
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import importlib
 import logging
 import math
 import os
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +76,7 @@ from PIL import Image
 
 from picserve import catalog as catalog_module
 from picserve import domain, errors, reference_images
-from picserve.engine import pipelines
+from picserve.engine import pipelines, toolcache
 from picserve.engine.base import Generated, GenerationEngine, PreviewCallback, StepCallback
 
 __all__ = [
@@ -119,6 +116,11 @@ _SOFT_LOW, _SOFT_HIGH = 26, 229
 _MAX_LOADED = 3
 
 
+def _family(entry: catalog_module.Entry) -> str:
+    """A background model's rembg session family (its sidecar's or file name's; U²-Net's by default)."""
+    return entry.session or "u2net"
+
+
 def _lib(name: str) -> Any:
     """An untyped library (rembg, onnxruntime, scipy), imported when first needed: rembg's first import
     compiles pymatting's numba code (about 80 s once, cached afterwards), which an engine that never
@@ -126,16 +128,9 @@ def _lib(name: str) -> Any:
     return importlib.import_module(name)
 
 
-@dataclass
-class _Held:
-    session: Any  # a rembg BaseSession subclass instance
-    path: Path
-    family: str
-    version: tuple[int, int]  # the file's (mtime_ns, size) when it was loaded
-
-
 class Segmenters:
-    """The background models' rembg sessions on one device: one per model code, a few at once."""
+    """The background models' rembg sessions on one device: one per model code, a few at once
+    (engine/toolcache.py), made again when the file or its rembg family changed."""
 
     def __init__(
         self,
@@ -147,47 +142,21 @@ class Segmenters:
         self.catalog, self.device = catalog, device
         self.max_loaded = max(1, max_loaded)
         self.threads = threads
-        self._held: collections.OrderedDict[str, _Held] = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self._sessions = toolcache.ToolModels(
+            catalog, "background", "background model", self._load, self.max_loaded, identity=_family
+        )
 
     def loaded(self) -> list[str]:
         """The model codes whose sessions are held, least recently used first."""
-        with self._lock:
-            return list(self._held)
+        return self._sessions.loaded()
 
     def get(self, code: str) -> Any:
         """The rembg session of background model `code`, made on first use and when its file changed;
         ModelLoadError (naming the code) when the model is gone, broken, or no image segmenter."""
-        entry = self.catalog.get("background", code)
-        if entry is None:
-            raise errors.ModelLoadError(f"background model {code!r} is no longer in models/background")
-        if entry.info.problem:
-            self._drop(code)
-            raise errors.ModelLoadError(f"background model {code!r} cannot be used: {entry.info.problem}")
-        try:
-            stat = entry.path.stat()
-        except OSError as exc:
-            self._drop(code)
-            raise errors.ModelLoadError(f"background model {code!r}: {entry.path.name} cannot be read: {exc}") from exc
-        family = entry.session or "u2net"
-        version = (stat.st_mtime_ns, stat.st_size)
-        with self._lock:
-            held = self._held.get(code)
-            if held is not None and (held.path, held.family, held.version) == (entry.path, family, version):
-                self._held.move_to_end(code)
-                return held.session
-        self._drop(code)  # changed on disk (or new): its old session goes before the new one is made
-        session = self._make(code, entry.path, family)
-        with self._lock:
-            self._held[code] = _Held(session, entry.path, family, version)
-            while len(self._held) > self.max_loaded:
-                old, _ = self._held.popitem(last=False)
-                log.info("background model %s unloaded (least recently used)", old)
-        return session
+        return self._sessions.get(code)
 
-    def _drop(self, code: str) -> None:
-        with self._lock:
-            self._held.pop(code, None)
+    def _load(self, entry: catalog_module.Entry) -> Any:
+        return self._make(entry.code, entry.path, _family(entry))
 
     def providers(self) -> list[Any]:
         """ONNX Runtime's providers for this device: CUDA with the device index when the device is CUDA

@@ -12,17 +12,20 @@ from typing import Any
 import torch
 from PIL import Image
 
-from picserve import __version__, admission, domain, errors, reference_images
+from picserve import admission, domain, errors, reference_images
 from picserve import catalog as catalog_module
 from picserve.engine import (
     acceleration,
     adapters,
+    canvas,
     controlnet,
     cutout,
+    erase,
+    hires,
+    infotext,
     ipadapter,
     loader,
     memory,
-    png,
     precision,
     preprocess,
     previews,
@@ -31,10 +34,10 @@ from picserve.engine import (
     tiling,
     upscale,
 )
-from picserve.engine.base import Capacity, Generated, PreviewCallback, StepCallback
+from picserve.engine.base import Capacity, Generated, PassInput, PreviewCallback, StepCallback
 from picserve.engine.devices import device_memory, free_device_memory, on_device
 
-__all__ = ["Engine", "Generated", "StepCallback", "device_memory", "free_device_memory", "on_device"]
+__all__ = ["Engine", "Generated", "PassInput", "StepCallback", "device_memory", "free_device_memory", "on_device"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,8 @@ class Engine:
         #: ResizeImage's upscalers and RemoveBackground's segmentation models, each in its own cache
         self.upscalers = upscale.Upscalers(catalog, self.pipelines.device, self.pipelines.dtype, tile=upscale_tile)
         self.segmenters = cutout.Segmenters(catalog, self.pipelines.device)
+        #: RemoveContents' erasers (models/inpaint)
+        self.erasers = erase.Erasers(catalog, self.pipelines.device)
         #: ControlNets (held beside the main models, by bytes) and the preprocessors making their maps
         self.controlnets = controlnet.ControlNets(
             catalog, self.pipelines.device, self.pipelines.dtype, controlnet_memory
@@ -122,6 +127,7 @@ class Engine:
             "host": self.pipelines.on_host,
             "upscale": self.upscalers.loaded(),
             "background": self.segmenters.loaded(),
+            "inpaint": self.erasers.loaded(),
             # control models: ControlNets and IP-Adapters (by ModelCode, their file's name)
             "controlnet": [*self.controlnets.loaded(), *(Path(p).stem for p in self.ipadapters.loaded("adapter"))],
         }
@@ -177,7 +183,47 @@ class Engine:
             on_device(self.pipelines.device),
             memory.as_error(spec, self.pipelines.device.type, self._free_memory),
         ):
-            return self._generate(spec, on_step or _no_progress, on_preview)
+            on_step = on_step or _no_progress
+            if spec.hires is not None:  # two passes: engine/hires.py
+                return hires.generate(self.denoise, self.upscalers, spec, on_step, on_preview)
+            if spec.mode == "inpaint":  # a canvas: the image, its mask, margins; maybe only the masked box
+                return self._inpaint(spec, on_step, on_preview)
+            return self.denoise(spec, on_step, on_preview)
+
+    def _inpaint(
+        self, spec: domain.GenerationSpec, on_step: StepCallback, on_preview: PreviewCallback | None
+    ) -> Generated:
+        """An inpainting on its canvas (engine/canvas.py): the whole canvas, or only the masked region's
+        box, generated at about `masked_resolution`² px and pasted back."""
+        prepared = canvas.prepare(spec)
+        if spec.inpaint_area != "masked":
+            return self.denoise(
+                spec, on_step, on_preview, PassInput("inpaint", prepared.image, None, prepared.mask, prepared.blend)
+            )
+        box = canvas.crop_box(prepared.blend, spec.masked_padding)
+        width, height = canvas.process_size(box, spec.masked_resolution)
+        crop = spec.evolve(width=width, height=height, inpaint_area="whole", outpaint=domain.NO_MARGINS)
+        size = (width, height)
+        source = PassInput(
+            "inpaint",
+            prepared.image.crop(box).resize(size, Image.Resampling.LANCZOS),
+            mask=prepared.mask.crop(box).resize(size, Image.Resampling.BILINEAR),
+            blend=Image.new("L", size, 255),  # blended once, by `paste`, at the image's own resolution
+        )
+        generated = self.denoise(crop, on_step, on_preview, source)
+        images = [canvas.paste(prepared, image, box) for image in generated.images]
+        return Generated(images, generated.seeds, [infotext.of(spec, s) for s in generated.seeds])
+
+    def denoise(
+        self,
+        spec: domain.GenerationSpec,
+        on_step: StepCallback,
+        on_preview: PreviewCallback | None,
+        source: PassInput | None = None,
+    ) -> Generated:
+        """One denoising pass of `spec`'s batch at its width×height, from the spec's own input, or from
+        `source`. Call it inside `generate`'s block (its lock, device and memory errors)."""
+        return self._generate(spec, on_step, on_preview, source)
 
     def _references(self, spec: domain.GenerationSpec, width: int, height: int) -> list[ipadapter.Reference]:
         """The spec's IP-Adapter units as references: the adapter file, its image encoder, the image, and
@@ -204,15 +250,20 @@ class Engine:
         loader.free_memory(self.pipelines.device)
 
     def _generate(
-        self, spec: domain.GenerationSpec, on_step: StepCallback, on_preview: PreviewCallback | None
+        self,
+        spec: domain.GenerationSpec,
+        on_step: StepCallback,
+        on_preview: PreviewCallback | None,
+        source: PassInput | None,
     ) -> Generated:
         # 1. The pipeline for the mode (txt2img, img2img, inpaint share one loaded model) and a fresh scheduler.
         #    Loading can take long: a cancel that came meanwhile stops here. The API has checked the model
         #    against the request (to_spec): an inpainting model gets a mask, ClipSkip is within its encoder.
         model = self.pipelines.get(spec.model_code)
         on_step(0.0)
-        assert not model.is_inpaint or spec.mode == "inpaint", f"{spec.model_code!r} is an inpainting model: no mask"
-        pipe = model.pipeline(spec.mode)
+        mode = source.mode if source is not None else spec.mode
+        assert not model.is_inpaint or mode == "inpaint", f"{spec.model_code!r} is an inpainting model: no mask"
+        pipe = model.pipeline(mode)
         # 2. SDXL works on multiples of 8 px: generate at the next one, resize to the exact request at the end.
         width, height = _ceil8(spec.width), _ceil8(spec.height)
 
@@ -221,7 +272,7 @@ class Engine:
         control = controlnet.prepare(spec, width, height, self.preprocessors.control_map)
         if control.units:
             held = self.controlnets.get([u.model_code for u in control.units], model.base.unet)
-            pipe = control.pipeline(model.base, spec.mode, held, spec.cfg_scale > 1)
+            pipe = control.pipeline(model.base, mode, held, spec.cfg_scale > 1)
             on_step(0.0)  # loading control models and their maps can take long: a cancel stops here
         pipe.scheduler = samplers.make_scheduler(spec.sampler, model.scheduler_config, spec.seed)
         _assert_clip_skip_fits(pipe, spec.clip_skip)
@@ -231,24 +282,28 @@ class Engine:
         reference: Image.Image | None = None
         mask: Image.Image | None = None
         mode_inputs: dict[str, object]
-        if spec.mode == "txt2img":
+        if mode == "txt2img":
             mode_inputs = {"width": width, "height": height}
-        elif spec.mode == "img2img":
-            reference = _reference(spec)
-            mode_inputs = {"image": _resized(reference, width, height), "strength": spec.strength}
-        else:  # inpaint
-            reference = _reference(spec)
-            assert spec.mask_image is not None  # mode "inpaint" means a mask was sent
-            mask = reference_images.mask_for(
-                reference_images.decode(spec.mask_image, "mask"), spec.width, spec.height, spec.resize_mode
-            )
+        elif mode == "img2img":
+            if source is not None and source.latents is not None:
+                mode_inputs = {"image": source.latents, "strength": spec.strength}
+            else:
+                reference = source.image if source is not None and source.image is not None else _reference(spec)
+                mode_inputs = {"image": _resized(reference, width, height), "strength": spec.strength}
+        else:  # inpaint: a canvas's (engine/canvas.py)
+            if source is None:
+                prepared = canvas.prepare(spec)
+                source = PassInput("inpaint", prepared.image, None, prepared.mask, prepared.blend)
+            assert source.image is not None and source.mask is not None
+            reference, mask = source.image, source.blend if source.blend is not None else source.mask
             mode_inputs = {
                 "image": _resized(reference, width, height),
-                "mask_image": _resized(mask, width, height),
+                "mask_image": _resized(source.mask, width, height),
                 "strength": spec.strength,
                 "width": width,
                 "height": height,
             }
+        latent_output = source is not None and source.output == "latent"
 
         seeds = spec.seeds
         # The plan: chunks of the batch, a sliced or tiled decode, so that the estimated peak fits what the
@@ -302,8 +357,11 @@ class Engine:
                         **referenced.pipe_kwargs(step_end, pipe),
                         output_type="latent",
                         **mode_inputs,
-                        **control.inputs(spec.mode),
+                        **control.inputs(mode),
                     )
+                    if latent_output:
+                        precision.check_finite(pipe, output.images, _what(len(chunk_seeds), width, height))
+                        return list(output.images.split(1))
                     return precision.decode(pipe, output.images, _what(len(chunk_seeds), width, height))
 
             with (
@@ -315,13 +373,15 @@ class Engine:
 
         # 7. The model's bytes now: LoRAs loaded as adapters stay with it, and count in the cache's budget.
         model.nbytes = loader.pipeline_bytes(model.base)
+        if latent_output:  # a hires fix's first pass: its latents go on to the second
+            return Generated(images=[], seeds=seeds, infotexts=[], latents=results)
 
-        # 8. Exact size; inpainting keeps every pixel outside the mask exactly; A1111 metadata.
+        # 8. Exact size; inpainting keeps every pixel where the (feathered) mask is 0 exactly; A1111 metadata.
         if results[0].size != (spec.width, spec.height):
             results = [img.resize((spec.width, spec.height), Image.Resampling.LANCZOS) for img in results]
         if mask is not None and reference is not None:
             results = [Image.composite(img, reference, mask) for img in results]
-        infotexts = [_infotext(spec, s) for s in seeds]
+        infotexts = [infotext.of(spec, s) for s in seeds]
         if spec.return_control_maps:  # after the images, one per ControlNet unit run (AI Horde's return_control_map)
             results += [
                 m.resize((spec.width, spec.height), Image.Resampling.LANCZOS) if m.size != results[0].size else m
@@ -360,33 +420,3 @@ def _assert_clip_skip_fits(pipe: Any, clip_skip: int) -> None:
     # refuses a deeper one before queueing (to_spec, from the model file's header).
     layers = pipe.text_encoder.config.num_hidden_layers
     assert clip_skip <= layers, f"ClipSkip {clip_skip} is deeper than this model's text encoder (1..{layers})"
-
-
-def _listed(spec: domain.GenerationSpec, kind: str, weighted: bool) -> str | None:
-    items = [f"{s.code}:{s.weight:g}" if weighted else s.code for s in spec.sub_models if s.kind == kind]
-    return ", ".join(items) or None
-
-
-def _infotext(spec: domain.GenerationSpec, seed: int) -> str:
-    fields: dict[str, object] = {
-        "Steps": spec.steps,
-        "Sampler": spec.sampler,
-        "CFG scale": f"{spec.cfg_scale:g}",
-        "Seed": seed,
-        "Size": f"{spec.width}x{spec.height}",
-        "Model": spec.model_code,
-        "Denoising strength": f"{spec.strength:g}" if spec.init_image else None,
-        "Mask": "True" if spec.mask_image else None,
-        "Clip skip": spec.clip_skip if spec.clip_skip > 1 else None,
-        "Tiling": "True" if spec.tiling else None,
-        **controlnet.infotext_fields(spec),
-        "LoRA": _listed(spec, "lora", weighted=True),
-        "Hypernetwork": _listed(spec, "hypernetwork", weighted=True),
-        "Embeddings": _listed(spec, "embedding", weighted=False),
-        "Version": f"picserve {__version__}",
-    }
-    if spec.original_prompt and spec.original_prompt != spec.prompt:
-        fields["Original prompt"] = repr(spec.original_prompt)
-    if spec.original_negative_prompt and spec.original_negative_prompt != spec.negative_prompt:
-        fields["Original negative prompt"] = repr(spec.original_negative_prompt)
-    return png.infotext(spec.prompt, spec.negative_prompt, fields)

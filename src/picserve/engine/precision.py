@@ -68,13 +68,8 @@ def is_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor).all())
 
 
-def decode(pipe: Any, latents: torch.Tensor, what: str) -> list[Image.Image]:
-    """The images of the denoised `latents`, decoded by `pipe`'s VAE as diffusers' SDXL pipelines do
-    (an fp16 VAE whose config asks for it runs in fp32, and is cast back however the decode ends).
-
-    Raises `errors.NonFiniteImage` (nothing else can be done for this request on this model as it is)
-    when the latents hold NaN/Inf, or when the decode does even with the VAE in fp32. `what` names the
-    request for the message ("4 images of 1024×1024")."""
+def check_finite(pipe: Any, latents: torch.Tensor, what: str) -> None:
+    """NonFiniteImage when the denoised `latents` hold NaN/Inf (`pipe`'s UNet overflowed)."""
     if not is_finite(latents):
         raise errors.NonFiniteImage(
             f"generating {what}, the denoised latents hold NaN or infinite values: the model overflowed in "
@@ -82,6 +77,16 @@ def decode(pipe: Any, latents: torch.Tensor, what: str) -> list[Image.Image]:
             "needs more range); lower the LoRA weights or CFG scale, or the operator can run this model with "
             "PICSERVE_DTYPE=bfloat16 or float32. Nothing was charged"
         )
+
+
+def decode(pipe: Any, latents: torch.Tensor, what: str) -> list[Image.Image]:
+    """The images of the denoised `latents`, decoded by `pipe`'s VAE as diffusers' SDXL pipelines do
+    (an fp16 VAE whose config asks for it runs in fp32, and is cast back however the decode ends).
+
+    Raises `errors.NonFiniteImage` (nothing else can be done for this request on this model as it is)
+    when the latents hold NaN/Inf, or when the decode does even with the VAE in fp32. `what` names the
+    request for the message ("4 images of 1024×1024")."""
+    check_finite(pipe, latents, what)
     vae = pipe.vae
     upcast = upcasts(vae)
     image = vae_decode(vae, latents, upcast=upcast)

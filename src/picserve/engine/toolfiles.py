@@ -2,7 +2,9 @@
 
     .pth/.pt/.ckpt/.bin/.safetensors   spandrel's detection (the loader ComfyUI uses): an upscaler of
                                        scale 2 or more (purpose "SR") is kind `upscale`, with its
-                                       architecture and scale
+                                       architecture and scale; an inpainting model (LaMa: purpose
+                                       "Inpainting") is kind `inpaint`, RemoveContents' eraser, with
+                                       its architecture
     .onnx                              onnxruntime opens it: one image input [N, 3, H, W] and a mask
                                        output make it kind `background`, with its rembg session family
 
@@ -28,29 +30,29 @@ _SESSION_BY_SIDE = {320: "u2net", 1024: "birefnet-general"}
 
 
 def identify(path: Path) -> ToolFacts:
-    """Load `path` as an upscaler (spandrel) or a segmentation model (onnxruntime); never raises for a
-    bad file: `problem` says why neither takes it."""
+    """Load `path` as an upscaler or an eraser (spandrel) or a segmentation model (onnxruntime); never
+    raises for a bad file: `problem` says why none takes it."""
     if path.suffix.lower() == ".onnx":
         return _onnx(path)
     return _spandrel(path)
 
 
 def _spandrel(path: Path) -> ToolFacts:
-    # An image model's first layer convolves the image's channels (1, 3 or 4 in): a file without such
-    # a weight is no upscaler, said from its header alone (no torch, no spandrel)
+    # An image model's first layer convolves the image's channels (1, 3 or 4 in: LaMa's are RGB and the
+    # mask): a file without such a weight is no upscaler or eraser, said from its header alone (no torch)
     try:
         shapes, _ = modelinfo.read_shapes(path)
     except modelinfo.UNREADABLE as exc:
         return ToolFacts(None, problem=f"unreadable: {exc}")
     if not any(len(shape) == 4 and shape[1] in (1, 3, 4) for shape in shapes.values()):
-        return ToolFacts(None, problem="it has no convolution over an image's channels, so it is no upscaler")
+        return ToolFacts(None, problem="it has no convolution over an image's channels, so it is no upscaler or eraser")
     import spandrel  # picserve/__init__ made torchvision importable beside the CPU torch (torchvision_compat)
 
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             descriptor = spandrel.ModelLoader(device="cpu").load_from_file(path)
     except spandrel.UnsupportedModelError:
-        return ToolFacts(None, problem="spandrel recognises no upscaler architecture in it")
+        return ToolFacts(None, problem="spandrel recognises no upscaler or inpainting architecture in it")
     except Exception as exc:  # the file's fault: spandrel raises what torch and the architectures raise
         return ToolFacts(None, problem=f"spandrel cannot load it: {type(exc).__name__}: {exc}"[:300])
     name, scale, purpose = descriptor.architecture.name, int(descriptor.scale), descriptor.purpose
@@ -60,11 +62,15 @@ def _spandrel(path: Path) -> ToolFacts:
         "purpose": purpose,
         "parameters": f"{sum(p.numel() for p in descriptor.model.parameters()):,}",
     }
+    if isinstance(descriptor, spandrel.MaskedImageModelDescriptor) and purpose == "Inpainting":
+        del details["scale"]  # an inpainting model keeps the image's size
+        return ToolFacts("inpaint", sidecar={"Architecture": name}, details=details)
     if not isinstance(descriptor, spandrel.ImageModelDescriptor) or purpose != "SR" or scale < 2:
         return ToolFacts(
             None,
             details=details,
-            problem=f"a {name} model for {purpose} at scale {scale}: ResizeImage takes upscalers of scale 2 or more",
+            problem=f"a {name} model for {purpose} at scale {scale}: ResizeImage takes upscalers of scale 2 or more, "
+            "RemoveContents inpainting models",
         )
     return ToolFacts("upscale", sidecar={"Architecture": name, "Scale": scale}, details=details)
 

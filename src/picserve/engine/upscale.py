@@ -25,10 +25,7 @@ import functools
 import logging
 import math
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +36,7 @@ from PIL import Image
 
 from picserve import catalog as catalog_module
 from picserve import domain, errors, reference_images
-from picserve.engine import devices, loader, memory, pipelines
+from picserve.engine import devices, loader, memory, pipelines, toolcache
 from picserve.engine.base import Generated, GenerationEngine, PreviewCallback, StepCallback
 
 __all__ = [
@@ -49,6 +46,7 @@ __all__ = [
     "TILE_SIZES",
     "Upscalers",
     "activation_bytes_per_pixel",
+    "append_fields",
     "compute_dtype",
     "infotext",
     "load_descriptor",
@@ -87,16 +85,8 @@ _ATTENTION_FACTOR = 8
 _FLOOR = 1e-3
 
 
-@dataclass(frozen=True)
-class _Held:
-    descriptor: Any  # spandrel.ImageModelDescriptor
-    path: Path
-    version: tuple[int, int]  # the file's (mtime_ns, size) when it was loaded
-    nbytes: int
-
-
 class Upscalers:
-    """The upscalers of models/upscale a worker keeps loaded on its device.
+    """The upscalers of models/upscale a worker keeps loaded on its device (engine/toolcache.py).
 
     Least recently used first out when the loaded weights pass `budget` bytes (default 1 GiB: dozens of
     ESRGAN-size models, a handful of large transformers; the most recent one always stays, whatever its
@@ -121,14 +111,20 @@ class Upscalers:
         budget: int = DEFAULT_BUDGET,
     ) -> None:
         self.catalog, self.device, self.dtype, self.tile = catalog, torch.device(device), dtype, tile
-        self.budget = budget
-        self._held: OrderedDict[str, _Held] = OrderedDict()
-        self._lock = threading.Lock()
+        self._models = toolcache.ToolModels(catalog, "upscale", "upscaler", self._load, budget, weigh=_nbytes)
+
+    @property
+    def budget(self) -> int:
+        """Bytes of weights kept loaded."""
+        return self._models.budget
+
+    @budget.setter
+    def budget(self, value: int) -> None:
+        self._models.budget = value
 
     def loaded(self) -> list[str]:
         """The codes of the upscalers held, least recently used first."""
-        with self._lock:
-            return list(self._held)
+        return self._models.loaded()
 
     def get(self, code: str) -> Any:
         """The loaded `spandrel.ImageModelDescriptor` of upscaler `code`, on the device, in its compute dtype.
@@ -136,43 +132,25 @@ class Upscalers:
         Raises ModelLoadError (naming `code` and why) when the file is gone, unreadable, or not an
         image-to-image model spandrel knows.
         """
-        entry = self.catalog.get("upscale", code)
-        if entry is None:
-            raise errors.ModelLoadError(f"upscaler {code}: no longer in models/upscale")
-        if entry.info.problem:
-            raise errors.ModelLoadError(f"upscaler {code}: {entry.info.problem}")
-        try:
-            stat = entry.path.stat()
-        except OSError as exc:
-            raise errors.ModelLoadError(f"upscaler {code}: {entry.path.name} cannot be read ({exc})") from None
-        version = (stat.st_mtime_ns, stat.st_size)
-        with self._lock:
-            held = self._held.get(code)
-            if held is not None and held.path == entry.path and held.version == version:
-                self._held.move_to_end(code)
-                return held.descriptor
-            self._held.pop(code, None)  # changed on disk, or a new file under that name: drop the old one
-        # loaded outside the lock: holdings (the registry's heartbeat) are read meanwhile
-        descriptor = load_descriptor(code, entry.path, self.device, self.dtype)
-        nbytes = sum(
-            t.numel() * t.element_size() for t in [*descriptor.model.parameters(), *descriptor.model.buffers()]
-        )
-        with self._lock:
-            self._held[code] = _Held(descriptor, entry.path, version, nbytes)
-            self._held.move_to_end(code)
-            while len(self._held) > 1 and sum(h.nbytes for h in self._held.values()) > self.budget:
-                dropped, _ = self._held.popitem(last=False)
-                log.info("upscaler %s unloaded (least recently used; budget %d MiB)", dropped, self.budget >> 20)
+        return self._models.get(code)
+
+    def _load(self, entry: catalog_module.Entry) -> Any:
+        descriptor = load_descriptor(entry.code, entry.path, self.device, self.dtype)
         log.info(
             "upscaler %s loaded: %s ×%d, %.1f MiB, %s on %s",
-            code,
+            entry.code,
             descriptor.architecture.name,
             descriptor.scale,
-            nbytes / 2**20,
+            _nbytes(descriptor) / 2**20,
             str(descriptor.dtype).removeprefix("torch."),
             self.device,
         )
         return descriptor
+
+
+def _nbytes(descriptor: Any) -> int:
+    """A loaded model's weights and buffers, in bytes."""
+    return sum(t.numel() * t.element_size() for t in [*descriptor.model.parameters(), *descriptor.model.buffers()])
 
 
 def load_descriptor(code: str, path: Path, device: torch.device, dtype: torch.dtype) -> Any:
@@ -525,7 +503,15 @@ def infotext(width: int, height: int, upscaler: str, parameters: str | None = No
     fields are appended to its last line as A1111 appends them, so A1111 and its parsers still read the
     generation's parameters; an earlier upscale's fields in it are replaced."""
     line = f"Postprocess upscale to: {width}x{height}, Postprocess upscaler: {upscaler}"
-    lines = _EARLIER_UPSCALE.sub("", (parameters or "").rstrip()).split("\n")
+    return append_fields(parameters, line, _EARLIER_UPSCALE)
+
+
+def append_fields(parameters: str | None, line: str, earlier: re.Pattern[str]) -> str:
+    """`line` (A1111 `Key: value` fields) appended to a `parameters` text's last line as A1111 appends its
+    postprocessing fields, after what `earlier` matches (an earlier run's same fields) is taken out; a
+    prompt's last line gets the fields on a line of their own. No text: `line` alone. (`infotext`, and
+    the eraser's, engine/erase.py.)"""
+    lines = earlier.sub("", (parameters or "").rstrip()).split("\n")
     lines[-1] = lines[-1].removeprefix(", ")
     if not lines[-1].strip():
         lines.pop()

@@ -29,6 +29,8 @@ from picserve.protocol.envelope import describe
 
 __all__ = [
     "CONTROL_MODES",
+    "HIRES_UPSCALERS",
+    "INPAINT_AREAS",
     "MAX_CONTROL_UNITS",
     "MAX_TASK_UIDS",
     "ApplyReferenceStyle",
@@ -37,13 +39,18 @@ __all__ = [
     "ControlNet",
     "Empty",
     "GenerateImagesSDXL",
+    "HiresFixModel",
     "Image2ImageModel",
     "InferenceParamsModel",
     "ListTasksDetails",
+    "MaskModel",
     "Model",
+    "ModifyMaskedPixels",
+    "OutpaintModel",
     "PreProcessorModel",
     "RemoveBackground",
     "RemoveBackgroundsInBatch",
+    "RemoveContents",
     "ResizeImage",
     "TaskDetail",
     "WebhookModel",
@@ -208,15 +215,89 @@ class _Generation(_Request):
     BatchSize: Annotated[Int, Field(ge=1, le=16)] = 1
 
 
+#: what a hires fix upscales with besides an upscaler's ModelCode: the latents (A1111's "Latent"), or the
+#: image by a Lanczos resample
+HIRES_UPSCALERS = ("Latent", "Lanczos")
+
+
+class HiresFixModel(BaseModel):
+    """picserve extension on GenerateImagesSDXL (A1111's hires fix, AI Horde's hires_fix): the image is made
+    at a first-pass size the model is good at, upscaled to Width×Height, and denoised again there."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    #: "Latent", "Lanczos", or an upscaler's ModelCode (ListModels' UpscaleModels)
+    Upscaler: Annotated[str, StringConstraints(min_length=1, max_length=_MAX_MODEL_CODE)] = "Latent"
+    #: the second pass's steps (A1111's hr_second_pass_steps; 0: the first pass's Steps)
+    Steps: Annotated[Int, Field(ge=0, le=100)] = 0
+    DenoisingStrength: Annotated[float, Field(ge=0, le=1)] = 0.7
+    #: the first pass's size (default: Width×Height's aspect ratio at the model's native area, 1024² for
+    #: SDXL; half of Width×Height when that is no larger)
+    FirstPassWidth: Annotated[Int | None, Field(ge=64, le=2560)] = None
+    FirstPassHeight: Annotated[Int | None, Field(ge=64, le=2560)] = None
+
+
 class GenerateImagesSDXL(_Generation):
     Image2Image: Image2ImageModel | None = None
     Tiling: bool = False
     ImageAndMaskList: list[str] | None = None
     # picserve extensions: ControlNet units and IP-Adapter references (PICPIK's GenerateImages field, §4.4),
-    # the control maps returned after the images (AI Horde's return_control_map), the task's events posted
-    # to a URL (default: the key's webhook, if any)
+    # the control maps returned after the images (AI Horde's return_control_map), hires fix, the task's
+    # events posted to a URL (default: the key's webhook, if any)
     ControlNetList: Annotated[list[ControlNet] | None, Field(max_length=MAX_CONTROL_UNITS)] = None
     ReturnControlMaps: bool = False
+    HiresFix: HiresFixModel | None = None
+    Webhook: WebhookModel | None = None
+
+
+#: ModifyMaskedPixels' Masked.InpaintArea (A1111's "inpaint area")
+INPAINT_AREAS = ("WholePicture", "OnlyMasked")
+
+
+class MaskModel(BaseModel):
+    """§4.6 `Mask` (ModifyMaskedPixels' `Masked`): the image and its mask (white = repaint) as
+    ImageAndMaskList entries."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    ImageIndex: Annotated[Int, Field(ge=0)] = 0
+    #: None: no mask drawn (only the Outpaint margins are painted)
+    MaskIndex: Annotated[Int | None, Field(ge=0)] = None
+    InvertMask: bool = False
+    MaskBlur: Annotated[Int, Field(ge=0, le=64)] = 12
+    # picserve extensions: A1111's "inpaint area: only masked" (the mask's box plus OnlyMaskedPadding px,
+    # generated at about OnlyMaskedResolution² px and pasted back)
+    InpaintArea: Annotated[str, Field(pattern=f"^({'|'.join(INPAINT_AREAS)})$")] = "WholePicture"
+    OnlyMaskedPadding: Annotated[Int, Field(ge=0, le=256)] = 32
+    OnlyMaskedResolution: Annotated[Int, Field(ge=64, le=2048)] = 1024
+
+
+class OutpaintModel(BaseModel):
+    """picserve extension on ModifyMaskedPixels: the canvas grows by these px per side; the new area is
+    pre-filled from the image's edges and painted."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    Left: Annotated[Int, Field(ge=0, le=2560)] = 0
+    Top: Annotated[Int, Field(ge=0, le=2560)] = 0
+    Right: Annotated[Int, Field(ge=0, le=2560)] = 0
+    Bottom: Annotated[Int, Field(ge=0, le=2560)] = 0
+
+
+class ModifyMaskedPixels(_Generation):
+    """§6.5: the masked region of an image regenerated; outpainting by growing the canvas."""
+
+    # unlike GenerateImagesSDXL's, no default of 1024: left out, the image's size plus the Outpaint margins
+    Width: Annotated[Int | None, Field(ge=64, le=2560)] = None  # type: ignore[assignment]
+    Height: Annotated[Int | None, Field(ge=64, le=2560)] = None  # type: ignore[assignment]
+    UseMainModelVAE: bool = False
+    Masked: MaskModel
+    #: ReferStrength: how much of the masked region is redrawn (default 1: all of it); an ImageIndex other
+    #: than Masked.ImageIndex names an extra image whose content starts the masked region
+    Image2Image: Image2ImageModel | None = None
+    ImageAndMaskList: Annotated[list[str], Field(min_length=1, max_length=3)]
+    # picserve extensions
+    Outpaint: OutpaintModel | None = None
     Webhook: WebhookModel | None = None
 
 
@@ -286,6 +367,22 @@ class RemoveBackgroundsInBatch(_BackgroundFields):
     """§6.11: one result per image, in order."""
 
     RawImages: Annotated[list[_ImageField], Field(min_length=1, max_length=MAX_BATCH_IMAGES)]
+
+
+class RemoveContents(_Request):
+    """§6.13: the object eraser."""
+
+    RawImage: _ImageField
+    Mask: _ImageField
+    InvertMask: bool = False
+    MaskBlur: Annotated[Int, Field(ge=0, le=64)] = 12
+    # picserve extensions: the eraser (a ModelCode of models/inpaint; default: the one installed), or an
+    # SDXL main model to erase with instead (an inpainting pass with an empty-scene prompt: the way taken
+    # when no eraser is installed), its seed, the task's events
+    EraseModel: Annotated[str | None, StringConstraints(min_length=1, max_length=_MAX_MODEL_CODE)] = None
+    MainModel: Model | None = None
+    Seed: Annotated[Int, Field(ge=-1, le=_MAX_SEED)] = -1
+    Webhook: WebhookModel | None = None
 
 
 #: a TaskUID is 20 characters (rs/xid); anything past 64 cannot be one, and is not looked up or echoed

@@ -15,6 +15,19 @@ The image tools take a base64 image or, chained, a finished task's result of the
 >>> big = client.resize_image(Image=task_image(uid), Scale=2)                 # doctest: +SKIP
 >>> cut = client.remove_background(RawImage=image_data("photo.jpg"))          # doctest: +SKIP
 
+A hires fix (`hires_fix`) makes the image at a smaller first pass, then upscales and denoises it again:
+
+>>> uid = client.generate_images_sdxl(MainModel={"ModelCode": "sdxl-base"},  # doctest: +SKIP
+...     PositivePrompts=["a castle"], Width=2048, Height=1152, HiresFix=hires_fix(denoising_strength=0.5))
+
+Inpainting and outpainting (`masked_edit` builds ModifyMaskedPixels' image fields), and the eraser:
+
+>>> uid = client.modify_masked_pixels(MainModel={"ModelCode": "sdxl-base"},  # doctest: +SKIP
+...     PositivePrompts=["a red scarf"], **masked_edit("photo.png", "mask.png", only_masked=True))
+>>> uid = client.modify_masked_pixels(MainModel={"ModelCode": "sdxl-base"},  # doctest: +SKIP
+...     PositivePrompts=["a beach"], **masked_edit(task_image(uid), outpaint=(256, 0, 256, 0)))
+>>> uid = client.remove_contents(RawImage=image_data("photo.png"), Mask=image_data("mask.png"))  # doctest: +SKIP
+
 ControlNet units (`control_unit`) name their images by index in ImageAndMaskList:
 
 >>> uid = client.generate_images_sdxl(                                        # doctest: +SKIP
@@ -26,15 +39,17 @@ ControlNet units (`control_unit`) name their images by index in ImageAndMaskList
 from __future__ import annotations
 
 import base64
+import io
 import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Unpack, cast
+from typing import Any, Required, Unpack, cast
 
 import httpx
+from typing_extensions import TypedDict
 
 from picserve import domain, errors
 from picserve.protocol import signature
@@ -47,18 +62,38 @@ from picserve.sdk.types import (
     ControlTypeName,
     CreditBalance,
     GenerateImagesSDXLParams,
+    HiresFix,
+    Image2Image,
     InferenceParams,
+    Masked,
     ModelsReply,
+    ModifyMaskedPixelsParams,
+    Outpaint,
     PreProcessor,
     PreProcessorParams,
     RemoveBackgroundParams,
     RemoveBackgroundsInBatchParams,
+    RemoveContentsParams,
     ResizeImageParams,
     ResizeModeName,
     TaskDetail,
 )
 
-__all__ = ["Client", "control_unit", "image_data", "image_type", "is_task_image", "task_image"]
+__all__ = [
+    "Client",
+    "MaskedEdit",
+    "control_unit",
+    "hires_fix",
+    "image_data",
+    "image_field",
+    "image_type",
+    "is_task_image",
+    "masked_edit",
+    "task_image",
+]
+
+#: ModifyMaskedPixels' ImageAndMaskList entries at most
+MAX_MASKED_IMAGES = 3
 
 
 class Client:
@@ -142,6 +177,16 @@ class Client:
     def apply_reference_style(self, **params: Unpack[ApplyReferenceStyleParams]) -> str:
         """ApplyReferenceStyle: a generation task redrawing a raw image in a style image's style."""
         return str(self.call("ApplyReferenceStyle", **params)["TaskUID"])
+
+    def modify_masked_pixels(self, **params: Unpack[ModifyMaskedPixelsParams]) -> str:
+        """ModifyMaskedPixels: a generation task repainting the masked region of an image (inpainting) or
+        (Outpaint) the margins it grows by (outpainting); `masked_edit` builds the image fields."""
+        return str(self.call("ModifyMaskedPixels", **params)["TaskUID"])
+
+    def remove_contents(self, **params: Unpack[RemoveContentsParams]) -> str:
+        """RemoveContents: a task whose one result is `RawImage` with what `Mask` covers erased (an eraser
+        of models/inpaint, or an SDXL inpainting pass with MainModel or when no eraser is installed)."""
+        return str(self.call("RemoveContents", **params)["TaskUID"])
 
     def resize_image(self, **params: Unpack[ResizeImageParams]) -> str:
         """ResizeImage: a task whose one result is `Image` at Width×Height (or its size × Scale)."""
@@ -349,3 +394,115 @@ def _model_code(value: str | Mapping[str, Any], what: str) -> str:
     if not isinstance(code, str) or not code.strip():
         raise ValueError(f"control_unit: {what} must be a ModelCode or a ListControlNets entry, got {value!r}")
     return code.strip()
+
+
+def image_field(source: bytes | str | Path | Any) -> str:
+    """An image field's value from what a caller has: a `task:<TaskUID>/<index>` reference or a `data:` URI
+    (as they are), a file's path, its bytes, or a PIL image (sent as PNG)."""
+    if isinstance(source, str) and (source.startswith("data:") or is_task_image(source)):
+        return source
+    if isinstance(source, str | bytes | Path):
+        return image_data(source)
+    if hasattr(source, "save") and hasattr(source, "size"):  # a PIL image (PIL is not imported for this)
+        buffer = io.BytesIO()
+        source.save(buffer, format="PNG")
+        return image_data(buffer.getvalue())
+    raise TypeError(f"an image: a path, bytes, a PIL image, a data URI or task:TASKUID/INDEX, got {type(source)}")
+
+
+def hires_fix(
+    upscaler: str | None = None,
+    steps: int | None = None,
+    denoising_strength: float | None = None,
+    first_pass: tuple[int, int] | None = None,
+    *,
+    first_pass_width: int | None = None,
+    first_pass_height: int | None = None,
+) -> HiresFix:
+    """GenerateImagesSDXL's `HiresFix` (picserve extension, A1111's hires fix): the image is made at a first
+    pass, upscaled to Width×Height by `upscaler` ("Latent", the default; "Lanczos"; or a ModelCode of
+    ListModels' UpscaleModels) and denoised again there for `steps` (0 or None: the first pass's Steps) at
+    `denoising_strength` (0..1, default 0.7). `first_pass` (width, height), or one side of it (the other by
+    Width×Height's aspect ratio); left out: Width×Height's aspect ratio at 1024² px, or half of it when that
+    is no larger. What is left out is not sent (the server's defaults apply). Text-to-image only."""
+    if first_pass is not None:
+        if first_pass_width is not None or first_pass_height is not None:
+            raise ValueError("hires_fix: give first_pass=(width, height) or first_pass_width/height, not both")
+        if len(first_pass) != 2:
+            raise ValueError(f"hires_fix: first_pass is (width, height), got {first_pass!r}")
+        first_pass_width, first_pass_height = first_pass
+    fields = {
+        "Upscaler": upscaler,
+        "Steps": steps,
+        "DenoisingStrength": denoising_strength,
+        "FirstPassWidth": first_pass_width,
+        "FirstPassHeight": first_pass_height,
+    }
+    return cast(HiresFix, {name: value for name, value in fields.items() if value is not None})
+
+
+class MaskedEdit(TypedDict, total=False):
+    """ModifyMaskedPixels' image fields, as `masked_edit` builds them (splat into `modify_masked_pixels`)."""
+
+    ImageAndMaskList: Required[list[str]]
+    Masked: Required[Masked]
+    Image2Image: Image2Image
+    Outpaint: Outpaint
+
+
+def masked_edit(
+    image: bytes | str | Path | Any,
+    mask: bytes | str | Path | Any | None = None,
+    *,
+    invert_mask: bool = False,
+    mask_blur: int | None = None,
+    only_masked: bool = False,
+    padding: int | None = None,
+    resolution: int | None = None,
+    outpaint: tuple[int, int, int, int] | None = None,
+    strength: float | None = None,
+    extra_image: bytes | str | Path | Any | None = None,
+) -> MaskedEdit:
+    """ModifyMaskedPixels' `ImageAndMaskList`, `Masked`, `Image2Image` and `Outpaint` for `image` and its
+    `mask` (white = repaint; the image's size). Images as `image_field` takes them (a path, bytes, a PIL
+    image, a data URI or `task:<TaskUID>/<index>`).
+
+    `only_masked`: A1111's "inpaint area: only masked": the mask's box plus `padding` px (0..256, 32) is
+    generated at about `resolution`² px (64..2048, 1024) and pasted back. `outpaint`: (left, top, right,
+    bottom) px the canvas grows by (the mask may then be left out: only the margins are painted).
+    `strength`: how much of the masked region is redrawn (0..1; default 1: all of it). `extra_image`: an
+    image whose content starts the masked region (needs no `strength`; its default then is the server's).
+    What is left out is not sent.
+    """
+    if mask is None and not (outpaint and any(outpaint)):
+        raise ValueError("masked_edit: give a mask (white = repaint), or outpaint margins to paint")
+    if outpaint is not None and (len(outpaint) != 4 or any(side < 0 for side in outpaint)):
+        raise ValueError(f"masked_edit: outpaint is (left, top, right, bottom) px >= 0, got {outpaint!r}")
+    if not only_masked and (padding is not None or resolution is not None):
+        raise ValueError("masked_edit: padding and resolution are only_masked's: set only_masked=True")
+    images = [image_field(image)]
+    masked: dict[str, Any] = {"ImageIndex": 0}
+    if mask is not None:
+        images.append(image_field(mask))
+        masked["MaskIndex"] = 1
+    if invert_mask:
+        masked["InvertMask"] = True
+    if mask_blur is not None:
+        masked["MaskBlur"] = mask_blur
+    if only_masked:
+        masked["InpaintArea"] = "OnlyMasked"
+        if padding is not None:
+            masked["OnlyMaskedPadding"] = padding
+        if resolution is not None:
+            masked["OnlyMaskedResolution"] = resolution
+    fields: dict[str, Any] = {"ImageAndMaskList": images, "Masked": masked}
+    if extra_image is not None:
+        images.append(image_field(extra_image))
+        fields["Image2Image"] = {"ImageIndex": len(images) - 1}
+    elif strength is not None:
+        fields["Image2Image"] = {"ImageIndex": 0}
+    if strength is not None:
+        fields["Image2Image"]["ReferStrength"] = strength
+    if outpaint is not None and any(outpaint):
+        fields["Outpaint"] = dict(zip(("Left", "Top", "Right", "Bottom"), outpaint, strict=True))
+    return cast(MaskedEdit, fields)

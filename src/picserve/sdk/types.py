@@ -18,15 +18,21 @@ __all__ = [
     "ControlTypeName",
     "CreditBalance",
     "GenerateImagesSDXLParams",
+    "HiresFix",
     "Image2Image",
     "InferenceParams",
+    "InpaintAreaName",
+    "Masked",
     "ModelRef",
     "ModelsReply",
+    "ModifyMaskedPixelsParams",
+    "Outpaint",
     "PreProcessor",
     "PreProcessorInfo",
     "PreProcessorParams",
     "RemoveBackgroundParams",
     "RemoveBackgroundsInBatchParams",
+    "RemoveContentsParams",
     "ReplyFields",
     "ResizeImageParams",
     "ResizeModeName",
@@ -46,6 +52,8 @@ ResizeModeName = Literal["JustResize", "CropAndResize", "ResizeAndFill"]
 ControlModeName = Literal["Balanced", "PromptMoreImportant", "ControlNetMoreImportant"]
 #: a ControlNet-Union's control types (picserve extension; `specs.controlnet.UNION_TYPES`)
 ControlTypeName = Literal["openpose", "depth", "softedge", "canny", "normal", "segment", "tile", "repaint"]
+#: ModifyMaskedPixels' Masked.InpaintArea, A1111's "inpaint area" (`protocol.messages.INPAINT_AREAS`)
+InpaintAreaName = Literal["WholePicture", "OnlyMasked"]
 
 
 class PreProcessorParams(TypedDict, total=False):
@@ -146,6 +154,39 @@ class Webhook(TypedDict, total=False):
     Events: list[Literal["start", "progress", "completed"]]
 
 
+class HiresFix(TypedDict, total=False):
+    """GenerateImagesSDXL's hires fix (picserve extension; `sdk.hires_fix` builds one): made at a first-pass
+    size, upscaled to Width×Height, denoised again there (A1111's hires fix). Text-to-image only."""
+
+    Upscaler: str  # "Latent" (default), "Lanczos", or a ModelCode of ListModels' UpscaleModels
+    Steps: int  # 0..100, the second pass's (0: the first pass's Steps)
+    DenoisingStrength: float  # 0..1 (0.7)
+    FirstPassWidth: int  # 64..2560 (default: Width×Height's aspect ratio at 1024² px, or half of it)
+    FirstPassHeight: int
+
+
+class Masked(TypedDict, total=False):
+    """ModifyMaskedPixels' `Masked`: the image and its mask (white = repaint) by ImageAndMaskList index."""
+
+    ImageIndex: int  # default 0
+    MaskIndex: int  # may be left out when Outpaint margins are given: only they are painted
+    InvertMask: bool
+    MaskBlur: int  # 0..64 (12)
+    # picserve extensions: A1111's "inpaint area: only masked"
+    InpaintArea: InpaintAreaName
+    OnlyMaskedPadding: int  # 0..256 (32): px around the mask's box
+    OnlyMaskedResolution: int  # 64..2048 (1024): the crop is generated at about this² px
+
+
+class Outpaint(TypedDict, total=False):
+    """ModifyMaskedPixels' outpainting margins (picserve extension): px added per side, 0..2560."""
+
+    Left: int
+    Top: int
+    Right: int
+    Bottom: int
+
+
 class _GenerationParams(TypedDict, total=False):
     """The base generation fields (PICPIK §5) of the actions that generate."""
 
@@ -168,6 +209,37 @@ class GenerateImagesSDXLParams(_GenerationParams, total=False):
     # maps returned in ImgList after the images
     ControlNetList: list[ControlNet]
     ReturnControlMaps: bool
+    HiresFix: HiresFix  # picserve extension: A1111's hires fix (text-to-image only)
+    Webhook: Webhook  # picserve extension
+
+
+class ModifyMaskedPixelsParams(_GenerationParams, total=False):
+    """ModifyMaskedPixels: the masked region of `ImageAndMaskList[Masked.ImageIndex]` regenerated (inpainting),
+    and (picserve extension) the canvas grown by `Outpaint` margins (outpainting). Width and Height left out:
+    the image's size plus the margins. `Image2Image.ReferStrength`: how much of the masked region is redrawn
+    (default 1: all of it); an `Image2Image.ImageIndex` other than Masked.ImageIndex: an extra image starting
+    the masked region. Images as ResizeImageParams' `Image` (base64 or `task:<TaskUID>/<index>`)."""
+
+    Masked: Required[Masked]
+    ImageAndMaskList: Required[list[str]]  # 1 to 3 entries
+    Image2Image: Image2Image
+    UseMainModelVAE: bool
+    Outpaint: Outpaint  # picserve extension
+    Webhook: Webhook  # picserve extension
+
+
+class RemoveContentsParams(TypedDict, total=False):
+    """RemoveContents: what `Mask` (white; the image's size) covers is erased and filled plausibly, by an
+    eraser of models/inpaint (LaMa) or (picserve extension `MainModel`, and when no eraser is installed) an
+    SDXL inpainting pass. Images as ResizeImageParams' `Image`."""
+
+    RawImage: Required[str]
+    Mask: Required[str]
+    InvertMask: bool
+    MaskBlur: int  # 0..64 (12)
+    EraseModel: str  # picserve extension: a ModelCode of ListModels' InpaintModels
+    MainModel: ModelRef  # picserve extension: erase with an SDXL inpainting pass of this model instead
+    Seed: int  # picserve extension: the SDXL pass's seed (-1: random)
     Webhook: Webhook  # picserve extension
 
 
@@ -264,6 +336,8 @@ class ModelsReply(TypedDict):
     # segmentation models (Session, IsDefault), by ModelCode; `Problem` on an entry whose file is broken
     UpscaleModels: NotRequired[dict[str, dict[str, Any]]]
     BackgroundModels: NotRequired[dict[str, dict[str, Any]]]
+    # picserve extension: RemoveContents' erasers (models/inpaint), by ModelCode
+    InpaintModels: NotRequired[dict[str, dict[str, Any]]]
 
 
 class PreProcessorInfo(TypedDict):
@@ -315,8 +389,8 @@ class ReplyFields(TypedDict):
 
 
 class TaskUIDReply(TypedDict):
-    """The reply of the actions that make a task: GenerateImagesSDXL, ResizeImage, RemoveBackground and
-    RemoveBackgroundsInBatch."""
+    """The reply of the actions that make a task: GenerateImagesSDXL, ApplyReferenceStyle, ModifyMaskedPixels,
+    RemoveContents, ResizeImage, RemoveBackground and RemoveBackgroundsInBatch."""
 
     TaskUID: str
 

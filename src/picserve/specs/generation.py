@@ -19,13 +19,26 @@ from picserve.services import Services
 from picserve.specs import controlnet
 from picserve.translate.prompts import PromptTranslator
 
-__all__ = ["MAX_IMAGES", "MAX_IMAGES_BASE64_CHARS", "check_memory", "from_request", "to_spec"]
+__all__ = [
+    "BASE_FIELDS",
+    "MAX_IMAGES",
+    "MAX_IMAGES_BASE64_CHARS",
+    "NATIVE_AREA",
+    "base_fields",
+    "check_memory",
+    "first_pass_size",
+    "from_request",
+    "largest_pass",
+    "to_spec",
+]
 
 _DEFAULTS = {"Steps": 10, "Sampler": "Euler", "ClipSkip": 1, "CFGScale": 7.5}
 
 #: entries of ImageAndMaskList: an image and its mask, and each ControlNet unit's image and mask;
 #: every entry must be referenced
 MAX_IMAGES = 8
+#: the area SDXL was trained at (1024²): a hires fix's first pass and an only-masked crop are made near it
+NATIVE_AREA = 1024 * 1024
 #: the ImageAndMaskList entries' combined length in base64 characters (about 36 MB of image files),
 #: checked before anything is decoded
 MAX_IMAGES_BASE64_CHARS = 48 * 1024 * 1024
@@ -44,7 +57,7 @@ def check_memory(spec: domain.GenerationSpec, workers: list[tuple[str, int]], ca
     entry = catalog.get("main", spec.model_code)
     if not workers or entry is None:
         return
-    width, height = -(-spec.width // 8) * 8, -(-spec.height // 8) * 8  # the engine's multiples of 8
+    width, height = largest_pass(spec)
 
     # the control models a unit names are held beside the main model (IP-Adapters and encoders: a few
     # hundred MB, not counted)
@@ -68,6 +81,35 @@ def check_memory(spec: domain.GenerationSpec, workers: list[tuple[str, int]], ca
         f"device memory even one image at a time, and the largest of this server's {len(workers)} live "
         f"worker(s) has {admission.shown(total)}; at this aspect ratio it fits up to about {fits_w}×{fits_h}"
     )
+
+
+#: §5's base generation fields an action rewritten as GenerateImagesSDXL passes on as they are
+BASE_FIELDS = ("MainModel", "SubModelList", "PositivePrompts", "NegativePrompts", "TranslatePrompts", "Seed")
+
+
+def base_fields(request: Any) -> dict[str, Any]:
+    """The base generation fields (BASE_FIELDS) of `request` (ApplyReferenceStyle, ModifyMaskedPixels, …):
+    what the GenerateImagesSDXL it is rewritten as takes unchanged."""
+    return {name: getattr(request, name) for name in BASE_FIELDS}
+
+
+def largest_pass(spec: domain.GenerationSpec) -> tuple[int, int]:
+    """The size of the largest pass the engine denoises for `spec`, in its multiples of 8: width×height
+    (a hires fix's second pass too), or an only-masked crop's (at most `masked_resolution`² px)."""
+    width, height = spec.width, spec.height
+    if spec.mode == "inpaint" and spec.inpaint_area == "masked":
+        scale = min(1.0, spec.masked_resolution / (width * height) ** 0.5)
+        width, height = max(64, round(width * scale)), max(64, round(height * scale))
+    return -(-width // 8) * 8, -(-height // 8) * 8
+
+
+def first_pass_size(width: int, height: int) -> tuple[int, int]:
+    """A hires fix's first pass by default (AI Horde's rule): width×height's aspect ratio at SDXL's native
+    area, or half of width×height (A1111's default "upscale by 2") when that is no larger; sides in
+    multiples of 8, at least 64."""
+    area = width * height
+    scale = (NATIVE_AREA / area) ** 0.5 if area > NATIVE_AREA else 0.5
+    return max(64, round(width * scale / 8) * 8), max(64, round(height * scale / 8) * 8)
 
 
 def to_spec(
@@ -109,6 +151,7 @@ def to_spec(
     units, control_images, control_used = controlnet.units(request, entry, catalog)
     images = _reference_images(request, steps, control_used)
     _check_inpainting_model(entry, images)
+    hires = _hires(request, steps, images, catalog)
     sub_models = _sub_models(request.SubModelList or [], entry, catalog)
     if any(u.model_type == "ipadapter" for u in units) and any(s.kind == "hypernetwork" for s in sub_models):
         raise errors.ParamError(
@@ -152,8 +195,50 @@ def to_spec(
         control_images=control_images,
         control_images_keys=tuple(None for _ in control_images),
         return_control_maps=request.ReturnControlMaps,
+        hires=hires,
         **images,
     )
+
+
+def _hires(
+    request: messages.GenerateImagesSDXL, steps: int, images: dict[str, Any], catalog: catalog_module.Catalog
+) -> domain.Hires | None:
+    """HiresFix → the two passes' plan, checked: text-to-image only (as A1111's), an upscaler that is
+    installed, a first pass smaller than Width×Height, and at least one second-pass step."""
+    fix = request.HiresFix
+    if fix is None:
+        return None
+    if images:
+        raise errors.ParamError(
+            "HiresFix: applies to text-to-image only (as A1111's hires fix); leave out Image2Image, or upscale the "
+            "image with ResizeImage"
+        )
+    if fix.Upscaler not in messages.HIRES_UPSCALERS:
+        entry = catalog.get("upscale", fix.Upscaler)
+        if entry is None or entry.info.problem:
+            installed = ", ".join([*messages.HIRES_UPSCALERS, *sorted(catalog.entries("upscale"))])
+            why = f"cannot be used: {entry.info.problem}" if entry is not None else "is not on this server"
+            raise errors.ModelNotFound(f"HiresFix.Upscaler {fix.Upscaler!r} {why} (available: {installed})")
+    width, height = request.Width, request.Height
+    first_w, first_h = first_pass_size(width, height)
+    if fix.FirstPassWidth is not None and fix.FirstPassHeight is not None:
+        first_w, first_h = fix.FirstPassWidth, fix.FirstPassHeight
+    elif fix.FirstPassWidth is not None:  # the other side by Width×Height's aspect ratio
+        first_w, first_h = fix.FirstPassWidth, max(64, round(fix.FirstPassWidth * height / width / 8) * 8)
+    elif fix.FirstPassHeight is not None:
+        first_w, first_h = max(64, round(fix.FirstPassHeight * width / height / 8) * 8), fix.FirstPassHeight
+    if first_w > width or first_h > height or (first_w, first_h) == (width, height):
+        raise errors.ParamError(
+            f"HiresFix.FirstPassWidth/FirstPassHeight: the first pass ({first_w}×{first_h}) must be smaller than "
+            f"Width×Height ({width}×{height}), no side larger"
+        )
+    second_steps = fix.Steps or steps
+    if int(second_steps * fix.DenoisingStrength) < 1:
+        raise errors.ParamError(
+            f"HiresFix.DenoisingStrength {fix.DenoisingStrength:g} × Steps {second_steps} leaves no denoising step: "
+            "their product must be at least 1"
+        )
+    return domain.Hires(first_w, first_h, fix.Upscaler, second_steps, fix.DenoisingStrength)
 
 
 def _check_clip_skip(clip_skip: int, main: catalog_module.Entry) -> None:

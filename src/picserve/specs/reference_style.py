@@ -9,8 +9,6 @@ else the only one installed; none installed is refused at submit, saying what to
 
 from __future__ import annotations
 
-from typing import Any
-
 from picserve import catalog as catalog_module
 from picserve import domain, errors, reference_images
 from picserve.protocol import messages
@@ -42,12 +40,8 @@ def as_generation(
         scale = min(1.0, 2560 / max(raw.size))
         width = width or max(64, round(raw.width * scale / 8) * 8)
         height = height or max(64, round(raw.height * scale / 8) * 8)
-    params: dict[str, Any] = {
-        name: getattr(request, name)
-        for name in ("MainModel", "SubModelList", "PositivePrompts", "NegativePrompts", "TranslatePrompts", "Seed")
-    }
     return messages.GenerateImagesSDXL.model_construct(
-        **params,
+        **generation.base_fields(request),
         Width=width,
         Height=height,
         BatchSize=request.BatchSize,

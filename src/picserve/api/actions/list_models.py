@@ -4,10 +4,11 @@ Besides PICPIK's fields, picserve extensions that an unchanged PICPIK client ign
 the tensor shapes say), `StorageDtype` (float16, bfloat16, float8_e4m3fn, … of a .safetensors file), for
 main models `Prediction` ("epsilon" or "v"), `ZeroTerminalSNR` and `Vae` (the VAE of models/vae it decodes
 with; null: the checkpoint's own), for sub-models and VAEs `CompatibleMainModels`, and `VaeModels`, the
-installed VAEs (a VAE is per main model, not named in requests). Two more extension maps list the models
-of the image tools: `UpscaleModels` (ResizeImage's `UpscaleModel`: `Architecture` and `Scale`, each null
-until known) and `BackgroundModels` (RemoveBackground's `BackgroundModel`: `Session`, the rembg family),
-each with `IsDefault` (what a request naming none gets) and `Problem` for a file that cannot be used.
+installed VAEs (a VAE is per main model, not named in requests). Three more extension maps list the
+models of the image tools: `UpscaleModels` (ResizeImage's `UpscaleModel`: `Architecture` and `Scale`, each
+null until known), `BackgroundModels` (RemoveBackground's `BackgroundModel`: `Session`, the rembg family)
+and `InpaintModels` (RemoveContents' `EraseModel`: `Architecture`, e.g. LaMa, null until known), each
+with `IsDefault` (what a request naming none gets) and `Problem` for a file that cannot be used.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _REPLY_FIELDS = {
     "vae": "VaeModels",  # picserve extension
     "upscale": "UpscaleModels",  # picserve extension
     "background": "BackgroundModels",  # picserve extension
+    "inpaint": "InpaintModels",  # picserve extension
 }
 
 
@@ -61,10 +63,12 @@ def _models(catalog: catalog_module.Catalog, defaults: dict[str, str | None] | N
 
 
 def _tool(entry: catalog_module.Entry, is_default: bool) -> dict[str, Any]:
-    """An upscaler or background model: what it is, and whether requests naming none get it."""
+    """An upscaler, background model or eraser: what it is, and whether requests naming none get it."""
     model: dict[str, Any] = {"Name": entry.name, "ModelCode": entry.code, "IsOfficial": entry.is_official}
     if entry.kind == "upscale":
         model.update(Architecture=entry.architecture, Scale=entry.scale)
+    elif entry.kind == "inpaint":
+        model["Architecture"] = entry.architecture
     else:
         model["Session"] = entry.session
     model["IsDefault"] = is_default

@@ -166,6 +166,16 @@ export class Client {
     return (await this.call("GenerateImagesSDXL", params)).TaskUID;
   }
 
+  /** ModifyMaskedPixels (inpainting, only-masked, outpainting): its TaskUID. */
+  async modifyMaskedPixels(params) {
+    return (await this.call("ModifyMaskedPixels", params)).TaskUID;
+  }
+
+  /** RemoveContents (the eraser): its TaskUID. */
+  async removeContents(params) {
+    return (await this.call("RemoveContents", params)).TaskUID;
+  }
+
   /** ResizeImage (an upscale): `Image` is a base64 image, a data URI or `task:<TaskUID>/<index>`. */
   async resizeImage(params) {
     return (await this.call("ResizeImage", params)).TaskUID;

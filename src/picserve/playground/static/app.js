@@ -51,6 +51,15 @@ function controlFor(path, context) {
     [/^Width/, "width"],
     [/^Height/, "height"],
     [/^BatchSize/, "batch"],
+    [/^HiresFix\.Upscaler/, "hires-upscaler"],
+    [/^HiresFix\.Steps/, "hires-steps"],
+    [/^HiresFix\.DenoisingStrength/, "hires-denoise"],
+    [/^HiresFix\.FirstPass/, "hires-first-width"],
+    [/^HiresFix/, "hires"],
+    [/^Outpaint/, "outpaint"],
+    [/^Masked\.OnlyMaskedPadding/, "masked-padding"],
+    [/^Masked\.MaskIndex|^Mask\b|^Masked/, context.hasMask ? "mask-canvas" : "init-image"],
+    [/^RawImage/, "init-image"],
     [/^Image2Image\.ReferStrength/, "refer-strength"],
     [/^Image2Image\.ResizeMode/, "resize-mode"],
     [/^Image2Image\.MaskIndex|^ImageAndMaskList\[1\]/, context.hasMask ? "mask-canvas" : "init-image"],
@@ -72,6 +81,7 @@ function controlFor(path, context) {
 
 function errorElementFor(id) {
   if (id === "mask-canvas") return $("mask-error");
+  if (id.startsWith("hires-first")) return $("hires-first-error");
   if (id.startsWith("weight-") || id.startsWith("remove-")) return $("sub-models-error");
   return $(`${id}-error`);
 }
@@ -226,8 +236,29 @@ function modelLabel(model) {
   return model.Name && model.Name !== model.ModelCode ? `${model.ModelCode} · ${model.Name}` : model.ModelCode;
 }
 
+/** The hires fix's upscalers: the latents, a Lanczos resample, and ListModels' UpscaleModels. */
+function fillHiresUpscalers(models) {
+  const select = $("hires-upscaler");
+  const previous = select.value || "Latent";
+  const upscalers = Object.values(models.UpscaleModels || {})
+    .filter((m) => !m.Problem)
+    .sort((a, b) => a.ModelCode.localeCompare(b.ModelCode));
+  select.replaceChildren(
+    h("option", { value: "Latent" }, "Latent"),
+    h("option", { value: "Lanczos" }, "Lanczos"),
+    ...upscalers.map((m) => h("option", { value: m.ModelCode }, modelLabel(m))),
+  );
+  select.value = [...select.options].some((o) => o.value === previous) ? previous : "Latent";
+}
+
+function hiresToggled() {
+  $("hires-options").hidden = !$("hires").checked;
+  clearError($("hires"));
+}
+
 function fillModels(models) {
   state.models = models;
+  fillHiresUpscalers(models);
   const select = $("model");
   const previous = select.value;
   const mains = Object.values(models.MainModels || {}).sort((a, b) => a.ModelCode.localeCompare(b.ModelCode));
@@ -516,6 +547,15 @@ function snapshot() {
     seed: $("seed").value,
     translate: $("translate").checked,
     tiling: $("tiling").checked,
+    hires: $("hires").checked
+      ? {
+          upscaler: $("hires-upscaler").value,
+          steps: $("hires-steps").value,
+          denoise: $("hires-denoise").value,
+          firstWidth: $("hires-first-width").value,
+          firstHeight: $("hires-first-height").value,
+        }
+      : null,
     referStrength: $("refer-strength").value,
     resizeMode: $("resize-mode").value,
     image: state.init ? state.init.name : null,
@@ -588,8 +628,88 @@ function buildRequest() {
     // with units the mask is named: the entry after the image is taken as its mask only when no unit uses it
     if (hasMask) params.Image2Image.MaskIndex = 1;
   }
+  if ($("hires").checked) {
+    if (state.init) throw new FieldError("hires", "Hires fix applies to text to image only: untick it, or remove the init image");
+    params.HiresFix = hiresFix();
+  }
   if (images.length) params.ImageAndMaskList = images;
-  return { params, context: { subModels, hasMask, owners, unitKeys: control?.keys || [] } };
+  const context = { subModels, hasMask, owners, unitKeys: control?.keys || [] };
+  const margins = state.init ? outpaintMargins() : null;
+  const onlyMasked = hasMask && $("only-masked").checked;
+  if (!onlyMasked && !margins) return { action: "GenerateImagesSDXL", params, context };
+  // only-masked inpainting and outpainting are ModifyMaskedPixels'
+  if (control) throw new FieldError(margins ? "outpaint" : "masked-padding", "Only masked and outpainting do not take Control units: remove them");
+  const masked = { ImageIndex: 0 };
+  if (hasMask) masked.MaskIndex = 1;
+  if (onlyMasked) {
+    masked.InpaintArea = "OnlyMasked";
+    masked.OnlyMaskedPadding = number("masked-padding", "Padding");
+  }
+  const edit = { ...params, Masked: masked, Image2Image: { ImageIndex: 0, ReferStrength: params.Image2Image.ReferStrength } };
+  if (margins) edit.Outpaint = margins;
+  // the result is the image's size plus the margins (the server's default)
+  for (const name of ["Width", "Height", "Tiling"]) delete edit[name];
+  return { action: "ModifyMaskedPixels", params: edit, context };
+}
+
+/** GenerateImagesSDXL's HiresFix from its fields (a first pass left blank: the server's default). */
+function hiresFix() {
+  const fix = {
+    Upscaler: $("hires-upscaler").value || "Latent",
+    Steps: number("hires-steps", "Hires steps"),
+    DenoisingStrength: number("hires-denoise", "Denoising strength"),
+  };
+  for (const [id, key] of [
+    ["hires-first-width", "FirstPassWidth"],
+    ["hires-first-height", "FirstPassHeight"],
+  ]) {
+    const raw = $(id).value.trim();
+    if (raw === "") continue;
+    const value = Number(raw);
+    if (!Number.isFinite(value)) throw new FieldError("hires-first-width", "First pass: enter a number, or leave it blank");
+    fix[key] = value;
+  }
+  return fix;
+}
+
+/** The Outpaint margins, or null when none is given. */
+function outpaintMargins() {
+  const margins = {};
+  for (const side of ["Left", "Top", "Right", "Bottom"]) {
+    const raw = $(`outpaint-${side.toLowerCase()}`).value.trim();
+    const value = raw === "" ? 0 : Number(raw);
+    if (!Number.isFinite(value)) throw new FieldError("outpaint", `Outpaint ${side}: enter a number of px`);
+    margins[side] = value;
+  }
+  return Object.values(margins).some((v) => v !== 0) ? margins : null;
+}
+
+/** "Erase": RemoveContents of the init image with the painted mask (white: erased). */
+async function eraseMasked() {
+  clearErrors();
+  if (!state.client && !(await connect())) return;
+  if (!state.init) return showFieldError("init-image", "Choose an image to erase from");
+  const mask = painter.toDataURL();
+  if (!mask) return showFieldError("mask-canvas", "Paint over what to erase");
+  const button = $("mask-erase");
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  try {
+    const params = { RawImage: state.init.dataUrl, Mask: mask };
+    // no eraser on the server (ListModels' InpaintModels): an SDXL inpainting pass with the chosen model
+    const erasers = Object.values(state.models?.InpaintModels || {}).filter((m) => !m.Problem);
+    const model = erasers.length ? null : $("model").value;
+    if (model) params.MainModel = { ModelCode: model };
+    const uid = await state.client.removeContents(params);
+    showSigner(state.client);
+    tasks.add(uid, { tool: "erase", source: state.init.name, model: model || undefined });
+    announce(`Task ${uid} submitted: an erase.`);
+  } catch (error) {
+    showApiError(error, { subModels: [], hasMask: true, owners: { 0: "init-image" } });
+  } finally {
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+  }
 }
 
 async function generate() {
@@ -609,7 +729,10 @@ async function generate() {
   button.disabled = true;
   try {
     const form = snapshot();
-    const uid = await state.client.generate(request.params);
+    const uid =
+      request.action === "ModifyMaskedPixels"
+        ? await state.client.modifyMaskedPixels(request.params)
+        : await state.client.generate(request.params);
     showSigner(state.client);
     tasks.add(uid, form);
     announce(`Task ${uid} submitted.`);
@@ -645,6 +768,15 @@ function reuse(form, seed) {
   $("seed").value = seed ?? form.seed ?? -1;
   $("translate").checked = form.translate !== false;
   $("tiling").checked = Boolean(form.tiling);
+  $("hires").checked = Boolean(form.hires);
+  if (form.hires) {
+    if ([...$("hires-upscaler").options].some((o) => o.value === form.hires.upscaler)) $("hires-upscaler").value = form.hires.upscaler;
+    $("hires-steps").value = form.hires.steps;
+    $("hires-denoise").value = form.hires.denoise;
+    $("hires-first-width").value = form.hires.firstWidth;
+    $("hires-first-height").value = form.hires.firstHeight;
+  }
+  hiresToggled();
   if (form.resizeMode) $("resize-mode").value = form.resizeMode;
   renderSubModels();
   highlightPrompts();
@@ -748,6 +880,8 @@ function wire() {
   $("tool-eraser").addEventListener("change", toolChanged);
   $("mask-invert").addEventListener("click", () => painter.invert());
   $("mask-clear").addEventListener("click", () => painter.clear());
+  $("mask-erase").addEventListener("click", eraseMasked);
+  $("hires").addEventListener("change", hiresToggled);
 }
 
 /** The Generate bar leaves room for itself: on wide screens it sits below the scrolling settings

@@ -34,11 +34,13 @@ export function describe(form = {}, limit = 80) {
     return excerpt(`Upscale ${how}: ${form.source}`, limit);
   }
   if (form.tool === "cutout") return excerpt(`${form.onlyMask ? "Mask" : "Cut-out"}: ${form.source}`, limit);
+  if (form.tool === "erase") return excerpt(`Erase: ${form.source}`, limit);
   return excerpt(form.prompt, limit);
 }
 
 /** A tool's result under its image: "upscaled 2× · 2x-compact", "background removed · birefnet". */
 function toolCaption(form) {
+  if (form.tool === "erase") return form.model ? `erased · ${form.model}` : "erased";
   const what =
     form.tool === "upscale"
       ? form.scale
