@@ -334,6 +334,19 @@ def _baseline(action: str, task_uid: str, with_images: str) -> dict[str, Any]:
     """A valid request of `action` (its own fields; the envelope is added when signing)."""
     if action in ("ListTasksDetails", "CancelTask"):
         return {"TaskUIDList": [task_uid]}
+    images = dict(hostile_images())
+    if action == "RemoveContents":
+        return {"RawImage": images["png"], "Mask": images["mask"], "MaskBlur": 4, "InvertMask": False}
+    if action == "ModifyMaskedPixels":  # only-masked, with an outpainting margin
+        return {
+            "MainModel": {"ModelCode": MODEL, "InferenceParams": {"Steps": 6}},
+            "PositivePrompts": ["a boat"],
+            "TranslatePrompts": False,
+            "Seed": 1,
+            "ImageAndMaskList": [images["png"], images["mask"]],
+            "Masked": {"ImageIndex": 0, "MaskIndex": 1, "MaskBlur": 4, "InpaintArea": "OnlyMasked"},
+            "Outpaint": {"Left": 8, "Top": 0, "Right": 0, "Bottom": 8},
+        }
     if action != "GenerateImagesSDXL":
         return {}
     params: dict[str, Any] = {
@@ -348,7 +361,8 @@ def _baseline(action: str, task_uid: str, with_images: str) -> dict[str, Any]:
         "BatchSize": 1,
         "Tiling": False,
     }
-    images = dict(hostile_images())
+    if with_images == "none":  # text to image: by hires fix (a 64² first pass)
+        params.update(Width=128, Height=96, HiresFix={"Upscaler": "Latent", "Steps": 6, "DenoisingStrength": 0.5})
     if with_images == "img2img":
         params["ImageAndMaskList"] = [images["png"]]
         params["Image2Image"] = {"ImageIndex": 0, "ReferStrength": 0.5, "ResizeMode": "JustResize"}

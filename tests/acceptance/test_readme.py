@@ -234,13 +234,13 @@ def test_the_edits_example_and_the_same_chain_as_signed_raw_json(server, tmp_pat
     base, key, _ = server
     ran = run_python(readme_block("edits"), base, key, tmp_path)
     big, mended, erased = (Image.open(tmp_path / line) for line in ran.stdout.split())
-    assert big.size == mended.size == erased.size == (768, 512)
-    assert "Hires upscaler: Latent" in big.text["parameters"] and "First pass size: 384x256" in big.text["parameters"]
+    assert big.size == mended.size == erased.size == (512, 384)
+    assert "Hires upscaler: Latent" in big.text["parameters"] and "First pass size: 256x192" in big.text["parameters"]
     assert "Inpaint area: Only masked" in mended.text["parameters"]
     assert "Postprocess erase: lama-tiny-random" in erased.text["parameters"]  # the installed eraser
     # every pixel outside the feathered masks is the hires image's, bit for bit
-    kept = np.ones((512, 768), bool)
-    kept[180 - 80 : 330 + 80, 300 - 80 : 420 + 80] = False  # the feathers' reach (the erase's: 2 × 12 + 3 × 12)
+    kept = np.ones((384, 512), bool)
+    kept[120 - 80 : 240 + 80, 200 - 80 : 300 + 80] = False  # the feathers' reach (the erase's: 2 × 12 + 3 × 12)
     before, after = (np.asarray(i.convert("RGB")) for i in (big, erased))
     assert np.array_equal(before[kept], after[kept]) and not np.array_equal(before, after)
 
