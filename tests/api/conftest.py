@@ -7,11 +7,13 @@ No PostgreSQL, no torch, no model weights: the fast tier. The models folder hold
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -105,3 +107,20 @@ def request(**overrides: object) -> dict[str, object]:
 
 
 RequestFactory = Callable[..., dict[str, object]]
+
+
+def recording() -> tuple[Client, list[dict[str, typing.Any]]]:
+    """A client whose every call is answered with a TaskUID, and the bodies it sent (the SDK tests')."""
+    sent: list[dict[str, typing.Any]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = httpx.Response(200, content=request.content).json()
+        sent.append(body)
+        return httpx.Response(200, json={"Action": body["Action"], "RetCode": 0, "Message": "", "TaskUID": "t1"})
+
+    return Client("http://picpik.test", "pub", "priv", transport=httpx.MockTransport(answer)), sent
+
+
+def own_fields(body: dict[str, typing.Any]) -> dict[str, typing.Any]:
+    """A sent body without the envelope: the action's own fields."""
+    return {k: v for k, v in body.items() if k not in ("Action", "PublicKey", "Signature", "request_uuid")}

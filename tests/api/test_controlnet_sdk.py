@@ -14,17 +14,16 @@ import typing
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
 from picserve import domain, preprocessors
 from picserve.api import openapi
 from picserve.protocol import messages, signature
-from picserve.sdk import Client, control_unit, image_data, task_image
+from picserve.sdk import control_unit, image_data, task_image
 from picserve.sdk import types as sdk_types
 from picserve.specs.controlnet import UNION_TYPES
-from tests.api.conftest import Stack, open_stack, request
+from tests.api.conftest import Stack, open_stack, own_fields, recording, request
 from tests.api.test_controlnet import SD1_CONTROLNET, SDXL_CONTROLNET, SDXL_UNION, image_b64
 from tests.headers import write_header
 
@@ -46,22 +45,6 @@ def controls(settings) -> Iterator[Stack]:
     install_control_models(settings.models_dir)
     with open_stack(settings) as opened:
         yield opened
-
-
-def recording() -> tuple[Client, list[dict[str, typing.Any]]]:
-    """A client whose every call is answered with a TaskUID, and the bodies it sent."""
-    sent: list[dict[str, typing.Any]] = []
-
-    def answer(http_request: httpx.Request) -> httpx.Response:
-        body = httpx.Response(200, content=http_request.content).json()
-        sent.append(body)
-        return httpx.Response(200, json={"Action": body["Action"], "RetCode": 0, "Message": "", "TaskUID": "t1"})
-
-    return Client("http://picpik.test", "pub", "priv", transport=httpx.MockTransport(answer)), sent
-
-
-def own_fields(body: dict[str, typing.Any]) -> dict[str, typing.Any]:
-    return {k: v for k, v in body.items() if k not in ("Action", "PublicKey", "Signature", "request_uuid")}
 
 
 # --- control_unit: the wire's unit, only what was given ------------------------------------------------

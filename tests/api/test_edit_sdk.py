@@ -9,7 +9,6 @@ import io
 import typing
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 
@@ -18,7 +17,7 @@ from picserve.protocol import messages, signature
 from picserve.sdk import Client, hires_fix, image_data, image_field, masked_edit, task_image
 from picserve.sdk import types as sdk_types
 from picserve.specs import remove_contents
-from tests.api.conftest import MODEL, Stack, request
+from tests.api.conftest import MODEL, Stack, own_fields, recording, request
 from tests.api.test_tools import UPSCALER
 from tests.api.test_tools_sdk import marked
 from tests.headers import write_header
@@ -34,22 +33,6 @@ def png(size: tuple[int, int] = (64, 48), colour: str = "grey", box: tuple[int, 
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def recording() -> tuple[Client, list[dict[str, typing.Any]]]:
-    """A client whose every call is answered with a TaskUID, and the bodies it sent."""
-    sent: list[dict[str, typing.Any]] = []
-
-    def answer(http_request: httpx.Request) -> httpx.Response:
-        body = httpx.Response(200, content=http_request.content).json()
-        sent.append(body)
-        return httpx.Response(200, json={"Action": body["Action"], "RetCode": 0, "Message": "", "TaskUID": "t1"})
-
-    return Client("http://picpik.test", "pub", "priv", transport=httpx.MockTransport(answer)), sent
-
-
-def own_fields(body: dict[str, typing.Any]) -> dict[str, typing.Any]:
-    return {k: v for k, v in body.items() if k not in ("Action", "PublicKey", "Signature", "request_uuid")}
 
 
 # --- the helpers ---------------------------------------------------------------------------------------

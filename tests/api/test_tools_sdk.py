@@ -7,13 +7,13 @@ import base64
 import io
 import typing
 
-import httpx
 import pytest
 from PIL import Image
 
 from picserve.protocol import messages, signature
-from picserve.sdk import Client, image_data, is_task_image, task_image
+from picserve.sdk import image_data, is_task_image, task_image
 from picserve.sdk import types as sdk_types
+from tests.api.conftest import own_fields, recording
 
 UID = "ckti5nf2h4keq8mr9n00"
 
@@ -22,22 +22,6 @@ def encoded(kind: str, size: tuple[int, int] = (3, 2)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, (200, 30, 60)).save(buffer, format=kind)
     return buffer.getvalue()
-
-
-def recording() -> tuple[Client, list[dict[str, typing.Any]]]:
-    """A client whose every call is answered with a TaskUID, and the bodies it sent."""
-    sent: list[dict[str, typing.Any]] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        body = httpx.Response(200, content=request.content).json()
-        sent.append(body)
-        return httpx.Response(200, json={"Action": body["Action"], "RetCode": 0, "Message": "", "TaskUID": "t1"})
-
-    return Client("http://picpik.test", "pub", "priv", transport=httpx.MockTransport(answer)), sent
-
-
-def own_fields(body: dict[str, typing.Any]) -> dict[str, typing.Any]:
-    return {k: v for k, v in body.items() if k not in ("Action", "PublicKey", "Signature", "request_uuid")}
 
 
 def test_resize_image_sends_its_fields_signed():
