@@ -115,15 +115,9 @@ def load_descriptor(code: str, path: Path, device: torch.device) -> Any:
     ModelLoadError (naming `code`) for a file spandrel cannot read or does not recognise, a model that is
     not an inpainting model (an upscaler), or one whose images are not RGB.
     """
-    import spandrel  # 2 s to import (with torchvision): only when a worker first erases
+    import spandrel
 
-    try:
-        descriptor = spandrel.ModelLoader(device=device).load_from_file(path)
-    except Exception as exc:  # spandrel's own errors, pickle's, safetensors', zip's: whatever the bytes caused
-        if memory.is_out_of_memory(exc):
-            raise errors.OutOfMemory(f"eraser {code}: the device ran out of memory loading it") from exc
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise errors.ModelLoadError(f"eraser {code}: {path.name} is not a model spandrel can load ({reason})") from exc
+    descriptor = toolcache.spandrel_load("eraser", code, path, device)
     name = descriptor.architecture.name
     if not isinstance(descriptor, spandrel.MaskedImageModelDescriptor):
         raise errors.ModelLoadError(

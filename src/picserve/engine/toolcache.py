@@ -1,5 +1,6 @@
 """The image tools' models a worker keeps loaded: upscalers (engine/upscale.py), background models
-(engine/cutout.py) and erasers (engine/erase.py) share this cache.
+(engine/cutout.py) and erasers (engine/erase.py) share this cache, and the first two kinds' loading
+through spandrel (`spandrel_load`).
 
 A model is looked up in the catalog by its ModelCode, loaded on first use, and loaded again when its file
 changed (its mtime or size, or what its catalog entry says it is, e.g. a background model's rembg family);
@@ -15,12 +16,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from picserve import catalog as catalog_module
 from picserve import errors
+from picserve.engine import memory
 
-__all__ = ["ToolModels"]
+__all__ = ["ToolModels", "spandrel_load"]
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +105,18 @@ class ToolModels(Generic[T]):
     def _drop(self, code: str) -> None:
         with self._lock:
             self._held.pop(code, None)
+
+
+def spandrel_load(what: str, code: str, path: Path, device: Any) -> Any:
+    """spandrel's descriptor of the file `path` on `device` (an upscaler's or an eraser's: `what`), with
+    whatever the bytes caused as ModelLoadError naming `code` and the file, and running out of memory as
+    OutOfMemory. The caller checks the descriptor is of its kind."""
+    import spandrel  # 2 s to import (with torchvision): only when a worker first needs a tool model
+
+    try:
+        return spandrel.ModelLoader(device=device).load_from_file(path)
+    except Exception as exc:  # spandrel's own errors, pickle's, safetensors', zip's: whatever the bytes caused
+        if memory.is_out_of_memory(exc):
+            raise errors.OutOfMemory(f"{what} {code}: the device ran out of memory loading it") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise errors.ModelLoadError(f"{what} {code}: {path.name} is not a model spandrel can load ({reason})") from exc

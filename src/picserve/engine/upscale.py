@@ -160,17 +160,9 @@ def load_descriptor(code: str, path: Path, device: torch.device, dtype: torch.dt
     not image to image (an inpainting model), a face restorer (it needs aligned 512² faces), or one
     whose images are neither RGB nor grey.
     """
-    import spandrel  # 2 s to import (with torchvision): only when a worker first upscales
+    import spandrel
 
-    try:
-        descriptor = spandrel.ModelLoader(device=device).load_from_file(path)
-    except Exception as exc:  # spandrel's own errors, pickle's, safetensors', zip's: whatever the bytes caused
-        if memory.is_out_of_memory(exc):
-            raise errors.OutOfMemory(f"upscaler {code}: the device ran out of memory loading it") from exc
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise errors.ModelLoadError(
-            f"upscaler {code}: {path.name} is not a model spandrel can load ({reason})"
-        ) from exc
+    descriptor = toolcache.spandrel_load("upscaler", code, path, device)
     name = descriptor.architecture.name
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise errors.ModelLoadError(f"upscaler {code}: {path.name} is a {name} model, not image to image")
