@@ -214,17 +214,6 @@ class Engine:
         images = [canvas.paste(prepared, image, box) for image in generated.images]
         return Generated(images, generated.seeds, [infotext.of(spec, s) for s in generated.seeds])
 
-    def denoise(
-        self,
-        spec: domain.GenerationSpec,
-        on_step: StepCallback,
-        on_preview: PreviewCallback | None,
-        source: PassInput | None = None,
-    ) -> Generated:
-        """One denoising pass of `spec`'s batch at its width×height, from the spec's own input, or from
-        `source`. Call it inside `generate`'s block (its lock, device and memory errors)."""
-        return self._generate(spec, on_step, on_preview, source)
-
     def _references(self, spec: domain.GenerationSpec, width: int, height: int) -> list[ipadapter.Reference]:
         """The spec's IP-Adapter units as references: the adapter file, its image encoder, the image, and
         its mask at the generation's size (width×height)."""
@@ -249,13 +238,15 @@ class Engine:
         self.pipelines.unload_all(keep=self.pipelines.loaded[-1:])  # the model of this request stays
         loader.free_memory(self.pipelines.device)
 
-    def _generate(
+    def denoise(
         self,
         spec: domain.GenerationSpec,
         on_step: StepCallback,
         on_preview: PreviewCallback | None,
-        source: PassInput | None,
+        source: PassInput | None = None,
     ) -> Generated:
+        """One denoising pass of `spec`'s batch at its width×height, from the spec's own input, or from
+        `source`. Call it inside `generate`'s block (its lock, device and memory errors)."""
         # 1. The pipeline for the mode (txt2img, img2img, inpaint share one loaded model) and a fresh scheduler.
         #    Loading can take long: a cancel that came meanwhile stops here. The API has checked the model
         #    against the request (to_spec): an inpainting model gets a mask, ClipSkip is within its encoder.
@@ -333,7 +324,7 @@ class Engine:
 
             # 6. Denoise in chunks of the batch; image i uses seed + i, from a CPU generator (same on any device).
             #    A chunk that runs out of memory is retried one image at a time (memory.run_in_chunks).
-            def denoise(chunk_seeds: list[int], on_chunk_step: Callable[[float], None]) -> list[Image.Image]:
+            def denoise_chunk(chunk_seeds: list[int], on_chunk_step: Callable[[float], None]) -> list[Image.Image]:
                 def step_end(step_pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
                     on_chunk_step((step + 1) / max(1, step_pipe.num_timesteps))
                     if on_preview is not None:
@@ -369,7 +360,7 @@ class Engine:
                 tiling.tiled_vae(pipe, plan.tiled_vae),
                 tiling.sliced_vae(pipe, plan.slice_vae),
             ):
-                results = memory.run_in_chunks(seeds, plan.chunk, denoise, on_step, self._free_memory)
+                results = memory.run_in_chunks(seeds, plan.chunk, denoise_chunk, on_step, self._free_memory)
 
         # 7. The model's bytes now: LoRAs loaded as adapters stay with it, and count in the cache's budget.
         model.nbytes = loader.pipeline_bytes(model.base)

@@ -54,7 +54,7 @@ def generate(
         first, _part(on_step, 0.0, share), on_preview, PassInput("txt2img", output="latent" if latent else "image")
     )
     images: list[Image.Image] = []
-    control_maps: list[Image.Image] = []
+    maps: list[Image.Image] = []
     infotexts: list[str] = []
     count = len(made.seeds)
     for i, seed in enumerate(made.seeds):
@@ -69,11 +69,10 @@ def generate(
         second = spec.evolve(hires=None, batch_size=1, seed=seed, steps=fix.steps, strength=fix.strength)
         out = denoise(second, step, on_preview, source)
         images.append(out.images[0])
-        control_maps += out.images[1:]  # ReturnControlMaps: the second pass's maps, at width×height
+        # ReturnControlMaps: the second pass's maps at width×height (every image's pass makes the same ones)
+        maps = out.images[1:]
         infotexts.append(infotext.of(spec, seed))
     on_step(1.0)
-    # the control maps of the last image's pass (every image's are the same maps), after the images
-    maps = control_maps[-(len(control_maps) // count) :] if control_maps else []
     map_texts = [f"ControlNet {i}: control map" for i in range(len(maps))]
     return Generated(images + maps, made.seeds, infotexts + map_texts)
 
