@@ -30,6 +30,7 @@ __all__ = [
     "fit",
     "mask_for",
     "placement",
+    "png_base64",
     "strip_data_uri",
 ]
 
@@ -57,6 +58,13 @@ def strip_data_uri(text: str) -> str:
     if text.startswith("data:"):
         _, _, text = text.partition(",")
     return text.strip()
+
+
+def png_base64(image: Image.Image) -> str:
+    """`image` as the bare base64 of a PNG file: an image field's value made here (a mask, …)."""
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode("ascii")
 
 
 def decode(text: str, field: str) -> Image.Image:

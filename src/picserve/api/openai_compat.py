@@ -29,7 +29,6 @@ import asyncio
 import base64
 import email.parser
 import email.policy
-import io
 import logging
 import re
 import time
@@ -358,12 +357,12 @@ def _edit(fields: dict[str, Any], services: Services) -> _Images:
     strength = fields.get("strength", _UNMASKED_STRENGTH if repaint is None else _MASKED_STRENGTH)
     if repaint is not None and size in (None, image.size) and _only_masked_helps(repaint):
         # a small region of a large image: generated alone at the model's resolution and pasted back
-        params["ImageAndMaskList"] = [image_b64, _png_base64(repaint)]
+        params["ImageAndMaskList"] = [image_b64, reference_images.png_base64(repaint)]
         params["Masked"] = {"ImageIndex": 0, "MaskIndex": 1, "MaskBlur": 4, "InpaintArea": "OnlyMasked"}
         params["Image2Image"] = {"ImageIndex": 0, "ReferStrength": strength}
         return _Images(params, _response_format(fields), "ModifyMaskedPixels")
     params["Width"], params["Height"] = size if size is not None else image.size
-    params["ImageAndMaskList"] = [image_b64] if repaint is None else [image_b64, _png_base64(repaint)]
+    params["ImageAndMaskList"] = [image_b64] if repaint is None else [image_b64, reference_images.png_base64(repaint)]
     params["Image2Image"] = {"ImageIndex": 0, "ReferStrength": strength}
     return _Images(params, _response_format(fields))
 
@@ -467,12 +466,6 @@ def _repaint_mask(image: Image.Image) -> Image.Image:
     """OpenAI's mask (transparent = edit) → picserve's (white = repaint): 255 − alpha, so opaque pixels
     are kept exactly and partly transparent ones blended."""
     return Image.eval(image.getchannel("A"), lambda alpha: 255 - alpha)
-
-
-def _png_base64(image: Image.Image) -> str:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return base64.b64encode(out.getvalue()).decode("ascii")
 
 
 # --- reading the body -----------------------------------------------------------------------------

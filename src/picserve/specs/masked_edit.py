@@ -11,9 +11,6 @@ something to paint.
 
 from __future__ import annotations
 
-import base64
-import io
-
 from PIL import Image
 
 from picserve import domain, errors, reference_images
@@ -147,9 +144,7 @@ def check_mask(mask: Image.Image, image: Image.Image, field: str, invert: bool, 
 
 def black_mask(size: tuple[int, int]) -> str:
     """An all-black mask of `size` (nothing marked) as base64 PNG: an outpainting's drawn mask."""
-    buffer = io.BytesIO()
-    Image.new("L", size, 0).save(buffer, "PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+    return reference_images.png_base64(Image.new("L", size, 0))
 
 
 def scaled_to_fit(size: tuple[int, int], max_width: int, max_height: int) -> tuple[int, int]:
