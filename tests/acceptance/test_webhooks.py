@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import ExitStack
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,41 +28,13 @@ from picserve.sdk import Client
 from picserve.webhooks import signing
 from tests import processes
 from tests.processes import create_key, wait_for
+from tests.webhook_receiver import Receiver, receiving
 
 TASKS = 4
 #: the first task is long, so that its worker is killed while it runs
 LONG_STEPS, STEPS = 60, 12
 STALLED_AFTER = 5.0  # a live worker starved of the CPU (2 cores, other tests beside it) is not taken for dead
 FAIL_FIRST = 2
-
-
-class Receiver(ThreadingHTTPServer):
-    """Records every POST (headers, body); answers 500 to the first FAIL_FIRST."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.lock = threading.Lock()
-        self.received: list[dict[str, Any]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        with self.server.lock:
-            self.server.received.append({"headers": dict(self.headers), "body": body, "at": time.monotonic()})
-            failing = len(self.server.received) <= FAIL_FIRST
-        self.send_response(500 if failing else 200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 def rows(url: str, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -74,12 +44,9 @@ def rows(url: str, query: str, params: dict[str, Any] | None = None) -> list[dic
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    """Answers 500 to the first FAIL_FIRST deliveries it gets."""
+    with receiving(fail_first=FAIL_FIRST) as server:
+        yield server
 
 
 def test_webhooks_survive_a_killed_worker_and_complete_once(

@@ -15,7 +15,7 @@ posts the task's TaskDetail with `"Event"` to the URL, signed (signing.py), and:
 Redirects are not followed, the response body is read no further than `_READ_LIMIT` bytes, and the
 whole attempt takes at most a few times PICSERVE_WEBHOOK_TIMEOUT. A job whose API process died
 mid-post is run again (the stalled-job sweep here): its delivery may then reach the receiver twice,
-with the same X-Picserve-Delivery.
+with the same webhook-id (and X-Picserve-Delivery, deprecated).
 
 The API processes run the worker (`WebhookWorker`, procrastinate's own fetch on that queue only; the
 generation workers fetch only "generation"), so `picserve serve --workers 0` delivers too; several
