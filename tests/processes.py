@@ -9,6 +9,8 @@
   starts `picserve worker`. A `Process` stops with SIGTERM, then SIGKILL after a grace period
   (`stop()`), and keeps its output (`output()`) for the failure messages.
 - `wait_for(predicate)`: the predicate's first truthy value, polled; AssertionError at the timeout.
+- `executable=` (of `picserve_command`, `picserve`, `create_key`, `serve`): another environment's `picserve`
+  script instead of this interpreter's `-m picserve` (tests/packaging runs an installed wheel's).
 
 Nothing here comes from the product's own `picserve.demo` (its helpers are the demo's, not the tests').
 """
@@ -75,18 +77,25 @@ def _env(env: Mapping[str, str] | None) -> dict[str, str]:
     return {**os.environ, **QUIET} if env is None else dict(env)
 
 
-def picserve_command(*args: object) -> list[str]:
-    """The command line of `picserve ARGS` in this interpreter (the venv's picserve)."""
-    return [sys.executable, "-m", "picserve", *map(str, args)]
+def picserve_command(*args: object, executable: Path | str | None = None) -> list[str]:
+    """The command line of `picserve ARGS` in this interpreter (the venv's picserve), or, with `executable`,
+    that `picserve` script (another environment's, e.g. a wheel installed elsewhere: tests/packaging)."""
+    head = [sys.executable, "-m", "picserve"] if executable is None else [str(executable)]
+    return [*head, *map(str, args)]
 
 
 def picserve(
-    *args: object, env: Mapping[str, str] | None = None, timeout: float = 180
+    *args: object, env: Mapping[str, str] | None = None, timeout: float = 180, executable: Path | str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run `picserve ARGS` to its end: its exit status, stdout and stderr (text). `env`: the whole
-    environment (default: this process's, log level `warning`)."""
+    environment (default: this process's, log level `warning`); `executable`: as `picserve_command`'s."""
     return subprocess.run(
-        picserve_command(*args), env=_env(env), capture_output=True, text=True, timeout=timeout, check=False
+        picserve_command(*args, executable=executable),
+        env=_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -96,16 +105,18 @@ def create_key(
     credits: int | None = None,
     data_dir: Path | None = None,
     env: Mapping[str, str] | None = None,
+    executable: Path | str | None = None,
 ) -> dict[str, str]:
     """`picserve keys create --name NAME [--credits N] [--data-dir D] OPTIONS` in its own process,
     asserted to succeed; the key it printed (PublicKey, PrivateKey, ...). The database is the one
-    `data_dir` (its embedded PostgreSQL) or `env` (PICSERVE_DATABASE_URL) names."""
+    `data_dir` (its embedded PostgreSQL) or `env` (PICSERVE_DATABASE_URL) names; `executable`: as
+    `picserve_command`'s."""
     args: list[object] = ["keys", "create", "--name", name, *options]
     if credits is not None:
         args += ["--credits", credits]
     if data_dir is not None:
         args += ["--data-dir", data_dir]
-    made = picserve(*args, env=env, timeout=120)
+    made = picserve(*args, env=env, timeout=120, executable=executable)
     assert made.returncode == 0, f"picserve keys create exited with {made.returncode}: {made.stderr}"
     key: dict[str, str] = json.loads(made.stdout.strip().splitlines()[-1])
     return key
@@ -214,12 +225,17 @@ def start_server(
 
 
 def serve(
-    *args: object, log: Path, env: Mapping[str, str] | None = None, port: int | None = None, timeout: float = 120
+    *args: object,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    port: int | None = None,
+    timeout: float = 120,
+    executable: Path | str | None = None,
 ) -> Process:
     """`picserve serve --host 127.0.0.1 --port PORT ARGS` (a free port unless `port`), healthy when this
-    returns (`process.base` is its URL)."""
+    returns (`process.base` is its URL); `executable`: as `picserve_command`'s."""
     port = port or free_port()
-    command = picserve_command("serve", "--host", "127.0.0.1", "--port", port, *args)
+    command = picserve_command("serve", "--host", "127.0.0.1", "--port", port, *args, executable=executable)
     return start_server(command, port, log, env, timeout)
 
 
