@@ -13,7 +13,7 @@ SHELL := bash
 # pip output minus the harmless "Location 'file:///...' is ignored" warnings of a local package mirror
 PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }
 
-.PHONY: install lock demo serve test test-fast lint format bench clean
+.PHONY: install lock demo serve test test-fast test-packaging lint format bench clean
 
 # install: .venv with the exact versions of requirements.lock (pip constraints) and picserve editable.
 install: $(STAMP)
@@ -77,12 +77,18 @@ TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --tb=native
 
 # test: the whole suite (unit, contract, API, engine on the tiny model, PostgreSQL integration, acceptance).
+# tests/packaging has a target of its own (test-packaging), which CI (.ci/run) runs after this one.
 test: $(STAMP)
-	$(PYTEST)
+	$(PYTEST) --ignore=tests/packaging
+
+# test-packaging: picserve as an operator installs it, outside this checkout: the built wheel in a fresh
+# virtual environment, and the container image (Dockerfile, compose.yaml) built and run with podman.
+test-packaging: $(STAMP)
+	$(BIN)/python -m pytest -q --tb=native tests/packaging
 
 # test-fast: the tier that needs neither PostgreSQL nor torch models.
 test-fast: $(STAMP)
-	$(PYTEST) -m "not postgres and not models"
+	$(PYTEST) --ignore=tests/packaging -m "not postgres and not models"
 
 # lint: ruff (rules and format) and mypy; their configuration lives in pyproject.toml.
 lint: $(STAMP)

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 __all__ = [
     "HAIR_OPTIONS",
+    "IMPORT_NOMINAL_BYTES",
     "NO_MARGINS",
     "SAMPLER_NAMES",
     "SPEC_TYPES",
@@ -27,6 +28,7 @@ __all__ = [
     "EraseSpec",
     "GenerationSpec",
     "Hires",
+    "ImportSpec",
     "Needs",
     "RequestId",
     "Requeue",
@@ -473,9 +475,56 @@ class EraseSpec:
         return max(1, math.ceil(self.width * self.height / divisor))
 
 
+#: the bytes an import's run deadline is sized for (the file's size is known only once it downloads);
+#: its progress writes keep a longer download alive
+IMPORT_NOMINAL_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class ImportSpec:
+    """ImportModel (admin keys only): download a model file and file it in the models folder, with the
+    checks of `picserve models add` (modelfiles.add). The source and its token are sealed with the
+    server secret (keycipher) in the stored form: a URL may carry a token in its query, and neither
+    may be stored in clear. `source` is what may be shown and logged (no credentials, no token-like
+    query parameters)."""
+
+    #: the URL and the bearer token (or None), each a `fernet:` token of the server secret
+    sealed_url: str
+    sealed_token: str | None
+    #: the URL as it may be shown (modelfiles' source label)
+    source: str
+    sha256: str | None = None
+    #: the ModelCode (None: from the file's name) and the kind (None: from its tensors)
+    name: str | None = None
+    model_kind: str | None = None
+    force: bool = False
+
+    kind: ClassVar[str] = "import"
+    version: ClassVar[int] = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any], version: int = 1) -> ImportSpec:
+        return cls(**(json.loads(text) if isinstance(text, str) else dict(text)))
+
+    def needs(self) -> Needs:
+        return Needs()
+
+    def work(self) -> int:
+        """Bytes, nominally (IMPORT_NOMINAL_BYTES): the size is unknown until the download answers."""
+        return IMPORT_NOMINAL_BYTES
+
+    def cost(self, divisor: int) -> int:
+        """An operator's action: no credits."""
+        return 0
+
+
 register_spec(UpscaleSpec)
 register_spec(CutoutSpec)
 register_spec(EraseSpec)
+register_spec(ImportSpec)
 
 
 @dataclass(frozen=True)
@@ -500,6 +549,8 @@ class Account:
     weight: float = 1.0
     #: the webhook of this key's tasks that name none (events: completed only); None: no default
     webhook_url: str | None = None
+    #: an operator's key: may send the admin actions (ImportModel)
+    admin: bool = False
 
 
 @dataclass(frozen=True)
@@ -634,6 +685,8 @@ class TaskRecord:
     #: storage keys of the result images, in batch order
     result_keys: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()
+    #: the result's texts (TaskDetail.TxtList): an import's line of what it filed, and its warnings
+    result_texts: tuple[str, ...] = ()
     error_code: int = 0
     error_message: str = ""
     worker: str | None = None
@@ -659,6 +712,7 @@ class TaskRecord:
             progress=row["progress"],
             result_keys=tuple(row["result_keys"] or ()),
             seeds=tuple(row["seeds"] or ()),
+            result_texts=tuple(row.get("result_texts") or ()),
             error_code=row["error_code"],
             error_message=row["error_message"],
             worker=row["worker"],

@@ -25,7 +25,7 @@ import re
 import shutil
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -43,9 +43,12 @@ from rich.progress import (
 
 from picserve import errors
 
-__all__ = ["Fetched", "copy_local", "discard", "fetch", "is_url", "part_path", "sha256_of"]
+__all__ = ["Fetched", "OnProgress", "copy_local", "discard", "fetch", "is_url", "part_path", "sha256_of"]
 
 _CHUNK = 1 << 20
+
+#: (bytes in the staged file so far, the file's size or None when the server does not say it)
+OnProgress = Callable[[int, int | None], None]
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,14 @@ def fetch(
     progress: bool = True,
     timeout: float = 60,
     client: httpx.Client | None = None,
+    headers: Mapping[str, str] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> Fetched:
     """Download `url` into `staging`, resuming a `.part` an earlier run left.
+
+    `headers` go with every request to the URL's own origin (e.g. `Authorization: Bearer …`; httpx drops
+    Authorization on a redirect to another host, such as a hub's CDN). `on_progress` is told the bytes
+    so far as they arrive (it may raise, e.g. to cancel: the `.part` stays for a resume).
 
     Raises errors.PullError: an HTTP error status, a network failure after `retries` resumes (the `.part`
     stays), or another `picserve models add` downloading the same URL.
@@ -105,8 +114,10 @@ def fetch(
                 fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise errors.PullError(f"another `picserve models add` is downloading {url}") from None
-            http = client or stack.enter_context(httpx.Client(timeout=timeout, follow_redirects=True))
-            bar = stack.enter_context(_progress(progress))
+            http = client or stack.enter_context(
+                httpx.Client(timeout=timeout, follow_redirects=True, headers=dict(headers or {}))
+            )
+            bar = stack.enter_context(_progress(progress, on_progress))
             meta = _read_meta(meta_path)
             transferred = 0
             for attempt in range(retries + 1):
@@ -208,7 +219,6 @@ def _write_meta(meta: dict[str, Any], meta_path: Path, url: str, response: httpx
     etag = response.headers.get("etag")
     meta.clear()
     meta.update(
-        url=url,
         etag=etag if etag and not etag.startswith("W/") else None,  # If-Range takes strong validators only
         last_modified=response.headers.get("last-modified"),
         filename=_disposition_filename(response.headers.get("content-disposition")) or _url_filename(str(response.url)),
@@ -266,13 +276,19 @@ def _describe(exc: Exception) -> str:
 
 # --- progress ------------------------------------------------------------------------------------
 class _Bar:
-    """A rich progress bar on stderr, drawn only on a terminal."""
+    """A rich progress bar on stderr, drawn only on a terminal; and the caller's `on_progress`."""
 
-    def __init__(self, progress: Progress | None) -> None:
+    def __init__(self, progress: Progress | None, on_progress: OnProgress | None = None) -> None:
         self._progress = progress
         self._task: Any = None
+        self._on_progress = on_progress
+        self._done: int = 0
+        self._total: int | None = None
 
     def start(self, url: str, total: int | None, done: int) -> None:
+        self._done, self._total = done, total
+        if self._on_progress is not None:
+            self._on_progress(done, total)
         if self._progress is None:
             return
         if self._task is None:
@@ -281,15 +297,18 @@ class _Bar:
             self._progress.update(self._task, total=total, completed=done)
 
     def advance(self, n: int) -> None:
+        self._done += n
+        if self._on_progress is not None:
+            self._on_progress(self._done, self._total)
         if self._progress is not None and self._task is not None:
             self._progress.advance(self._task, n)
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool) -> Iterator[_Bar]:
+def _progress(enabled: bool, on_progress: OnProgress | None = None) -> Iterator[_Bar]:
     console = Console(stderr=True)
     if not enabled or not console.is_terminal:
-        yield _Bar(None)
+        yield _Bar(None, on_progress)
         return
     columns = (
         TextColumn("{task.description}"),
@@ -299,4 +318,4 @@ def _progress(enabled: bool) -> Iterator[_Bar]:
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        yield _Bar(progress)
+        yield _Bar(progress, on_progress)

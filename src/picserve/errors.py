@@ -20,6 +20,7 @@
     │   ├── ModelLoadError             503  a model file vanished or could not be read after submit
     │   ├── NonFiniteImage             504  the image came out NaN/Inf (an overflow in fp16), even decoded in fp32
     │   ├── StoppedItsWorkers          505  its runs lost their workers more than PICSERVE_MAX_LOST_RUNS times
+    │   ├── ImportFailed               506  an ImportModel's download failed or its file was refused
     │   ├── TaskCanceled               510  the task was cancelled
     │   └── StorageError               520  a result could not be stored
     ├── PullError                           installing a translation model failed (CLI only)
@@ -80,6 +81,12 @@ class UnknownKey(AuthError):
     """Unknown or revoked PublicKey."""
 
     ret_code = 171
+
+
+class AdminOnly(AuthError):
+    """This action needs an admin key."""
+
+    ret_code = 172
 
 
 class TaskNotFound(ClientError):
@@ -157,6 +164,12 @@ class StoppedItsWorkers(GenerationError):
     nothing was charged."""
 
     ret_code = 505
+
+
+class ImportFailed(GenerationError):
+    """The model could not be imported: its download failed, or `models add`'s checks refused it."""
+
+    ret_code = 506
 
 
 class TaskCanceled(GenerationError):

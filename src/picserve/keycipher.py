@@ -16,7 +16,9 @@ the previous one keep working. A process reading the key file re-reads it when a
 open, so a rotation reaches running API nodes on the same file without a restart.
 
 Only processes that check signatures or manage keys need the secret: GPU workers never read private
-keys and are opened without it.
+keys and are opened without it. The same secret seals an ImportModel's token (and a URL carrying
+credentials) in its task row; the worker that runs the import opens it with `existing`, and one that
+has no secret fails that task saying so.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from picserve import errors
 from picserve.config import Settings
 
-__all__ = ["PREFIX", "KeyCipher", "is_sealed", "load", "new_secret", "secret_file"]
+__all__ = ["PREFIX", "KeyCipher", "existing", "is_sealed", "load", "new_secret", "secret_file"]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,15 @@ def load(settings: Settings) -> KeyCipher:
     if not path.exists():
         _create(path)
     return KeyCipher(_read(path), source=path)
+
+
+def existing(settings: Settings) -> KeyCipher | None:
+    """The cipher of `settings` where a secret exists (PICSERVE_SECRET_KEY, or the data folder's key
+    file), else None: for a process that opens what an API node sealed and must never make a secret of
+    its own (a worker opening an ImportModel's token)."""
+    if settings.secret_key or secret_file(settings).exists():
+        return load(settings)
+    return None
 
 
 def write_secrets(path: Path, secrets: Sequence[str]) -> None:

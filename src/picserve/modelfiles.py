@@ -40,14 +40,26 @@ import struct
 import tempfile
 import urllib.parse
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
 from picserve import catalog, download, errors, ipadapter_info, modelinfo
 
-__all__ = ["KINDS", "SIDECAR_MODE", "Added", "Inspection", "add", "describe", "identified", "inspect_file", "unfit"]
+__all__ = [
+    "KINDS",
+    "SIDECAR_MODE",
+    "Added",
+    "Inspection",
+    "add",
+    "describe",
+    "identified",
+    "inspect_file",
+    "source_label",
+    "summary",
+    "unfit",
+]
 
 #: the kinds a file can be filed as; each is its folder's name
 KINDS = catalog.KINDS
@@ -505,12 +517,15 @@ def add(
     progress: bool = True,
     retries: int = 3,
     identify: Callable[[Path], modelinfo.ToolFacts] | None = None,
+    headers: Mapping[str, str] | None = None,
+    on_progress: download.OnProgress | None = None,
 ) -> Added:
     """Fetch a model file (http(s) URL or local path), check it, and file it as `<models_dir>/<kind>/<code><suffix>`
     with a sidecar `<code>.json` (Source, Sha256, TriggerWordList; keys already there are kept).
 
     `identify` (engine/toolfiles.identify) tells an upscaler, an eraser or a segmentation model by loading it;
-    without it, only SDXL's kinds are recognised.
+    without it, only SDXL's kinds are recognised. `headers` (a source's token) and `on_progress` go to the
+    download (download.fetch).
 
     Raises errors.PullError with a one-line message for every refusal; nothing is left in the models
     folder then, but the `.part` of a download the network interrupted (the next run resumes it).
@@ -528,7 +543,9 @@ def add(
     if not url and "://" in source:
         raise errors.PullError(f"{source}: only http(s) URLs and local paths can be added")
     if url:
-        fetched = download.fetch(source, staging, retries=retries, progress=progress)
+        fetched = download.fetch(
+            source, staging, retries=retries, progress=progress, headers=headers, on_progress=on_progress
+        )
     else:
         fetched = download.copy_local(Path(source).expanduser(), staging)
     try:
@@ -551,9 +568,7 @@ def add(
                 raise errors.PullError(f"refused: {reason}; --force files it anyway")
             warnings.append(f"filed as asked (--force), but it WILL NOT LOAD as it is: {reason}")
         warnings += _warnings(inspection, chosen)
-        target, sidecar = _file(
-            fetched.path, models_dir, chosen, code, suffix, inspection, _source_label(source), force
-        )
+        target, sidecar = _file(fetched.path, models_dir, chosen, code, suffix, inspection, source_label(source), force)
     finally:
         download.discard(fetched)  # filed, or refused: nothing half-written stays (a no-op once filed)
     return Added(chosen, code, target, sidecar, replace(inspection, path=target), tuple(warnings))
@@ -642,7 +657,7 @@ def _will_not_load(inspection: Inspection, kind: str, sidecar: Path) -> str | No
     )
 
 
-def _source_label(source: str) -> str:
+def source_label(source: str) -> str:
     """The source as the sidecar records it: a URL without credentials or token-like query parameters."""
     if not download.is_url(source):
         return str(Path(source).expanduser().resolve())
@@ -716,6 +731,13 @@ def _move_no_clobber(staged: Path, target: Path) -> None:
         os.replace(staged, target)
         return
     staged.unlink()
+
+
+def summary(added: Added) -> str:
+    """What was filed, in one line: `lora my-style: SDXL kohya, sha256 …` (`models add`, ImportModel)."""
+    found = added.inspection
+    layout = f" {'/'.join(found.layout)}" if found.layout else ""
+    return f"{added.kind} {added.code}: {found.base}{layout}, sha256 {found.sha256}"
 
 
 def describe(inspection: Inspection) -> list[tuple[str, str]]:

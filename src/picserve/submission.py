@@ -4,6 +4,7 @@ Every PICPIK action that makes a task and every `/v1` route comes through `submi
 goes through before it is queued is written once:
 
     submit(services, account, action, params, request)
+     │ 0. admin            an operator's action (ImportModel) from a key that is not an admin: refused
      │ 1. idempotency      a resend of an accepted request (same key, request_uuid or Idempotency-Key,
      │                     same parameters) gets the first TaskUID back, before any other work
      │ 2. decode           messages.parse(kind.message, params): the wire message, strictly typed;
@@ -33,10 +34,18 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from picserve import chaining, domain
+from picserve import chaining, domain, errors
 from picserve.protocol import messages
 from picserve.services import Services
-from picserve.specs import cutout, generation, masked_edit, reference_style, remove_contents, upscale
+from picserve.specs import (
+    cutout,
+    generation,
+    masked_edit,
+    model_import,
+    reference_style,
+    remove_contents,
+    upscale,
+)
 from picserve.webhooks import rules
 
 __all__ = ["KINDS", "Kind", "find_repeat", "submit"]
@@ -55,6 +64,8 @@ class Kind:
     #: the wire fields holding base64 images (a string, or a list of them): where a `task:` reference
     #: to an earlier task's result may stand instead (chaining.py)
     image_fields: tuple[str, ...] = ()
+    #: an operator's action: only admin keys (`picserve keys create --admin`) may send it
+    admin_only: bool = False
 
 
 #: the Actions that make tasks, by PICPIK name
@@ -76,6 +87,7 @@ KINDS: dict[str, Kind] = {
     "RemoveBackgroundsInBatch": Kind(
         messages.RemoveBackgroundsInBatch, cutout.from_request, image_fields=("RawImages",)
     ),
+    "ImportModel": Kind(messages.ImportModel, model_import.from_request, admin_only=True),
 }
 
 
@@ -94,6 +106,8 @@ async def submit(
 ) -> str:
     """Queue a task of `action` for `params` (the wire fields); its TaskUID."""
     kind = KINDS[action]
+    if kind.admin_only and not account.admin:
+        raise errors.AdminOnly(f"{action} needs an admin key (picserve keys create --admin); this key is not one")
     # 1, and the live workers' memory for 5, in one read
     live_after = services.settings.stalled_after if kind.check_memory is not None else None
     repeat, workers = await services.tasks.before_submit(account, request, live_after)

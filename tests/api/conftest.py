@@ -17,6 +17,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from picserve import model_import
 from picserve.api.app import create_app
 from picserve.config import Settings
 from picserve.engine.base import GenerationEngine
@@ -65,7 +66,13 @@ class Stack:
     def run_worker(self, engine: GenerationEngine | None = None) -> GenerationEngine:
         """Run every queued job with the real worker loop (and `engine`, a FakeEngine by default)."""
         engine = engine or FakeEngine()
-        runtime = jobs.WorkerRuntime(repo=self.repo, engine=engine, store=self.store, name="fast-worker")
+        runtime = jobs.WorkerRuntime(
+            repo=self.repo,
+            engine=engine,
+            store=self.store,
+            name="fast-worker",
+            actions=model_import.actions(self.settings),
+        )
         self.api.portal.call(process.work, self.repo.app, runtime, self.settings, True)
         return engine
 

@@ -26,8 +26,8 @@ class LossyRepository(InMemoryRepository):
         self._maybe_lose("mark_running")
         return started
 
-    async def finish_task(self, run, result_keys, seeds):  # type: ignore[override]
-        written = await super().finish_task(run, result_keys, seeds)
+    async def finish_task(self, run, result_keys, seeds, texts=()):  # type: ignore[override]
+        written = await super().finish_task(run, result_keys, seeds, texts)
         self._maybe_lose("finish_task")
         return written
 

@@ -26,7 +26,7 @@ SPEC_ACTIONS = {
     *("ResizeImage", "RemoveBackground", "RemoveBackgroundsInBatch", "ApplyReferenceStyle"),
     *("ModifyMaskedPixels", "RemoveContents"),
 }
-EXTENSION_ACTIONS = {"CancelTask"}
+EXTENSION_ACTIONS = {"CancelTask", "ImportModel"}
 #: the actions whose reply is a TaskUID
 TASK_ACTIONS = {
     "GenerateImagesSDXL",
@@ -36,6 +36,7 @@ TASK_ACTIONS = {
     "RemoveBackgroundsInBatch",
     "ModifyMaskedPixels",
     "RemoveContents",
+    "ImportModel",
 }
 #: GenerateImagesSDXL's fields as the spec lists them: §1.1 (common), §5 without UseMainModelVAE, §6.4
 SPEC_GENERATE_FIELDS = {
@@ -187,6 +188,7 @@ def sdk_bodies() -> dict[str, dict[str, Any]]:
     client.list_running_tasks()
     client.get_credit_balance()
     client.cancel_task(["ckti5nf2h4keq8mr9n00"])
+    client.import_model(Url="https://example.com/ink.safetensors", Kind="lora", Force=False, AuthToken="hf_x")
     image = "data:image/png;base64,AAAA"
     client.resize_image(Image=task_image("ckti5nf2h4keq8mr9n00"), Scale=2, UpscaleModel="Lanczos")
     client.remove_background(

@@ -132,6 +132,18 @@ def test_get_account_returns_the_key_or_none(run_with_repo: RunWithRepo) -> None
     run_with_repo(body)
 
 
+def test_an_admin_key_is_made_or_set_and_read_back(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        plain, admin = await repo.create_key("user", 1), await repo.create_key("operator", 1, admin=True)
+        assert (plain.admin, admin.admin) == (False, True)
+        assert await repo.set_admin(plain.public_key, True) and await repo.set_admin(admin.public_key, False)
+        read = [await repo.get_account(a.public_key) for a in (plain, admin)]
+        assert [a.admin for a in read if a is not None] == [True, False]
+        assert await repo.set_admin(secrets.token_hex(16), True) is False
+
+    run_with_repo(body)
+
+
 def test_revoke_key_keeps_the_account_readable(run_with_repo: RunWithRepo) -> None:
     async def body(repo: TaskRepository) -> None:
         account = await repo.create_key("alice", 100)
@@ -363,6 +375,19 @@ def test_finish_task_charges_exactly_once(run_with_repo: RunWithRepo) -> None:
         assert await repo.finish_task(run, ["c.png"], [9]) is False
         assert await used(repo, key) == 30
         assert (await record(repo, run.task_uid, key)).result_keys == ("a.png", "b.png")
+
+    run_with_repo(body)
+
+
+def test_a_finished_tasks_texts_are_kept_in_order(run_with_repo: RunWithRepo) -> None:
+    async def body(repo: TaskRepository) -> None:
+        key = (await repo.create_key("alice", 100)).public_key
+        run = await running(repo, key)
+        assert await repo.finish_task(run, [], [], ["lora ink: SDXL, sha256 ab", "warning: é ✓"])
+        assert (await record(repo, run.task_uid, key)).result_texts == ("lora ink: SDXL, sha256 ab", "warning: é ✓")
+        other = await running(repo, key)
+        assert await repo.finish_task(other, ["r.png"], [1])
+        assert (await record(repo, other.task_uid, key)).result_texts == ()
 
     run_with_repo(body)
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from procrastinate.jobs import Status
@@ -520,17 +520,25 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def test_keys_update_sets_priority_and_weight(settings: Settings, tmp_path: Path) -> None:
+def test_keys_update_sets_priority_weight_and_admin(settings: Settings, tmp_path: Path) -> None:
     runner = CliRunner()
     common = ["--database-url", settings.database_url or "", "--data-dir", str(tmp_path / "data")]
-    created = runner.invoke(cli.app, ["keys", "create", "--name", "vip", *common])
+    created = runner.invoke(cli.app, ["keys", "create", "--name", "vip", "--admin", *common])
     assert created.exit_code == 0, created.output
     public_key = json.loads(created.output.splitlines()[-1])["PublicKey"]
-    updated = runner.invoke(cli.app, ["keys", "update", public_key, "--priority", "2", "--weight", "3.5", *common])
+
+    def listed() -> dict[str, Any]:
+        shown = runner.invoke(cli.app, ["keys", "list", *common])
+        (row,) = [json.loads(line) for line in shown.output.splitlines() if line.startswith("{")]
+        return cast(dict[str, Any], row)
+
+    assert listed()["Admin"] is True
+    updated = runner.invoke(
+        cli.app, ["keys", "update", public_key, "--priority", "2", "--weight", "3.5", "--no-admin", *common]
+    )
     assert updated.exit_code == 0, updated.output
-    listed = runner.invoke(cli.app, ["keys", "list", *common])
-    (row,) = [json.loads(line) for line in listed.output.splitlines() if line.startswith("{")]
-    assert (row["Priority"], row["Weight"]) == (2, 3.5)
+    row = listed()
+    assert (row["Priority"], row["Weight"], row["Admin"]) == (2, 3.5, False)
     refused = runner.invoke(cli.app, ["keys", "update", public_key, "--weight", "0", *common])
     assert refused.exit_code != 0 and "--weight" in refused.output
 

@@ -29,6 +29,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("tasks",),
     # what runs on it: metrics, webhook deliveries, the worker wing
     ("metrics", "webhooks"),
+    # what a worker runs itself besides its engine's pipelines: ImportModel's download and filing
+    ("model_import",),
     ("worker",),
     # the API process: its services, the task kinds' checks, the one submission path, the HTTP layer
     ("services",),

@@ -60,6 +60,7 @@ REQUESTS: dict[str, type[BaseModel]] = {
     "CancelTask": messages.CancelTask,
     "GenerateImagesSDXL": messages.GenerateImagesSDXL,
     "GetCreditBalance": messages.Empty,
+    "ImportModel": messages.ImportModel,
     "ListControlNets": messages.Empty,
     "ListModels": messages.Empty,
     "ListRunningTasks": messages.Empty,
@@ -76,6 +77,7 @@ REPLIES: dict[str, type | None] = {
     "CancelTask": None,
     "GenerateImagesSDXL": sdk_types.TaskUIDReply,
     "GetCreditBalance": sdk_types.CreditBalance,
+    "ImportModel": sdk_types.TaskUIDReply,
     "ListControlNets": sdk_types.ControlNetsReply,
     "ListModels": sdk_types.ModelsReply,
     "ListRunningTasks": sdk_types.TaskUIDListReply,
@@ -89,7 +91,7 @@ REPLIES: dict[str, type | None] = {
 #: the OpenAPI extension keyword marking what PICPIK does not have
 EXTENSION = "x-picserve-extension"
 #: picserve's additions to PICPIK: whole actions (by name) and fields (by schema, then property)
-_EXTENSION_ACTIONS = frozenset({"CancelTask"})
+_EXTENSION_ACTIONS = frozenset({"CancelTask", "ImportModel"})
 _WEBHOOK = (
     "Where the task's events are posted, signed with the key's private key: `Url` (http or https, a public "
     'address), `Events` (any of start, progress, completed; default ["completed"]). Without it, the key\'s default '
@@ -346,6 +348,12 @@ _EXAMPLE_PARAMS: dict[str, dict[str, Any]] = {
         "Mask": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAA…",
         "MaskBlur": 12,
     },
+    "ImportModel": {
+        "Url": "https://huggingface.co/some-user/some-lora/resolve/main/style.safetensors",
+        "ModelCode": "ink-style",
+        "Kind": "lora",
+        "Sha256": "5f1c8ad0e1b1f0c2f9f06b2d1f7a4a1c5b0c8e3e9d1f6a2b7c4d8e0f1a2b3c4d",
+    },
 }
 
 #: the actions that make a task (one handler, api/actions/make_task.py, serves them all): what each does
@@ -376,6 +384,14 @@ _ACTION_DOCS = {
     "eraser installed, erases with an SDXL inpainting pass of the masked region. Queues a task whose one result "
     "is a PNG of the image's size in ImgList. Charged when it finishes: with an eraser ceil(pixels / "
     "PICSERVE_CREDIT_DIVISOR), at least 1; the SDXL way as GenerateImagesSDXL.",
+    "ImportModel": "Download a model file and install it in the server's models folder (admin keys only).\n\n"
+    "As `picserve models add` on the server: a resumable download from Url (http or https; AuthToken, if given, "
+    "goes to its host as `Authorization: Bearer …`), checked against Sha256, its safetensors header verified, a "
+    "pickle read without being run, its kind told by its tensors (or Kind), filed as models/<kind>/<ModelCode> "
+    "with a sidecar. A key made with `picserve keys create --admin` may send it; any other gets RetCode 172. "
+    "Queues a task: Progress is the download's fraction; once Finished, TxtList says what was filed (and its "
+    "warnings) and ListModels lists it; a refused file ends it with ErrorCode 506. The token, and a Url "
+    "carrying credentials, are stored sealed with the server secret and never shown. Never charged.",
     "RemoveBackgroundsInBatch": "Cut out the main subject of 1 to 16 images in one task.\n\nAs RemoveBackground "
     "without Box: one result per image in ImgList, in order. Charged when it finishes: per image "
     "ceil(pixels / PICSERVE_CREDIT_DIVISOR), at least 1 each.",

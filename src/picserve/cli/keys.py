@@ -45,16 +45,40 @@ def keys_create(
     credits: int | None = typer.Option(None, help="credits granted [1000]"),
     max_open_tasks: str | None = MaxOpenTasks,
     max_requests_per_minute: str | None = MaxRequestsPerMinute,
+    admin: bool = typer.Option(False, "--admin", help="an operator's key: may send admin actions (ImportModel)"),
     data_dir: Path | None = DataDir,
     database_url: str | None = DatabaseUrl,
 ):
-    """Create a key pair; prints {"PublicKey": …, "PrivateKey": …} (the only time the private key is shown)."""
+    """Create a key pair; prints {"PublicKey": …, "PrivateKey": …, "WebhookSecret": "whsec_…"} (the only
+    time the private key is shown; the webhook secret verifies the key's webhooks, see `webhook-secret`)."""
+    from picserve.webhooks import signing
+
     settings = load_settings(data_dir=data_dir, database_url=database_url)
     amount = settings.default_credits if credits is None else credits
     open_cap = _limit("--max-open-tasks", max_open_tasks, None)
     rate = _limit("--max-requests-per-minute", max_requests_per_minute, None)
-    account = with_repo(settings, lambda repo: repo.create_key(name, amount, open_cap, rate))
-    typer.echo(json.dumps({"PublicKey": account.public_key, "PrivateKey": account.private_key}))
+    account = with_repo(settings, lambda repo: repo.create_key(name, amount, open_cap, rate, admin))
+    secret = signing.standard_secret(account.private_key)
+    typer.echo(
+        json.dumps({"PublicKey": account.public_key, "PrivateKey": account.private_key, "WebhookSecret": secret})
+    )
+
+
+@keys_app.command("webhook-secret")
+def keys_webhook_secret(public_key: str, data_dir: Path | None = DataDir, database_url: str | None = DatabaseUrl):
+    """Print the key's webhook secret (whsec_…): what a Standard Webhooks receiver verifies its deliveries
+    with. It is derived one way from the private key, which it does not reveal."""
+    from picserve.webhooks import signing
+
+    async def secret_of(repo: TaskRepository) -> str | None:
+        account = await repo.get_account(public_key)
+        return None if account is None else signing.standard_secret(account.private_key)
+
+    secret = with_repo(load_settings(data_dir=data_dir, database_url=database_url), secret_of)
+    if secret is None:
+        typer.echo(f"no key {public_key}", err=True)
+        raise typer.Exit(1)
+    typer.echo(secret)
 
 
 @keys_app.command("update")
@@ -69,10 +93,13 @@ def keys_update(
     webhook_url: str | None = typer.Option(
         None, help="the webhook of this key's tasks whose request names none (event: completed); 'none' clears it"
     ),
+    admin: bool | None = typer.Option(
+        None, "--admin/--no-admin", help="make it an operator's key (admin actions: ImportModel), or an ordinary one"
+    ),
     data_dir: Path | None = DataDir,
     database_url: str | None = DatabaseUrl,
 ):
-    """Change a key's limits, scheduling and default webhook; they apply from its next request (limits,
+    """Change a key's limits, scheduling, default webhook and admin right; they apply from its next request (limits,
     webhook) or the next fetch of a worker (priority, weight), on every node."""
     if weight is not None and not 0 < weight < float("inf"):
         raise typer.BadParameter(f"a number > 0 (got {weight!r})", param_hint="--weight")
@@ -101,6 +128,8 @@ def keys_update(
             )
         if webhook_url is not None:
             await repo.set_webhook(public_key, None if clear_webhook else webhook_url)
+        if admin is not None:
+            await repo.set_admin(public_key, admin)
         return await repo.set_limits(public_key, open_cap, rate)
 
     if not with_repo(settings, update):
@@ -127,6 +156,7 @@ def keys_list(data_dir: Path | None = DataDir, database_url: str | None = Databa
                     "Priority": a.priority,
                     "Weight": a.weight,
                     "WebhookUrl": a.webhook_url,
+                    "Admin": a.admin,
                 }
             )
         )

@@ -95,9 +95,7 @@ def models_add(
         raise typer.Exit(1) from None
     for warning in added.warnings:
         typer.echo(f"models add: warning: {warning}", err=True)
-    found = added.inspection
-    layout = f" {'/'.join(found.layout)}" if found.layout else ""
-    typer.echo(f"{added.kind} {added.code}: {found.base}{layout}, sha256 {found.sha256}")
+    typer.echo(modelfiles.summary(added))
     typer.echo(str(added.path))
 
 

@@ -35,6 +35,8 @@ class Generated:
     infotexts: list[str]
     #: a pass asked for latents (a hires fix's first): one (1, 4, h/8, w/8) tensor per image, and no images
     latents: list[Any] = field(default_factory=list)
+    #: the result's texts (TaskDetail.TxtList), e.g. what an ImportModel filed
+    texts: list[str] = field(default_factory=list)
 
     def pngs(self) -> list[bytes]:
         return [png.to_png(img, text) for img, text in zip(self.images, self.infotexts, strict=True)]

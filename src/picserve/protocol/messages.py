@@ -41,6 +41,7 @@ __all__ = [
     "GenerateImagesSDXL",
     "HiresFixModel",
     "Image2ImageModel",
+    "ImportModel",
     "InferenceParamsModel",
     "ListTasksDetails",
     "MaskModel",
@@ -382,6 +383,21 @@ class RemoveContents(_Request):
     EraseModel: Annotated[str | None, StringConstraints(min_length=1, max_length=_MAX_MODEL_CODE)] = None
     MainModel: Model | None = None
     Seed: Annotated[Int, Field(ge=-1, le=_MAX_SEED)] = -1
+    Webhook: WebhookModel | None = None
+
+
+class ImportModel(_Request):
+    """picserve's admin action (keys made with `picserve keys create --admin`): download a model file from
+    `Url` and file it in the models folder as `picserve models add` does. `AuthToken` goes to the URL's
+    host as `Authorization: Bearer …` (Hugging Face, Civitai); it and a URL carrying credentials are
+    stored sealed with the server secret, never echoed in a message, never logged."""
+
+    Url: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    Sha256: Annotated[str | None, StringConstraints(min_length=1, max_length=128)] = None
+    ModelCode: Annotated[str | None, StringConstraints(min_length=1, max_length=_MAX_MODEL_CODE)] = None
+    Kind: Annotated[str | None, StringConstraints(min_length=1, max_length=32)] = None
+    Force: bool = False
+    AuthToken: Annotated[str | None, StringConstraints(min_length=1, max_length=4096)] = None
     Webhook: WebhookModel | None = None
 
 

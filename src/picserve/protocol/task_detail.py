@@ -43,6 +43,7 @@ def task_detail(
         Action=task.action,
         Status=task.status.value,
         ImgList=[url_of(k) for k in task.result_keys],
+        TxtList=list(task.result_texts),
         ConsumeApiPoint=task.cost if finished else 0,
         ErrorCode=task.error_code,
         ErrorMassage=task.error_message,

@@ -3,12 +3,20 @@
 A refusal raises the class its RetCode names (`errors.ParamError` for 160, …); a server that cannot
 be reached or does not answer as a PICPIK endpoint raises `errors.TransportError`; `wait` giving up
 raises `errors.WaitTimeout`, which is also a `TimeoutError`. Callers catch `errors.PicserveError`.
+`AsyncClient` (sdk/async_client.py) is its twin for asyncio code: the same methods, awaited.
 
 >>> client = Client("http://127.0.0.1:8080", public_key, private_key)        # doctest: +SKIP
 >>> uid = client.generate_images_sdxl(MainModel={"ModelCode": "picserve-tiny"},
 ...                                   PositivePrompts=["a cat"], Width=512, Height=512)
 >>> detail = client.wait(uid)                                                 # doctest: +SKIP
 >>> png = client.fetch(detail["ImgList"][0])                                  # doctest: +SKIP
+
+The same with `AsyncClient`, inside a coroutine (the helpers below make no requests: both take them):
+
+>>> async with AsyncClient("http://127.0.0.1:8080", public_key, private_key) as client:  # doctest: +SKIP
+...     uid = await client.generate_images_sdxl(MainModel={"ModelCode": "picserve-tiny"},
+...                                             PositivePrompts=["a cat"], Width=512, Height=512)
+...     png = await client.fetch((await client.wait(uid))["ImgList"][0])
 
 The image tools take a base64 image or, chained, a finished task's result of the same key:
 
@@ -42,7 +50,6 @@ import base64
 import io
 import re
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -51,8 +58,8 @@ from typing import Any, Required, Unpack, cast
 import httpx
 from typing_extensions import TypedDict
 
-from picserve import domain, errors
-from picserve.protocol import signature
+from picserve import errors
+from picserve.sdk import _shared
 from picserve.sdk.types import (
     ApplyReferenceStyleParams,
     ControlModel,
@@ -64,6 +71,7 @@ from picserve.sdk.types import (
     GenerateImagesSDXLParams,
     HiresFix,
     Image2Image,
+    ImportModelParams,
     InferenceParams,
     Masked,
     ModelsReply,
@@ -96,31 +104,15 @@ __all__ = [
 MAX_MASKED_IMAGES = 3
 
 
-class Client:
+class Client(_shared.BaseClient[httpx.Client, httpx.BaseTransport]):
     """A PICPIK client for `base_url`, signing with the key pair.
 
     `transport` (e.g. `httpx.MockTransport`, or an `httpx.ASGITransport` around the app) or a whole
     `http` client (e.g. Starlette's TestClient) replace the network.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        public_key: str,
-        private_key: str,
-        *,
-        timeout: float = 60.0,
-        retries: int = 2,
-        transport: httpx.BaseTransport | None = None,
-        http: httpx.Client | None = None,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        #: resends of a request that failed in transit (see `call`)
-        self.retries = retries
-        # keys pasted from a terminal or a file often carry a space or a newline: never part of a key
-        self.public_key = public_key.strip()
-        self._private_key = private_key.strip()
-        self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+    def _open(self, timeout: float, transport: httpx.BaseTransport | None) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
 
     def close(self) -> None:
         self._http.close()
@@ -132,18 +124,6 @@ class Client:
         self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.close()
-
-    def signed(self, action: str, request_uuid: str | None = None, **params: Any) -> dict[str, Any]:
-        """The request body for `action` with `params` (None values left out), signed, under
-        `request_uuid` (a new one by default)."""
-        body = {
-            "Action": action,
-            "PublicKey": self.public_key,
-            "request_uuid": request_uuid or str(uuid.uuid4()),
-            **{k: v for k, v in params.items() if v is not None},
-        }
-        body["Signature"] = signature.sign(body, self._private_key)
-        return body
 
     def call(self, action: str, **params: Any) -> dict[str, Any]:
         """Send one signed action; returns the reply, or raises the PicserveError its RetCode names.
@@ -157,65 +137,63 @@ class Client:
             try:
                 response = self._request("POST", "/", json=body)
                 break
-            except errors.TransportError as exc:
-                if attempt == self.retries or not isinstance(exc.__cause__, httpx.TransportError):
+            except errors.TransportError as failure:
+                delay = self._resend_delay(failure, attempt)
+                if delay is None:
                     raise
-                time.sleep(min(0.25 * 2**attempt, 4.0))
-        try:
-            reply = response.json()
-        except ValueError:
-            raise errors.TransportError(f"{self.base_url} answered with something other than JSON") from None
-        if not isinstance(reply, dict) or not isinstance(reply.get("RetCode"), int):
-            raise errors.TransportError(f"{self.base_url} answered without a RetCode: not a PICPIK endpoint?")
-        if reply["RetCode"] != 0:
-            raise errors.from_ret_code(reply["RetCode"], str(reply.get("Message", "")))
-        return reply
+                time.sleep(delay)
+        return self._reply(response)
 
     def generate_images_sdxl(self, **params: Unpack[GenerateImagesSDXLParams]) -> str:
-        return str(self.call("GenerateImagesSDXL", **params)["TaskUID"])
+        return _shared.task_uid(self.call("GenerateImagesSDXL", **params))
 
     def apply_reference_style(self, **params: Unpack[ApplyReferenceStyleParams]) -> str:
         """ApplyReferenceStyle: a generation task redrawing a raw image in a style image's style."""
-        return str(self.call("ApplyReferenceStyle", **params)["TaskUID"])
+        return _shared.task_uid(self.call("ApplyReferenceStyle", **params))
 
     def modify_masked_pixels(self, **params: Unpack[ModifyMaskedPixelsParams]) -> str:
         """ModifyMaskedPixels: a generation task repainting the masked region of an image (inpainting) or
         (Outpaint) the margins it grows by (outpainting); `masked_edit` builds the image fields."""
-        return str(self.call("ModifyMaskedPixels", **params)["TaskUID"])
+        return _shared.task_uid(self.call("ModifyMaskedPixels", **params))
 
     def remove_contents(self, **params: Unpack[RemoveContentsParams]) -> str:
         """RemoveContents: a task whose one result is `RawImage` with what `Mask` covers erased (an eraser
         of models/inpaint, or an SDXL inpainting pass with MainModel or when no eraser is installed)."""
-        return str(self.call("RemoveContents", **params)["TaskUID"])
+        return _shared.task_uid(self.call("RemoveContents", **params))
 
     def resize_image(self, **params: Unpack[ResizeImageParams]) -> str:
         """ResizeImage: a task whose one result is `Image` at Width×Height (or its size × Scale)."""
-        return str(self.call("ResizeImage", **params)["TaskUID"])
+        return _shared.task_uid(self.call("ResizeImage", **params))
 
     def remove_background(self, **params: Unpack[RemoveBackgroundParams]) -> str:
         """RemoveBackground: a task whose one result is the RGBA cut-out of `RawImage` (or its mask)."""
-        return str(self.call("RemoveBackground", **params)["TaskUID"])
+        return _shared.task_uid(self.call("RemoveBackground", **params))
 
     def remove_backgrounds_in_batch(self, **params: Unpack[RemoveBackgroundsInBatchParams]) -> str:
         """RemoveBackgroundsInBatch: one task, one result per image of `RawImages`, in order."""
-        return str(self.call("RemoveBackgroundsInBatch", **params)["TaskUID"])
+        return _shared.task_uid(self.call("RemoveBackgroundsInBatch", **params))
+
+    def import_model(self, **params: Unpack[ImportModelParams]) -> str:
+        """ImportModel (admin keys only): a task downloading `Url` into the server's models folder; once
+        Finished, its TxtList says what was filed and ListModels lists it."""
+        return _shared.task_uid(self.call("ImportModel", **params))
 
     def list_models(self) -> ModelsReply:
-        return cast(ModelsReply, _own_fields(self.call("ListModels")))
+        return cast(ModelsReply, _shared.own_fields(self.call("ListModels")))
 
     def list_controlnets(self) -> ControlNetsReply:
         """ListControlNets: the preprocessors the server can run now and the control models installed,
         each by ModelCode with its default InferenceParams (`control_unit` takes either kind of entry)."""
-        return cast(ControlNetsReply, _own_fields(self.call("ListControlNets")))
+        return cast(ControlNetsReply, _shared.own_fields(self.call("ListControlNets")))
 
     def list_tasks_details(self, task_uids: Sequence[str]) -> list[TaskDetail]:
-        return cast(list[TaskDetail], self.call("ListTasksDetails", TaskUIDList=list(task_uids))["TaskDetailList"])
+        return _shared.task_details(self.call("ListTasksDetails", TaskUIDList=list(task_uids)))
 
     def list_running_tasks(self) -> list[str]:
-        return [str(uid) for uid in self.call("ListRunningTasks")["TaskUIDList"]]
+        return _shared.task_uids(self.call("ListRunningTasks"))
 
     def get_credit_balance(self) -> CreditBalance:
-        return cast(CreditBalance, _own_fields(self.call("GetCreditBalance")))
+        return cast(CreditBalance, _shared.own_fields(self.call("GetCreditBalance")))
 
     def cancel_task(self, task_uids: Sequence[str]) -> None:
         self.call("CancelTask", TaskUIDList=list(task_uids))
@@ -229,16 +207,10 @@ class Client:
     ) -> TaskDetail:
         """Poll until the task ends; returns its TaskDetail (Finished, Error or Canceled). `on_update`
         gets every TaskDetail polled (queue position, progress, preview), the last one included."""
-        deadline = time.monotonic() + timeout
-        while True:
-            detail = self.list_tasks_details([task_uid])[0]
-            if on_update is not None:
-                on_update(detail)
-            if domain.TaskStatus(detail["Status"]).is_terminal:
-                return detail
-            if time.monotonic() > deadline:
-                raise errors.WaitTimeout(f"task {task_uid} still {detail['Status']} after {timeout:g} s")
+        watch = _shared.Watch(task_uid, timeout, on_update)
+        while (detail := watch.ended(self.list_tasks_details([task_uid]))) is None:
             time.sleep(poll)
+        return detail
 
     def fetch(self, url: str) -> bytes:
         """The bytes of a result URL (from `ImgList`)."""
@@ -246,31 +218,14 @@ class Client:
 
     def download(self, url: str, path: Path) -> Path:
         """Save a result URL to `path` (folders made as needed); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self.fetch(url))
-        return path
+        return _shared.save(path, self.fetch(url))
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
-            where = self._absolute(url)
-            hint = f" (is picserve serving at {self.base_url}?)" if isinstance(exc, httpx.ConnectError) else ""
-            raise errors.TransportError(f"{method} {where} failed: {type(exc).__name__}: {exc}{hint}") from exc
-        if response.status_code != 200:
-            message = response.text[:200] if response.text else response.reason_phrase
-            raise errors.TransportError(f"{method} {self._absolute(url)}: HTTP {response.status_code}: {message}")
-        return response
-
-    def _absolute(self, url: str) -> str:
-        """`url` as requested: a path is relative to `base_url`."""
-        return url if "://" in url else f"{self.base_url}/{url.lstrip('/')}"
-
-
-def _own_fields(reply: dict[str, Any]) -> dict[str, Any]:
-    """A reply without the envelope every reply carries (Action, RetCode, Message, request_uuid)."""
-    return {k: v for k, v in reply.items() if k not in ("Action", "RetCode", "Message", "request_uuid")}
+            raise self._failed(method, url, exc) from exc
+        return self._answered(method, url, response)
 
 
 #: the image formats the server takes, by their first bytes (as `reference_images` reads them)

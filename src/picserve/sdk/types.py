@@ -243,6 +243,19 @@ class RemoveContentsParams(TypedDict, total=False):
     Webhook: Webhook  # picserve extension
 
 
+class ImportModelParams(TypedDict, total=False):
+    """ImportModel (picserve extension; admin keys only): the server downloads `Url` and files it in its
+    models folder as `picserve models add` does. The task's TxtList says what was filed."""
+
+    Url: Required[str]  # http(s)
+    Sha256: str  # 64 hex digits: refused unless the file's SHA-256 is this
+    ModelCode: str  # the name to file it under (default: the file's name)
+    Kind: str  # main, lora, embedding, … (default: told by its tensors)
+    Force: bool  # replace a model of the same name
+    AuthToken: str  # sent to the URL's host as `Authorization: Bearer …`; stored sealed, never shown
+    Webhook: Webhook
+
+
 class ApplyReferenceStyleParams(_GenerationParams, total=False):
     """ApplyReferenceStyle: `ImageList[RawImageIndex]` redrawn (img2img, RawReferStrength) in the style of
     `ImageList[StyleImageIndex]` (an IP-Adapter, StyleReferStrength); Width and Height left out: the raw

@@ -66,7 +66,12 @@ class InMemoryRepository:
 
     # --- keys -------------------------------------------------------------------------------
     async def create_key(
-        self, name: str, credits: int, max_open_tasks: int | None = None, max_requests_per_minute: int | None = None
+        self,
+        name: str,
+        credits: int,
+        max_open_tasks: int | None = None,
+        max_requests_per_minute: int | None = None,
+        admin: bool = False,
     ) -> domain.Account:
         account = domain.Account(
             public_key=secrets.token_hex(16),
@@ -75,6 +80,7 @@ class InMemoryRepository:
             total_credits=credits,
             max_open_tasks=max_open_tasks,
             max_requests_per_minute=max_requests_per_minute,
+            admin=admin,
         )
         self._keys[account.public_key] = account
         return account
@@ -123,6 +129,13 @@ class InMemoryRepository:
         if account is None:
             return False
         self._keys[public_key] = dataclasses.replace(account, webhook_url=url)
+        return True
+
+    async def set_admin(self, public_key: str, admin: bool) -> bool:
+        account = self._keys.get(public_key)
+        if account is None:
+            return False
+        self._keys[public_key] = dataclasses.replace(account, admin=admin)
         return True
 
     async def take_request(self, public_key: str, per_minute: int) -> float:
@@ -300,7 +313,9 @@ class InMemoryRepository:
                 self._webhook(self._tasks[run.task_uid], "progress")
         return task is not None
 
-    async def finish_task(self, run: domain.Run, result_keys: Sequence[str], seeds: Sequence[int]) -> bool:
+    async def finish_task(
+        self, run: domain.Run, result_keys: Sequence[str], seeds: Sequence[int], texts: Sequence[str] = ()
+    ) -> bool:
         task = self._current(run)
         if task is None:
             return False
@@ -312,6 +327,7 @@ class InMemoryRepository:
                 progress=1.0,
                 result_keys=tuple(result_keys),
                 seeds=tuple(seeds),
+                result_texts=tuple(texts),
                 finished_at=_now(),
             )
         )

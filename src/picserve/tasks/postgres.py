@@ -49,8 +49,8 @@ _HANDED_BACK = "task_uid, attempt, worker, started_at, spec_kind, spec_version, 
 #: what a poll reads of a task (domain.TaskRecord.from_row's columns but its webhook, routing, attempt)
 _DETAIL_COLUMNS = (
     "t.task_uid, t.public_key, t.action, t.status, t.spec_kind, t.spec_version, t.spec, t.cost, t.progress, "
-    "t.result_keys, t.seeds, t.error_code, t.error_message, t.worker, t.created_at, t.started_at, t.finished_at, "
-    "t.preview"
+    "t.result_keys, t.seeds, t.result_texts, t.error_code, t.error_message, t.worker, t.created_at, t.started_at, "
+    "t.finished_at, t.preview"
 )
 
 
@@ -131,15 +131,21 @@ class PostgresRepository:
             priority=row["priority"],
             weight=row["weight"],
             webhook_url=row.get("webhook_url"),
+            admin=row.get("admin", False),
         )
 
     async def create_key(
-        self, name: str, credits: int, max_open_tasks: int | None = None, max_requests_per_minute: int | None = None
+        self,
+        name: str,
+        credits: int,
+        max_open_tasks: int | None = None,
+        max_requests_per_minute: int | None = None,
+        admin: bool = False,
     ) -> domain.Account:
         private_key = secrets.token_hex(24)
         row = await self._one(
             "INSERT INTO picserve_keys (public_key, private_key, name, total_credits, max_open_tasks, "
-            "max_requests_per_minute) VALUES (%s, %s, %s, %s, %s, %s) RETURNING *",
+            "max_requests_per_minute, admin) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *",
             (
                 secrets.token_hex(16),
                 self._cipher().seal(private_key),
@@ -147,6 +153,7 @@ class PostgresRepository:
                 credits,
                 max_open_tasks,
                 max_requests_per_minute,
+                admin,
             ),
         )
         assert row is not None  # INSERT … RETURNING always returns the row
@@ -193,6 +200,12 @@ class PostgresRepository:
     async def set_webhook(self, public_key: str, url: str | None) -> bool:
         row = await self._one(
             "UPDATE picserve_keys SET webhook_url = %s WHERE public_key = %s RETURNING 1", (url, public_key)
+        )
+        return row is not None
+
+    async def set_admin(self, public_key: str, admin: bool) -> bool:
+        row = await self._one(
+            "UPDATE picserve_keys SET admin = %s WHERE public_key = %s RETURNING 1", (admin, public_key)
         )
         return row is not None
 
@@ -499,14 +512,17 @@ class PostgresRepository:
         )
         return row is not None
 
-    async def finish_task(self, run: domain.Run, result_keys: Sequence[str], seeds: Sequence[int]) -> bool:
+    async def finish_task(
+        self, run: domain.Run, result_keys: Sequence[str], seeds: Sequence[int], texts: Sequence[str] = ()
+    ) -> bool:
         row = await self._one(
             "WITH done AS (UPDATE picserve_tasks SET status = 'Finished', progress = 1, result_keys = %s, "
-            f"  seeds = %s, finished_at = now() WHERE {_RUN} RETURNING {_ENDED}, public_key, cost), "
+            f"  seeds = %s, result_texts = %s, finished_at = now() WHERE {_RUN} "
+            f"  RETURNING {_ENDED}, public_key, cost), "
             f"run AS ({_RECORD_RUN}) "
             "UPDATE picserve_keys k SET used_credits = k.used_credits + done.cost FROM done "
             "WHERE k.public_key = done.public_key RETURNING 1",
-            (list(result_keys), list(seeds), *_of(run), domain.RunEnd.FINISHED.value, ""),
+            (list(result_keys), list(seeds), list(texts), *_of(run), domain.RunEnd.FINISHED.value, ""),
         )
         return row is not None
 

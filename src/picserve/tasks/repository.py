@@ -40,9 +40,15 @@ __all__ = ["TaskRepository", "check_weight", "idempotency_conflict", "too_many_o
 class TaskRepository(Protocol):
     # --- keys -------------------------------------------------------------------------------
     async def create_key(
-        self, name: str, credits: int, max_open_tasks: int | None = None, max_requests_per_minute: int | None = None
+        self,
+        name: str,
+        credits: int,
+        max_open_tasks: int | None = None,
+        max_requests_per_minute: int | None = None,
+        admin: bool = False,
     ) -> domain.Account:
-        """A new key pair with `credits` total credits and its own limits (None = the server's)."""
+        """A new key pair with `credits` total credits and its own limits (None = the server's); `admin`:
+        an operator's key, which may send the admin actions (ImportModel)."""
         ...
 
     async def list_keys(self) -> list[domain.Account]:
@@ -77,6 +83,11 @@ class TaskRepository(Protocol):
     async def set_webhook(self, public_key: str, url: str | None) -> bool:
         """Set the key's default webhook URL (None: none): the webhook of its tasks whose request names
         none, for the `completed` event; False when there is no such key."""
+        ...
+
+    async def set_admin(self, public_key: str, admin: bool) -> bool:
+        """Make the key an operator's key (admin actions allowed) or an ordinary one; False when there is
+        no such key."""
         ...
 
     async def take_request(self, public_key: str, per_minute: int) -> float:
@@ -211,9 +222,11 @@ class TaskRepository(Protocol):
         drops its preview. With `webhook`, a `progress` delivery too, when the task's webhook wants it."""
         ...
 
-    async def finish_task(self, run: domain.Run, result_keys: Sequence[str], seeds: Sequence[int]) -> bool:
-        """Running → Finished with its results, and its cost charged to its key, in one step; False
-        (nothing written, nothing charged) when `run` is not the task's current run."""
+    async def finish_task(
+        self, run: domain.Run, result_keys: Sequence[str], seeds: Sequence[int], texts: Sequence[str] = ()
+    ) -> bool:
+        """Running → Finished with its results (images, seeds, texts), and its cost charged to its key, in
+        one step; False (nothing written, nothing charged) when `run` is not the task's current run."""
         ...
 
     async def fail_task(self, run: domain.Run, code: int, message: str) -> bool:

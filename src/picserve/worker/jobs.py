@@ -49,7 +49,7 @@ from procrastinate.job_context import AbortReason
 
 from picserve import domain, errors, logs, metrics
 from picserve.engine import faults, pipelines
-from picserve.engine.base import GenerationEngine, PreviewCallback, StepCallback
+from picserve.engine.base import Generated, GenerationEngine, PreviewCallback, StepCallback
 from picserve.resilience import Retry
 from picserve.storage.base import Store
 from picserve.tasks import recovery, references
@@ -118,6 +118,9 @@ class WorkerRuntime:
     registry: WorkerRegistry | None = None
     #: the worker's device, as logs and metrics name it
     device: str = "unknown"
+    #: task kinds the worker runs itself rather than through an engine pipeline, with what it was
+    #: configured with (its models folder, its secret): ImportModel's (model_import.actions)
+    actions: dict[str, Callable[[domain.ActionSpec, StepCallback], Generated]] = field(default_factory=dict)
     #: set once a job found the device broken: the worker takes no more jobs
     device_failure: DeviceFailure | None = None
     #: called right after: stops the worker's loop (`process.work` sets it)
@@ -144,6 +147,7 @@ def register(app: procrastinate.App) -> procrastinate.App:
 class Finished:
     keys: list[str]
     seeds: list[int]
+    texts: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -271,19 +275,25 @@ async def _execute(
     on_step = watch.steps(on_step)
     ran_for: list[float] = []
 
-    def generate() -> tuple[list[bytes], list[int]]:  # on the engine thread
+    def generate() -> tuple[list[bytes], list[int], list[str]]:  # on the engine thread
         started = time.monotonic()
+        action = runtime.actions.get(spec.kind)
         with watch.engine_call(runtime.engine.holdings):  # what it loads, for the metrics
-            generated = pipelines.run(runtime.engine, spec, on_step, on_preview)
+            if action is not None:
+                generated = action(spec, on_step)
+            else:
+                generated = pipelines.run(runtime.engine, spec, on_step, on_preview)
         if context.should_abort():  # asked to stop during the VAE decode: no files for this run
             raise errors.TaskCanceled()
         ran_for.append(time.monotonic() - started)
-        return generated.pngs(), generated.seeds
+        return generated.pngs(), generated.seeds, generated.texts
 
     try:
         spec = await asyncio.to_thread(references.restore, spec, runtime.store)
         deadline.alive()  # from here: the engine call
-        pngs, seeds = await _own_until_done(runtime.engine_thread.submit(generate), deadline, runtime.deadlines.grace)
+        pngs, seeds, texts = await _own_until_done(
+            runtime.engine_thread.submit(generate), deadline, runtime.deadlines.grace
+        )
     except errors.TaskCanceled:
         return _aborted(context)
     except RunHung as hung:
@@ -310,7 +320,7 @@ async def _execute(
         if isinstance(exc, errors.StorageError):
             return Failed(exc.ret_code, exc.message)
         raise
-    return Finished(keys, seeds)
+    return Finished(keys, seeds, texts)
 
 
 def _hung(runtime: WorkerRuntime, run: domain.Run, hung: RunHung) -> Outcome:
@@ -336,8 +346,8 @@ def _hung(runtime: WorkerRuntime, run: domain.Run, hung: RunHung) -> Outcome:
 
 
 async def _own_until_done(
-    future: concurrent.futures.Future[tuple[list[bytes], list[int]]], deadline: Deadline, grace: float
-) -> tuple[list[bytes], list[int]]:
+    future: concurrent.futures.Future[tuple[list[bytes], list[int], list[str]]], deadline: Deadline, grace: float
+) -> tuple[list[bytes], list[int], list[str]]:
     """The engine call's result. Cancelled meanwhile, it still waits for the engine thread to return
     (the step callback stops it at the next step), then raises CancelledError: the job owns the engine
     until then, so the next job never runs beside this one.
@@ -498,7 +508,7 @@ async def _write(runtime: WorkerRuntime, run: domain.Run, outcome: Outcome) -> b
     counted once written."""
     repo = runtime.repo
     if isinstance(outcome, Finished):
-        return await repo.finish_task(run, outcome.keys, outcome.seeds)
+        return await repo.finish_task(run, outcome.keys, outcome.seeds, outcome.texts)
     if isinstance(outcome, Failed):
         return await repo.fail_task(run, outcome.code, outcome.message)
     if isinstance(outcome, Canceled):

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import procrastinate
 from procrastinate.worker import Worker
 
-from picserve import admission, metrics, resilience
+from picserve import admission, metrics, model_import, resilience
 from picserve.catalog import Catalog
 from picserve.config import Settings
 from picserve.engine.base import GenerationEngine
@@ -171,6 +171,7 @@ async def run_worker(
             device=device,
             deadlines=deadlines,
             max_lost_runs=settings.max_lost_runs,
+            actions=model_import.actions(settings),
         )
         if codes := preload_codes(settings):
             # before the first fetch: the registry then tells the fleet's routing what this worker holds
