@@ -385,6 +385,8 @@ def test_a_finished_tasks_texts_are_kept_in_order(run_with_repo: RunWithRepo) ->
         run = await running(repo, key)
         assert await repo.finish_task(run, [], [], ["lora ink: SDXL, sha256 ab", "warning: é ✓"])
         assert (await record(repo, run.task_uid, key)).result_texts == ("lora ink: SDXL, sha256 ab", "warning: é ✓")
+        ((polled, _),) = await repo.get_details([run.task_uid], key)  # what ListTasksDetails reads
+        assert polled.result_texts == ("lora ink: SDXL, sha256 ab", "warning: é ✓")
         other = await running(repo, key)
         assert await repo.finish_task(other, ["r.png"], [1])
         assert (await record(repo, other.task_uid, key)).result_texts == ()

@@ -6,9 +6,10 @@
   PublicKey's first characters, the RetCode and the message sent back.
 - Every accepted request at debug level: polls and submits come many per task and tell nothing new.
 
-Never the PrivateKey or the Signature: a value the request sent under either name is blanked out of
-the message, should a refusal quote it. uvicorn's access lines, the other per-request log, are off
-unless asked for (`picserve serve --access-log`, or PICSERVE_LOG_LEVEL=debug).
+Never the PrivateKey, the Signature or an AuthToken (ImportModel's): a value the request sent under
+one of these names is blanked out of the message, should a refusal quote it. uvicorn's access lines,
+the other per-request log, are off unless asked for (`picserve serve --access-log`, or
+PICSERVE_LOG_LEVEL=debug).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ KEY_SHOWN = 8
 _WARNED = (errors.AuthError, errors.RateLimited, errors.TooManyOpenTasks, errors.InsufficientCredits)
 
 #: fields whose values never reach the log
-_SECRET_FIELDS = ("Signature", "PrivateKey")
+_SECRET_FIELDS = ("Signature", "PrivateKey", "AuthToken")
 
 
 def printable(text: str) -> str:
