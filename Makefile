@@ -72,6 +72,10 @@ serve: $(STAMP)
 # longest first (tests/conftest.py LONGEST_FIRST), not by pytest-xdist's count of tests per file, which
 # handed the one-test files of minutes (the fleet, the RSS test) out last.
 TEST_WORKERS ?= 2
+# Python's bytecode cache on for the tests, whatever the environment says (some machines export
+# PYTHONDONTWRITEBYTECODE=1): pytest then keeps its assertion-rewritten test modules between runs instead
+# of rewriting all of them in each xdist worker at every start (about 5 s of each worker's collection).
+export PYTHONDONTWRITEBYTECODE :=
 # --tb=native: CPython 3.11.7's ast.parse can fail with "AST constructor recursion depth mismatch" while
 # pytest quotes a failing test's source, which crashed the xdist worker and ended the whole run there.
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --tb=native

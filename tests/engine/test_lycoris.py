@@ -116,14 +116,20 @@ def _image(engine, model: str, *subs: tuple[str, float]) -> np.ndarray:
     return np.asarray(engine.generate(spec).images[0], dtype=np.int16)
 
 
+@pytest.fixture(scope="module")
+def merging(lyco):
+    """One engine for the merged-model comparisons, and its base image (each test checks it comes back)."""
+    make_engine, merged_model, _ = lyco
+    engine = make_engine()
+    return engine, merged_model, _image(engine, f"{BASE_CODE}-diffusers")
+
+
 @pytest.mark.parametrize(
     ("variant", "weight"),
     [(v, 0.7) for v in IMAGE_VARIANTS] + [("dora", 1.0), ("loha", -0.5), ("peft-dora", 1.0), ("peft-dora", 0.6)],
 )
-def test_the_image_with_a_file_equals_the_image_of_the_model_lycoris_merged(lyco, variant, weight):
-    make_engine, merged_model, _ = lyco
-    engine = make_engine()
-    base = _image(engine, f"{BASE_CODE}-diffusers")
+def test_the_image_with_a_file_equals_the_image_of_the_model_lycoris_merged(merging, variant, weight):
+    engine, merged_model, base = merging
     patched = _image(engine, f"{BASE_CODE}-diffusers", (variant, weight))
     oracle = _image(engine, merged_model(variant, weight))
     assert np.abs(patched - base).max() > 10  # the file changes the image
