@@ -10,8 +10,6 @@ limited to loopback.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import ipaddress
 import itertools
 import json
@@ -21,11 +19,12 @@ import shutil
 import socket
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.filelock import locked
 from tests.s3_server import s3_endpoint
 
 __all__ = ["s3_endpoint"]  # a fixture of the whole suite, imported to be found here
@@ -229,19 +228,6 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=_schedule_key(root))  # stable: a file's tests keep their order
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on the file `path` (made if missing) for the block: one process at a time,
-    whether the others are pytest-xdist's workers or other pytest runs sharing the cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 #: written last into the models folder of the cache: everything before it is complete
 _MODELS_COMPLETE = ".complete"
 
@@ -257,7 +243,7 @@ def models_dir(request) -> Path:
     The image tools' and control models are added to it afterwards, each file only when missing."""
     base = Path(request.config.cache.mkdir("picserve-test-models"))
     root = base / "models"
-    with _locked(base / "models.lock"):
+    with locked(base / "models.lock"):
         if not (root / _MODELS_COMPLETE).exists():
             for stale in [root, *base.glob("building-*")]:  # a killed run's staging (none builds now: the lock)
                 _clear(stale)

@@ -29,7 +29,6 @@ the end of each test, failed or not; the images stay (the layer cache of the nex
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import json
 import os
@@ -51,6 +50,7 @@ from PIL import Image
 
 from picserve.sdk import Client
 from tests import pg_server
+from tests.filelock import locked
 from tests.needs import need
 from tests.processes import free_port, wait_for
 
@@ -107,18 +107,6 @@ def _missing_tools() -> str | None:
             ".ci/run installs them where apt is usable"
         )
     return None
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One process at a time makes the base image (another pytest run may be doing it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ------------------------------------------------------------------------------------------ the base image
@@ -320,7 +308,7 @@ def image(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     need(_missing_tools())
     cache = Path(request.config.cache.mkdir("picserve-container"))
     base_seconds = None
-    with _locked(cache / "base-image.lock"):
+    with locked(cache / "base-image.lock"):
         if podman("image", "exists", BASE_IMAGE, check=False).returncode != 0:
             base_seconds = _make_base_image(tmp_path_factory.mktemp("debootstrap"))
     smoke = podman("run", "--rm", "--network", "host", BASE_IMAGE, "true", timeout=120, check=False)
