@@ -234,9 +234,9 @@ class Engine:
         return out
 
     def _free_memory(self) -> None:
-        """Room for a retry: the other main models leave memory, then the allocator's cache is emptied."""
+        """Room for a retry: the other main models leave memory, then the allocator's cache is emptied
+        (unload_all's free_memory: one collection, not two)."""
         self.pipelines.unload_all(keep=self.pipelines.loaded[-1:])  # the model of this request stays
-        loader.free_memory(self.pipelines.device)
 
     def denoise(
         self,

@@ -277,7 +277,10 @@ class PipelineCache:
 
     def _make_room(self, needed: int, adding: bool = True) -> None:
         """Least recently used models leave the device until one more model of `needed` bytes fits the
-        budget and `max_loaded` (`adding` False: until what is there fits; the newest always stays)."""
+        budget and `max_loaded` (`adding` False: until what is there fits; the newest always stays). The
+        memory is freed (a full garbage collection) only when a model left: a collection of a worker's
+        heap takes a noticeable part of a second, and a load that evicts nothing has nothing to free."""
+        evicted = False
         while self._models_by_code:
             count = len(self._models_by_code) + adding
             over_count = self.max_loaded > 0 and count > self.max_loaded
@@ -286,7 +289,9 @@ class PipelineCache:
             if not (over_count or over_bytes) or (not adding and len(self._models_by_code) == 1):
                 break
             self._evict(next(iter(self._models_by_code)))
-        free_memory(self.device)
+            evicted = True
+        if evicted:
+            free_memory(self.device)
 
     def _evict(self, code: str) -> None:
         """`code` leaves the device: to the host tier when it fits its budget, else out of memory."""
