@@ -123,6 +123,8 @@ class Settings:
     shutdown_grace: float = 20.0
     #: largest request body accepted (images travel inline as base64)
     max_body_bytes: int = 64 * 1024 * 1024
+    #: largest file an ImportModel may download (a full SDXL checkpoint in fp32 is about 14 GB); 0 = no limit
+    import_max_bytes: int = 32 * 1024**3
     #: open (queued + running) tasks one key may have; a key's own cap (`keys update`) overrides it; 0 = no cap
     max_open_tasks: int = 100
     #: requests per minute one key may send (every action, over all API nodes); per-key override; 0 = no limit

@@ -94,12 +94,15 @@ def fetch(
     client: httpx.Client | None = None,
     headers: Mapping[str, str] | None = None,
     on_progress: OnProgress | None = None,
+    max_bytes: int | None = None,
 ) -> Fetched:
     """Download `url` into `staging`, resuming a `.part` an earlier run left.
 
     `headers` go with every request to the URL's own origin (e.g. `Authorization: Bearer …`; httpx drops
     Authorization on a redirect to another host, such as a hub's CDN). `on_progress` is told the bytes
-    so far as they arrive (it may raise, e.g. to cancel: the `.part` stays for a resume).
+    so far as they arrive (it may raise, e.g. to cancel: the `.part` stays for a resume). A file over
+    `max_bytes` is refused: by its Content-Length before anything is written, else once the bytes received
+    pass it; its `.part` is removed then.
 
     Raises errors.PullError: an HTTP error status, a network failure after `retries` resumes (the `.part`
     stays), or another `picserve models add` downloading the same URL.
@@ -117,7 +120,7 @@ def fetch(
             http = client or stack.enter_context(
                 httpx.Client(timeout=timeout, follow_redirects=True, headers=dict(headers or {}))
             )
-            bar = stack.enter_context(_progress(progress, on_progress))
+            bar = stack.enter_context(_progress(progress, _capped(url, on_progress, max_bytes)))
             meta = _read_meta(meta_path)
             transferred = 0
             for attempt in range(retries + 1):
@@ -131,11 +134,34 @@ def fetch(
                             "run the same command again to resume"
                         ) from exc
         sha256 = sha256_of(part)  # after the lock: the bytes on disk, whatever the runs that wrote them
+    except _TooLarge as exc:
+        part.unlink(missing_ok=True)
+        meta_path.unlink(missing_ok=True)
+        raise errors.PullError(str(exc)) from None
     except httpx.HTTPError as exc:
         raise errors.PullError(f"download of {url} failed: {_describe(exc)}") from exc
     except OSError as exc:
         raise errors.PullError(f"download of {url} could not be written to {part}: {exc}") from exc
     return Fetched(part, sha256, str(meta.get("filename") or _url_filename(url)), transferred, resumable=True)
+
+
+class _TooLarge(Exception):
+    """The file is larger than the download's limit (its message says so)."""
+
+
+def _capped(url: str, on_progress: OnProgress | None, max_bytes: int | None) -> OnProgress | None:
+    """`on_progress`, first refusing a file over `max_bytes` (by its announced size, or the bytes so far)."""
+    if not max_bytes:
+        return on_progress
+
+    def check(done: int, total: int | None) -> None:
+        if (total or 0) > max_bytes or done > max_bytes:
+            size = f"{total:,} bytes" if total else f"more than {done:,} bytes"
+            raise _TooLarge(f"download of {url}: the file is {size}, over the limit of {max_bytes:,} bytes")
+        if on_progress is not None:
+            on_progress(done, total)
+
+    return check
 
 
 def discard(fetched: Fetched) -> None:

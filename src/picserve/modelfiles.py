@@ -519,13 +519,14 @@ def add(
     identify: Callable[[Path], modelinfo.ToolFacts] | None = None,
     headers: Mapping[str, str] | None = None,
     on_progress: download.OnProgress | None = None,
+    max_bytes: int | None = None,
 ) -> Added:
     """Fetch a model file (http(s) URL or local path), check it, and file it as `<models_dir>/<kind>/<code><suffix>`
     with a sidecar `<code>.json` (Source, Sha256, TriggerWordList; keys already there are kept).
 
     `identify` (engine/toolfiles.identify) tells an upscaler, an eraser or a segmentation model by loading it;
-    without it, only SDXL's kinds are recognised. `headers` (a source's token) and `on_progress` go to the
-    download (download.fetch).
+    without it, only SDXL's kinds are recognised. `headers` (a source's token), `on_progress` and
+    `max_bytes` (a larger file is refused, its partial download removed) go to the download (download.fetch).
 
     Raises errors.PullError with a one-line message for every refusal; nothing is left in the models
     folder then, but the `.part` of a download the network interrupted (the next run resumes it).
@@ -544,7 +545,13 @@ def add(
         raise errors.PullError(f"{source}: only http(s) URLs and local paths can be added")
     if url:
         fetched = download.fetch(
-            source, staging, retries=retries, progress=progress, headers=headers, on_progress=on_progress
+            source,
+            staging,
+            retries=retries,
+            progress=progress,
+            headers=headers,
+            on_progress=on_progress,
+            max_bytes=max_bytes,
         )
     else:
         fetched = download.copy_local(Path(source).expanduser(), staging)

@@ -1,20 +1,23 @@
 """ImportModel through signed raw JSON: an admin key has the server download a model from a loopback
 file server and file it as `picserve models add` does; any other key is refused (172) and nothing is
 queued; the token goes to the file's host and is stored nowhere in clear; a refused file ends the task
-with ErrorCode 506 and files nothing; bad fields are refused at submit naming them."""
+with ErrorCode 506 and files nothing, as does one over PICSERVE_IMPORT_MAX_BYTES (its partial download
+removed); bad fields are refused at submit naming them."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from picserve import domain
+from picserve import domain, download, errors
 from picserve.protocol import signature
-from tests.api.conftest import Stack
+from tests.api.conftest import Stack, open_stack
 from tests.unit.test_modelfiles import KOHYA_LORA, TRIGGER_METADATA, server, write_safetensors
 
 __all__ = ["server"]  # the loopback file server fixture (Range, ETag; records each request's headers)
@@ -125,3 +128,33 @@ def test_a_refused_file_ends_the_task_506_files_nothing_and_the_message_holds_no
     assert "HTTP 404" in tasks[1]["ErrorMassage"]
     assert all(TOKEN not in t["ErrorMassage"] and TOKEN not in stored(stack, admin, t["TaskUID"]) for t in tasks)
     assert not (stack.settings.models_dir / "lora" / "ink.safetensors").exists()
+
+
+def test_a_file_over_the_import_limit_is_refused_and_its_partial_download_removed(settings, server, lora):
+    server.files["/files/ink.safetensors"] = lora
+    with open_stack(settings.evolve(import_max_bytes=len(lora) - 1)) as limited:
+        admin = key(limited, admin=True)
+        uid = post(limited, admin, "ImportModel", Url=server.url("/files/ink.safetensors"))["TaskUID"]
+        limited.run_worker()
+        task = detail(limited, admin, uid)
+        assert (task["Status"], task["ErrorCode"]) == ("Error", 506)
+        assert f"the file is {len(lora):,} bytes, over the limit of {len(lora) - 1:,} bytes" in task["ErrorMassage"]
+        assert list((limited.settings.models_dir / ".downloads").glob("*")) == []  # no .part left to resume
+        assert not (limited.settings.models_dir / "lora" / "ink.safetensors").exists()
+
+
+def test_a_download_without_a_length_is_stopped_once_it_passes_the_limit(tmp_path):
+    sent: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(8):
+            sent.append(1)
+            yield b"\0" * 1000
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=chunks())  # streamed: no Content-Length
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client, pytest.raises(errors.PullError) as refused:
+        download.fetch("http://files.test/big.bin", tmp_path, client=client, progress=False, max_bytes=2500)
+    assert "the file is more than 3,000 bytes, over the limit of 2,500 bytes" in refused.value.message
+    assert len(sent) == 3 and list(tmp_path.glob("*")) == []

@@ -48,6 +48,7 @@ def run(settings: Settings, spec: domain.ActionSpec, on_step: StepCallback) -> G
             identify=toolfiles.identify,
             headers={"Authorization": f"Bearer {token}"} if token else None,
             on_progress=progress,
+            max_bytes=settings.import_max_bytes or None,
         )
     except errors.PullError as exc:
         raise errors.ImportFailed(_redacted(exc.message, url, spec.source, token)) from None
