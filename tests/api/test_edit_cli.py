@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -16,10 +15,11 @@ from picserve import cli, domain
 from picserve.cli.generate import parse_size
 from picserve.sdk import Client, image_data
 from tests.api.conftest import MODEL, Stack
-from tests.api.test_tools_cli import NOWHERE, FakePicpik, _Shared, flat, key_of, task_of
+from tests.api.test_tools_cli import FAKE_KEYS, NOWHERE, _Shared, fake, flat, key_of, task_of
+
+__all__ = ["fake"]  # the fake PICPIK endpoint fixture, shared with the tools' CLI tests
 
 runner = CliRunner()
-FAKE_KEYS = ["--url", "http://picpik.test", "--public-key", "pub", "--private-key", "priv"]
 
 
 def picture(path: Path, size: tuple[int, int] = (96, 64), colour: str = "grey", box: tuple[int, ...] = ()) -> Path:
@@ -40,19 +40,6 @@ def pictures(tmp_path, monkeypatch) -> Path:
     picture(tmp_path / "mask.png", colour="black", box=(8, 8, 32, 32))
     picture(tmp_path / "small.png", (32, 32), "black", (0, 0, 8, 8))
     return tmp_path
-
-
-@pytest.fixture
-def fake(monkeypatch) -> FakePicpik:
-    endpoint = FakePicpik()
-    real = Client
-    monkeypatch.setattr(
-        "picserve.sdk.Client",
-        lambda url, public_key, private_key, **_: real(
-            url, public_key, private_key, transport=httpx.MockTransport(endpoint)
-        ),
-    )
-    return endpoint
 
 
 @pytest.fixture

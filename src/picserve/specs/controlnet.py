@@ -18,6 +18,7 @@ from typing import Any
 from picserve import catalog as catalog_module
 from picserve import domain, errors, modelinfo, preprocessors, reference_images
 from picserve.protocol import messages
+from picserve.specs import check_index
 
 __all__ = ["UNION_TYPES", "units"]
 
@@ -181,11 +182,7 @@ def _control_type(field: str, entry: catalog_module.Entry, params: dict[str, Any
 
 def _image(field: str, index: int, images: list[str], used: dict[int, int]) -> int:
     """The control_images index of ImageAndMaskList[index], decoding it once (checked) on first use."""
-    if index >= len(images):
-        raise errors.ParamError(
-            f"{field} {index} is out of range: ImageAndMaskList has {len(images)} entries"
-            + (f" (indexes 0..{len(images) - 1})" if images else "; send the image in it")
-        )
+    check_index(field, index, images)
     if index not in used:
         reference_images.decode(images[index], f"ImageAndMaskList[{index}]")
         used[index] = len(used)

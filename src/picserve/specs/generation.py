@@ -16,7 +16,7 @@ from picserve import admission, domain, errors, modelinfo, reference_images
 from picserve import catalog as catalog_module
 from picserve.protocol import messages
 from picserve.services import Services
-from picserve.specs import controlnet
+from picserve.specs import check_index, controlnet
 from picserve.translate.prompts import PromptTranslator
 
 __all__ = [
@@ -278,16 +278,8 @@ def _reference_images(request: messages.GenerateImagesSDXL, steps: int, control_
             )
         return {}
     for name, given in (("ImageIndex", i2i.ImageIndex), ("MaskIndex", i2i.MaskIndex)):
-        if given is not None and not images:
-            raise errors.ParamError(
-                f"Image2Image.{name} {messages.shown(given)} is out of range: ImageAndMaskList has 0 entries; "
-                "send the image in it"
-            )
-        if given is not None and given >= len(images):
-            raise errors.ParamError(
-                f"Image2Image.{name} {messages.shown(given)} is out of range: ImageAndMaskList has "
-                f"{len(images)} entries (indexes 0..{len(images) - 1})"
-            )
+        if given is not None:
+            check_index(f"Image2Image.{name}", given, images)
     if i2i.MaskIndex is not None and i2i.MaskIndex == i2i.ImageIndex:
         raise errors.ParamError(
             f"Image2Image.MaskIndex {i2i.MaskIndex} is the ImageIndex: the mask must be another ImageAndMaskList entry"

@@ -16,7 +16,7 @@ from PIL import Image
 from picserve import domain, errors, reference_images
 from picserve.protocol import messages
 from picserve.services import Services
-from picserve.specs import generation
+from picserve.specs import check_index, generation
 
 __all__ = ["MAX_SIDE", "as_generation", "black_mask", "check_mask", "from_request", "scaled_to_fit"]
 
@@ -52,11 +52,8 @@ def as_generation(request: messages.ModifyMaskedPixels) -> tuple[messages.Genera
                 f"Image2Image.MaskIndex {i2i.MaskIndex}: ModifyMaskedPixels takes its mask from Masked.MaskIndex"
             )
     for name, index in named.items():
-        if index is not None and index >= len(images):
-            raise errors.ParamError(
-                f"{name} {index} is out of range: ImageAndMaskList has {len(images)} entries "
-                f"(indexes 0..{len(images) - 1})"
-            )
+        if index is not None:
+            check_index(name, index, images)
     if masked.MaskIndex is not None and masked.MaskIndex == masked.ImageIndex:
         raise errors.ParamError(
             f"Masked.MaskIndex {masked.MaskIndex} is the ImageIndex: the mask must be another ImageAndMaskList entry"

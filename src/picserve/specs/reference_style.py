@@ -13,7 +13,7 @@ from picserve import catalog as catalog_module
 from picserve import domain, errors, reference_images
 from picserve.protocol import messages
 from picserve.services import Services
-from picserve.specs import generation
+from picserve.specs import check_index, generation
 
 __all__ = ["as_generation", "from_request"]
 
@@ -28,11 +28,7 @@ def as_generation(
     """The GenerateImagesSDXL params ApplyReferenceStyle means (checked by the generation kind)."""
     images = request.ImageList
     for name in ("RawImageIndex", "StyleImageIndex"):
-        index = getattr(request, name)
-        if index >= len(images):
-            raise errors.ParamError(
-                f"{name} {index} is out of range: ImageList has {len(images)} entries (indexes 0..{len(images) - 1})"
-            )
+        check_index(name, getattr(request, name), images, "ImageList")
     style = _style_model(request.StyleModel, catalog)
     width, height = request.Width, request.Height
     if width is None or height is None:  # the raw image's size, to a multiple of 8 within 64..2560
