@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from picserve import cli, domain
 from picserve.cli.tools import Input, parse_box, result_paths
 from picserve.sdk import Client, image_data
-from tests.api.conftest import Stack, request
+from tests.api.conftest import Stack, own_fields, request
 
 runner = CliRunner()
 #: an endpoint nothing serves: a command that reached the network would exit 3 (unreachable), not 2
@@ -151,7 +151,7 @@ class FakePicpik:
 
     def sent(self, action: str) -> dict[str, Any]:
         (body,) = [b for b in self.bodies if b["Action"] == action]
-        return {k: v for k, v in body.items() if k not in ("Action", "PublicKey", "Signature", "request_uuid")}
+        return own_fields(body)
 
 
 @pytest.fixture
