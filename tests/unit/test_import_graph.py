@@ -19,12 +19,16 @@ LAYERS: list[tuple[str, ...]] = [
     # the floor: errors, settings, values, outages; each imports nothing of picserve above it
     ("errors",),
     ("config", "domain", "logs", "resilience", "torchvision_compat"),
+    # the image toolkit's task specs, registered with the domain's union (tasks/ imports it for them)
+    ("domain_tools",),
     # leaf helpers: keys, model headers, translation, storage, the wire format, the page
     ("keycipher", "modelinfo", "reference_images", "download", "translate", "storage", "protocol", "playground"),
     # what the headers of ControlNet preprocessors' and IP-Adapters' files say
     ("preprocessors", "ipadapter_info"),
     ("catalog", "admission", "sdk"),
     ("modelfiles", "engine"),
+    # model folders (SAM, captioners) filed as model files are (it takes modelfiles' sidecar and Added)
+    ("modelfolders",),
     # durable task state (repositories, migrations, recovery, retention)
     ("tasks",),
     # what runs on it: metrics, webhook deliveries, the worker wing

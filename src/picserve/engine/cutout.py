@@ -26,7 +26,8 @@ recently used first out; one is made again when its file changed (mtime or size)
 **Cut-out** (`cut_out`). The mask is the session's prediction (its own resize, normalisation and
 min-max stretch) on the image, or with a `Box` on the box's crop widened by a small margin
 (`BOX_MARGIN`: context for the model), with everything outside the box then set to 0: nothing outside
-the box is ever opaque. Then:
+the box is ever opaque. Then (`finish`, which ExtractContents' point segmentation shares with this
+module: engine/segment.py):
 
 - without alpha matting the alpha is the mask (rembg's `putalpha_cutout`: straight colours; the
   thresholds change nothing);
@@ -88,6 +89,7 @@ __all__ = [
     "Segmenters",
     "cut_out",
     "edge_width",
+    "finish",
     "is_soft",
     "run",
 ]
@@ -279,39 +281,94 @@ def cut_out(
 
     `session`: a rembg session (`Segmenters.get`); `box` (x1, y1, x2, y2), x2 and y2 exclusive: the
     subject lies inside it, and nothing outside it is opaque; `hair`: "on" / "off" / "auto" alpha
-    matting with the trimap thresholds and erode size (see the module docstring).
+    matting with the trimap thresholds and erode size (see the module docstring). The session's mask
+    is finished by `finish` (on the box's widened crop, with a Box).
     """
-    if hair not in HAIR_MODES:
-        raise errors.GenerationError(f"HairOptimization {hair!r} is none of {', '.join(HAIR_MODES)}")
+    _check_hair(hair)
     width, height = image.size
-    rgb = image.convert("RGB")
-    own_alpha = np.asarray(image.getchannel("A")) if image.mode in ("RGBA", "LA", "PA") else None
 
-    inner = (0, 0, width, height) if box is None else _clamp(box, width, height)
-    region = inner if box is None else _widen(inner, width, height)
-    x0, y0, x1, y1 = region
-    alpha = np.zeros((height, width), dtype=np.uint8)
-    colours = np.asarray(rgb).copy()
+    def finished(part: Image.Image, mask: np.ndarray, drop: np.ndarray | None = None) -> Image.Image:
+        return finish(
+            part,
+            mask,
+            erode_size,
+            foreground_threshold,
+            background_threshold,
+            hair,
+            only_mask,
+            model_size=getattr(session, "input_size", None),  # known once the session has predicted
+            drop=drop,
+        )
+
+    if box is None:
+        return finished(image, _predict(session, image.convert("RGB")))
+    inner = _clamp(box, width, height)
+    result = Image.new("L" if only_mask else "RGBA", image.size, 0)
     if inner[2] > inner[0] and inner[3] > inner[1]:
-        crop = rgb.crop(region)
-        mask = _predict(session, crop)
+        region = _widen(inner, width, height)
+        x0, y0 = region[:2]
+        crop = image.crop(region)
+        mask = _predict(session, crop.convert("RGB"))
         inside = np.zeros(mask.shape, dtype=bool)
         inside[inner[1] - y0 : inner[3] - y0, inner[0] - x0 : inner[2] - x0] = True
         mask[~inside] = 0
-        matting = hair == "on" or (hair == "auto" and is_soft(mask, getattr(session, "input_size", None)))
-        if matting:
-            crop_alpha, crop_colours = _matte(crop, mask, erode_size, foreground_threshold, background_threshold)
-            crop_alpha[~inside] = 0
-            colours[y0:y1, x0:x1] = crop_colours
-        else:
-            crop_alpha = mask
-        alpha[y0:y1, x0:x1] = crop_alpha
+        # the matting may spread alpha past the box's edge: `drop` takes it back to 0 there
+        result.paste(finished(crop, mask, drop=~inside), (x0, y0))
+    return result
+
+
+def finish(
+    image: Image.Image,
+    mask: np.ndarray,
+    erode_size: int = 15,
+    foreground_threshold: int = 240,
+    background_threshold: int = 15,
+    hair: str = "auto",
+    only_mask: bool = False,
+    model_size: tuple[int, int] | None = None,
+    keep: np.ndarray | None = None,
+    drop: np.ndarray | None = None,
+) -> Image.Image:
+    """A segmentation `mask` of `image` made into the cut-out (RGBA) or, with `only_mask`, its alpha ("L"),
+    both of the image's size: RemoveBackground's and ExtractContents' common last step.
+
+    `mask`: uint8, (height, width) of the image, 255 the subject, soft values where the model is
+    unsure. `hair` "on", or "auto" when the mask's edge is soft (`is_soft`, measured at `model_size`,
+    the size of the model's own mask: see the module docstring), mattes with PICPIK's thresholds and
+    erode size (the alpha pinned to the trimap); else the alpha is the mask. `keep` and `drop` (bool,
+    the image's shape): pixels whose alpha is then set to 255 and to 0 (`drop` last, so it wins); the
+    auto-hair rule and the trimap read `mask` as given, so a caller makes the mask agree with them first.
+    An image with its own alpha keeps it: the result's alpha is the product. Fully transparent pixels
+    have colour 0, and `only_mask` gives exactly the alpha channel of the cut-out.
+    """
+    _check_hair(hair)
+    mask = np.asarray(mask, dtype=np.uint8)
+    if mask.shape != (image.height, image.width):
+        raise errors.GenerationError(
+            f"the mask is {mask.shape[1]}x{mask.shape[0]}, the image {image.width}x{image.height}"
+        )
+    rgb = image.convert("RGB")
+    own_alpha = np.asarray(image.getchannel("A")) if image.mode in ("RGBA", "LA", "PA") else None
+    matting = hair == "on" or (hair == "auto" and is_soft(mask, model_size))
+    if matting:
+        alpha, colours = _matte(rgb, mask, erode_size, foreground_threshold, background_threshold)
+    else:
+        alpha, colours = mask.copy(), np.asarray(rgb).copy()
+    if keep is not None:
+        alpha[keep] = 255
+    if drop is not None:
+        alpha[drop] = 0
     if own_alpha is not None:  # the input's own transparency stays: 255 only where both are 255
         alpha = ((alpha.astype(np.uint16) * own_alpha + 127) // 255).astype(np.uint8)
     if only_mask:
         return Image.fromarray(alpha, "L")
     colours[alpha == 0] = 0
     return Image.fromarray(np.dstack([colours, alpha]), "RGBA")
+
+
+def _check_hair(hair: str) -> None:
+    if hair not in HAIR_MODES:
+        raise errors.GenerationError(f"HairOptimization {hair!r} is none of {', '.join(HAIR_MODES)}")
 
 
 def _clamp(box: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int, int]:
