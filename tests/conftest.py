@@ -179,6 +179,7 @@ LONGEST_FIRST = (
     "engine/test_fp16.py",  # 53 s
     "engine/test_failures.py",  # 50 s
     "acceptance/test_readme.py",  # about 160 s (the tools, ControlNet and edits examples too)
+    "acceptance/test_toolkit_chain.py",  # about 35 s (its own server; faces, SAM, captions, a background)
     "engine/test_hires.py",  # about 45 s
     "engine/test_controlnet.py",  # about 35 s
     "engine/test_masked_edit.py",  # about 35 s
@@ -257,6 +258,7 @@ def models_dir(request) -> Path:
                 _clear(staging)
         _add_tool_models(root)  # a cache built before the image tools gets them too
         _add_control_models(root)
+        _add_toolkit_models(root)
     return root
 
 
@@ -314,6 +316,32 @@ def _add_tool_models(root: Path) -> None:
         from tests.engine.lama_files import write_lama
 
         write_lama(eraser)
+
+
+def _add_toolkit_models(root: Path) -> None:
+    """RestoreFaces', ExtractContents' and DescribeImages' models: a tiny RestoreFormer and a tiny YuNet-format
+    detector (of magenta squares: tests/engine/face_files.py), a tiny SAM, a tiny BLIP captioner (the
+    default) and a tiny WD-style tagger."""
+    from tests.engine.caption_files import write_tiny_blip, write_tiny_tagger
+    from tests.engine.face_files import write_tiny_restoreformer, write_tiny_yunet
+    from tests.engine.sam_files import write_tiny_sam
+
+    builders = {
+        "faces/restoreformer-tiny.pth": write_tiny_restoreformer,
+        "facedetect/yunet-tiny.onnx": write_tiny_yunet,
+        "segment/sam-tiny": write_tiny_sam,
+        "caption/blip-tiny": write_tiny_blip,
+        "caption/wd-tagger-tiny": write_tiny_tagger,
+    }
+    for name, write in builders.items():
+        if not (root / name).exists():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            staging = root / f"{name}.building"  # a folder model appears whole, or not at all
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.unlink(missing_ok=True)
+            write(staging)
+            staging.rename(root / name)
+    (root / "caption" / "blip-tiny.json").write_text(json.dumps({"Default": True}))
 
 
 def _add_control_models(root: Path) -> None:

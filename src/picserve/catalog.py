@@ -12,6 +12,13 @@
     models/ipadapter/NAME.safetensors    an SDXL IP-Adapter (h94's .safetensors or .bin), whose CLIP image
     models/image_encoder/NAME/           encoder is a folder here (its sidecar's `ImageEncoder`, else the one
                                          whose widths fit)
+    models/faces/NAME.{pth,safetensors,pt,ckpt}   a face restorer spandrel loads (GFPGAN, RestoreFormer,
+                                         CodeFormer with spandrel-extra-arches): RestoreFaces
+    models/facedetect/NAME.onnx          a face detector OpenCV runs (YuNet): where RestoreFaces looks
+    models/segment/NAME/                 a Segment Anything folder transformers loads (SAM, SlimSAM):
+                                         ExtractContents
+    models/caption/NAME/                 a captioner transformers loads (BLIP, Florence-2, …: config.json) or
+                                         a WD-style tagger (model.onnx + selected_tags.csv): DescribeImages
 
 A sidecar gives `Name`, `IsOfficial`, `TriggerWordList`, default `InferenceParams` and, for a single
 file whose widths are not SDXL base's, `Config`: the diffusers folder holding its configs. A main model's
@@ -48,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTROL_KINDS",
+    "FOLDER_MARKERS",
     "KINDS",
     "SUB_MODEL_KINDS",
     "SUFFIXES",
@@ -69,12 +77,20 @@ KINDS = (
     "inpaint",
     "controlnet",
     "ipadapter",
+    "faces",
+    "facedetect",
+    "segment",
+    "caption",
 )
 #: the kinds a ControlNetList unit's ControlModel names: ControlNets (and Unions), IP-Adapters
 CONTROL_KINDS = ("controlnet", "ipadapter")
 #: the kinds of the image tools' models (not SDXL's): ResizeImage's upscalers, RemoveBackground's models,
-#: RemoveContents' erasers
-TOOL_KINDS = ("upscale", "background", "inpaint")
+#: RemoveContents' erasers, RestoreFaces' restorers and detectors, ExtractContents' point segmenters,
+#: DescribeImages' captioners and taggers
+TOOL_KINDS = ("upscale", "background", "inpaint", "faces", "facedetect", "segment", "caption")
+#: the tool kinds whose models are folders (transformers' save_pretrained layout, or a tagger's two files),
+#: by the files that mark one (any of them)
+FOLDER_MARKERS = {"segment": ("config.json",), "caption": ("config.json", "model.onnx")}
 #: the kinds a request's SubModelList names
 SUB_MODEL_KINDS = ("lora", "embedding", "hypernetwork")
 #: the file suffixes listed per kind (the first: what `models add` files a new one as)
@@ -89,6 +105,10 @@ SUFFIXES = {
     "inpaint": (".pth", ".safetensors", ".pt", ".ckpt"),
     "controlnet": (".safetensors", ".pth", ".bin"),
     "ipadapter": (".safetensors", ".bin"),
+    "faces": (".pth", ".safetensors", ".pt", ".ckpt"),
+    "facedetect": (".onnx",),
+    "segment": (),
+    "caption": (),
 }
 
 #: (kind, path, mtime_ns, size): one version of one file
@@ -205,8 +225,8 @@ class Catalog:
             if path.name.startswith("."):
                 continue
             if path.is_dir():
-                marker = {"main": "model_index.json", "vae": "config.json", "controlnet": "config.json"}.get(kind)
-                if marker is None or not (path / marker).exists():
+                markers = {"main": ("model_index.json",), "vae": ("config.json",), "controlnet": ("config.json",)}
+                if not any((path / marker).exists() for marker in {**markers, **FOLDER_MARKERS}.get(kind, ())):
                     continue
                 code = path.name
             elif path.suffix.lower() in SUFFIXES[kind]:
@@ -317,7 +337,9 @@ def _tool_fields(kind: str, code: str, meta: dict[str, Any], info: modelinfo.Inf
     """An upscaler's architecture and scale, an eraser's architecture, or a background model's session
     family: its sidecar's word, else its file name's."""
     fields: dict[str, Any] = {}
-    if kind == "inpaint":
+    if kind == "faces":
+        fields["architecture"] = str(meta["Architecture"]) if meta.get("Architecture") else None
+    elif kind == "inpaint":
         named = meta.get("Architecture") or ("LaMa" if "lama" in code.lower() else None)
         fields["architecture"] = str(named) if named else None
     elif kind == "upscale":

@@ -26,6 +26,7 @@ __all__ = [
     "ControlUnit",
     "CutoutSpec",
     "EraseSpec",
+    "FaceFix",
     "GenerationSpec",
     "Hires",
     "ImportSpec",
@@ -119,6 +120,15 @@ class Hires:
     strength: float = 0.7
 
 
+@dataclass(frozen=True)
+class FaceFix:
+    """A generation's face restoration after it is made (RestoreFaces' models and strength)."""
+
+    restorer_code: str
+    detector_code: str
+    strength: float = 0.5
+
+
 #: outpainting margins (left, top, right, bottom) of a spec that adds none
 NO_MARGINS = (0, 0, 0, 0)
 
@@ -180,6 +190,8 @@ class GenerationSpec:
     #: the image's own (ModifyMaskedPixels' Image2Image naming another entry), and its key while queued
     fill_image: str | None = None
     fill_image_key: str | None = None
+    #: every image's faces restored once it is made (engine/faces.py)
+    face_fix: FaceFix | None = None
     #: the prompts as the client sent them, before any translation
     original_prompt: str | None = None
     original_negative_prompt: str | None = None
@@ -188,8 +200,9 @@ class GenerationSpec:
     #: the task kind (the engine pipeline that runs it) and the version of this spec's stored form
     kind: ClassVar[str] = "generation"
     #: 2: ControlNet units (a version-1 row reads as a spec without them); 3: hires fix, mask blur and
-    #: inversion, only-masked inpainting, outpainting (an earlier row reads as a spec without them)
-    version: ClassVar[int] = 3
+    #: inversion, only-masked inpainting, outpainting (an earlier row reads as a spec without them);
+    #: 4: face restoration
+    version: ClassVar[int] = 4
 
     @property
     def mode(self) -> str:
@@ -219,6 +232,8 @@ class GenerationSpec:
         hires = data.get("hires")
         data["hires"] = Hires(**hires) if hires else None
         data["outpaint"] = tuple(data.get("outpaint", NO_MARGINS))
+        face_fix = data.get("face_fix")
+        data["face_fix"] = FaceFix(**face_fix) if face_fix else None
         return cls(**data)
 
     def needs(self) -> Needs:

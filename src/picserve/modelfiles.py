@@ -743,6 +743,8 @@ def _move_no_clobber(staged: Path, target: Path) -> None:
 def summary(added: Added) -> str:
     """What was filed, in one line: `lora my-style: SDXL kohya, sha256 …` (`models add`, ImportModel)."""
     found = added.inspection
+    if found.format == "folder":  # modelfolders.add: no one file to hash
+        return f"{added.kind} {added.code}: a folder of {found.details.get('files', '?')} files, {found.size:,} bytes"
     layout = f" {'/'.join(found.layout)}" if found.layout else ""
     return f"{added.kind} {added.code}: {found.base}{layout}, sha256 {found.sha256}"
 
@@ -750,8 +752,10 @@ def summary(added: Added) -> str:
 def describe(inspection: Inspection) -> list[tuple[str, str]]:
     """(label, value) lines for a person: what `picserve models info` prints."""
     i = inspection
-    lines = [("file", f"{i.path} ({i.size:,} bytes)"), ("kind", i.kind or "unknown"), ("base", i.base)]
-    lines.append(("format", f"{i.format}, {i.tensors} tensors" + (f", {' '.join(i.dtypes)}" if i.dtypes else "")))
+    lines = [("file", f"{i.path} ({i.size:,} bytes)"), ("kind", i.kind or "unknown")]
+    if i.format != "folder":  # a folder's model (modelfolders.inspect) says what it is in its details
+        lines.append(("base", i.base))
+        lines.append(("format", f"{i.format}, {i.tensors} tensors" + (f", {' '.join(i.dtypes)}" if i.dtypes else "")))
     if i.layout:
         lines.append(("layout", ", ".join(i.layout)))
     if i.ranks:

@@ -181,8 +181,10 @@ def _listed(widths: tuple[int, ...]) -> str:
 
 def inspect(kind: str, path: Path) -> Info:
     """What the file (or diffusers folder) at `path`, a model of `kind`, is; never raises for a bad file."""
-    if kind == "background":
+    if kind in ("background", "facedetect"):
         return _onnx_file(path)
+    if kind in ("segment", "caption"):
+        return _tool_folder(kind, path)
     try:
         if path.is_dir():
             if kind == "controlnet":
@@ -193,7 +195,7 @@ def inspect(kind: str, path: Path) -> Info:
         return Info(problem=f"unreadable {path.suffix} file: {exc}")
     if kind == "controlnet":
         return _controlnet(shapes, path)
-    if kind in ("upscale", "inpaint"):  # what it is, spandrel says when a worker (or `models add`) loads it
+    if kind in ("upscale", "inpaint", "faces"):  # what it is, spandrel says when a worker (or `models add`) loads it
         return Info(storage_dtype=_storage_dtype(path)) if shapes else Info(problem=f"{path.name} holds no tensors")
     dims_of = {
         "main": _main_dims,
@@ -554,6 +556,25 @@ def scale_in_name(name: str) -> int | None:
     `RealESRGAN_x4plus`, `2xLexicaRRDBNet`); None when it says none."""
     found = re.search(r"(?:^|[^0-9a-z])([1-8])x(?![0-9])|x([1-8])(?![0-9])", name.lower())
     return int(found.group(1) or found.group(2)) if found else None
+
+
+def _tool_folder(kind: str, path: Path) -> Info:
+    """A point segmenter's or captioner's folder: for a captioner, a tagger's model.onnx with its
+    selected_tags.csv (a WD tagger's folder also holds timm's config.json, which names no model_type), else
+    a transformers config.json naming its `model_type`; what it runs as, a worker says when it loads it."""
+    if kind == "caption" and (path / "model.onnx").is_file():
+        if not (path / "selected_tags.csv").is_file():
+            return Info(problem=f"{path.name}: a tagger's model.onnx needs its selected_tags.csv beside it")
+        return _onnx_file(path / "model.onnx")
+    if (path / "config.json").is_file():
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            return Info(problem=f"{path.name}/config.json is unreadable: {exc}")
+        if not isinstance(config, dict) or not config.get("model_type"):
+            return Info(problem=f"{path.name}/config.json names no model_type, so transformers cannot load it")
+        return Info()
+    return Info(problem=f"{path.name} holds no config.json" + (" or model.onnx" if kind == "caption" else ""))
 
 
 def _onnx_file(path: Path) -> Info:

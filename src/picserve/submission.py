@@ -38,7 +38,11 @@ from picserve import chaining, domain, errors
 from picserve.protocol import messages
 from picserve.services import Services
 from picserve.specs import (
+    backgrounds,
     cutout,
+    describe,
+    extract,
+    faces,
     generation,
     masked_edit,
     model_import,
@@ -87,6 +91,12 @@ KINDS: dict[str, Kind] = {
     "RemoveBackgroundsInBatch": Kind(
         messages.RemoveBackgroundsInBatch, cutout.from_request, image_fields=("RawImages",)
     ),
+    "GenerateBackgrounds": Kind(
+        messages.GenerateBackgrounds, backgrounds.from_request, generation.check_memory, ("ImageList",)
+    ),
+    "RestoreFaces": Kind(messages.RestoreFaces, faces.from_request, image_fields=("RawImage",)),
+    "ExtractContents": Kind(messages.ExtractContents, extract.from_request, image_fields=("RawImage",)),
+    "DescribeImages": Kind(messages.DescribeImages, describe.from_request, image_fields=("ImageList",)),
     "ImportModel": Kind(messages.ImportModel, model_import.from_request, admin_only=True),
 }
 

@@ -59,6 +59,23 @@ ACTIONS: list[tuple[str, tuple[typing.Any, ...], dict[str, typing.Any]]] = [
     ("resize_image", (), {"Image": task_image(UID), "Scale": 2}),
     ("remove_background", (), {"RawImage": PNG, "OnlyMask": True, "Box": [0, 0, 2, 1]}),
     ("remove_backgrounds_in_batch", (), {"RawImages": [PNG, task_image(UID, 2)]}),
+    ("restore_faces", (), {"RawImage": task_image(UID), "RestoreStrength": 0.7}),
+    (
+        "extract_contents",
+        (),
+        {"RawImage": PNG, "IncludePointList": [{"X": 1, "Y": 0}], "ExcludePointList": [{"X": 0, "Y": 0}]},
+    ),
+    ("describe_images", (), {"ImageList": [PNG, task_image(UID)], "TranslateDescription": "de"}),
+    (
+        "generate_backgrounds",
+        (),
+        {
+            "MainModel": {"ModelCode": "fast-xl"},
+            "ImageList": [task_image(UID), PNG],
+            "TransparentForeground": {"ImageIndex": 0, "Scale": 0.5},
+            "BackgroundImage2Image": {"ImageIndex": 1, "DeepFusion": True},
+        },
+    ),
     ("import_model", (), {"Url": "https://example.com/ink.safetensors", "Kind": "lora", "AuthToken": "hf_x"}),
     ("list_models", (), {}),
     ("list_controlnets", (), {}),

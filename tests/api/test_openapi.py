@@ -25,6 +25,7 @@ SPEC_ACTIONS = {
     "GetCreditBalance",
     *("ResizeImage", "RemoveBackground", "RemoveBackgroundsInBatch", "ApplyReferenceStyle"),
     *("ModifyMaskedPixels", "RemoveContents"),
+    *("RestoreFaces", "ExtractContents", "DescribeImages", "GenerateBackgrounds"),
 }
 EXTENSION_ACTIONS = {"CancelTask", "ImportModel"}
 #: the actions whose reply is a TaskUID
@@ -36,6 +37,10 @@ TASK_ACTIONS = {
     "RemoveBackgroundsInBatch",
     "ModifyMaskedPixels",
     "RemoveContents",
+    "RestoreFaces",
+    "ExtractContents",
+    "DescribeImages",
+    "GenerateBackgrounds",
     "ImportModel",
 }
 #: GenerateImagesSDXL's fields as the spec lists them: §1.1 (common), §5 without UseMainModelVAE, §6.4
@@ -202,6 +207,17 @@ def sdk_bodies() -> dict[str, dict[str, Any]]:
         **masked_edit(image, image, only_masked=True, padding=16, outpaint=(8, 0, 8, 0), strength=0.8),
     )
     client.remove_contents(RawImage=task_image("ckti5nf2h4keq8mr9n00"), Mask=image, MaskBlur=4, EraseModel="big-lama")
+    client.restore_faces(RawImage=image, RestoreStrength=0.3, FaceModel="gfpgan", FaceDetectModel="yunet")
+    client.extract_contents(
+        RawImage=image, IncludePointList=[{"X": 1, "Y": 2}], ExcludePointList=[{"X": 0, "Y": 0}], OnlyMask=True
+    )
+    client.describe_images(ImageList=[image, image], TranslateDescription="ja", CaptionModel="blip")
+    client.generate_backgrounds(
+        **request(Width=None, Height=None),
+        ImageList=[image, task_image("ckti5nf2h4keq8mr9n00")],
+        TransparentForeground={"ImageIndex": 0, "Scale": 0.5, "X": 0, "Y": 4},
+        BackgroundImage2Image={"ImageIndex": 1, "ReferStrength": 0.4, "DeepFusion": True},
+    )
     return sent
 
 

@@ -75,6 +75,14 @@ def test_fetch_of_an_expired_result_is_a_transport_error():
         (sdk_types.ApplyReferenceStyleParams, messages.ApplyReferenceStyle),
         (sdk_types.RemoveBackgroundParams, messages.RemoveBackground),
         (sdk_types.RemoveBackgroundsInBatchParams, messages.RemoveBackgroundsInBatch),
+        (sdk_types.RestoreFacesParams, messages.RestoreFaces),
+        (sdk_types.FaceRestore, messages.FaceRestoreModel),
+        (sdk_types.ExtractContentsParams, messages.ExtractContents),
+        (sdk_types.Coordinate, messages.CoordinateModel),
+        (sdk_types.DescribeImagesParams, messages.DescribeImages),
+        (sdk_types.GenerateBackgroundsParams, messages.GenerateBackgrounds),
+        (sdk_types.Foreground, messages.ForegroundModel),
+        (sdk_types.BackgroundImage2Image, messages.BackgroundImage2ImageModel),
     ],
 )
 def test_sdk_shapes_name_the_wire_fields(shape, model):

@@ -110,12 +110,14 @@ def test_result_paths_keep_two_inputs_of_one_name_apart(tmp_path):
 
 class FakePicpik:
     """A PICPIK endpoint on an httpx.MockTransport: records each action's body; a task made by any of
-    them ends `status` with one result per image it was sent, served at /results/<n>.png."""
+    them ends `status` with one result per image it was sent, served at /results/<n>.png (a
+    DescribeImages: one text per image instead, `text <n>`)."""
 
     def __init__(self, status: str = "Finished") -> None:
         self.status = status
         self.bodies: list[dict[str, Any]] = []
         self.results = 0
+        self.texts: list[str] = []
 
     def __call__(self, http_request: httpx.Request) -> httpx.Response:
         if http_request.method == "GET":
@@ -127,6 +129,9 @@ class FakePicpik:
             images = [f"http://picpik.test/results/{n}.png" for n in range(self.results)]
             done = self.status == "Finished"
             own = {"TaskDetailList": [self._detail(body["TaskUIDList"][0], images if done else [])]}
+        elif body["Action"] == "DescribeImages":
+            self.texts = [f"text {n}" for n in range(len(body["ImageList"]))]
+            own = {"TaskUID": "t1"}
         else:
             self.results = len(body.get("RawImages", [None]))
             own = {"TaskUID": "t1"}
@@ -140,7 +145,7 @@ class FakePicpik:
             "Status": self.status,
             "ImgList": images,
             "Seed": None,
-            "TxtList": [],
+            "TxtList": self.texts,
             "ConsumeApiPoint": 1,
             "ErrorCode": 0 if self.status == "Finished" else 501,
             "ErrorMassage": "" if self.status == "Finished" else "the model broke",

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import pytest
 from PIL import Image
 
-from picserve import domain
+from picserve import domain, domain_tools
 from picserve.config import Settings
 from picserve.engine import pipelines
 from picserve.engine.base import Generated, GenerationEngine, PreviewCallback, StepCallback
@@ -216,5 +216,45 @@ def test_the_erase_kind_and_a_masked_edit_round_trip_with_their_images_stashed(
             assert restored == edit
             assert references.restore(erased.spec, store) == erase
             assert await repo.queued_by_model() == {"erase": 1, "sdxl": 1}
+
+    asyncio.run(main())
+
+
+def test_the_toolkits_kinds_round_trip_with_their_images_stashed(backend_factory: BackendFactory) -> None:
+    """FaceRestoreSpec, ExtractSpec and DescribeSpec (RestoreFaces, ExtractContents, DescribeImages)
+    through the repository: read back equal (points as tuples), charged, counted by kind (no main model),
+    their images stashed while queued and restored for the worker."""
+
+    async def main() -> None:
+        async with backend_factory() as backend:
+            repo, store = backend.repo, MemoryStore(3600)
+            account = await repo.create_key("toolkit", 1_000)
+            service = TaskService(repo, store, credit_divisor=1024 * 1024, max_queued=10)
+            faces = domain_tools.FaceRestoreSpec(2048, 1024, "gfpgan", "yunet", strength=0.7, image=PNG_B64)
+            extract = domain_tools.ExtractSpec(
+                640,
+                480,
+                "sam-b",
+                include=((1, 2), (3, 4)),
+                exclude=((5, 6),),
+                hair="off",
+                only_mask=True,
+                image=PNG_B64,
+            )
+            describe = domain_tools.DescribeSpec(
+                ((1, 1), (1, 1)), "wd-tagger", language="ja", images=(PNG_B64, PNG_B64), images_keys=(None, None)
+            )
+            uids = [
+                await service.submit(account, "RestoreFaces", faces),
+                await service.submit(account, "ExtractContents", extract),
+                await service.submit(account, "DescribeImages", describe),
+            ]
+            by_uid = {t.task_uid: t for t in await repo.get_many(uids, account.public_key)}
+            stored = [by_uid[uid] for uid in uids]
+            assert [type(t.spec) for t in stored] == [type(faces), type(extract), type(describe)]
+            assert [t.cost for t in stored] == [2, 1, 2]  # 2 MP; 0.3 MP; one per image
+            assert [references.restore(t.spec, store) for t in stored] == [faces, extract, describe]
+            assert all(t.spec.image_key for t in stored[:2]) and all(stored[2].spec.images_keys)
+            assert await repo.queued_by_model() == {"faces": 1, "extract": 1, "describe": 1}
 
     asyncio.run(main())

@@ -28,7 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, create_model
 from typing_extensions import TypedDict
 
-from picserve import __version__, errors
+from picserve import __version__, errors, submission
 from picserve.api.actions import ACTIONS
 from picserve.protocol import envelope, messages, signature
 from picserve.sdk import types as sdk_types
@@ -54,39 +54,28 @@ REDOC_URL = "/redoc"
 ASSETS_URL = "/docs/assets"
 _ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
 
-#: the model each action's parameters are checked against (`messages.parse` in its handler)
-REQUESTS: dict[str, type[BaseModel]] = {
-    "ApplyReferenceStyle": messages.ApplyReferenceStyle,
+#: the model each action's parameters are checked against (`messages.parse` in its handler): every Action
+#: that makes a task (submission.KINDS), and the read-only ones
+_READ_ONLY: dict[str, type[BaseModel]] = {
     "CancelTask": messages.CancelTask,
-    "GenerateImagesSDXL": messages.GenerateImagesSDXL,
     "GetCreditBalance": messages.Empty,
-    "ImportModel": messages.ImportModel,
     "ListControlNets": messages.Empty,
     "ListModels": messages.Empty,
     "ListRunningTasks": messages.Empty,
     "ListTasksDetails": messages.ListTasksDetails,
-    "ModifyMaskedPixels": messages.ModifyMaskedPixels,
-    "RemoveBackground": messages.RemoveBackground,
-    "RemoveBackgroundsInBatch": messages.RemoveBackgroundsInBatch,
-    "RemoveContents": messages.RemoveContents,
-    "ResizeImage": messages.ResizeImage,
 }
+REQUESTS: dict[str, type[BaseModel]] = dict(
+    sorted({**{action: kind.message for action, kind in submission.KINDS.items()}, **_READ_ONLY}.items())
+)
 #: each action's own reply fields (beside Action, RetCode, Message, request_uuid); None: it has none
 REPLIES: dict[str, type | None] = {
-    "ApplyReferenceStyle": sdk_types.TaskUIDReply,
+    **dict.fromkeys(submission.KINDS, sdk_types.TaskUIDReply),
     "CancelTask": None,
-    "GenerateImagesSDXL": sdk_types.TaskUIDReply,
     "GetCreditBalance": sdk_types.CreditBalance,
-    "ImportModel": sdk_types.TaskUIDReply,
     "ListControlNets": sdk_types.ControlNetsReply,
     "ListModels": sdk_types.ModelsReply,
     "ListRunningTasks": sdk_types.TaskUIDListReply,
     "ListTasksDetails": sdk_types.TaskDetailsReply,
-    "ModifyMaskedPixels": sdk_types.TaskUIDReply,
-    "RemoveBackground": sdk_types.TaskUIDReply,
-    "RemoveBackgroundsInBatch": sdk_types.TaskUIDReply,
-    "RemoveContents": sdk_types.TaskUIDReply,
-    "ResizeImage": sdk_types.TaskUIDReply,
 }
 #: the OpenAPI extension keyword marking what PICPIK does not have
 EXTENSION = "x-picserve-extension"
@@ -215,6 +204,9 @@ EXTENSION_FIELDS: dict[str, dict[str, str]] = {
         "only). Default false.",
         "HiresFix": "A1111's hires fix: the image is made at a first-pass size the model is good at, upscaled to "
         "Width×Height (the final size) and denoised again there. Text-to-image only (refused with Image2Image).",
+        "FaceRestore": "Restore every image's faces once it is made (A1111's \"Restore faces\"), as RestoreFaces "
+        "does: RestoreStrength (0 to 1, default 0.5), FaceModel and FaceDetectModel (default: RestoreFaces'). "
+        "Control maps are left as they are.",
         "Webhook": _WEBHOOK,
     },
     "ModifyMaskedPixelsRequest": {
@@ -272,6 +264,32 @@ EXTENSION_FIELDS: dict[str, dict[str, str]] = {
         "Webhook": _WEBHOOK,
     },
     "RemoveBackgroundsInBatchRequest": {"BackgroundModel": _BACKGROUND_MODEL, "Webhook": _WEBHOOK},
+    "RestoreFacesRequest": {
+        "FaceModel": "The face restorer: a ModelCode of ListModels' FaceModels (models/faces: GFPGAN, "
+        "RestoreFormer, CodeFormer where the operator installed it). Default: the one whose sidecar says "
+        "`Default: true`, else the only one installed.",
+        "FaceDetectModel": "The face detector: a ModelCode of ListModels' FaceDetectModels (models/facedetect: "
+        "OpenCV's YuNet). Default as FaceModel's.",
+        "Webhook": _WEBHOOK,
+    },
+    "ExtractContentsRequest": {
+        "SegmentModel": "The point segmenter: a ModelCode of ListModels' SegmentModels (models/segment: a Segment "
+        "Anything folder). Default: the one whose sidecar says `Default: true`, else the only one installed.",
+        "Webhook": _WEBHOOK,
+    },
+    "DescribeImagesRequest": {
+        "CaptionModel": "The captioner (BLIP, Florence-2, …) or booru tagger (WD-style): a ModelCode of "
+        "ListModels' CaptionModels. Default: the one whose sidecar says `Default: true`, else the only one "
+        "installed.",
+        "Webhook": _WEBHOOK,
+    },
+    "GenerateBackgroundsRequest": {"Webhook": _WEBHOOK},
+    "ForegroundModel": {
+        "Scale": "The foreground's size factor, 0.05 to 8. Default 1, or what fits Width×Height when the "
+        "foreground is larger.",
+        "X": "The foreground's left edge on the canvas, in px (it must lie on the canvas). Default: centred.",
+        "Y": "The foreground's top edge on the canvas, in px. Default: centred.",
+    },
     "ModelsReply": {
         "VaeModels": "The installed VAEs (a VAE belongs to a main model; requests do not name one).",
         "UpscaleModels": "ResizeImage's upscalers (models/upscale), by ModelCode: Name, ModelCode, IsOfficial, "
@@ -282,6 +300,14 @@ EXTENSION_FIELDS: dict[str, dict[str, str]] = {
         "file is broken.",
         "InpaintModels": "RemoveContents' erasers (models/inpaint, LaMa-family), by ModelCode: Name, ModelCode, "
         "IsOfficial, IsDefault, and Problem when the file is broken.",
+        "FaceModels": "RestoreFaces' face restorers (models/faces), by ModelCode: Name, ModelCode, IsOfficial, "
+        "Architecture (null until known), IsDefault, and Problem when the file is broken.",
+        "FaceDetectModels": "RestoreFaces' face detectors (models/facedetect, YuNet ONNX), by ModelCode: Name, "
+        "ModelCode, IsOfficial, IsDefault, and Problem when the file is broken.",
+        "SegmentModels": "ExtractContents' point segmenters (models/segment, Segment Anything folders), by "
+        "ModelCode: Name, ModelCode, IsOfficial, IsDefault, and Problem when the folder is broken.",
+        "CaptionModels": "DescribeImages' captioners and taggers (models/caption), by ModelCode: Name, ModelCode, "
+        "IsOfficial, IsDefault, and Problem when the folder is broken.",
     },
     "TaskDetail": {
         "Progress": "The fraction of denoising done, 0 to 1.",
@@ -348,6 +374,26 @@ _EXAMPLE_PARAMS: dict[str, dict[str, Any]] = {
         "Mask": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAA…",
         "MaskBlur": 12,
     },
+    # the portrait above, its faces restored
+    "RestoreFaces": {"RawImage": f"task:{_EXAMPLE_TASK_UID}/0", "RestoreStrength": 0.5},
+    "ExtractContents": {
+        "RawImage": "data:image/jpeg;base64,/9j/4AAQSkZJRgABAQAAAQABAAD…",
+        "IncludePointList": [{"X": 72, "Y": 270}],
+        "ExcludePointList": [{"X": 10, "Y": 10}],
+    },
+    "DescribeImages": {
+        "ImageList": ["data:image/jpeg;base64,/9j/4AAQSkZJRgABAQAAAQABAAD…", f"task:{_EXAMPLE_TASK_UID}/0"],
+        "TranslateDescription": "en",
+    },
+    # the subject extracted above (its RGBA result), on a new background
+    "GenerateBackgrounds": {
+        "MainModel": {"ModelCode": "sdxl-inpainting"},
+        "PositivePrompts": ["a perfume bottle on a marble table, soft morning light"],
+        "ImageList": [f"task:{_EXAMPLE_TASK_UID}/0"],
+        "TransparentForeground": {"ImageIndex": 0, "Scale": 0.8},
+        "Width": 1024,
+        "Height": 1024,
+    },
     "ImportModel": {
         "Url": "https://huggingface.co/some-user/some-lora/resolve/main/style.safetensors",
         "ModelCode": "ink-style",
@@ -392,6 +438,25 @@ _ACTION_DOCS = {
     "Queues a task: Progress is the download's fraction; once Finished, TxtList says what was filed (and its "
     "warnings) and ListModels lists it; a refused file ends it with ErrorCode 506. The token, and a Url "
     "carrying credentials, are stored sealed with the server secret and never shown. Never charged.",
+    "RestoreFaces": "Restore the faces in an image.\n\nEvery face the detector finds is aligned, restored by a "
+    "face model and pasted back with a feathered edge, blended by RestoreStrength (0: the image unchanged, 1: the "
+    "restored faces); pixels outside every face's box are the image's. Queues a task whose one result is a PNG in "
+    "ImgList. Charged when it finishes: ceil(pixels / PICSERVE_CREDIT_DIVISOR), at least 1.",
+    "ExtractContents": "Cut out the object a user clicks on (point-prompted segmentation).\n\nA Segment Anything "
+    "model segments the object under IncludePointList and not under ExcludePointList; the cut-out then takes "
+    "RemoveBackground's matting fields with their meanings. Queues a task whose one result is an RGBA PNG in "
+    "ImgList (with OnlyMask, the mask, equal to the cut-out's alpha). Charged when it finishes: ceil(pixels / "
+    "PICSERVE_CREDIT_DIVISOR), at least 1.",
+    "DescribeImages": "Turn images into prompts (image to text).\n\nA captioner (BLIP, Florence-2, …) writes a "
+    "sentence, a booru tagger (WD-style) a list of tags; a TranslateDescription other than en translates it with "
+    "the server's English→language model. Queues a task whose TxtList holds one text per image, in order. "
+    "Charged when it finishes: 1 per image.",
+    "GenerateBackgrounds": "Generate a background behind a transparent foreground (product photos).\n\nThe "
+    "foreground (an RGBA ImageList entry: a RemoveBackground or ExtractContents result) is scaled and placed on "
+    "a Width×Height canvas (default: its size); everything outside it is painted by SDXL inpainting, its opaque "
+    "pixels are kept exactly and its soft edge blended. BackgroundImage2Image starts the background from an "
+    "image, redrawn by ReferStrength: with DeepFusion all of it, else a band around the subject. Queues a task; "
+    "its PNGs in ImgList. Charged when it finishes, as GenerateImagesSDXL.",
     "RemoveBackgroundsInBatch": "Cut out the main subject of 1 to 16 images in one task.\n\nAs RemoveBackground "
     "without Box: one result per image in ImgList, in order. Charged when it finishes: per image "
     "ceil(pixels / PICSERVE_CREDIT_DIVISOR), at least 1 each.",
@@ -414,7 +479,8 @@ class _Envelope(BaseModel):
         default=None,
         description="The caller's id for this request (a UUID), echoed in the reply. An action that makes a task "
         "(GenerateImagesSDXL, ApplyReferenceStyle, ModifyMaskedPixels, RemoveContents, ResizeImage, "
-        "RemoveBackground, RemoveBackgroundsInBatch) sent "
+        "RemoveBackground, RemoveBackgroundsInBatch, RestoreFaces, ExtractContents, DescribeImages, "
+        "GenerateBackgrounds) sent "
         "again with the same request_uuid and parameters returns the first TaskUID instead of queueing again.",
     )
 

@@ -3,8 +3,8 @@
 Every option can also be set with its `PICSERVE_*` variable (e.g. `--data-dir` ↔ PICSERVE_DATA_DIR).
 
 One module per command group: service (serve, worker, workers, demo), generate, tools (upscale,
-remove-background, restyle), edit (inpaint, outpaint, erase), controlnets (generate's --controlnet, and
-controlnets), tasks, keys, models, db;
+remove-background, restyle), toolkit (restore-faces, extract, describe, background), edit (inpaint,
+outpaint, erase), controlnets (generate's --controlnet, and controlnets), tasks, keys, models, db;
 common holds what they share, watch follows tasks for generate and `tasks wait`. Each module imports
 what a command needs inside it, so that `picserve --help` starts without torch, the API or the worker.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import typer
 
 from picserve import errors
-from picserve.cli import controlnets, db, edit, generate, keys, models, service, tasks, tools
+from picserve.cli import controlnets, db, edit, generate, keys, models, service, tasks, toolkit, tools
 
 __all__ = ["app", "main"]
 
@@ -51,6 +51,10 @@ app.command()(generate.generate)
 app.command()(tools.upscale)
 app.command("remove-background")(tools.remove_background)
 app.command()(tools.restyle)
+app.command("restore-faces")(toolkit.restore_faces)
+app.command()(toolkit.extract)
+app.command()(toolkit.describe)
+app.command()(toolkit.background)
 app.command()(controlnets.controlnets)
 app.command()(service.demo)
 app.add_typer(edit.edit_app, name="edit")

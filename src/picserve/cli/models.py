@@ -58,13 +58,16 @@ def models_list(models_dir: Path | None = ModelsDir):
 
 @models_app.command("add")
 def models_add(
-    source: str = typer.Argument(..., metavar="URL|PATH", help="http(s) URL or local file"),
+    source: str = typer.Argument(
+        ..., metavar="URL|PATH", help="http(s) URL, local file, or a model folder (SAM, a captioner, a tagger)"
+    ),
     sha256: str | None = typer.Option(None, "--sha256", help="refuse the file unless its SHA-256 is this"),
     name: str | None = typer.Option(None, "--name", help="ModelCode [the file's name]"),
     kind: str | None = typer.Option(
         None,
         "--kind",
-        help="main, lora, embedding, hypernetwork, vae, upscale, background, inpaint, controlnet [from its tensors]",
+        help="main, lora, embedding, hypernetwork, vae, upscale, background, inpaint, controlnet, faces, "
+        "facedetect, segment, caption [from its tensors]",
     ),
     force: bool = typer.Option(
         False, "--force", help="replace a model of the same name; file one that will not load as it is (warned)"
@@ -73,23 +76,31 @@ def models_add(
     models_dir: Path | None = ModelsDir,
 ):
     """Download (resumable) or copy a model file, check it, and file it in the models folder by its tensors
-    (an upscaler, an eraser such as LaMa or an ONNX segmentation model: by what spandrel or onnxruntime
-    makes of it)."""
-    from picserve import errors, modelfiles
+    (an upscaler, an eraser such as LaMa, a face model or an ONNX segmentation model or face detector: by
+    what spandrel, onnxruntime or OpenCV makes of it). A folder (SAM, a captioner, a tagger) is copied
+    whole, by what transformers or onnxruntime makes of it."""
+    from picserve import errors, modelfiles, modelfolders
     from picserve.engine import toolfiles
 
     settings = load_settings(models_dir=models_dir)
     try:
-        added = modelfiles.add(
-            source,
-            settings.models_dir,
-            sha256=sha256,
-            name=name,
-            kind=kind,
-            force=force,
-            retries=retries,
-            identify=toolfiles.identify,
-        )
+        if Path(source).expanduser().is_dir():
+            if sha256:
+                raise errors.PullError("--sha256 checks a file; a folder has none to check")
+            added = modelfolders.add(
+                Path(source), settings.models_dir, identify=toolfiles.identify, name=name, kind=kind, force=force
+            )
+        else:
+            added = modelfiles.add(
+                source,
+                settings.models_dir,
+                sha256=sha256,
+                name=name,
+                kind=kind,
+                force=force,
+                retries=retries,
+                identify=toolfiles.identify,
+            )
     except errors.PullError as exc:
         typer.echo(f"models add: {exc.message}", err=True)
         raise typer.Exit(1) from None
@@ -101,15 +112,18 @@ def models_add(
 
 @models_app.command("info")
 def models_info(
-    file: Path = typer.Argument(..., help="a model file"),
+    file: Path = typer.Argument(..., help="a model file, or a model folder"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object"),
 ):
     """What a model file is, by its tensors: kind, base, layout, rank, dtypes, trigger words, sha256; an
     upscaler's architecture and scale, an eraser's architecture, an ONNX segmentation model's inputs."""
-    from picserve import modelfiles
+    from picserve import modelfiles, modelfolders
     from picserve.engine import toolfiles
 
-    found = modelfiles.identified(modelfiles.inspect_file(file), toolfiles.identify, file.name)
+    if file.is_dir():
+        found = modelfolders.inspect(file, toolfiles.identify)
+    else:
+        found = modelfiles.identified(modelfiles.inspect_file(file), toolfiles.identify, file.name)
     refusal = modelfiles.unfit(found, None)
     if as_json:
         typer.echo(json.dumps({**found.to_json(), "refused": refusal}))

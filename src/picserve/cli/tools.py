@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         RemoveBackgroundParams,
         RemoveBackgroundsInBatchParams,
         ResizeImageParams,
+        TaskDetail,
     )
 
 __all__ = ["Hair", "Input", "parse_box", "read_input", "remove_background", "restyle", "run_task", "upscale"]
@@ -242,9 +243,10 @@ def parse_box(text: str) -> list[int]:
 
 def run_task(
     endpoint: tuple[str, str, str], submit: Callable[[Client], str], paths: list[Path], no_wait: bool, timeout: float
-) -> None:
+) -> TaskDetail | None:
     """Submit with a client of `endpoint` (URL, public key, private key) and print the TaskUID (on stdout
-    with --no-wait, and that is all); else follow the task and save its results at `paths`, in order."""
+    with --no-wait, and that is all: None); else follow the task, save its results at `paths`, in order,
+    and return its TaskDetail (a text result's TxtList is the caller's to print)."""
     from picserve.cli.watch import Followed
     from picserve.sdk import Client
 
@@ -252,12 +254,13 @@ def run_task(
         uid = client_call(lambda: submit(client))
         if no_wait:
             typer.echo(uid)
-            return
+            return None
         typer.echo(f"task {uid}", err=True)
         (detail,) = follow(client, [Followed(uid)], timeout, None)
         for image_url, path in zip(detail["ImgList"], paths, strict=False):
             saved = client_call(functools.partial(client.download, image_url, path))
             typer.echo(str(saved))
+        return cast("TaskDetail", detail)
 
 
 def result_paths(sources: Sequence[Input], suffix: str, out: Path) -> list[Path]:

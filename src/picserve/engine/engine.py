@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -20,7 +21,9 @@ from picserve.engine import (
     canvas,
     controlnet,
     cutout,
+    describe,
     erase,
+    faces,
     hires,
     infotext,
     ipadapter,
@@ -31,6 +34,7 @@ from picserve.engine import (
     previews,
     prompts,
     samplers,
+    segment,
     tiling,
     upscale,
 )
@@ -75,6 +79,8 @@ class Engine:
             the device's free memory (engine/upscale.py).
         controlnet_memory: bytes of control models kept on the device (PICSERVE_CONTROLNET_MEMORY; None:
             no bound); the least recently used that a request does not use leave first.
+        translation_models: the translation models folder (settings.translation_dir), where
+            DescribeImages finds its English→X models; None: its texts are in English only.
     """
 
     def __init__(
@@ -92,6 +98,7 @@ class Engine:
         dtype: str | torch.dtype | None = None,
         upscale_tile: int = 0,
         controlnet_memory: int | None = None,
+        translation_models: Path | None = None,
     ) -> None:
         #: the speed switches applied to every main model loaded (acceleration.py); None: all off
         self.speed = speed
@@ -114,6 +121,13 @@ class Engine:
         self.preprocessors = preprocess.Preprocessors(catalog.models_dir, self.pipelines.device)
         #: IP-Adapters and their image encoders (ControlNetList units whose model is an IP-Adapter)
         self.ipadapters = ipadapter.IPAdapters()
+        #: RestoreFaces' (and FaceRestore's) detectors and restorers, ExtractContents' point segmenters,
+        #: DescribeImages' captioners and taggers with the English→X translator of their texts
+        self.faces = faces.FaceModels(catalog, self.pipelines.device, self.pipelines.dtype)
+        self.point_segmenters = segment.PointSegmenters(catalog, self.pipelines.device, self.pipelines.dtype)
+        self.describers = describe.Describers(
+            catalog, self.pipelines.device, self.pipelines.dtype, translation_models=translation_models
+        )
         #: held for a whole generation: one at a time per engine (see the class docstring)
         self._generating = threading.Lock()
 
@@ -128,6 +142,9 @@ class Engine:
             "upscale": self.upscalers.loaded(),
             "background": self.segmenters.loaded(),
             "inpaint": self.erasers.loaded(),
+            **self.faces.loaded(),
+            "segment": self.point_segmenters.loaded(),
+            "caption": self.describers.loaded(),
             # control models: ControlNets and IP-Adapters (by ModelCode, their file's name)
             "controlnet": [*self.controlnets.loaded(), *(Path(p).stem for p in self.ipadapters.loaded("adapter"))],
         }
@@ -185,10 +202,24 @@ class Engine:
         ):
             on_step = on_step or _no_progress
             if spec.hires is not None:  # two passes: engine/hires.py
-                return hires.generate(self.denoise, self.upscalers, spec, on_step, on_preview)
-            if spec.mode == "inpaint":  # a canvas: the image, its mask, margins; maybe only the masked box
-                return self._inpaint(spec, on_step, on_preview)
-            return self.denoise(spec, on_step, on_preview)
+                generated = hires.generate(self.denoise, self.upscalers, spec, on_step, on_preview)
+            elif spec.mode == "inpaint":  # a canvas: the image, its mask, margins; maybe only the masked box
+                generated = self._inpaint(spec, on_step, on_preview)
+            else:
+                generated = self.denoise(spec, on_step, on_preview)
+            if spec.face_fix is not None:
+                generated = self._restore_faces(spec.face_fix, generated)
+            return generated
+
+    def _restore_faces(self, fix: domain.FaceFix, generated: Generated) -> Generated:
+        """`generated` with each image's faces restored (engine/faces.py); the control maps after the
+        images are left as they are."""
+        count = len(generated.seeds)
+        restored = [
+            faces.restore_image(self.faces, image, fix.restorer_code, fix.detector_code, fix.strength)
+            for image in generated.images[:count]
+        ]
+        return dataclasses.replace(generated, images=[*restored, *generated.images[count:]])
 
     def _inpaint(
         self, spec: domain.GenerationSpec, on_step: StepCallback, on_preview: PreviewCallback | None

@@ -28,6 +28,8 @@ def of(spec: domain.GenerationSpec, seed: int) -> str:
         **_hires_fields(spec),
         **_inpaint_fields(spec),
         **controlnet.infotext_fields(spec),
+        # A1111's name; its value there is the restorer's, here its ModelCode (and the strength when not 1)
+        "Face restoration": _face_fix(spec),
         "LoRA": _listed(spec, "lora", weighted=True),
         "Hypernetwork": _listed(spec, "hypernetwork", weighted=True),
         "Embeddings": _listed(spec, "embedding", weighted=False),
@@ -38,6 +40,13 @@ def of(spec: domain.GenerationSpec, seed: int) -> str:
     if spec.original_negative_prompt and spec.original_negative_prompt != spec.negative_prompt:
         fields["Original negative prompt"] = repr(spec.original_negative_prompt)
     return png.infotext(spec.prompt, spec.negative_prompt, fields)
+
+
+def _face_fix(spec: domain.GenerationSpec) -> str | None:
+    fix = spec.face_fix
+    if fix is None:
+        return None
+    return fix.restorer_code if fix.strength == 1 else f"{fix.restorer_code} ({fix.strength:g})"
 
 
 def _hires_fields(spec: domain.GenerationSpec) -> dict[str, object]:

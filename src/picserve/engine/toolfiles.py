@@ -1,12 +1,19 @@
-"""What an image tool's model file is, found by loading it the way a worker will: `models add/info`.
+"""What an image tool's model file or folder is, found by loading it the way a worker will: `models add/info`.
 
     .pth/.pt/.ckpt/.bin/.safetensors   spandrel's detection (the loader ComfyUI uses): an upscaler of
                                        scale 2 or more (purpose "SR") is kind `upscale`, with its
                                        architecture and scale; an inpainting model (LaMa: purpose
                                        "Inpainting") is kind `inpaint`, RemoveContents' eraser, with
-                                       its architecture
-    .onnx                              onnxruntime opens it: one image input [N, 3, H, W] and a mask
-                                       output make it kind `background`, with its rembg session family
+                                       its architecture; a face restorer (purpose "FaceSR": GFPGAN,
+                                       RestoreFormer, CodeFormer) is kind `faces` (engine/faces.py)
+    .onnx                              OpenCV's FaceDetectorYN runs it with YuNet's outputs: kind
+                                       `facedetect` (engine/faces.py); else onnxruntime opens it: one
+                                       image input [N, 3, H, W] and a mask output make it kind
+                                       `background`, with its rembg session family
+    a folder                           transformers loads it as a SAM model: kind `segment`
+                                       (engine/segment.py); as an image-to-text model, or it holds a
+                                       tagger's model.onnx and selected_tags.csv: kind `caption`
+                                       (engine/describe.py)
 
 A file neither library takes is refused with the library's own reason. The checks of modelfiles.py
 (headers, pickles that would run code) come first; only a file that passed them is loaded here.
@@ -30,11 +37,39 @@ _SESSION_BY_SIDE = {320: "u2net", 1024: "birefnet-general"}
 
 
 def identify(path: Path) -> ToolFacts:
-    """Load `path` as an upscaler or an eraser (spandrel) or a segmentation model (onnxruntime); never
-    raises for a bad file: `problem` says why none takes it."""
+    """Load `path` as an upscaler, an eraser or a face restorer (spandrel), a face detector (OpenCV) or a
+    segmentation model (onnxruntime), or a folder as a point segmenter or a captioner; never raises for a
+    bad file: `problem` says why none takes it."""
+    from picserve.engine import faces
+
+    if path.is_dir():
+        return _folder(path)
     if path.suffix.lower() == ".onnx":
-        return _onnx(path)
-    return _spandrel(path)
+        detector = faces.identify(path)
+        return detector if detector.kind is not None else _onnx(path)
+    found = _spandrel(path)
+    if found.kind is not None:
+        return found
+    face = faces.identify(path)  # a face restorer (CodeFormer needs spandrel-extra-arches: it says so)
+    return face if face.kind is not None or face.details.get("architecture") == "CodeFormer" else found
+
+
+def _folder(path: Path) -> ToolFacts:
+    """A SAM folder, else a captioner or tagger folder; the refusal names what each found."""
+    from picserve.engine import describe, segment
+
+    if describe.is_tagger(path):
+        return describe.identify(path)
+    as_segmenter = segment.identify(path)
+    if as_segmenter.kind is not None:
+        return as_segmenter
+    as_captioner = describe.identify(path)
+    if as_captioner.kind is not None:
+        return as_captioner
+    return ToolFacts(
+        None,
+        problem=f"neither a point segmenter ({as_segmenter.problem}) nor a captioner ({as_captioner.problem})"[:400],
+    )
 
 
 def _spandrel(path: Path) -> ToolFacts:

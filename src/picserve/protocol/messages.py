@@ -31,13 +31,22 @@ __all__ = [
     "CONTROL_MODES",
     "HIRES_UPSCALERS",
     "INPAINT_AREAS",
+    "LANGUAGES",
     "MAX_CONTROL_UNITS",
+    "MAX_POINTS",
     "MAX_TASK_UIDS",
     "ApplyReferenceStyle",
+    "BackgroundImage2ImageModel",
     "CancelTask",
     "ControlModelModel",
     "ControlNet",
+    "CoordinateModel",
+    "DescribeImages",
     "Empty",
+    "ExtractContents",
+    "FaceRestoreModel",
+    "ForegroundModel",
+    "GenerateBackgrounds",
     "GenerateImagesSDXL",
     "HiresFixModel",
     "Image2ImageModel",
@@ -53,6 +62,7 @@ __all__ = [
     "RemoveBackgroundsInBatch",
     "RemoveContents",
     "ResizeImage",
+    "RestoreFaces",
     "TaskDetail",
     "WebhookModel",
     "parse",
@@ -238,6 +248,17 @@ class HiresFixModel(BaseModel):
     FirstPassHeight: Annotated[Int | None, Field(ge=64, le=2560)] = None
 
 
+class FaceRestoreModel(BaseModel):
+    """picserve extension on GenerateImagesSDXL (A1111's "Restore faces", AI Horde's face fixers): each
+    image's faces restored after generation, as RestoreFaces restores them."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    RestoreStrength: Annotated[float, Field(ge=0, le=1)] = 0.5
+    FaceModel: Annotated[str | None, StringConstraints(min_length=1, max_length=_MAX_MODEL_CODE)] = None
+    FaceDetectModel: Annotated[str | None, StringConstraints(min_length=1, max_length=_MAX_MODEL_CODE)] = None
+
+
 class GenerateImagesSDXL(_Generation):
     Image2Image: Image2ImageModel | None = None
     Tiling: bool = False
@@ -248,6 +269,7 @@ class GenerateImagesSDXL(_Generation):
     ControlNetList: Annotated[list[ControlNet] | None, Field(max_length=MAX_CONTROL_UNITS)] = None
     ReturnControlMaps: bool = False
     HiresFix: HiresFixModel | None = None
+    FaceRestore: FaceRestoreModel | None = None
     Webhook: WebhookModel | None = None
 
 
@@ -346,12 +368,17 @@ class ResizeImage(_Request):
     Webhook: WebhookModel | None = None
 
 
-class _BackgroundFields(_Request):
+class _MattingFields(_Request):
+    """RemoveBackground's cut-out fields (§6.10), which ExtractContents (§6.12) shares."""
+
     ErodeSize: Annotated[Int, Field(ge=0, le=40)] = 15
     ForegroundThreshold: _Threshold = 240
     BackgroundThreshold: _Threshold = 15
     HairOptimization: Annotated[str, Field(pattern="^(auto|on|off)$")] = "auto"
     OnlyMask: bool = False
+
+
+class _BackgroundFields(_MattingFields):
     # picserve extensions: the segmentation model (a ModelCode of models/background), the task's events
     BackgroundModel: Annotated[str | None, StringConstraints(min_length=1, max_length=_MAX_MODEL_CODE)] = None
     Webhook: WebhookModel | None = None
@@ -398,6 +425,99 @@ class ImportModel(_Request):
     Kind: Annotated[str | None, StringConstraints(min_length=1, max_length=32)] = None
     Force: bool = False
     AuthToken: Annotated[str | None, StringConstraints(min_length=1, max_length=4096)] = None
+    Webhook: WebhookModel | None = None
+
+
+class RestoreFaces(_Request):
+    """§6.14: every face found restored and blended back by RestoreStrength."""
+
+    RawImage: _ImageField
+    RestoreStrength: Annotated[float, Field(ge=0, le=1)] = 0.5
+    # picserve extensions: the face restorer (a ModelCode of models/faces) and the face detector (of
+    # models/facedetect), each by default the one whose sidecar says Default, else the only one; the
+    # task's events
+    FaceModel: Annotated[str | None, StringConstraints(min_length=1, max_length=_MAX_MODEL_CODE)] = None
+    FaceDetectModel: Annotated[str | None, StringConstraints(min_length=1, max_length=_MAX_MODEL_CODE)] = None
+    Webhook: WebhookModel | None = None
+
+
+class CoordinateModel(BaseModel):
+    """§4.8 `Coordinate`: a pixel of the image, from its top-left corner."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    X: Int
+    Y: Int
+
+
+#: points one ExtractContents point list may hold
+MAX_POINTS = 64
+
+
+class ExtractContents(_MattingFields):
+    """§6.12: the object under the include points segmented (Segment Anything), cut out or its mask."""
+
+    RawImage: _ImageField
+    IncludePointList: Annotated[list[CoordinateModel], Field(min_length=1, max_length=MAX_POINTS)]
+    ExcludePointList: Annotated[list[CoordinateModel] | None, Field(max_length=MAX_POINTS)] = None
+    # picserve extensions: the point segmenter (a ModelCode of models/segment; default as RestoreFaces'),
+    # the task's events
+    SegmentModel: Annotated[str | None, StringConstraints(min_length=1, max_length=_MAX_MODEL_CODE)] = None
+    Webhook: WebhookModel | None = None
+
+
+#: §8.2's language codes (DescribeImages' TranslateDescription)
+LANGUAGES = ("en", "zh", "ja", "ko", "fr", "es", "it", "de", "tr", "ru", "pt", "vi", "id", "th", "ms")
+
+
+class DescribeImages(_Request):
+    """§6.17: one text per image (TaskDetail.TxtList), in TranslateDescription's language."""
+
+    ImageList: Annotated[list[_ImageField], Field(min_length=1, max_length=MAX_BATCH_IMAGES)]
+    TranslateDescription: Annotated[str, Field(pattern=f"^({'|'.join(LANGUAGES)})$")] = "en"
+    # picserve extensions: the captioner or tagger (a ModelCode of models/caption; default as
+    # RestoreFaces'), the task's events
+    CaptionModel: Annotated[str | None, StringConstraints(min_length=1, max_length=_MAX_MODEL_CODE)] = None
+    Webhook: WebhookModel | None = None
+
+
+class ForegroundModel(BaseModel):
+    """§4.7 `Foreground` (GenerateBackgrounds' TransparentForeground): an RGBA image of ImageList and where
+    it stands on the canvas. Placement and scale are picserve's design (the spec shows none): `Scale`
+    multiplies the foreground's own size (default 1, or what fits the canvas when it is larger), `X` and
+    `Y` put its top-left corner in canvas pixels (default: centred); it must stay on the canvas."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    ImageIndex: Annotated[Int, Field(ge=0)] = 0
+    Scale: Annotated[float | None, Field(ge=0.05, le=8)] = None
+    X: Int | None = None
+    Y: Int | None = None
+
+
+class BackgroundImage2ImageModel(BaseModel):
+    """§4.3 as GenerateBackgrounds' BackgroundImage2Image: a background image of ImageList, fitted to the
+    canvas by ResizeMode and redrawn by ReferStrength. Without DeepFusion only a band around the subject is
+    redrawn (the rest is the image itself); with it, the whole background."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    ImageIndex: Annotated[Int, Field(ge=0)]
+    ReferStrength: Annotated[float, Field(ge=0, le=1)] = 0.3
+    ResizeMode: _ResizeMode = "ResizeAndFill"
+    DeepFusion: bool = False
+
+
+class GenerateBackgrounds(_Generation):
+    """§6.6: a background generated around a transparent foreground, whose pixels are kept."""
+
+    # no default of 1024: left out, the (scaled) foreground's size
+    Width: Annotated[Int | None, Field(ge=64, le=2560)] = None  # type: ignore[assignment]
+    Height: Annotated[Int | None, Field(ge=64, le=2560)] = None  # type: ignore[assignment]
+    UseMainModelVAE: bool = False
+    TransparentForeground: ForegroundModel
+    BackgroundImage2Image: BackgroundImage2ImageModel | None = None
+    ImageList: Annotated[list[_ImageField], Field(min_length=1, max_length=2)]
     Webhook: WebhookModel | None = None
 
 

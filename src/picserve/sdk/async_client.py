@@ -32,6 +32,9 @@ from picserve.sdk.types import (
     ApplyReferenceStyleParams,
     ControlNetsReply,
     CreditBalance,
+    DescribeImagesParams,
+    ExtractContentsParams,
+    GenerateBackgroundsParams,
     GenerateImagesSDXLParams,
     ImportModelParams,
     ModelsReply,
@@ -40,6 +43,7 @@ from picserve.sdk.types import (
     RemoveBackgroundsInBatchParams,
     RemoveContentsParams,
     ResizeImageParams,
+    RestoreFacesParams,
     TaskDetail,
 )
 
@@ -103,6 +107,18 @@ class AsyncClient(_shared.BaseClient[httpx.AsyncClient, httpx.AsyncBaseTransport
 
     async def remove_backgrounds_in_batch(self, **params: Unpack[RemoveBackgroundsInBatchParams]) -> str:
         return _shared.task_uid(await self.call("RemoveBackgroundsInBatch", **params))
+
+    async def restore_faces(self, **params: Unpack[RestoreFacesParams]) -> str:
+        return _shared.task_uid(await self.call("RestoreFaces", **params))
+
+    async def extract_contents(self, **params: Unpack[ExtractContentsParams]) -> str:
+        return _shared.task_uid(await self.call("ExtractContents", **params))
+
+    async def describe_images(self, **params: Unpack[DescribeImagesParams]) -> str:
+        return _shared.task_uid(await self.call("DescribeImages", **params))
+
+    async def generate_backgrounds(self, **params: Unpack[GenerateBackgroundsParams]) -> str:
+        return _shared.task_uid(await self.call("GenerateBackgrounds", **params))
 
     async def import_model(self, **params: Unpack[ImportModelParams]) -> str:
         return _shared.task_uid(await self.call("ImportModel", **params))

@@ -68,6 +68,9 @@ from picserve.sdk.types import (
     ControlNetsReply,
     ControlTypeName,
     CreditBalance,
+    DescribeImagesParams,
+    ExtractContentsParams,
+    GenerateBackgroundsParams,
     GenerateImagesSDXLParams,
     HiresFix,
     Image2Image,
@@ -84,6 +87,7 @@ from picserve.sdk.types import (
     RemoveContentsParams,
     ResizeImageParams,
     ResizeModeName,
+    RestoreFacesParams,
     TaskDetail,
 )
 
@@ -172,6 +176,23 @@ class Client(_shared.BaseClient[httpx.Client, httpx.BaseTransport]):
     def remove_backgrounds_in_batch(self, **params: Unpack[RemoveBackgroundsInBatchParams]) -> str:
         """RemoveBackgroundsInBatch: one task, one result per image of `RawImages`, in order."""
         return _shared.task_uid(self.call("RemoveBackgroundsInBatch", **params))
+
+    def restore_faces(self, **params: Unpack[RestoreFacesParams]) -> str:
+        """RestoreFaces: a task whose one result is `RawImage` with every face restored (RestoreStrength)."""
+        return _shared.task_uid(self.call("RestoreFaces", **params))
+
+    def extract_contents(self, **params: Unpack[ExtractContentsParams]) -> str:
+        """ExtractContents: a task whose one result is the object under `IncludePointList`, cut out (or
+        its mask)."""
+        return _shared.task_uid(self.call("ExtractContents", **params))
+
+    def describe_images(self, **params: Unpack[DescribeImagesParams]) -> str:
+        """DescribeImages: a task whose TxtList holds one text per image of `ImageList`, in order."""
+        return _shared.task_uid(self.call("DescribeImages", **params))
+
+    def generate_backgrounds(self, **params: Unpack[GenerateBackgroundsParams]) -> str:
+        """GenerateBackgrounds: a task painting a background around `TransparentForeground`."""
+        return _shared.task_uid(self.call("GenerateBackgrounds", **params))
 
     def import_model(self, **params: Unpack[ImportModelParams]) -> str:
         """ImportModel (admin keys only): a task downloading `Url` into the server's models folder; once

@@ -10,18 +10,26 @@ from typing_extensions import TypedDict
 
 __all__ = [
     "ApplyReferenceStyleParams",
+    "BackgroundImage2Image",
     "ControlModeName",
     "ControlModel",
     "ControlModelInfo",
     "ControlNet",
     "ControlNetsReply",
     "ControlTypeName",
+    "Coordinate",
     "CreditBalance",
+    "DescribeImagesParams",
+    "ExtractContentsParams",
+    "FaceRestore",
+    "Foreground",
+    "GenerateBackgroundsParams",
     "GenerateImagesSDXLParams",
     "HiresFix",
     "Image2Image",
     "InferenceParams",
     "InpaintAreaName",
+    "LanguageName",
     "Masked",
     "ModelRef",
     "ModelsReply",
@@ -36,6 +44,7 @@ __all__ = [
     "ReplyFields",
     "ResizeImageParams",
     "ResizeModeName",
+    "RestoreFacesParams",
     "TaskDetail",
     "TaskDetailsReply",
     "TaskStatusName",
@@ -210,6 +219,7 @@ class GenerateImagesSDXLParams(_GenerationParams, total=False):
     ControlNetList: list[ControlNet]
     ReturnControlMaps: bool
     HiresFix: HiresFix  # picserve extension: A1111's hires fix (text-to-image only)
+    FaceRestore: FaceRestore  # picserve extension: every image's faces restored once it is made
     Webhook: Webhook  # picserve extension
 
 
@@ -286,14 +296,19 @@ class ResizeImageParams(TypedDict, total=False):
     Webhook: Webhook  # picserve extension
 
 
-class _BackgroundParams(TypedDict, total=False):
-    """The fields RemoveBackground and RemoveBackgroundsInBatch share."""
+class _MattingParams(TypedDict, total=False):
+    """The cut-out fields RemoveBackground, RemoveBackgroundsInBatch and ExtractContents share."""
 
     ErodeSize: int
     ForegroundThreshold: int
     BackgroundThreshold: int
     HairOptimization: Literal["auto", "on", "off"]
     OnlyMask: bool
+
+
+class _BackgroundParams(_MattingParams, total=False):
+    """The fields RemoveBackground and RemoveBackgroundsInBatch share."""
+
     BackgroundModel: str  # picserve extension: a ModelCode of ListModels' BackgroundModels
     Webhook: Webhook  # picserve extension
 
@@ -310,6 +325,85 @@ class RemoveBackgroundsInBatchParams(_BackgroundParams, total=False):
     """RemoveBackgroundsInBatch: 1 to 16 images, one result each, in order (one task)."""
 
     RawImages: Required[list[str]]
+
+
+class FaceRestore(TypedDict, total=False):
+    """GenerateImagesSDXL's FaceRestore (picserve extension): RestoreFaces' strength and models."""
+
+    RestoreStrength: float
+    FaceModel: str
+    FaceDetectModel: str
+
+
+class RestoreFacesParams(TypedDict, total=False):
+    """RestoreFaces: every face of `RawImage` restored, blended back by `RestoreStrength` (0..1, 0.5)."""
+
+    RawImage: Required[str]
+    RestoreStrength: float
+    FaceModel: str  # picserve extension: a ModelCode of ListModels' FaceModels
+    FaceDetectModel: str  # picserve extension: a ModelCode of ListModels' FaceDetectModels
+    Webhook: Webhook  # picserve extension
+
+
+class Coordinate(TypedDict):
+    """A pixel of the image, from its top-left corner."""
+
+    X: int
+    Y: int
+
+
+class ExtractContentsParams(_MattingParams, total=False):
+    """ExtractContents: the object under `IncludePointList` (and not under `ExcludePointList`) cut out of
+    `RawImage` (an RGBA PNG), or its mask (`OnlyMask`), with RemoveBackground's matting fields."""
+
+    RawImage: Required[str]
+    IncludePointList: Required[list[Coordinate]]
+    ExcludePointList: list[Coordinate]
+    SegmentModel: str  # picserve extension: a ModelCode of ListModels' SegmentModels
+    Webhook: Webhook  # picserve extension
+
+
+#: DescribeImages' TranslateDescription (§8.2's codes)
+LanguageName = Literal["en", "zh", "ja", "ko", "fr", "es", "it", "de", "tr", "ru", "pt", "vi", "id", "th", "ms"]
+
+
+class DescribeImagesParams(TypedDict, total=False):
+    """DescribeImages: one text per image of `ImageList` (1 to 16), in order, in the task's TxtList."""
+
+    ImageList: Required[list[str]]
+    TranslateDescription: LanguageName
+    CaptionModel: str  # picserve extension: a ModelCode of ListModels' CaptionModels
+    Webhook: Webhook  # picserve extension
+
+
+class Foreground(TypedDict, total=False):
+    """GenerateBackgrounds' TransparentForeground: an RGBA entry of ImageList; `Scale` its size factor
+    (default 1, or what fits the canvas), `X`/`Y` its top-left corner on the canvas (default: centred)."""
+
+    ImageIndex: int
+    Scale: float
+    X: int
+    Y: int
+
+
+class BackgroundImage2Image(TypedDict, total=False):
+    """GenerateBackgrounds' background image: redrawn by ReferStrength (0.3); DeepFusion redraws all of it,
+    else only a band around the subject."""
+
+    ImageIndex: Required[int]
+    ReferStrength: float
+    ResizeMode: ResizeModeName
+    DeepFusion: bool
+
+
+class GenerateBackgroundsParams(_GenerationParams, total=False):
+    """GenerateBackgrounds: a background painted around `TransparentForeground`, whose opaque pixels are
+    kept; Width and Height left out: the (scaled) foreground's size."""
+
+    ImageList: Required[list[str]]
+    TransparentForeground: Required[Foreground]
+    BackgroundImage2Image: BackgroundImage2Image
+    UseMainModelVAE: bool
 
 
 class TaskDetail(TypedDict):
@@ -351,6 +445,12 @@ class ModelsReply(TypedDict):
     BackgroundModels: NotRequired[dict[str, dict[str, Any]]]
     # picserve extension: RemoveContents' erasers (models/inpaint), by ModelCode
     InpaintModels: NotRequired[dict[str, dict[str, Any]]]
+    # picserve extensions: RestoreFaces' restorers and detectors, ExtractContents' point segmenters,
+    # DescribeImages' captioners and taggers, by ModelCode
+    FaceModels: NotRequired[dict[str, dict[str, Any]]]
+    FaceDetectModels: NotRequired[dict[str, dict[str, Any]]]
+    SegmentModels: NotRequired[dict[str, dict[str, Any]]]
+    CaptionModels: NotRequired[dict[str, dict[str, Any]]]
 
 
 class PreProcessorInfo(TypedDict):

@@ -14,7 +14,7 @@ from picserve import domain, errors, reference_images
 from picserve.protocol import messages
 from picserve.services import Services
 
-__all__ = ["MAX_BATCH_BASE64_CHARS", "from_request", "segmenter"]
+__all__ = ["MAX_BATCH_BASE64_CHARS", "check_thresholds", "from_request", "segmenter"]
 
 #: a batch's images together, in base64 characters (about 36 MB of image files), checked before decoding
 MAX_BATCH_BASE64_CHARS = 48 * 1024 * 1024
@@ -32,12 +32,7 @@ def from_request(
             raise errors.ParamError(
                 f"RawImages: the images must total at most {MAX_BATCH_BASE64_CHARS} base64 characters (got {total})"
             )
-    if request.BackgroundThreshold >= request.ForegroundThreshold:
-        raise errors.ParamError(
-            f"BackgroundThreshold {request.BackgroundThreshold} must be below ForegroundThreshold "
-            f"{request.ForegroundThreshold} (mask values at or below it are background, at or above "
-            "ForegroundThreshold foreground, the band between is matted)"
-        )
+    check_thresholds(request)
     sizes = [reference_images.decode(text, name).size for text, name in zip(texts, names, strict=True)]
     entry = segmenter(request.BackgroundModel, services.catalog, services.settings.default_background_model)
     return domain.CutoutSpec(
@@ -52,6 +47,18 @@ def from_request(
         images=tuple(reference_images.strip_data_uri(text) for text in texts),
         images_keys=tuple(None for _ in texts),
     )
+
+
+def check_thresholds(
+    request: messages.RemoveBackground | messages.RemoveBackgroundsInBatch | messages.ExtractContents,
+) -> None:
+    """The matting's trimap thresholds leave a band: BackgroundThreshold below ForegroundThreshold."""
+    if request.BackgroundThreshold >= request.ForegroundThreshold:
+        raise errors.ParamError(
+            f"BackgroundThreshold {request.BackgroundThreshold} must be below ForegroundThreshold "
+            f"{request.ForegroundThreshold} (mask values at or below it are background, at or above "
+            "ForegroundThreshold foreground, the band between is matted)"
+        )
 
 
 def _box(box: list[int], width: int, height: int) -> tuple[int, int, int, int]:

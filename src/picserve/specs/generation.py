@@ -16,7 +16,7 @@ from picserve import admission, domain, errors, modelinfo, reference_images
 from picserve import catalog as catalog_module
 from picserve.protocol import messages
 from picserve.services import Services
-from picserve.specs import check_index, controlnet
+from picserve.specs import check_index, controlnet, tool_model
 from picserve.translate.prompts import PromptTranslator
 
 __all__ = [
@@ -196,8 +196,20 @@ def to_spec(
         control_images_keys=tuple(None for _ in control_images),
         return_control_maps=request.ReturnControlMaps,
         hires=hires,
+        face_fix=_face_fix(request.FaceRestore, catalog),
         **images,
     )
+
+
+def _face_fix(given: messages.FaceRestoreModel | None, catalog: catalog_module.Catalog) -> domain.FaceFix | None:
+    """FaceRestore → the face models (named, else the defaults: as RestoreFaces chooses them) and strength."""
+    if given is None:
+        return None
+    restorer = tool_model(catalog, "faces", given.FaceModel, "FaceRestore.FaceModel", "a face restorer (GFPGAN)")
+    detector = tool_model(
+        catalog, "facedetect", given.FaceDetectModel, "FaceRestore.FaceDetectModel", "a face detector (YuNet .onnx)"
+    )
+    return domain.FaceFix(restorer.code, detector.code, given.RestoreStrength)
 
 
 def _hires(

@@ -95,6 +95,7 @@ def build_engine(settings: Settings) -> GenerationEngine:
         dtype=dtype,
         upscale_tile=settings.upscale_tile,
         controlnet_memory=controlnet_memory,
+        translation_models=settings.translation_dir,
     )
 
 

@@ -7,8 +7,11 @@ with; null: the checkpoint's own), for sub-models and VAEs `CompatibleMainModels
 installed VAEs (a VAE is per main model, not named in requests). Three more extension maps list the
 models of the image tools: `UpscaleModels` (ResizeImage's `UpscaleModel`: `Architecture` and `Scale`, each
 null until known), `BackgroundModels` (RemoveBackground's `BackgroundModel`: `Session`, the rembg family)
-and `InpaintModels` (RemoveContents' `EraseModel`: `Architecture`, e.g. LaMa, null until known), each
-with `IsDefault` (what a request naming none gets) and `Problem` for a file that cannot be used.
+and `InpaintModels` (RemoveContents' `EraseModel`: `Architecture`, e.g. LaMa, null until known), then
+`FaceModels` (RestoreFaces' `FaceModel`: `Architecture`), `FaceDetectModels` (its `FaceDetectModel`),
+`SegmentModels` (ExtractContents' `SegmentModel`) and `CaptionModels` (DescribeImages' `CaptionModel`:
+a captioner or a tagger), each with `IsDefault` (what a request naming none gets) and `Problem` for a
+file that cannot be used.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ _REPLY_FIELDS = {
     "upscale": "UpscaleModels",  # picserve extension
     "background": "BackgroundModels",  # picserve extension
     "inpaint": "InpaintModels",  # picserve extension
+    "faces": "FaceModels",  # picserve extension
+    "facedetect": "FaceDetectModels",  # picserve extension
+    "segment": "SegmentModels",  # picserve extension
+    "caption": "CaptionModels",  # picserve extension
 }
 
 
@@ -67,9 +74,9 @@ def _tool(entry: catalog_module.Entry, is_default: bool) -> dict[str, Any]:
     model: dict[str, Any] = {"Name": entry.name, "ModelCode": entry.code, "IsOfficial": entry.is_official}
     if entry.kind == "upscale":
         model.update(Architecture=entry.architecture, Scale=entry.scale)
-    elif entry.kind == "inpaint":
+    elif entry.kind in ("inpaint", "faces"):
         model["Architecture"] = entry.architecture
-    else:
+    elif entry.kind == "background":
         model["Session"] = entry.session
     model["IsDefault"] = is_default
     if entry.info.problem:
