@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -106,6 +106,36 @@ def run_shell(command: str, base: str, env: dict[str, str], cwd: Path) -> dict[s
     assert ran.returncode == 0, ran.stderr
     reply: dict[str, object] = json.loads(ran.stdout)
     return reply
+
+
+def raw_json(
+    base: str, key: dict[str, str], cwd: Path
+) -> tuple[Callable[[str, dict[str, object]], str], Callable[[str], dict[str, object]]]:
+    """The README's signer and curl lines as two calls: `signed(action, body)` sends a signed request of
+    `action` (it must be accepted) and gives its TaskUID; `finished(uid)` polls until the task ends (it
+    must finish) and gives its TaskDetail."""
+    (cwd / "sign.py").write_text(readme_block("signer"))
+    submit, poll = shell_commands(readme_block("curl"))
+    env = reader_env(base, key)
+    example = """'{"MainModel": {"ModelCode": "picserve-tiny"}, "PositivePrompts": ["a red fox"]}'"""
+
+    def signed(action: str, body: dict[str, object]) -> str:
+        (cwd / "body.json").write_text(json.dumps(body))
+        command = submit.replace("GenerateImagesSDXL", action).replace(example, '"$(cat body.json)"')
+        submitted = run_shell(command, base, env, cwd)
+        assert submitted["RetCode"] == 0, submitted
+        return str(submitted["TaskUID"])
+
+    def finished(uid: str) -> dict[str, object]:
+        for _ in range(600):
+            [detail] = run_shell(poll.replace("TASKUID", uid), base, env, cwd)["TaskDetailList"]  # type: ignore[misc]
+            if detail["Status"] in ("Finished", "Error", "Canceled"):
+                break
+            time.sleep(0.5)
+        assert detail["Status"] == "Finished", detail
+        return detail  # type: ignore[no-any-return]
+
+    return signed, finished
 
 
 def test_the_signer_and_curl_lines_work(server, tmp_path):
@@ -245,26 +275,7 @@ def test_the_edits_example_and_the_same_chain_as_signed_raw_json(server, tmp_pat
     assert np.array_equal(before[kept], after[kept]) and not np.array_equal(before, after)
 
     # the same chain through signed raw JSON: a hires generation, an only-masked edit of it, an erase
-    (tmp_path / "sign.py").write_text(readme_block("signer"))
-    submit, poll = shell_commands(readme_block("curl"))
-    env = reader_env(base, key)
-    example = """'{"MainModel": {"ModelCode": "picserve-tiny"}, "PositivePrompts": ["a red fox"]}'"""
-
-    def signed(action: str, body: dict[str, object]) -> str:
-        (tmp_path / "body.json").write_text(json.dumps(body))
-        command = submit.replace("GenerateImagesSDXL", action).replace(example, '"$(cat body.json)"')
-        submitted = run_shell(command, base, env, tmp_path)
-        assert submitted["RetCode"] == 0, submitted
-        return str(submitted["TaskUID"])
-
-    def finished(uid: str) -> dict[str, object]:
-        for _ in range(600):
-            [detail] = run_shell(poll.replace("TASKUID", uid), base, env, tmp_path)["TaskDetailList"]  # type: ignore[misc]
-            if detail["Status"] in ("Finished", "Error", "Canceled"):
-                break
-            time.sleep(0.5)
-        assert detail["Status"] == "Finished", detail
-        return detail  # type: ignore[no-any-return]
+    signed, finished = raw_json(base, key, tmp_path)
 
     mask = Image.new("L", (256, 192))
     mask.paste(255, (100, 60, 160, 120))

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import time
 
 import httpx
 import numpy as np
 from PIL import Image
 
 from tests.acceptance.test_readme import (  # server: a module-scoped fixture, so this module's own
-    reader_env,
+    raw_json,
     readme_block,
     run_python,
-    run_shell,
     server,  # noqa: F401
-    shell_commands,
 )
 
 
@@ -36,26 +32,7 @@ def test_the_toolkit_example_and_the_chain_as_signed_raw_json(server, tmp_path):
     faces, subject, scene = (Image.open(tmp_path / path) for path in paths)
     assert faces.size == scene.size == subject.size == (512, 512) and subject.mode == "RGBA"
 
-    (tmp_path / "sign.py").write_text(readme_block("signer"))
-    submit, poll = shell_commands(readme_block("curl"))
-    env = reader_env(base, key)
-    example = """'{"MainModel": {"ModelCode": "picserve-tiny"}, "PositivePrompts": ["a red fox"]}'"""
-
-    def signed(action: str, body: dict[str, object]) -> str:
-        (tmp_path / "body.json").write_text(json.dumps(body))
-        command = submit.replace("GenerateImagesSDXL", action).replace(example, '"$(cat body.json)"')
-        submitted = run_shell(command, base, env, tmp_path)
-        assert submitted["RetCode"] == 0, submitted
-        return str(submitted["TaskUID"])
-
-    def finished(uid: str) -> dict[str, object]:
-        for _ in range(600):
-            [detail] = run_shell(poll.replace("TASKUID", uid), base, env, tmp_path)["TaskDetailList"]  # type: ignore[misc]
-            if detail["Status"] in ("Finished", "Error", "Canceled"):
-                break
-            time.sleep(0.5)
-        assert detail["Status"] == "Finished", detail
-        return detail  # type: ignore[no-any-return]
+    signed, finished = raw_json(base, key, tmp_path)
 
     def fetched(detail: dict[str, object]) -> Image.Image:
         with httpx.Client() as http:

@@ -33,6 +33,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import picserve  # noqa: F401  (before spandrel: its torchvision shim, picserve/torchvision_compat.py)
+from tests.engine.onnx_files import save_graph
+from tests.engine.upscale_files import save_state
 
 __all__ = ["MAGENTA", "YUNET_STRIDE", "write_codeformer_like", "write_tiny_restoreformer", "write_tiny_yunet"]
 
@@ -111,12 +113,7 @@ def write_tiny_yunet(path: Path, cells: float = 4.0) -> Path:
         outputs,
         initializer=initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="picserve-tests")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path)
 
 
 def write_tiny_restoreformer(path: Path, seed: int = 0) -> Path:
@@ -129,7 +126,7 @@ def write_tiny_restoreformer(path: Path, seed: int = 0) -> Path:
             n_embed=16, embed_dim=8, ch=32, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=1, z_channels=8, head_size=8
         )
     state = {key: value.half() if value.is_floating_point() else value for key, value in model.state_dict().items()}
-    return _save(state, path)
+    return save_state(state, path)
 
 
 def write_codeformer_like(path: Path) -> Path:
@@ -142,15 +139,4 @@ def write_codeformer_like(path: Path) -> Path:
         "quantize.embedding.weight": torch.zeros(16, 8),
         "ft_layers.0.self_attn.in_proj_weight": torch.zeros(24, 8),
     }
-    return _save(state, path)
-
-
-def _save(state: dict[str, torch.Tensor], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    else:
-        torch.save(state, path)
-    return path
+    return save_state(state, path)

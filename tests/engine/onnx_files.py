@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["IMAGENET", "ISNET", "write_not_onnx", "write_tiny_segmenter", "write_wrong_input_model"]
+__all__ = ["IMAGENET", "ISNET", "save_graph", "write_not_onnx", "write_tiny_segmenter", "write_wrong_input_model"]
 
 #: (mean, std) of the U²-Net, BiRefNet and BRIA families' normalisation
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -29,7 +29,8 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 ISNET = ((0.5, 0.5, 0.5), (1.0, 1.0, 1.0))
 
 
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
+def save_graph(graph: onnx.GraphProto, path: Path) -> Path:
+    """`graph` as a checked ONNX model file (opset 17, IR 8) at `path`."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="picserve-tests")
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -64,7 +65,7 @@ def write_tiny_segmenter(
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, "height", "width"])],
         initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def write_wrong_input_model(path: Path) -> Path:
@@ -77,7 +78,7 @@ def write_wrong_input_model(path: Path) -> Path:
         [helper.make_tensor_value_info("score", TensorProto.FLOAT, [1, 1])],
         initializer=[weight],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def write_not_onnx(path: Path) -> Path:

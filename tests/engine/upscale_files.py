@@ -18,7 +18,7 @@ import torch
 
 import picserve  # noqa: F401  (before spandrel: its torchvision shim, picserve/torchvision_compat.py)
 
-__all__ = ["write_compact", "write_esrgan"]
+__all__ = ["save_state", "write_compact", "write_esrgan"]
 
 
 def write_compact(path: Path, scale: int = 4, seed: int = 0) -> Path:
@@ -29,7 +29,7 @@ def write_compact(path: Path, scale: int = 4, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         model = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=scale, act_type="prelu")
         _spread(model, mean=0.0, std=0.1)  # the residual over the nearest-upsampled input
-    return _save(model.state_dict(), path)
+    return save_state(model.state_dict(), path)
 
 
 def write_esrgan(path: Path, scale: int = 4, seed: int = 0) -> Path:
@@ -40,7 +40,7 @@ def write_esrgan(path: Path, scale: int = 4, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         model = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=scale)
         _spread(model, mean=0.5, std=0.2)
-    return _save(model.state_dict(), path)
+    return save_state(model.state_dict(), path)
 
 
 def _spread(model: torch.nn.Module, mean: float, std: float) -> None:
@@ -58,7 +58,8 @@ def _spread(model: torch.nn.Module, mean: float, std: float) -> None:
         last.bias.mul_(factor).add_(mean - factor * float(out.mean()))
 
 
-def _save(state: dict[str, torch.Tensor], path: Path) -> Path:
+def save_state(state: dict[str, torch.Tensor], path: Path) -> Path:
+    """`state` at `path`: safetensors for a .safetensors name, else a torch pickle."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":

@@ -34,6 +34,7 @@ def index_server(tmp_path):
                     "links": [f"{base}/missing.argosmodel", f"{base}/translate-xx_en-1_0.argosmodel"],
                 },
                 {"from_code": "yy", "to_code": "en", "links": [f"{base}/broken.argosmodel"]},
+                {"from_code": "en", "to_code": "xx", "links": [f"{base}/translate-xx_en-1_0.argosmodel"]},
             ]
         )
     )
@@ -50,6 +51,18 @@ def pull(*args):
         timeout=120,
         env={**os.environ, "PICSERVE_LOG_LEVEL": "warning"},
     )
+
+
+def test_pull_from_english_installs_an_en_to_lang_package_describe_images_finds(tmp_path, index_server):
+    from picserve.translate import outbound
+
+    models = tmp_path / "models"
+    result = pull("xx", "--from-english", "--models-dir", models, "--index-url", index_server)
+    assert result.returncode == 0, result.stderr
+    assert (models / "translate" / "en-xx" / "model" / "model.bin").exists()
+    assert "xx" in outbound.languages(models / "translate")
+    missing = pull("zz", "--from-english", "--models-dir", models, "--index-url", index_server)
+    assert missing.returncode == 1 and "no en→zz package in the index (available: xx)" in missing.stderr
 
 
 def test_pull_installs_a_package_the_backend_loads(tmp_path, index_server):

@@ -29,16 +29,19 @@ def models_pull_translation(
     languages: list[str] = typer.Argument(..., help="source languages, e.g. zh ja fr"),
     models_dir: Path | None = ModelsDir,
     index_url: str | None = typer.Option(None, help="Argos package index URL"),
+    from_english: bool = typer.Option(
+        False, "--from-english", help="en→LANG models instead (DescribeImages' TranslateDescription)"
+    ),
 ):
-    """Download and install LANG→en translation models (needs internet; the service never downloads)."""
+    """Download and install LANG→en translation models, or en→LANG ones (needs internet; the service never
+    downloads)."""
     from picserve import errors
     from picserve.translate import pull
 
     settings = load_settings(models_dir=models_dir, translation_index_url=index_url)
     try:
-        for folder in pull.pull(
-            languages, settings.translation_dir, settings.translation_index_url or pull.DEFAULT_INDEX
-        ):
+        index = settings.translation_index_url or pull.DEFAULT_INDEX
+        for folder in pull.pull(languages, settings.translation_dir, index, from_english=from_english):
             typer.echo(f"installed {folder}")
     except errors.PullError as exc:
         typer.echo(f"pull-translation failed: {exc.message}", err=True)

@@ -240,19 +240,14 @@ def _inpaint(descriptor: Any, crop: Image.Image, mask: Image.Image) -> Image.Ima
     device, dtype = descriptor.device, descriptor.dtype
     pixels = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
     holes = torch.from_numpy((np.asarray(mask) > 127).astype(np.float32))[None, None]
-    try:
-        with torch.inference_mode(), devices.on_device(device):
-            output = descriptor(pixels.to(device, dtype), holes.to(device, dtype))
-            output = output.float().clamp_(0, 1).mul_(255).round_().to("cpu", torch.uint8)
-    except Exception as exc:
-        if not memory.is_out_of_memory(exc):
-            raise
-        memory.release(exc, functools.partial(loader.free_memory, device))
-        where = "the GPU" if device.type == "cuda" else "this worker"
-        raise errors.OutOfMemory(
-            f"{where} ran out of memory erasing a {crop.width}x{crop.height} region with "
-            f"{descriptor.architecture.name}: erase a smaller area at a time"
-        ) from None
+    doing = (
+        f"erasing a {crop.width}x{crop.height} region with {descriptor.architecture.name}: erase a smaller area "
+        "at a time"
+    )
+    free = functools.partial(loader.free_memory, device)
+    with memory.tool_run(device, doing, free), torch.inference_mode(), devices.on_device(device):
+        output = descriptor(pixels.to(device, dtype), holes.to(device, dtype))
+        output = output.float().clamp_(0, 1).mul_(255).round_().to("cpu", torch.uint8)
     fill = Image.fromarray(output[0].permute(1, 2, 0).contiguous().numpy(), "RGB")
     return fill if fill.size == size else fill.resize(size, Image.Resampling.LANCZOS)
 

@@ -510,7 +510,8 @@ def _run_restorer(restorer: Any, crop: np.ndarray) -> np.ndarray:
     device = _device_of(restorer)
     x = torch.from_numpy(np.ascontiguousarray(crop)).to(device).permute(2, 0, 1).unsqueeze(0)
     x = x.to(restorer.dtype) / 255.0
-    try:
+    doing = f"restoring a face with {restorer.architecture.name}"
+    with memory.tool_run(device, doing, functools.partial(loader.free_memory, device)):
         if restorer.architecture.name in _SIGNED_RANGE:
             model = restorer.model
             if model.training:
@@ -519,14 +520,6 @@ def _run_restorer(restorer: Any, crop: np.ndarray) -> np.ndarray:
             out = (model(x * 2.0 - 1.0, **kwargs)[0] + 1.0) / 2.0
         else:
             out = restorer(x)
-    except Exception as exc:
-        if not memory.is_out_of_memory(exc):
-            raise
-        memory.release(exc, functools.partial(loader.free_memory, device))
-        where = "the GPU" if device.type == "cuda" else "this worker"
-        raise errors.OutOfMemory(
-            f"{where} ran out of memory restoring a face with {restorer.architecture.name}"
-        ) from None
     face = out[0].float().clamp(0.0, 1.0).mul(255.0).permute(1, 2, 0).cpu().numpy()
     if face.shape[:2] != (FACE_SIZE, FACE_SIZE):
         face = cv2.resize(face, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)

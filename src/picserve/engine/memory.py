@@ -18,7 +18,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from picserve import domain, errors
 
@@ -144,6 +144,21 @@ def as_error(spec: domain.GenerationSpec, device_type: str, free_memory: Callabl
             raise
         release(exc, free_memory)
         raise errors.OutOfMemory(_message(spec, device_type, isinstance(exc, _StillOutOfMemory))) from exc
+
+
+@contextlib.contextmanager
+def tool_run(device: Any, doing: str, free_memory: Callable[[], object]) -> Iterator[None]:
+    """An image tool's run (a face restored, a region erased, an image segmented): running out of memory
+    inside the block becomes `errors.OutOfMemory` "<the GPU | this worker> ran out of memory <doing>",
+    after the traceback's tensors and the allocator's cache were let go."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        release(exc, free_memory)
+        where = "the GPU" if getattr(device, "type", device) == "cuda" else "this worker"
+        raise errors.OutOfMemory(f"{where} ran out of memory {doing}") from None
 
 
 def _message(spec: domain.GenerationSpec, device_type: str, one_at_a_time: bool) -> str:

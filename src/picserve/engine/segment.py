@@ -325,45 +325,38 @@ def predict(
     device = model.device
     encoder_dtype = next(model.vision_encoder.parameters()).dtype
     several = len(points) > 1
-    try:
-        with torch.inference_mode(), devices.on_device(device):
-            embeddings = model.get_image_embeddings(inputs["pixel_values"].to(device, encoder_dtype))
-            prompt = {
-                "image_embeddings": embeddings.float(),
-                "input_points": inputs["input_points"].to(device, torch.float32),
-                "input_labels": inputs["input_labels"].to(device),
-            }
-            outputs = [model(**prompt, multimask_output=False)] if several else []
-            outputs.append(model(**prompt, multimask_output=True))
-            logits = torch.cat([o.pred_masks[0, 0] for o in outputs]).float()  # (candidates, 256, 256)
-            ious = torch.cat([o.iou_scores[0, 0] for o in outputs]).float().cpu().tolist()
-            del embeddings, outputs
-            original = inputs["original_sizes"]
-            reshaped = inputs["reshaped_input_sizes"]
-            full_size = functools.partial(
-                processor.image_processor.post_process_masks,
-                original_sizes=original,
-                reshaped_input_sizes=reshaped,
-                binarize=False,
-            )
-            every = [*include, *exclude]
-            xs, ys = torch.tensor([x for x, _ in every]), torch.tensor([y for _, y in every])
-            wanted = torch.tensor(labels, dtype=torch.bool)
-            agree = []
-            for k in range(logits.shape[0]):  # one full-size map at a time (a 4096² image's is 64 MB)
-                at_points = full_size([logits[k : k + 1][None]])[0][0, 0][ys.to(device), xs.to(device)].cpu()
-                agree.append(((at_points > 0) == wanted).numpy())
-            chosen = choose(np.stack(agree), ious, single_first=several)
-            soft = full_size([logits[chosen : chosen + 1][None]])[0][0, 0]
-            mask = soft.sigmoid_().mul_(255).round_().to(torch.uint8).cpu().numpy()
-    except Exception as exc:
-        if not memory.is_out_of_memory(exc):
-            raise
-        memory.release(exc, functools.partial(loader.free_memory, device))
-        where = "the GPU" if device.type == "cuda" else "this worker"
-        raise errors.OutOfMemory(
-            f"{where} ran out of memory segmenting a {image.width}x{image.height} image: send a smaller image"
-        ) from None
+    doing = f"segmenting a {image.width}x{image.height} image: send a smaller image"
+    free = functools.partial(loader.free_memory, device)
+    with memory.tool_run(device, doing, free), torch.inference_mode(), devices.on_device(device):
+        embeddings = model.get_image_embeddings(inputs["pixel_values"].to(device, encoder_dtype))
+        prompt = {
+            "image_embeddings": embeddings.float(),
+            "input_points": inputs["input_points"].to(device, torch.float32),
+            "input_labels": inputs["input_labels"].to(device),
+        }
+        outputs = [model(**prompt, multimask_output=False)] if several else []
+        outputs.append(model(**prompt, multimask_output=True))
+        logits = torch.cat([o.pred_masks[0, 0] for o in outputs]).float()  # (candidates, 256, 256)
+        ious = torch.cat([o.iou_scores[0, 0] for o in outputs]).float().cpu().tolist()
+        del embeddings, outputs
+        original = inputs["original_sizes"]
+        reshaped = inputs["reshaped_input_sizes"]
+        full_size = functools.partial(
+            processor.image_processor.post_process_masks,
+            original_sizes=original,
+            reshaped_input_sizes=reshaped,
+            binarize=False,
+        )
+        every = [*include, *exclude]
+        xs, ys = torch.tensor([x for x, _ in every]), torch.tensor([y for _, y in every])
+        wanted = torch.tensor(labels, dtype=torch.bool)
+        agree = []
+        for k in range(logits.shape[0]):  # one full-size map at a time (a 4096² image's is 64 MB)
+            at_points = full_size([logits[k : k + 1][None]])[0][0, 0][ys.to(device), xs.to(device)].cpu()
+            agree.append(((at_points > 0) == wanted).numpy())
+        chosen = choose(np.stack(agree), ious, single_first=several)
+        soft = full_size([logits[chosen : chosen + 1][None]])[0][0, 0]
+        mask = soft.sigmoid_().mul_(255).round_().to(torch.uint8).cpu().numpy()
     keep, drop = point_masks(image.size, include, exclude)
     mask[keep] = 255
     mask[drop] = 0

@@ -1,8 +1,10 @@
-"""`picserve models pull-translation LANG…`: install a LANG→en model on a machine with internet.
+"""`picserve models pull-translation LANG…`: install a LANG→en model on a machine with internet (with
+`--from-english`, an en→LANG model, DescribeImages' TranslateDescription's).
 
 Reads an Argos Translate package index (JSON: a list of packages with `from_code`, `to_code`, `links`),
 downloads the `.argosmodel` package (a zip holding a CTranslate2 `model/` and `sentencepiece.model`),
-checks it, and unpacks it as `<translation models>/<lang>-en/`, where the CT2 backend loads it directly.
+checks it, and unpacks it as `<translation models>/<lang>-en/` (or `en-<lang>/`), where the CT2 backend
+loads it directly.
 The service itself never downloads anything.
 
 Every failure (network, HTTP status, a bad index or package, the disk) is an `errors.PullError`.
@@ -26,8 +28,15 @@ __all__ = ["DEFAULT_INDEX", "pull"]
 DEFAULT_INDEX = "https://raw.githubusercontent.com/argosopentech/argospm-index/main/index.json"
 
 
-def pull(languages: list[str], target: Path, index_url: str = DEFAULT_INDEX, timeout: float = 600) -> list[Path]:
-    """Install a LANG→en model for each language; returns the folders written.
+def pull(
+    languages: list[str],
+    target: Path,
+    index_url: str = DEFAULT_INDEX,
+    timeout: float = 600,
+    from_english: bool = False,
+) -> list[Path]:
+    """Install a LANG→en model (`from_english`: an en→LANG model) for each language; returns the folders
+    written.
 
     Raises errors.PullError when the index or a package cannot be fetched, read or installed.
     """
@@ -36,12 +45,16 @@ def pull(languages: list[str], target: Path, index_url: str = DEFAULT_INDEX, tim
             index = _fetch_index(http, index_url)
             installed = []
             for language in languages:
-                package = next((p for p in index if p.get("from_code") == language and p.get("to_code") == "en"), None)
+                source, goal = ("en", language) if from_english else (language, "en")
+                package = next((p for p in index if (p.get("from_code"), p.get("to_code")) == (source, goal)), None)
                 if package is None:
-                    available = sorted({str(p.get("from_code")) for p in index if p.get("to_code") == "en"})
-                    raise errors.PullError(f"no {language}→en package in the index (available: {', '.join(available)})")
+                    other, side = ("to_code", "from_code") if from_english else ("from_code", "to_code")
+                    available = sorted({str(p.get(other)) for p in index if p.get(side) == "en"})
+                    raise errors.PullError(
+                        f"no {source}→{goal} package in the index (available: {', '.join(available) or 'none'})"
+                    )
                 data = _download(http, package.get("links") or [])
-                installed.append(_unpack(data, Path(target) / f"{language}-en"))
+                installed.append(_unpack(data, Path(target) / f"{source}-{goal}"))
             return installed
     except httpx.HTTPError as exc:  # any the steps above do not describe themselves
         raise errors.PullError(f"download failed: {_describe(exc)}") from exc
