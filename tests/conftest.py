@@ -171,6 +171,7 @@ LONGEST_FIRST = (
     "acceptance/test_serve.py",  # about 80 s
     "playground/test_playground.py",  # 78 s
     "playground/test_tools.py",  # about 60 s (its own server; real upscales and cut-outs)
+    "playground/test_toolkit.py",  # about 70 s (its own server; faces, clicks, descriptions, backgrounds)
     "playground/test_controlnet.py",  # about 30 s (its own server; guided generations)
     "engine/test_adapters.py",  # 77 s
     "integration/test_db_outage.py",  # 74 s

@@ -187,6 +187,26 @@ export class Client {
     return (await this.call(action, params)).TaskUID;
   }
 
+  /** RestoreFaces: `RawImage` (base64, a data URI or `task:<TaskUID>/<index>`) with its faces restored. */
+  async restoreFaces(params) {
+    return (await this.call("RestoreFaces", params)).TaskUID;
+  }
+
+  /** ExtractContents: the object under `IncludePointList` cut out (or its mask). */
+  async extractContents(params) {
+    return (await this.call("ExtractContents", params)).TaskUID;
+  }
+
+  /** DescribeImages: one text per image of `ImageList`, in the task's `TxtList`. */
+  async describeImages(params) {
+    return (await this.call("DescribeImages", params)).TaskUID;
+  }
+
+  /** GenerateBackgrounds: a background painted around `TransparentForeground` (an RGBA image of `ImageList`). */
+  async generateBackgrounds(params) {
+    return (await this.call("GenerateBackgrounds", params)).TaskUID;
+  }
+
   async listTasksDetails(uids) {
     return (await this.call("ListTasksDetails", { TaskUIDList: uids })).TaskDetailList;
   }

@@ -8,6 +8,7 @@ import { Tasks } from "./gallery.js";
 import { SAMPLERS, SIZES } from "./options.js";
 import { extractNetworks, insertWord, renderHighlight } from "./prompt.js";
 import { sha1Hex } from "./sha1.js";
+import { TOOLKIT_KINDS, Toolkit } from "./toolkit.js";
 import { Tools } from "./tools.js";
 
 const KEYS = "picserve.playground.keys";
@@ -26,6 +27,7 @@ const state = {
 let painter;
 let tasks;
 let tools;
+let toolkit;
 let controls;
 
 /** Smooth scrolling, unless the user asked for less motion. */
@@ -56,6 +58,10 @@ function controlFor(path, context) {
     [/^HiresFix\.DenoisingStrength/, "hires-denoise"],
     [/^HiresFix\.FirstPass/, "hires-first-width"],
     [/^HiresFix/, "hires"],
+    [/^FaceRestore\.RestoreStrength/, "face-strength"],
+    [/^FaceRestore\.FaceModel/, $("face-model-field").hidden ? "face-restore" : "face-model"],
+    [/^FaceRestore\.FaceDetectModel/, $("face-detect-model-field").hidden ? "face-restore" : "face-detect-model"],
+    [/^FaceRestore/, "face-restore"],
     [/^Outpaint/, "outpaint"],
     [/^Masked\.OnlyMaskedPadding/, "masked-padding"],
     [/^Masked\.MaskIndex|^Mask\b|^Masked/, context.hasMask ? "mask-canvas" : "init-image"],
@@ -184,6 +190,7 @@ async function connect() {
       clearError($("private-key"));
       fillModels(models);
       tools.setModels(models);
+      toolkit.setModels(models);
       await listControlNets(client);
       const count = Object.keys(models.MainModels || {}).length;
       $("connection").textContent = `Connected: ${count} model${count === 1 ? "" : "s"}.`;
@@ -558,6 +565,7 @@ function snapshot() {
       : null,
     referStrength: $("refer-strength").value,
     resizeMode: $("resize-mode").value,
+    faceRestore: toolkit.snapshot(),
     image: state.init ? state.init.name : null,
     control: controls.snapshot(),
     // what the task's control maps are (ImgList after the images): the gallery captions them
@@ -633,10 +641,13 @@ function buildRequest() {
     params.HiresFix = hiresFix();
   }
   if (images.length) params.ImageAndMaskList = images;
+  const faceRestore = toolkit.faceRestore();
+  if (faceRestore) params.FaceRestore = faceRestore;
   const context = { subModels, hasMask, owners, unitKeys: control?.keys || [] };
   const margins = state.init ? outpaintMargins() : null;
   const onlyMasked = hasMask && $("only-masked").checked;
   if (!onlyMasked && !margins) return { action: "GenerateImagesSDXL", params, context };
+  if (faceRestore) throw new FieldError("face-restore", "Restore faces does not go with only masked or outpainting: untick it");
   // only-masked inpainting and outpainting are ModifyMaskedPixels'
   if (control) throw new FieldError(margins ? "outpaint" : "masked-padding", "Only masked and outpainting do not take Control units: remove them");
   const masked = { ImageIndex: 0 };
@@ -650,6 +661,29 @@ function buildRequest() {
   // the result is the image's size plus the margins (the server's default)
   for (const name of ["Width", "Height", "Tiling"]) delete edit[name];
   return { action: "ModifyMaskedPixels", params: edit, context };
+}
+
+/** The form's base generation fields for another generation (GenerateBackgrounds): the main model and
+ * its sampling settings, the negative prompt, the seed, the batch size, whether prompts are translated. */
+function generationBase() {
+  const model = $("model").value;
+  if (!model) throw new FieldError("model", "MainModel: choose a model (connect first to list them)");
+  const negative = $("negative-prompt").value.trim();
+  return {
+    MainModel: {
+      ModelCode: model,
+      InferenceParams: {
+        Steps: number("steps", "Steps"),
+        Sampler: $("sampler").value,
+        CFGScale: number("cfg", "CFG scale"),
+        ClipSkip: number("clip-skip", "Clip skip"),
+      },
+    },
+    NegativePrompts: negative ? [negative] : undefined,
+    TranslatePrompts: $("translate").checked,
+    Seed: $("seed").value.trim() === "" ? -1 : number("seed", "Seed"),
+    BatchSize: number("batch", "Batch size"),
+  };
 }
 
 /** GenerateImagesSDXL's HiresFix from its fields (a first pass left blank: the server's default). */
@@ -778,6 +812,7 @@ function reuse(form, seed) {
   }
   hiresToggled();
   if (form.resizeMode) $("resize-mode").value = form.resizeMode;
+  toolkit.restore(form.faceRestore || null);
   renderSubModels();
   highlightPrompts();
   const lost = controls.restore(form.control);
@@ -791,7 +826,19 @@ function reuse(form, seed) {
 function settled(entry) {
   // an upscale or a cut-out has no seed of its own
   if (entry.status === "Finished" && entry.images.length && !entry.form?.tool) state.lastSeed = entry.images[0].seed;
+  // a description this page asked for, finished: its text is the prompt now
+  if (entry.form?.tool === "describe" && toolkit.awaited(entry.uid) && entry.status === "Finished" && entry.texts?.length) {
+    usePrompt(entry.texts.join("\n"));
+  }
   refreshCredits();
+}
+
+/** `text` as the prompt (a description's), replacing what was there. */
+function usePrompt(text) {
+  $("prompt").value = text;
+  clearError($("prompt"));
+  highlightPrompts();
+  announce("The description is now the prompt.");
 }
 
 // ---------------------------------------------------------------- wiring
@@ -803,7 +850,7 @@ function wire() {
   });
   document.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
-      if (tools.owns(event.target)) return; // the tools panel has its own buttons
+      if (tools.owns(event.target) || toolkit.owns(event.target)) return; // the tools panels have their own buttons
       event.preventDefault();
       generate();
       return;
@@ -869,8 +916,9 @@ function wire() {
     const files = [...(event.clipboardData?.files || [])].filter((f) => f.type.startsWith("image/"));
     if (!files.length) return;
     event.preventDefault();
-    // pasted into the tools panel: its images; into a control unit: its image; anywhere else: the init image
+    // pasted into a tools panel: its image(s); into a control unit: its image; anywhere else: the init image
     if (tools.owns(event.target)) tools.setFiles(files);
+    else if (toolkit.owns(event.target)) toolkit.setFile(files[0]);
     else if (!(controls.owns(event.target) && controls.paste(event.target, files[0]))) setInitImage(files[0]);
   });
   painter = new MaskPainter($("mask-canvas"), { onChange: () => clearError($("mask-canvas")) });
@@ -909,7 +957,12 @@ function start() {
     onUseAsInput: useAsInput,
     onUseAsControl: (source) => controls.fromGallery(source),
     onSettled: settled,
-    onTool: (kind, source) => tools.fromGallery(kind, source),
+    onTool: (kind, source) => (TOOLKIT_KINDS.has(kind) ? toolkit : tools).fromGallery(kind, source),
+    onUsePrompt: (text) => {
+      usePrompt(text);
+      $("prompt").focus({ preventScroll: true });
+      $("prompt").scrollIntoView({ block: "center", behavior: motion() });
+    },
   });
   tools = new Tools({
     client: () => state.client,
@@ -917,6 +970,15 @@ function start() {
     tasks,
     showError: showApiError,
     showFieldError: (id, message) => showFieldError(id, message, $("tools-error")),
+  });
+  toolkit = new Toolkit({
+    client: () => state.client,
+    connect,
+    tasks,
+    showError: showApiError,
+    showFieldError: (id, message) => showFieldError(id, message, $("toolkit-error")),
+    generation: generationBase,
+    formControlFor: (path) => controlFor(path, { subModels: [], hasMask: false, unitKeys: [] }),
   });
   watchActionsBar();
   highlightPrompts();

@@ -1,7 +1,8 @@
 // This browser's tasks: kept in localStorage (TaskUIDs and the settings that made them, never image
 // bytes), followed with ListTasksDetails while they run, shown as run cards, then in the gallery.
-// Generations and the tools' tasks (an upscale, a cut-out: `form.tool`) alike; every finished image
-// can be upscaled or cut out in turn, named by its TaskUID. A generation's control maps (ReturnControlMaps:
+// Generations and the tools' tasks (an upscale, a cut-out, a face restoration, a cut-out by clicks, a
+// description, a new background: `form.tool`) alike; every finished image can be worked on in turn,
+// named by its TaskUID. A description has no image: its texts (TaskDetail.TxtList) are shown instead. A generation's control maps (ReturnControlMaps:
 // ImgList's entries after its SeedList's images) are shown too, marked as such.
 
 import { ApiError } from "./api.js";
@@ -35,12 +36,23 @@ export function describe(form = {}, limit = 80) {
   }
   if (form.tool === "cutout") return excerpt(`${form.onlyMask ? "Mask" : "Cut-out"}: ${form.source}`, limit);
   if (form.tool === "erase") return excerpt(`Erase: ${form.source}`, limit);
+  if (form.tool === "faces") return excerpt(`Restore faces: ${form.source}`, limit);
+  if (form.tool === "extract") return excerpt(`${form.onlyMask ? "Mask" : "Cut-out"} by clicks: ${form.source}`, limit);
+  if (form.tool === "describe") return excerpt(`Describe: ${form.source}`, limit);
+  if (form.tool === "background") return excerpt(`New background (${form.prompt}): ${form.source}`, limit);
   return excerpt(form.prompt, limit);
 }
 
 /** A tool's result under its image: "upscaled 2× · 2x-compact", "background removed · birefnet". */
 function toolCaption(form) {
   if (form.tool === "erase") return form.model ? `erased · ${form.model}` : "erased";
+  if (form.tool === "faces") return form.model ? `faces restored · ${form.model}` : "faces restored";
+  if (form.tool === "background") return form.model ? `new background · ${form.model}` : "new background";
+  if (form.tool === "describe") return form.model ? `described · ${form.model}` : "described";
+  if (form.tool === "extract") {
+    const points = `${form.include} + ${form.exclude ?? 0} points`;
+    return `${form.onlyMask ? "mask" : "cut out"} by ${points}${form.model ? ` · ${form.model}` : ""}`;
+  }
   const what =
     form.tool === "upscale"
       ? form.scale
@@ -67,13 +79,16 @@ function loadResult(url) {
         }
         if (!response.ok) return { src: null, png: null, error: response.status === 404 ? "expired" : `HTTP ${response.status}` };
         const bytes = await response.arrayBuffer();
+        // IHDR's colour type (byte 25): 4 grey and alpha, 6 RGBA: a result with transparency (a cut-out)
+        const head = new Uint8Array(bytes, 0, Math.min(26, bytes.byteLength));
+        const alpha = head.length === 26 && (head[25] === 4 || head[25] === 6);
         let png = null;
         try {
           png = await readPng(bytes);
         } catch {
           png = null;
         }
-        return { src: URL.createObjectURL(new Blob([bytes], { type: "image/png" })), png, error: "" };
+        return { src: URL.createObjectURL(new Blob([bytes], { type: "image/png" })), png, alpha, error: "" };
       })(),
     );
   }
@@ -99,16 +114,21 @@ function mapCaption(map) {
 }
 
 export class Tasks {
-  constructor({ onReuse, onUseAsInput, onUseAsControl, onSettled, onTool }) {
+  constructor({ onReuse, onUseAsInput, onUseAsControl, onSettled, onTool, onUsePrompt }) {
     this.onReuse = onReuse;
     this.onUseAsInput = onUseAsInput;
     /** `onUseAsControl({ ref, url, name, map })`: a gallery image as a control unit's image */
     this.onUseAsControl = onUseAsControl;
     this.onSettled = onSettled;
-    /** `onTool("upscale" | "cutout", { ref, label, button })`: a gallery image's tool buttons */
+    /** `onTool(kind, { ref, url, label, button })`: a gallery image's tool buttons ("upscale", "cutout",
+     * "faces", "points", "describe", "background") */
     this.onTool = onTool;
-    /** whether the server can cut out (it lists a background model); upscaling always can (Lanczos) */
-    this.canCutout = false;
+    /** `onUsePrompt(text)`: a description's "Use as prompt" */
+    this.onUsePrompt = onUsePrompt;
+    /** what the server can do besides upscaling (which always can: Lanczos): a cut-out (a background
+     * model), faces (a face restorer and detector), points (a point segmenter), a description (a
+     * captioner), a new background (a main model) */
+    this.can = { cutout: false, faces: false, segment: false, caption: false, background: false };
     this.client = null;
     this.owner = null;
     this.live = new Map(); // uid → { progress, queuePosition, preview }: not persisted
@@ -152,10 +172,13 @@ export class Tasks {
     return load().filter((e) => e.owner === this.owner);
   }
 
-  /** What the server offers (from ListModels): the Remove background buttons show only where it can. */
-  setTools({ cutout }) {
-    if (this.canCutout === Boolean(cutout)) return;
-    this.canCutout = Boolean(cutout);
+  /** What the server offers (from ListModels; any of `cutout`, `faces`, `segment`, `caption`,
+   * `background`): each tool's buttons show only where it can. */
+  setTools(flags) {
+    const next = { ...this.can };
+    for (const [key, value] of Object.entries(flags)) next[key] = Boolean(value);
+    if (Object.keys(next).every((key) => next[key] === this.can[key])) return;
+    this.can = next;
     this.renderGallery();
   }
 
@@ -251,6 +274,7 @@ export class Tasks {
       images: urls.map((url, i) =>
         i < count ? { url, seed: seeds ? seeds[i] : (detail.Seed ?? 0) + i } : { url, map: i - count },
       ),
+      texts: detail.TxtList || [],
       error: detail.ErrorMassage || "",
       warnings: detail.Warnings || [],
       cost: detail.ConsumeApiPoint || 0,
@@ -265,7 +289,9 @@ export class Tasks {
 
   settled(entry) {
     const title = describe(entry.form, 40);
-    if (entry.status === "Finished") {
+    if (entry.status === "Finished" && !entry.images.length && entry.texts?.length) {
+      announce(`Finished: ${entry.texts.length === 1 ? "the description" : `${entry.texts.length} descriptions`} for “${title}”.`);
+    } else if (entry.status === "Finished") {
       const maps = entry.images.filter((i) => i.map !== undefined).length;
       const n = entry.images.length - maps;
       const also = maps ? ` and ${maps} control map${maps === 1 ? "" : "s"}` : "";
@@ -426,6 +452,7 @@ export class Tasks {
         ),
       ];
     }
+    if (!entry.images.length && entry.texts?.length) return [this.textItem(entry, remove)];
     const several = entry.images.filter((i) => i.map === undefined).length > 1;
     return entry.images.map((image, index) => {
       // a control map (ReturnControlMaps): what the ControlNet saw, not an image of the prompt
@@ -497,14 +524,24 @@ export class Tasks {
       const ref = `task:${entry.uid}/${index}`;
       const toolButton = (kind, text, title) => {
         const button = h("button", { type: "button", class: "secondary small", title, dataset: { tool: kind } }, text);
-        button.addEventListener("click", () => this.onTool(kind, { ref, label, button }));
+        button.addEventListener("click", () => this.onTool(kind, { ref, url: image.url, label, button }));
         return button;
       };
+      const can = this.can;
+      // shown once the image is read and has transparency (a cut-out): it is the foreground
+      const newBackground = can.background && !isMap
+        ? toolButton("background", "New background", "Paint a background around this cut-out (GenerateBackgrounds, in the panel above)")
+        : null;
+      if (newBackground) newBackground.hidden = true;
       const tools = h(
         "div",
         { class: "shot-actions shot-tools" },
         toolButton("upscale", "Upscale", "Upscale this image (ResizeImage, by its TaskUID)"),
-        this.canCutout ? toolButton("cutout", "Remove background", "Cut out this image's subject (RemoveBackground, by its TaskUID)") : null,
+        can.cutout ? toolButton("cutout", "Remove background", "Cut out this image's subject (RemoveBackground, by its TaskUID)") : null,
+        can.faces && !isMap ? toolButton("faces", "Restore faces", "Restore the faces in this image (RestoreFaces, by its TaskUID)") : null,
+        can.segment ? toolButton("points", "Cut out by clicks", "Cut out what you click on this image (ExtractContents, in the panel above)") : null,
+        can.caption ? toolButton("describe", "Describe", "Describe this image; the text becomes the prompt (DescribeImages, by its TaskUID)") : null,
+        newBackground,
       );
       item.append(
         h("figure", {}, open, caption),
@@ -523,6 +560,10 @@ export class Tasks {
         }
         img.src = result.src;
         download.href = result.src;
+        if (result.alpha) {
+          item.dataset.alpha = "true";
+          if (newBackground) newBackground.hidden = false;
+        }
         if (tiles) for (const tile of tiles.querySelectorAll("img")) tile.src = result.src;
         const text = result.png?.text?.parameters;
         if (result.png) {
@@ -539,5 +580,36 @@ export class Tasks {
       this.visible.observe(item);
       return item;
     });
+  }
+
+  /** A description (DescribeImages): its texts, each with "Use as prompt". */
+  textItem(entry, remove) {
+    const form = entry.form || {};
+    const several = entry.texts.length > 1;
+    const texts = entry.texts.map((text, index) =>
+      h(
+        "li",
+        {},
+        h("p", { class: "description", lang: form.language || "en" }, text),
+        h(
+          "button",
+          {
+            type: "button",
+            class: "secondary small",
+            title: "Replace the prompt with this text",
+            onclick: () => this.onUsePrompt?.(text),
+          },
+          several ? `Use #${index + 1} as prompt` : "Use as prompt",
+        ),
+      ),
+    );
+    return h(
+      "li",
+      { class: "shot text-result", dataset: { uid: entry.uid, status: entry.status, tool: form.tool || null } },
+      h("p", { class: "shot-title" }, describe(form, 60)),
+      h("ol", { class: "descriptions" }, texts),
+      h("p", { class: "hint" }, `${toolCaption(form)}${form.language && form.language !== "en" ? ` · ${form.language}` : ""}`),
+      h("div", { class: "shot-actions" }, remove()),
+    );
   }
 }

@@ -16,7 +16,7 @@ export function taskRef(uid, index) {
 }
 
 /** The usable models of a ListModels map (those without a Problem), by ModelCode. */
-function usable(table) {
+export function usable(table) {
   return Object.values(table || {})
     .filter((m) => !m.Problem)
     .sort((a, b) => a.ModelCode.localeCompare(b.ModelCode));
@@ -32,7 +32,7 @@ function backgroundLabel(model) {
 }
 
 /** `select`'s options: the one the user chose where it is still offered, else `fallback`. */
-function fill(select, options, fallback) {
+export function fill(select, options, fallback) {
   const previous = select.dataset.chosen;
   select.replaceChildren(...options.map(([value, label]) => h("option", { value }, label)));
   const values = options.map(([value]) => value);
