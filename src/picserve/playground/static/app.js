@@ -3,7 +3,7 @@
 import { ApiError, Client, SIGNERS, hasWebCrypto } from "./api.js";
 import { MaskPainter } from "./canvas.js";
 import { Controls } from "./control.js";
-import { $, FieldError, announce, clamp, dropTarget, h, imageSize, readFile } from "./dom.js";
+import { $, FieldError, announce, clamp, clearErrorsIn, clearFieldError, dropTarget, h, imageSize, readFile } from "./dom.js";
 import { Tasks } from "./gallery.js";
 import { SAMPLERS, SIZES } from "./options.js";
 import { extractNetworks, insertWord, renderHighlight } from "./prompt.js";
@@ -93,22 +93,11 @@ function errorElementFor(id) {
 }
 
 function clearErrors() {
-  for (const element of document.querySelectorAll(".field-error")) {
-    element.hidden = true;
-    element.textContent = "";
-  }
-  for (const element of document.querySelectorAll("[aria-invalid]")) element.removeAttribute("aria-invalid");
-  $("form-error").textContent = "";
+  clearErrorsIn(document, "form-error");
 }
 
 function clearError(control) {
-  if (!control.hasAttribute("aria-invalid")) return;
-  control.removeAttribute("aria-invalid");
-  const error = errorElementFor(control.id);
-  if (error) {
-    error.hidden = true;
-    error.textContent = "";
-  }
+  clearFieldError(control, (c) => errorElementFor(c.id));
 }
 
 /** Show `message` by the control `id` (aria-invalid, described by its error), and move focus there;

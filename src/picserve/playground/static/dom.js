@@ -25,6 +25,29 @@ export function h(tag, props = {}, ...children) {
 
 export const $ = (id) => document.getElementById(id);
 
+/** Hide every field error inside `root` (an element, or the document), drop its controls'
+ * aria-invalid, and empty the summary line `summaryId`. */
+export function clearErrorsIn(root, summaryId) {
+  for (const element of root.querySelectorAll(".field-error")) {
+    element.hidden = true;
+    element.textContent = "";
+  }
+  for (const element of root.querySelectorAll("[aria-invalid]")) element.removeAttribute("aria-invalid");
+  $(summaryId).textContent = "";
+}
+
+/** Take `control`'s error away (its aria-invalid, and `errorFor(control)`, by default the element
+ * `<control id>-error`), once the user changed it. */
+export function clearFieldError(control, errorFor = (c) => $(`${c.id}-error`)) {
+  if (!control?.hasAttribute?.("aria-invalid")) return;
+  control.removeAttribute("aria-invalid");
+  const error = errorFor(control);
+  if (error) {
+    error.hidden = true;
+    error.textContent = "";
+  }
+}
+
 /** Say `message` to screen readers (the page's polite live region). */
 export function announce(message) {
   const region = $("announcer");

@@ -6,7 +6,7 @@
 // (sent by its TaskUID, `task:<TaskUID>/<index>`). Its tasks are followed by gallery.js like the others
 // (`form.tool`: "faces", "extract", "describe", "background").
 
-import { $, FieldError, IMAGE_TYPES, announce, clamp, dropTarget, h, imageSize, readImage } from "./dom.js";
+import { $, clearErrorsIn, clearFieldError, FieldError, IMAGE_TYPES, announce, clamp, dropTarget, h, imageSize, readImage } from "./dom.js";
 import { fill, usable } from "./tools.js";
 
 /** the points one ExtractContents list may hold */
@@ -359,22 +359,11 @@ export class Toolkit {
   }
 
   clearErrors() {
-    for (const element of $("toolkit").querySelectorAll(".field-error")) {
-      element.hidden = true;
-      element.textContent = "";
-    }
-    for (const element of $("toolkit").querySelectorAll("[aria-invalid]")) element.removeAttribute("aria-invalid");
-    $("toolkit-error").textContent = "";
+    clearErrorsIn($("toolkit"), "toolkit-error");
   }
 
   clearError(control) {
-    if (!control?.hasAttribute?.("aria-invalid")) return;
-    control.removeAttribute("aria-invalid");
-    const error = $(`${control.id}-error`);
-    if (error) {
-      error.hidden = true;
-      error.textContent = "";
-    }
+    clearFieldError(control);
   }
 
   /** The panel's checks before anything is sent: a field's error by its field, else under the panel. */

@@ -3,7 +3,7 @@
 // takes the bytes from its own store. The tools panel sends images of this device as base64 data URIs.
 // Their tasks are followed and shown by gallery.js like generations (`form.tool` says which).
 
-import { $, IMAGE_TYPES, announce, dropTarget, h, readImage } from "./dom.js";
+import { $, clearErrorsIn, clearFieldError, IMAGE_TYPES, announce, dropTarget, h, readImage } from "./dom.js";
 
 /** The upscaler that is no model: a plain resample, always available. */
 export const LANCZOS = "Lanczos";
@@ -159,22 +159,11 @@ export class Tools {
   // ------------------------------------------------------------ the panel
 
   clearErrors() {
-    for (const element of $("tools").querySelectorAll(".field-error")) {
-      element.hidden = true;
-      element.textContent = "";
-    }
-    for (const element of $("tools").querySelectorAll("[aria-invalid]")) element.removeAttribute("aria-invalid");
-    $("tools-error").textContent = "";
+    clearErrorsIn($("tools"), "tools-error");
   }
 
   clearError(control) {
-    if (!control?.hasAttribute?.("aria-invalid")) return;
-    control.removeAttribute("aria-invalid");
-    const error = $(`${control.id}-error`);
-    if (error) {
-      error.hidden = true;
-      error.textContent = "";
-    }
+    clearFieldError(control);
   }
 
   /** The panel's images: PNG, JPEG or WebP files, up to 16 (FileList or array). */
