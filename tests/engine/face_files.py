@@ -33,6 +33,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import picserve  # noqa: F401  (before spandrel: its torchvision shim, picserve/torchvision_compat.py)
+from picserve.engine.faces import FACE_SIZE, FFHQ_TEMPLATE
 from tests.engine.onnx_files import save_graph
 from tests.engine.upscale_files import save_state
 
@@ -42,16 +43,6 @@ __all__ = ["MAGENTA", "YUNET_STRIDE", "write_codeformer_like", "write_tiny_resto
 MAGENTA = (255, 0, 255)
 #: the stride whose grid the tiny detector's faces lie on
 YUNET_STRIDE = 32
-#: facexlib's FFHQ 512² five-point template (the order YuNet gives its landmarks in)
-_TEMPLATE = np.array(
-    [
-        [192.98138, 239.94708],
-        [318.90277, 240.1936],
-        [256.63416, 314.01935],
-        [201.26117, 371.41043],
-        [313.08905, 371.15118],
-    ]
-)
 
 
 def write_tiny_yunet(path: Path, cells: float = 4.0) -> Path:
@@ -73,7 +64,8 @@ def write_tiny_yunet(path: Path, cells: float = 4.0) -> Path:
         ),
         helper.make_node("Sigmoid", ["marker_logit"], ["marker"]),
     ]
-    landmarks = (0.5 - cells / 2 + _TEMPLATE / 512.0 * cells).reshape(-1)  # in cells, from the cell's corner
+    template = FFHQ_TEMPLATE.astype(np.float64) / FACE_SIZE  # in faces, from the face's corner
+    landmarks = (0.5 - cells / 2 + template * cells).reshape(-1)  # in cells, from the cell's corner
     heads = {
         "cls": (1, np.zeros(1)),
         "obj": (1, np.zeros(1)),
