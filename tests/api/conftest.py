@@ -45,6 +45,13 @@ def models_folder(tmp_path) -> Path:
 
 
 @pytest.fixture
+def instant_resends(monkeypatch) -> None:
+    """The SDK resends a request lost in transit at once instead of after its backoff (0.25 s, then
+    0.5 s): for tests of an unreachable server, which wait out every resend."""
+    monkeypatch.setattr("picserve.sdk._shared.backoff", lambda attempt: 0.0)
+
+
+@pytest.fixture
 def settings(tmp_path, models_folder) -> Settings:
     return Settings(data_dir=tmp_path / "data", models_dir=models_folder, progress_interval=0.0, device="cpu")
 

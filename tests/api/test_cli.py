@@ -55,7 +55,7 @@ def test_generate_refuses_a_bad_lora_before_any_network():
     assert result.exit_code == 2 and "must be a number" in result.output
 
 
-def test_generate_reports_an_unreachable_server():
+def test_generate_reports_an_unreachable_server(instant_resends):
     args = ["generate", "cat", "--url", "http://127.0.0.1:9", "--public-key", "p", "--private-key", "k"]
     result = runner.invoke(cli.app, [*args, "--model", "m"])
     assert result.exit_code == 3 and "unreachable:" in result.output  # exit codes: see picserve/cli/watch.py
@@ -220,7 +220,7 @@ def test_tasks_list_has_a_header_and_takes_a_status_in_any_case(served, monkeypa
 # --- first-contact messages --------------------------------------------------------------------------
 
 
-def test_an_unreachable_server_is_named_with_its_url():
+def test_an_unreachable_server_is_named_with_its_url(instant_resends):
     port = free_port()
     args = ["generate", "cat", "--url", f"http://127.0.0.1:{port}", "--public-key", "p", "--private-key", "k"]
     result = runner.invoke(cli.app, [*args, "--model", "m"])

@@ -306,7 +306,7 @@ def test_controlnets_prints_the_models_and_the_preprocessors_as_tables(served):
     )
 
 
-def test_controlnets_reports_an_unreachable_server():
+def test_controlnets_reports_an_unreachable_server(instant_resends):
     result = runner.invoke(cli.app, ["controlnets", *NOWHERE])
     assert result.exit_code == 3 and "unreachable:" in result.output
 

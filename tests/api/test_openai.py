@@ -20,7 +20,7 @@ from picserve.engine.fake import FakeEngine
 from picserve.sdk import Client
 from picserve.worker import jobs, process
 
-from .conftest import MODEL, Stack
+from .conftest import MODEL, Stack, open_stack
 
 
 @pytest.fixture
@@ -179,11 +179,13 @@ def test_a_task_that_runs_out_of_memory_is_a_503_the_client_does_not_retry(stack
     assert error["code"] == "out_of_memory" and "ran out of memory" in error["message"]
 
 
-def test_a_task_past_the_wait_timeout_is_cancelled_and_answered_504(stack, account):
-    reply = generate(stack, account)  # no worker: it never starts
-    assert reply.status_code == 504 and reply.headers["x-should-retry"] == "false"
-    assert "PICSERVE_OPENAI_WAIT_TIMEOUT" in error_of(reply)["message"]
-    assert stack.api.portal.call(stack.repo.open_tasks, account.public_key) == []  # cancelled, not charged
+def test_a_task_past_the_wait_timeout_is_cancelled_and_answered_504(settings):
+    with open_stack(settings.evolve(openai_wait_timeout=0.3)) as stack:  # the wait, shorter than the module's
+        account = stack.api.portal.call(stack.repo.create_key, "openai", 100_000)
+        reply = generate(stack, account)  # no worker: it never starts
+        assert reply.status_code == 504 and reply.headers["x-should-retry"] == "false"
+        assert "PICSERVE_OPENAI_WAIT_TIMEOUT" in error_of(reply)["message"]
+        assert stack.api.portal.call(stack.repo.open_tasks, account.public_key) == []  # cancelled, not charged
 
 
 def test_models_lists_main_models_as_openai_does(stack, account):

@@ -108,7 +108,7 @@ def test_cancel_stops_a_running_task_within_a_step_and_leaves_nothing(stack, cli
 def test_the_next_task_waits_for_a_cancelled_engine_call_to_return(stack, client):
     # The cancel arrives during a "model load" that has no step callback: the job must keep the
     # engine until that call returns, or the next task would run beside it.
-    engine = Watched(load_seconds=1.0)  # twice: the cancelled task's load, then the next task's
+    engine = Watched(load_seconds=0.4)  # twice: the cancelled task's load, then the next task's
     first, second = (client.generate_images_sdxl(**request(Seed=i)) for i in (1, 2))
     running = start_worker(stack, engine)
     try:

@@ -38,7 +38,7 @@ def test_every_call_is_signed_as_the_server_verifies():
         (lambda request: httpx.Response(200, json={"hello": 1}), "without a RetCode"),
     ],
 )
-def test_transport_failures_are_transport_errors(handler, message):
+def test_transport_failures_are_transport_errors(handler, message, instant_resends):
     with pytest.raises(errors.TransportError, match=message):
         client_on(handler).list_models()
 
