@@ -378,13 +378,15 @@ def test_a_new_background_for_an_uploaded_cut_out(page, server, tmp_path):
     assert "BackgroundImage2Image" not in body
 
 
-def test_a_cut_out_by_clicks_gets_a_new_background(page, server, tmp_path):
+def test_a_cut_out_by_clicks_gets_a_new_background(page, server, tmp_path, screenshot):
     picture = Image.fromarray(pixels(80, 64, seed=11))
     open_playground(page, server)
-    open_toolkit(page)
+    panel = open_toolkit(page)
     page.get_by_label("Image", exact=True).set_input_files(save(picture, tmp_path / "scene.png"))
     click_pixel(page, 40, 32)
     click_pixel(page, 2, 2, button="right")
+    panel.scroll_into_view_if_needed()
+    screenshot(page, "playground-toolkit.png")
     _, cut = sent(page, "ExtractContents", page.get_by_role("button", name="Extract", exact=True).click)
     item = ended(page, cut, "ExtractContents")
     shot = result(page, cut)
