@@ -14,10 +14,11 @@ from openapi_spec_validator import validate
 
 from picserve.api import openapi
 from picserve.api.actions import ACTIONS
+from picserve.config import Settings
 from picserve.protocol import signature
 from picserve.protocol.envelope import COMMON_FIELDS
 from picserve.sdk import Client, control_unit, hires_fix, masked_edit, task_image
-from tests.api.conftest import MODEL, request
+from tests.api.conftest import MODEL, open_stack, request
 
 #: the actions of the spec's generation 2 that picserve serves, and picserve's own
 SPEC_ACTIONS = {
@@ -53,9 +54,13 @@ SPEC_GENERATE_FIELDS = {
 SPEC = Path("/work/shared/spec/picpik-api.md")
 
 
-@pytest.fixture
-def document(stack) -> dict[str, Any]:
-    response = stack.api.get("/openapi.json")
+@pytest.fixture(scope="module")
+def document(tmp_path_factory) -> dict[str, Any]:
+    """The document as served, fetched once for the module (it depends on no request or model); a test
+    that changes it works on a copy."""
+    root = tmp_path_factory.mktemp("openapi")
+    with open_stack(Settings(data_dir=root / "data", models_dir=root / "models", device="cpu")) as stack:
+        response = stack.api.get("/openapi.json")
     assert response.status_code == 200
     return response.json()
 
