@@ -562,6 +562,19 @@ function snapshot() {
   };
 }
 
+/** The MainModel field: `model` with the form's sampling settings. */
+function mainModel(model) {
+  return {
+    ModelCode: model,
+    InferenceParams: {
+      Steps: number("steps", "Steps"),
+      Sampler: $("sampler").value,
+      CFGScale: number("cfg", "CFG scale"),
+      ClipSkip: number("clip-skip", "Clip skip"),
+    },
+  };
+}
+
 /** GenerateImagesSDXL's parameters from the form, and what the error mapping needs to know. */
 function buildRequest() {
   const model = $("model").value;
@@ -576,15 +589,7 @@ function buildRequest() {
   }
   const negative = $("negative-prompt").value.trim();
   const params = {
-    MainModel: {
-      ModelCode: model,
-      InferenceParams: {
-        Steps: number("steps", "Steps"),
-        Sampler: $("sampler").value,
-        CFGScale: number("cfg", "CFG scale"),
-        ClipSkip: number("clip-skip", "Clip skip"),
-      },
-    },
+    MainModel: mainModel(model),
     PositivePrompts: prompt.trim() ? [prompt.trim()] : undefined,
     NegativePrompts: negative ? [negative] : undefined,
     SubModelList: subModels.length
@@ -659,15 +664,7 @@ function generationBase() {
   if (!model) throw new FieldError("model", "MainModel: choose a model (connect first to list them)");
   const negative = $("negative-prompt").value.trim();
   return {
-    MainModel: {
-      ModelCode: model,
-      InferenceParams: {
-        Steps: number("steps", "Steps"),
-        Sampler: $("sampler").value,
-        CFGScale: number("cfg", "CFG scale"),
-        ClipSkip: number("clip-skip", "Clip skip"),
-      },
-    },
+    MainModel: mainModel(model),
     NegativePrompts: negative ? [negative] : undefined,
     TranslatePrompts: $("translate").checked,
     Seed: $("seed").value.trim() === "" ? -1 : number("seed", "Seed"),
