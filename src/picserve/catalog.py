@@ -111,6 +111,13 @@ SUFFIXES = {
     "caption": (),
 }
 
+#: the kinds whose models may be folders, by the files that mark one: diffusers folders, and the tools'
+_DIRECTORY_MARKERS = {
+    "main": ("model_index.json",),
+    "vae": ("config.json",),
+    "controlnet": ("config.json",),
+    **FOLDER_MARKERS,
+}
 #: (kind, path, mtime_ns, size): one version of one file
 _FileVersion = tuple[str, str, int, int]
 #: characters no ModelCode holds: path separators (either OS's) and NUL
@@ -225,8 +232,7 @@ class Catalog:
             if path.name.startswith("."):
                 continue
             if path.is_dir():
-                markers = {"main": ("model_index.json",), "vae": ("config.json",), "controlnet": ("config.json",)}
-                if not any((path / marker).exists() for marker in {**markers, **FOLDER_MARKERS}.get(kind, ())):
+                if not any((path / marker).exists() for marker in _DIRECTORY_MARKERS.get(kind, ())):
                     continue
                 code = path.name
             elif path.suffix.lower() in SUFFIXES[kind]:
