@@ -21,6 +21,12 @@ each phase after `--warmup` uncounted requests. Prints latency (median, p90, p99
 failures (any reply but HTTP 200 with RetCode 0; the exit status is 1 when there are any), SQL
 statements per request (pg_stat_statements, top level: the database round trips, background work of
 the API process included) and CPU per request of the API process, PostgreSQL and this client.
+
+`--client raw` (the default) sends each signed body, encoded before the clock runs, as bytes of
+HTTP/1.1 on a kept-alive socket and reads the reply (status line, Content-Length, JSON): about a tenth
+of a millisecond of this process's CPU per request, so on a small machine the figures are the server's
+rather than the client's. `--client httpx` sends them through httpx.AsyncClient instead (2.5–4 ms of
+CPU per request on the development machine, taken from the cores the server runs on).
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import datetime
 import functools
+import gc
 import json
 import os
 import platform
@@ -41,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,13 +140,16 @@ def main() -> None:
     load.add_argument("--requests", type=int, default=2000, help="measured requests of each call")
     load.add_argument("--warmup", type=int, default=100, help="requests of each call before the measured ones")
     load.add_argument("--poll-size", type=int, default=20, help="TaskUIDs in one ListTasksDetails")
+    load.add_argument(
+        "--client", choices=("raw", "httpx"), default="raw", help="HTTP client of the load (see the module doc)"
+    )
     args = parser.parse_args()
 
     from picserve.engine import tiny
 
     tiny.write_model(args.models_dir)
     if args.api_load:
-        failures = api_load(args.models_dir, args.clients, args.requests, args.warmup, args.poll_size)
+        failures = api_load(args.models_dir, args.clients, args.requests, args.warmup, args.poll_size, args.client)
         if failures:
             raise SystemExit(f"{failures} requests failed")
         return
@@ -169,7 +181,7 @@ def _in_fresh_process(args: argparse.Namespace) -> float:
 # --- the API under load: submits and polls from many signed clients (--api-load) ---------------------
 
 
-def api_load(models_dir: Path, clients: int, requests: int, warmup: int, poll_size: int) -> int:
+def api_load(models_dir: Path, clients: int, requests: int, warmup: int, poll_size: int, http_client: str) -> int:
     """Submits then polls from `clients` concurrent signed clients against `picserve serve --workers 0`;
     prints the Markdown rows. Returns the number of failed requests."""
     from picserve import demo
@@ -219,7 +231,7 @@ def api_load(models_dir: Path, clients: int, requests: int, warmup: int, poll_si
                 "Seed": i,
             }
 
-        run = functools.partial(_load, base, keys["PublicKey"], keys["PrivateKey"], clients)
+        run = functools.partial(_load, base, keys["PublicKey"], keys["PrivateKey"], clients, http_client)
         run("GenerateImagesSDXL", submit_params, warmup)
         probe.start()
         submits = run("GenerateImagesSDXL", submit_params, requests)
@@ -240,7 +252,7 @@ def api_load(models_dir: Path, clients: int, requests: int, warmup: int, poll_si
         print(f"machine: {_machine()}, {datetime.date.today().isoformat()}")
         print(
             f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
-            f"queue: {warmup + requests} Queuing tasks (no worker)"
+            f"queue: {warmup + requests} Queuing tasks (no worker); client: {http_client}"
         )
         print(
             "| call | clients | requests | median, ms | p90, ms | p99, ms | requests/s | failures "
@@ -283,27 +295,34 @@ class _Result:
 
 
 def _load(
-    base: str, public_key: str, private_key: str, clients: int, action: str, params: Any, requests: int
+    base: str,
+    public_key: str,
+    private_key: str,
+    clients: int,
+    http_client: str,
+    action: str,
+    params: Any,
+    requests: int,
 ) -> _Result:
     """`requests` calls of `action` (`params(i)` its fields) from `clients` concurrent clients, each on
-    its own connection, every body signed by the SDK's `Client.signed`."""
+    its own connection, every body signed by the SDK's `Client.signed` (and encoded) before the clock runs."""
     from picserve.sdk import Client
 
     result = _Result()
     with Client(base, public_key, private_key) as signer:
-        bodies = [signer.signed(action, **params(i)) for i in range(requests)]  # signed before the clock runs
-    queue = iter(bodies)
+        bodies = [json.dumps(signer.signed(action, **params(i))).encode() for i in range(requests)]
+    queue = iter(bodies)  # one shared iterator: the clients take the next body when they are free
+    send = _raw_sender if http_client == "raw" else _httpx_sender
 
     async def client() -> None:
-        async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=1)) as http:
-            for body in queue:  # one shared iterator: the clients take the next body when they are free
+        async with send(base) as post:
+            for body in queue:
                 start = time.perf_counter()
                 status = 0
                 try:
-                    response = await http.post("/", json=body)
-                    status = response.status_code
-                    reply = response.json()
-                except (httpx.HTTPError, ValueError) as exc:
+                    status, content = await post(body)
+                    reply = json.loads(content)
+                except (OSError, asyncio.IncompleteReadError, httpx.HTTPError, ValueError) as exc:
                     reply = {"RetCode": None, "Message": f"{type(exc).__name__}: {exc}"}
                 result.latencies.append(time.perf_counter() - start)
                 if status == 200 and isinstance(reply, dict) and reply.get("RetCode") == 0:
@@ -317,10 +336,59 @@ def _load(
     async def all_clients() -> None:
         await asyncio.gather(*(client() for _ in range(clients)))
 
-    start = time.perf_counter()
-    asyncio.run(all_clients())
-    result.seconds = time.perf_counter() - start
+    # the clients' own garbage collection off while they measure: a full collection of this process
+    # stalled all 16 clients for 100–150 ms, the slowest 1.6 % of the polls' latencies
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        asyncio.run(all_clients())
+        result.seconds = time.perf_counter() - start
+    finally:
+        gc.enable()
     return result
+
+
+_Post = Callable[[bytes], Awaitable[tuple[int, bytes]]]
+
+
+@contextlib.asynccontextmanager
+async def _httpx_sender(base: str) -> AsyncIterator[_Post]:
+    """POST / through one httpx.AsyncClient with one connection."""
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=1)) as http:
+
+        async def post(body: bytes) -> tuple[int, bytes]:
+            response = await http.post("/", content=body, headers={"content-type": "application/json"})
+            return response.status_code, response.content
+
+        yield post
+
+
+@contextlib.asynccontextmanager
+async def _raw_sender(base: str) -> AsyncIterator[_Post]:
+    """POST / as HTTP/1.1 bytes on one kept-alive connection; the reply read by its Content-Length."""
+    host, _, port = base.removeprefix("http://").partition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = f"POST / HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n".encode()
+
+    async def post(body: bytes) -> tuple[int, bytes]:
+        writer.write(b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body))
+        status = int((await reader.readuntil(b"\r\n")).split(b" ", 2)[1])
+        length = None
+        while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length is None:
+            raise ValueError("a reply without Content-Length")
+        return status, await reader.readexactly(length)
+
+    try:
+        yield post
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 @dataclass
