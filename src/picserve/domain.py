@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import json
 import math
@@ -318,7 +319,24 @@ def register_spec(cls: type[ActionSpec]) -> type[ActionSpec]:
 
 
 def spec_from_json(kind: str, version: int, data: str | Mapping[str, Any]) -> ActionSpec:
-    """A stored spec read back by the class of its task kind."""
+    """A stored spec read back by the class of its task kind. Given as JSON text (what a poll reads),
+    a spec is decoded once and shared while it is among the recently read ones: specs are immutable, and
+    a client polls the same tasks again and again."""
+    if isinstance(data, str) and len(data) <= _SHARED_SPEC_CHARS:
+        return _shared_spec(kind, version, data)
+    return _spec_from_json(kind, version, data)
+
+
+#: the longest JSON text of a spec that is kept decoded (a generation's is 1–2 KB; texts are kept with it)
+_SHARED_SPEC_CHARS = 16 * 1024
+
+
+@functools.lru_cache(maxsize=4096)
+def _shared_spec(kind: str, version: int, text: str) -> ActionSpec:
+    return _spec_from_json(kind, version, text)
+
+
+def _spec_from_json(kind: str, version: int, data: str | Mapping[str, Any]) -> ActionSpec:
     cls = SPEC_TYPES.get(kind)
     if cls is None:
         raise ValueError(f"unknown task kind {kind!r} (a newer picserve wrote it?)")

@@ -46,11 +46,12 @@ _RECORD_RUN = (
 _HANDED_BACK = "task_uid, attempt, worker, started_at, spec_kind, spec_version, spec"
 
 
-#: what a poll reads of a task (domain.TaskRecord.from_row's columns but its webhook, routing, attempt)
+#: what a poll reads of a task (domain.TaskRecord.from_row's columns but its webhook, routing, attempt);
+#: the spec as JSON text, which domain.spec_from_json decodes once for all the polls of a task
 _DETAIL_COLUMNS = (
-    "t.task_uid, t.public_key, t.action, t.status, t.spec_kind, t.spec_version, t.spec, t.cost, t.progress, "
-    "t.result_keys, t.seeds, t.result_texts, t.error_code, t.error_message, t.worker, t.created_at, t.started_at, "
-    "t.finished_at, t.preview"
+    "t.task_uid, t.public_key, t.action, t.status, t.spec_kind, t.spec_version, t.spec::text AS spec, t.cost, "
+    "t.progress, t.result_keys, t.seeds, t.result_texts, t.error_code, t.error_message, t.worker, t.created_at, "
+    "t.started_at, t.finished_at, t.preview"
 )
 
 
