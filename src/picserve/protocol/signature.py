@@ -35,6 +35,10 @@ def _python_float(value: float) -> str:
 
 def encode(value: Any, float_format: Callable[[float], str] = _plain_float) -> str:
     """Encode one parameter value as the signature string expects it."""
+    if type(value) is str:  # the common cases first (a bool is an int, but never of type int)
+        return value
+    if type(value) is int:
+        return str(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
@@ -46,9 +50,9 @@ def encode(value: Any, float_format: Callable[[float], str] = _plain_float) -> s
             return str(int(value))
         return float_format(value)
     if isinstance(value, dict):
-        return "".join(k + encode(value[k], float_format) for k in sorted(value))
+        return "".join([k + encode(value[k], float_format) for k in sorted(value)])
     if isinstance(value, (list, tuple)):
-        return "".join(encode(v, float_format) for v in value)
+        return "".join([encode(v, float_format) for v in value])
     return str(value)
 
 
