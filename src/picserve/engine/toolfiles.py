@@ -40,16 +40,19 @@ def identify(path: Path) -> ToolFacts:
     """Load `path` as an upscaler, an eraser or a face restorer (spandrel), a face detector (OpenCV) or a
     segmentation model (onnxruntime), or a folder as a point segmenter or a captioner; never raises for a
     bad file: `problem` says why none takes it."""
-    from picserve.engine import faces
-
     if path.is_dir():
         return _folder(path)
+    # faces imports torch: not for a file whose header already says it is no image model
     if path.suffix.lower() == ".onnx":
+        from picserve.engine import faces
+
         detector = faces.identify(path)
         return detector if detector.kind is not None else _onnx(path)
     found = _spandrel(path)
-    if found.kind is not None:
+    if found.kind is not None or found.problem == _NO_IMAGE_CONVOLUTION:  # nor a face restorer, whose check is narrower
         return found
+    from picserve.engine import faces
+
     face = faces.identify(path)  # a face restorer (CodeFormer needs spandrel-extra-arches: it says so)
     return face if face.kind is not None or face.details.get("architecture") == "CodeFormer" else found
 
@@ -72,6 +75,9 @@ def _folder(path: Path) -> ToolFacts:
     )
 
 
+_NO_IMAGE_CONVOLUTION = "it has no convolution over an image's channels, so it is no upscaler or eraser"
+
+
 def _spandrel(path: Path) -> ToolFacts:
     # An image model's first layer convolves the image's channels (1, 3 or 4 in: LaMa's are RGB and the
     # mask): a file without such a weight is no upscaler or eraser, said from its header alone (no torch)
@@ -80,7 +86,7 @@ def _spandrel(path: Path) -> ToolFacts:
     except modelinfo.UNREADABLE as exc:
         return ToolFacts(None, problem=f"unreadable: {exc}")
     if not any(len(shape) == 4 and shape[1] in (1, 3, 4) for shape in shapes.values()):
-        return ToolFacts(None, problem="it has no convolution over an image's channels, so it is no upscaler or eraser")
+        return ToolFacts(None, problem=_NO_IMAGE_CONVOLUTION)
     import spandrel  # picserve/__init__ made torchvision importable beside the CPU torch (torchvision_compat)
 
     try:
