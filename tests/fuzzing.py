@@ -40,6 +40,7 @@ __all__ = [
     "Case",
     "cases",
     "check_reply",
+    "has_fields",
     "hostile_images",
     "raw_cases",
     "signed_cases",
@@ -330,6 +331,16 @@ values = _weighted(
 
 
 # --- signed requests -------------------------------------------------------------------------------------
+#: the request_uuid of every "reused uuid" case, whatever its action and fields
+REUSED_UUID = str(uuid.UUID(int=2**64))
+
+
+def has_fields(action: str) -> bool:
+    """Whether `action`'s baseline request has fields of its own to mutate (else only the envelope and
+    the body's root are: a few cases cover those)."""
+    return bool(_baseline(action, "task", "none"))
+
+
 def _baseline(action: str, task_uid: str, with_images: str) -> dict[str, Any]:
     """A valid request of `action` (its own fields; the envelope is added when signing)."""
     if action in ("ListTasksDetails", "CancelTask"):
@@ -475,9 +486,12 @@ def signed_cases(draw: st.DrawFn, action: str, public_key: str, private_key: str
             replaced.append(path)
 
     body: dict[str, Any] = {"Action": action, "PublicKey": public_key}
-    envelope = draw(st.sampled_from(["uuid", "uuid", "uuid", "none", "hostile uuid", "hostile common"]))
+    envelope = draw(st.sampled_from(["uuid", "uuid", "uuid", "none", "hostile uuid", "hostile common", "reused uuid"]))
     if envelope == "uuid":
         body["request_uuid"] = str(uuid.UUID(int=next(_request_numbers)))
+    elif envelope == "reused uuid":  # the same request_uuid with other fields: a resend or an idempotency conflict
+        body["request_uuid"] = REUSED_UUID
+        notes.append("request_uuid reused")
     elif envelope == "hostile uuid":
         body["request_uuid"] = draw(values)
         notes.append(f"request_uuid = {_short(body['request_uuid'])}")
