@@ -112,7 +112,9 @@ def test_the_next_task_waits_for_a_cancelled_engine_call_to_return(stack, client
     first, second = (client.generate_images_sdxl(**request(Seed=i)) for i in (1, 2))
     running = start_worker(stack, engine)
     try:
-        until(lambda: status(client, first) == "Running")
+        # the engine call under way, not only the task marked Running: a cancel that came between the two
+        # would end the task before its engine call, and nothing would be left to wait for
+        until(lambda: engine.active == 1)
         client.cancel_task([first])
         until(lambda: status(client, second) == "Finished", timeout=20)
     finally:
