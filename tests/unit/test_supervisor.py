@@ -82,20 +82,20 @@ def test_a_crashing_child_is_restarted_with_backoff_and_the_reason_logged(caplog
         starts.append(time.monotonic())
         return _fake_child("import sys; sys.exit(3)")(index)
 
-    sup = Supervisor(spawn, 1, backoff=lambda: Backoff(first=0.1, cap=0.4), poll_interval=0.02)
+    sup = Supervisor(spawn, 1, backoff=lambda: Backoff(first=0.05, cap=0.2), poll_interval=0.02)
     try:
         deadline = time.monotonic() + 30
         while len(starts) < 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.02)
     finally:
         sup.stop(timeout=5)
     assert len(starts) >= 5
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    # 0.1, 0.2, 0.4, 0.4 s of backoff (plus the child's own run time)
-    assert gaps[0] >= 0.1 and gaps[1] >= 0.2 and gaps[2] >= 0.4 and gaps[3] >= 0.4
+    # 0.05, 0.1, 0.2, 0.2 s of backoff (plus the child's own run time)
+    assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.2 and gaps[3] >= 0.2
     messages = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith("worker-0 exited with code 3 after") and "again in 0.1 s" in m for m in messages)
-    assert any("again in 0.4 s" in m for m in messages)
+    assert any(m.startswith("worker-0 exited with code 3 after") and "again in 0.05 s" in m for m in messages)
+    assert any("again in 0.2 s" in m for m in messages)
 
 
 def test_a_killed_child_is_named_by_its_signal(caplog):
