@@ -69,9 +69,10 @@ serve: $(STAMP)
 # The suite runs in TEST_WORKERS pytest-xdist worker processes (TEST_WORKERS=0 runs it in this one process),
 # each test file on one worker (--dist loadfile), so that a module's server, browser or database starts once.
 # 3 on the 2-core machines it was sized on: its tests wait on servers, subprocesses and PostgreSQL for about a
-# third of their time, which a third worker fills (whole suite 633 s → 573 s, fast tier 29–30 s → 25 s). Files are handed out in collection order, the
-# longest first (tests/conftest.py LONGEST_FIRST), not by pytest-xdist's count of tests per file, which
-# handed the one-test files of minutes (the fleet, the RSS test) out last.
+# third of their time, which a third worker fills (whole suite 633 s → 573 s, fast tier 29–30 s → 25–27 s;
+# 4 workers: 583 s). Files are handed out in collection order, the longest first (tests/conftest.py
+# LONGEST_FIRST), not by pytest-xdist's count of tests per file, which handed the one-test files of minutes
+# (the fleet, the RSS test) out last.
 TEST_WORKERS ?= 3
 # Python's bytecode cache on for the tests, whatever the environment says (some machines export
 # PYTHONDONTWRITEBYTECODE=1): pytest then keeps its assertion-rewritten test modules between runs instead
