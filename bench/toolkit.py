@@ -290,8 +290,6 @@ def build_blip(models: Path) -> dict[str, Any]:
 
 def build_tagger(models: Path) -> dict[str, Any]:
     """A wd-vit-tagger-v3-size tagger (random) as model.onnx + selected_tags.csv in models/caption/wd-vit-v3/."""
-    import warnings
-
     import timm
     import torch
 
@@ -321,20 +319,12 @@ def build_tagger(models: Path) -> dict[str, Any]:
             x = x.permute(0, 3, 1, 2).flip(1) / 127.5 - 1.0
             return torch.sigmoid(self.backbone(x))
 
-    module = Tagger().eval()
+    sys.path.insert(0, str(ROOT))
+    from tests.engine.caption_files import export_tagger
+
     started = time.perf_counter()
-    with warnings.catch_warnings(), torch.inference_mode():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(
-            module,
-            (torch.zeros(1, TAGGER_SIDE, TAGGER_SIDE, 3),),
-            str(folder / "model.onnx"),
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    with torch.inference_mode():
+        export_tagger(Tagger().eval(), TAGGER_SIDE, folder / "model.onnx")
     return {
         "parameters": _parameters(backbone),
         "bytes": (folder / "model.onnx").stat().st_size,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TAGS", "write_tiny_blip", "write_tiny_florence2", "write_tiny_tagger"]
+__all__ = ["TAGS", "export_tagger", "write_tiny_blip", "write_tiny_florence2", "write_tiny_tagger"]
 
 _WORDS = (
     "a an the of with on in at and photo picture painting drawing cat dog woman man girl boy city street "
@@ -188,6 +188,23 @@ class _TinyTagger(torch.nn.Module):
         return torch.sigmoid(self.head(features))
 
 
+def export_tagger(module: torch.nn.Module, side: int, path: Path) -> None:
+    """`module` ((N, side, side, 3) image → (N, tags) scores) as a WD-style tagger's `model.onnx` at `path`,
+    its batch dynamic, with the input and output names the wd v3 files have (also bench/toolkit.py's writer)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            module,
+            (torch.zeros(1, side, side, 3),),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
 def write_tiny_tagger(
     folder: Path,
     tags: tuple[tuple[str, int], ...] = TAGS,
@@ -201,19 +218,7 @@ def write_tiny_tagger(
     rows = ["tag_id,name,category,count"]
     rows += [f'{1000 + i},"{name}",{category},{5000 - i}' for i, (name, category) in enumerate(tags)]
     (folder / "selected_tags.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    module = _TinyTagger(len(tags), sum(1 for _, c in tags if c == 9), seed).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(
-            module,
-            (torch.zeros(1, side, side, 3),),
-            str(folder / "model.onnx"),
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    export_tagger(_TinyTagger(len(tags), sum(1 for _, c in tags if c == 9), seed).eval(), side, folder / "model.onnx")
     if timm_config:
         config = {
             "architecture": "vit_base_patch16_224",
