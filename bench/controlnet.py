@@ -67,6 +67,9 @@ import torch
 
 import picserve  # noqa: F401  (first: the torchvision shim diffusers needs on the CPU build of torch)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from procstat import reset_peak, status  # bench/procstat.py: /proc/self memory figures
+
 CASES = ["unet", "controlnet", "controlnet_x3", "union", "ip_adapter", "image_encoder"]
 #: the cases run with the IP-Adapter loaded (last)
 IP_CASES = ("ip_adapter", "image_encoder")
@@ -102,14 +105,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _status(field: str) -> int:
-    """A /proc/self/status figure in bytes (VmRSS, VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def _available(device: torch.device) -> int:
     """Bytes the device can still take: CUDA's free memory, the CPU's MemAvailable."""
     if device.type == "cuda":
@@ -142,10 +137,9 @@ def peak(device: torch.device, out: dict[str, Any]) -> Iterator[None]:
         sync(device)
         out["peak_bytes"] = torch.cuda.max_memory_allocated(device)
     else:
-        out["memory_before_bytes"] = _status("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        out["memory_before_bytes"] = reset_peak()
         yield
-        out["peak_bytes"] = _status("VmHWM")
+        out["peak_bytes"] = status("VmHWM")
 
 
 def parameter_bytes(*modules: torch.nn.Module) -> int:

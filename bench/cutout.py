@@ -47,6 +47,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from procstat import reset_peak, status  # bench/procstat.py: /proc/self memory figures
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 1024
 #: BiRefNet-general's parameters (swin_v1_l backbone and its decoder), for comparison
@@ -132,19 +135,6 @@ def export(backbone: str, path: Path) -> dict[str, Any]:
     return {"parameters": parameters, "export_s": time.perf_counter() - started, "onnx_bytes": path.stat().st_size}
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak() -> int:
-    """Reset VmHWM to the current RSS; the RSS now."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status("VmRSS")
-
-
 def picture(size: int) -> Any:
     """The bench's image at `size`²: a light disc (radius 5/16 of the side), its edge blurred 2 px (at
     1024², scaled with the size), on a dark ground, with noise."""
@@ -172,12 +162,12 @@ def measure_matting(sizes: list[int]) -> dict[str, Any]:
         image = picture(size)
         grey = np.asarray(image.convert("L")).astype(np.float64) / 255
         mask = (255 / (1 + np.exp(-40 * (grey - 0.5)))).astype(np.uint8)  # the stand-in's mask, without it
-        before = _reset_peak()
+        before = reset_peak()
         started = time.perf_counter()
         alpha, _ = cutout._matte(image, mask, 15, 240, 15)
         figures[str(size)] = {
             "s": time.perf_counter() - started,
-            "above": _status("VmHWM") - before,
+            "above": status("VmHWM") - before,
             "band_pixels": int(np.count_nonzero((alpha > 0) & (alpha < 255))),
         }
     return figures
@@ -199,21 +189,21 @@ def measure(models: Path, repeat: int) -> dict[str, Any]:
 
     figures["import_rembg_s"] = time.perf_counter() - started
     segmenters = cutout.Segmenters(catalog.Catalog(models, ttl=0), torch.device("cpu"))
-    before = _reset_peak()
+    before = reset_peak()
     started = time.perf_counter()
     session = segmenters.get("standin-birefnet")
-    figures["load"] = {"s": time.perf_counter() - started, "peak_rss": _status("VmHWM"), "above": None}
+    figures["load"] = {"s": time.perf_counter() - started, "peak_rss": status("VmHWM"), "above": None}
     figures["load"]["above"] = figures["load"]["peak_rss"] - before
     figures["intra_op_threads"] = session.inner_session.get_session_options().intra_op_num_threads
 
     for hair in ("off", "on"):
         runs: list[float] = []
-        before = _reset_peak()
+        before = reset_peak()
         for _ in range(1 + repeat):
             started = time.perf_counter()
             result = cutout.cut_out(session, image, hair=hair)
             runs.append(time.perf_counter() - started)
-        peak = _status("VmHWM")
+        peak = status("VmHWM")
         opaque = int(np.count_nonzero(np.asarray(result.getchannel("A")) == 255))
         figures[f"hair_{hair}"] = {
             "first_s": runs[0],

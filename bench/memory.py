@@ -48,17 +48,11 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from procstat import reset_peak, status  # bench/procstat.py: /proc/self memory figures
 from sdxl import build, decode_dtype  # bench/sdxl.py: the full-size SDXL with random weights, its decode dtype
 
 #: the sizes measured by default, those that fit the device (see `default_sizes`)
 CANDIDATE_SIZES = {"cuda": (1024, 1536, 2048, 2560), "cpu": (256, 512, 768)}
-
-
-def _rss(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 @contextlib.contextmanager
@@ -75,10 +69,9 @@ def peak_above_now(device: torch.device, out: dict[str, int]) -> Iterator[None]:
         out["peak"] = torch.cuda.max_memory_allocated(device) - before
     else:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-        before = _rss("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        before = reset_peak()
         yield
-        out["peak"] = _rss("VmHWM") - before
+        out["peak"] = status("VmHWM") - before
 
 
 def measure(device: torch.device, what: Callable[[], Any]) -> int | str:

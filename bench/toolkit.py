@@ -69,6 +69,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from procstat import reset_peak, status  # bench/procstat.py: /proc/self memory figures
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 1024
 ACTIONS = ("faces", "segment", "describe", "backgrounds")
@@ -111,13 +114,6 @@ INCLUDE, EXCLUDE = ((512, 512), (640, 400)), ((60, 60),)
 # -- measuring --------------------------------------------------------------------------------------
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def _reset_peak() -> int:
     """Trim the heap, reset VmHWM to the current RSS; the RSS now."""
     import ctypes
@@ -125,8 +121,7 @@ def _reset_peak() -> int:
 
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status("VmRSS")
+    return reset_peak()
 
 
 def phase(what: Callable[[], Any], repeat: int = 1) -> tuple[dict[str, Any], Any]:
@@ -138,9 +133,9 @@ def phase(what: Callable[[], Any], repeat: int = 1) -> tuple[dict[str, Any], Any
         started = time.perf_counter()
         result = what()
         runs.append(time.perf_counter() - started)
-    peak = _status("VmHWM")
+    peak = status("VmHWM")
     figures = {"runs_s": runs, "best_s": min(runs), "peak_rss": peak, "above": peak - before}
-    figures["rss_file"] = _status("RssFile")  # mapped files (transformers maps safetensors weights) resident
+    figures["rss_file"] = status("RssFile")  # mapped files (transformers maps safetensors weights) resident
     return figures, result
 
 
