@@ -61,6 +61,7 @@ import importlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -632,12 +633,6 @@ def _runs(p: dict[str, Any]) -> str:
     return f"{p['best_s']:.2f} ({', '.join(f'{s:.2f}' for s in p['runs_s'])})"
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def report(figures: dict[str, Any]) -> None:
     """The figures as a markdown table, with notes under it."""
     measured, built = figures["measured"], figures["built"]
@@ -666,7 +661,7 @@ def report(figures: dict[str, Any]) -> None:
         ratio = m["restore_4"]["best_s"] / m["restore_1"]["best_s"]
         notes.append(
             f"{m['architecture']}: per face (aligned {m['side']}², run, pasted) best {min(faces_s):.2f} s, median "
-            f"{_median(faces_s):.2f} s of {len(faces_s)}; 4 faces take {ratio:.1f}× one face's time"
+            f"{statistics.median(faces_s):.2f} s of {len(faces_s)}; 4 faces take {ratio:.1f}× one face's time"
         )
         d1, d4 = m["detect_1"], m["detect_4"]
         detector = f"tiny YuNet-format ({built.get('faces', {}).get('yunet_parameters', 0)} params)"
@@ -700,7 +695,7 @@ def report(figures: dict[str, Any]) -> None:
         d = m["describe"]
         if "max_new_tokens" in m:
             steps = [s for run in d["steps_s"] for s in run]
-            step, vision = _median(steps), min(d["vision_s"])
+            step, vision = statistics.median(steps), min(d["vision_s"])
             row("DescribeImages", model, f"1024² → caption ({m['max_new_tokens']} tokens, 3 beams)", d)
             notes.append(
                 f"BLIP-base: vision encoder (384²) {vision:.2f} s, a decoder step (3 beams) {step:.3f} s "
